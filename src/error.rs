@@ -1,0 +1,77 @@
+//! The gateway's error type and the one place that turns errors into responses.
+//!
+//! Every error the gateway itself produces is answered in OpenMetadata's shape,
+//! `{"code": <status>, "message": "..."}`, with `Content-Type: application/json`.
+//! Messages are written by the gateway; they never carry a secret value, a token or
+//! an upstream error body.
+
+use bytes::Bytes;
+use http::{header, Response, StatusCode};
+
+use crate::proxy::body::{full, Body};
+
+/// Everything that can stop a request inside the gateway.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("{0}")]
+    UnsupportedEncoding(String),
+    #[error("{0}")]
+    Unprocessable(String),
+    #[error("{0}")]
+    BadGateway(String),
+    #[error("{0}")]
+    StoreUnavailable(String),
+    #[error("{0}")]
+    GatewayTimeout(String),
+    /// An error the caller cannot act on; logged, answered with a generic message.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl GatewayError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            GatewayError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            GatewayError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            GatewayError::BadGateway(_) => StatusCode::BAD_GATEWAY,
+            GatewayError::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The message a client may see.
+    pub fn public_message(&self) -> String {
+        match self {
+            GatewayError::Internal(_) => "internal gateway error".to_string(),
+            other => other.to_string(),
+        }
+    }
+
+    /// The one place where an error becomes a response.
+    pub fn into_response(self) -> Response<Body> {
+        if let GatewayError::Internal(detail) = &self {
+            tracing::error!(detail = %detail, "internal error");
+        }
+        error_response(self.status(), &self.public_message())
+    }
+}
+
+/// An OpenMetadata-shaped JSON error response.
+pub fn error_response(status: StatusCode, message: &str) -> Response<Body> {
+    let body = serde_json::json!({ "code": status.as_u16(), "message": message });
+    let bytes = Bytes::from(body.to_string());
+    let mut resp = Response::new(full(bytes));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    resp
+}

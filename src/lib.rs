@@ -1,0 +1,145 @@
+//! om-secrets-proxy: a gateway in front of the OpenMetadata REST API that keeps credentials
+//! out of it. See README.md for what it does and `../shared/spec/interface.md` for the contract.
+
+pub mod admin;
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod proxy;
+pub mod secrets;
+pub mod server;
+pub mod tls;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::proxy::upstream::Upstream;
+use crate::proxy::Gateway;
+
+/// A start-up failure, with a message naming the file or key and the problem.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StartError(pub String);
+
+/// The assembled gateway, ready to serve on listeners the caller binds.
+pub struct App {
+    pub config: Arc<Config>,
+    pub gateway: Arc<Gateway>,
+    pub admin: Arc<admin::Admin>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+/// Builds everything a running gateway needs from a validated config.
+pub async fn build_app(config: Config) -> Result<App, StartError> {
+    let metrics = Arc::new(Metrics::default());
+    let upstream = Upstream::new(&config.upstream).map_err(|e| StartError(format!("upstream: {e}")))?;
+    let tls = match &config.server.tls {
+        Some(files) => Some(tokio_rustls::TlsAcceptor::from(
+            tls::server_config(&files.cert, &files.key).map_err(|e| StartError(format!("server TLS: {e}")))?,
+        )),
+        None => None,
+    };
+    let store: Arc<dyn secrets::SecretStore> = Arc::new(secrets::memory::MemoryStore::new());
+    let gateway = Arc::new(Gateway {
+        upstream: upstream.clone(),
+        metrics: metrics.clone(),
+        max_body_bytes: config.server.max_body_bytes,
+    });
+    let admin = Arc::new(admin::Admin {
+        upstream,
+        metrics,
+        store,
+    });
+    Ok(App {
+        config: Arc::new(config),
+        gateway,
+        admin,
+        tls,
+    })
+}
+
+/// The addresses a running app listens on.
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    pub api: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+impl App {
+    /// Binds the configured addresses.
+    pub async fn bind(&self) -> Result<(TcpListener, TcpListener), StartError> {
+        let api = TcpListener::bind(self.config.server.listen)
+            .await
+            .map_err(|e| StartError(format!("server.listen {}: {e}", self.config.server.listen)))?;
+        let admin = TcpListener::bind(self.config.server.admin_listen)
+            .await
+            .map_err(|e| StartError(format!("server.admin_listen {}: {e}", self.config.server.admin_listen)))?;
+        Ok((api, admin))
+    }
+
+    /// Serves on the given listeners until `shutdown` resolves, then drains.
+    pub async fn serve(self, api: TcpListener, admin: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let mut rx_admin = rx.clone();
+        let mut rx_api = rx;
+        let admin_task = tokio::spawn(server::serve_admin(admin, self.admin.clone(), async move {
+            let _ = rx_admin.wait_for(|v| *v).await;
+        }));
+        let api_task = server::serve_api(
+            api,
+            self.tls.clone(),
+            self.gateway.clone(),
+            self.config.server.header_read_timeout,
+            self.config.server.shutdown_grace,
+            async move {
+                let _ = rx_api.wait_for(|v| *v).await;
+            },
+        );
+        let trigger = async move {
+            shutdown.await;
+            let _ = tx.send(true);
+        };
+        tokio::join!(api_task, trigger);
+        admin_task.abort();
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+/// `om-secrets-proxy check`: every problem in the config and the rule files, or a summary.
+pub fn check(config: Option<&std::path::Path>) -> Result<String, Vec<String>> {
+    let cfg = Config::load(config).map_err(|e| e.0)?;
+    Ok(format!(
+        "config ok ({}); provider {}",
+        cfg.source
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "built-in defaults".into()),
+        cfg.secrets.provider.name()
+    ))
+}

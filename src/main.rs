@@ -1,0 +1,148 @@
+//! The `om-secrets-proxy` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use om_secrets_proxy::config::{Config, LogFormat};
+
+#[derive(Parser)]
+#[command(name = "om-secrets-proxy", version, about = "Keeps credentials out of OpenMetadata")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway until SIGTERM/SIGINT, then drain in-flight requests.
+    Serve {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Load the config and every rule file; print every problem; exit 1 if any.
+    Check {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Say which rule a request matches and what would happen to each secret in its body.
+    Explain {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        method: String,
+        path: String,
+        body_file: Option<PathBuf>,
+    },
+    /// Move secrets already stored in OpenMetadata into the configured store.
+    Migrate {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Fernet helpers (OpenMetadata's token format).
+    Fernet {
+        #[command(subcommand)]
+        op: FernetOp,
+    },
+}
+
+#[derive(Subcommand)]
+enum FernetOp {
+    /// Print a new random key.
+    GenerateKey,
+    /// Encrypt stdin with the first configured key; prints `fernet:<token>`.
+    Encrypt {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Decrypt a `fernet:<token>` (or bare token) from stdin with any configured key.
+    Decrypt {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn load(config: Option<PathBuf>) -> Result<Config, ExitCode> {
+    Config::load(config.as_deref()).map_err(|e| {
+        eprintln!("{e}");
+        ExitCode::from(1)
+    })
+}
+
+fn init_logging(cfg: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&cfg.logging.level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cfg.logging.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Human => builder.init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { config } => {
+            let cfg = match load(config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            init_logging(&cfg);
+            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("cannot start the runtime: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            rt.block_on(async move {
+                let app = match om_secrets_proxy::build_app(cfg).await {
+                    Ok(a) => a,
+                    Err(e) => {
+                        eprintln!("{e}");
+                        return ExitCode::from(1);
+                    }
+                };
+                let (api, admin) = match app.bind().await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        eprintln!("{e}");
+                        return ExitCode::from(1);
+                    }
+                };
+                tracing::info!(
+                    api = %api.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+                    admin = %admin.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+                    "om-secrets-proxy listening"
+                );
+                app.serve(api, admin, om_secrets_proxy::shutdown_signal()).await;
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Check { config } => match om_secrets_proxy::check(config.as_deref()) {
+            Ok(summary) => {
+                println!("{summary}");
+                ExitCode::SUCCESS
+            }
+            Err(problems) => {
+                for p in problems {
+                    println!("{p}");
+                }
+                ExitCode::from(1)
+            }
+        },
+        Command::Explain { .. } => {
+            eprintln!("explain: not available in this build");
+            ExitCode::from(2)
+        }
+        Command::Migrate { .. } => {
+            eprintln!("migrate: not implemented yet");
+            ExitCode::from(2)
+        }
+        Command::Fernet { .. } => {
+            eprintln!("fernet: not available in this build");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,558 @@
+//! An OpenMetadata API emulator for tests and benchmarks: the routes and shapes of
+//! `shared/spec/openmetadata.md`, storing what it receives verbatim (no masking, which is
+//! the worst case for the gateway) and recording every request it gets.
+//!
+//! Also a few test-only routes under `/__test/` (echo, slow, large stream).
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+
+pub type EmuBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+/// A request as the emulator received it.
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    pub method: Method,
+    pub path_and_query: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub version: http::Version,
+}
+
+#[derive(Clone, Debug)]
+struct Entity {
+    json: Value,
+    history: Vec<String>,
+    deleted: bool,
+}
+
+#[derive(Default)]
+struct State {
+    /// collection path (e.g. "services/databaseServices") -> id -> entity
+    collections: BTreeMap<String, BTreeMap<String, Entity>>,
+    recorded: Vec<Recorded>,
+    jwks: Value,
+    fail_writes_with: Option<u16>,
+    counter: u64,
+}
+
+/// A running emulator.
+#[derive(Clone)]
+pub struct Emulator {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+}
+
+pub const SERVICE_COLLECTIONS: [&str; 13] = [
+    "databaseServices",
+    "dashboardServices",
+    "messagingServices",
+    "pipelineServices",
+    "mlmodelServices",
+    "storageServices",
+    "metadataServices",
+    "searchServices",
+    "apiServices",
+    "driveServices",
+    "securityServices",
+    "llmServices",
+    "mcpServices",
+];
+
+fn json_resp(status: StatusCode, v: &Value) -> Response<EmuBody> {
+    let mut r = Response::new(Full::new(Bytes::from(v.to_string())).boxed());
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    r
+}
+
+fn om_error(status: StatusCode, msg: &str) -> Response<EmuBody> {
+    json_resp(status, &json!({"code": status.as_u16(), "message": msg}))
+}
+
+impl Emulator {
+    /// Starts on 127.0.0.1:0.
+    pub async fn start() -> Emulator {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind emulator");
+        Self::start_on(listener).await
+    }
+
+    pub async fn start_on(listener: TcpListener) -> Emulator {
+        let addr = listener.local_addr().expect("emulator addr");
+        let emu = Emulator {
+            addr,
+            state: Arc::new(Mutex::new(State {
+                jwks: json!({"keys": []}),
+                ..Default::default()
+            })),
+        };
+        let server = emu.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let _ = stream.set_nodelay(true);
+                let emu = server.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| {
+                        let emu = emu.clone();
+                        async move { Ok::<_, Infallible>(emu.handle(req).await) }
+                    });
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        emu
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Every request received so far.
+    pub fn recorded(&self) -> Vec<Recorded> {
+        self.state.lock().expect("state").recorded.clone()
+    }
+
+    pub fn clear_recorded(&self) {
+        self.state.lock().expect("state").recorded.clear();
+    }
+
+    /// All bytes of all request bodies received, concatenated with their paths and headers.
+    pub fn everything_received(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for r in self.recorded() {
+            out.extend_from_slice(r.path_and_query.as_bytes());
+            for (k, v) in r.headers.iter() {
+                out.extend_from_slice(k.as_str().as_bytes());
+                out.extend_from_slice(v.as_bytes());
+            }
+            out.extend_from_slice(&r.body);
+            out.push(b'\n');
+        }
+        out
+    }
+
+    pub fn set_jwks(&self, jwks: Value) {
+        self.state.lock().expect("state").jwks = jwks;
+    }
+
+    /// Makes every POST/PUT/PATCH/DELETE on an entity route fail with `status`.
+    pub fn fail_writes_with(&self, status: Option<u16>) {
+        self.state.lock().expect("state").fail_writes_with = status;
+    }
+
+    /// The stored entity with this name in a collection (e.g. "services/databaseServices").
+    pub fn entity(&self, collection: &str, name: &str) -> Option<Value> {
+        let st = self.state.lock().expect("state");
+        st.collections
+            .get(collection)?
+            .values()
+            .find(|e| e.json["name"] == name)
+            .map(|e| e.json.clone())
+    }
+
+    /// Puts an entity straight into the store (as if OpenMetadata already had it).
+    pub fn seed(&self, collection: &str, mut body: Value) -> Value {
+        let mut st = self.state.lock().expect("state");
+        st.counter += 1;
+        let id = format!("00000000-0000-4000-8000-{:012x}", st.counter);
+        finish_entity(&mut body, &id, collection, 0.1);
+        st.collections
+            .entry(collection.to_string())
+            .or_default()
+            .insert(id, Entity { json: body.clone(), history: vec![], deleted: false });
+        body
+    }
+
+    async fn handle(&self, req: Request<Incoming>) -> Response<EmuBody> {
+        let (parts, body) = req.into_parts();
+        let path_and_query = parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default();
+        let path = parts.uri.path().to_string();
+        let query = parts.uri.query().unwrap_or("").to_string();
+        // Test routes that stream are handled before the body is collected.
+        if path == "/__test/stream" {
+            let n: usize = qp(&query, "bytes").and_then(|v| v.parse().ok()).unwrap_or(1 << 20);
+            return stream_response(n);
+        }
+        if path == "/__test/upload" {
+            // Counts and hashes a streamed upload without keeping it.
+            let mut n: u64 = 0;
+            let mut h: u64 = 0xcbf29ce484222325;
+            let mut body = body;
+            while let Some(frame) = body.frame().await {
+                let Ok(frame) = frame else { break };
+                if let Some(d) = frame.data_ref() {
+                    n += d.len() as u64;
+                    for b in d.iter() {
+                        h = (h ^ *b as u64).wrapping_mul(0x100000001b3);
+                    }
+                }
+            }
+            return json_resp(StatusCode::OK, &json!({"bytes": n, "fnv": format!("{h:016x}")}));
+        }
+        let bytes = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+        self.state.lock().expect("state").recorded.push(Recorded {
+            method: parts.method.clone(),
+            path_and_query: path_and_query.clone(),
+            headers: parts.headers.clone(),
+            body: bytes.clone(),
+            version: parts.version,
+        });
+        if let Some(rest) = path.strip_prefix("/__test/") {
+            return self.test_route(rest, &parts.method, &query, &parts.headers, bytes).await;
+        }
+        let Some(rest) = path.strip_prefix("/api/v1/") else {
+            return om_error(StatusCode::NOT_FOUND, "HTTP 404 Not Found");
+        };
+        let segs: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+        // Jersey answers HEAD wherever GET is routed.
+        let method = if parts.method == Method::HEAD { Method::GET } else { parts.method.clone() };
+        match (method, segs.as_slice()) {
+            (Method::GET, ["system", "version"]) => json_resp(
+                StatusCode::OK,
+                &json!({"version": "2.0.7", "revision": "emulator", "timestamp": 1}),
+            ),
+            (Method::GET, ["system", "config", "jwks"]) => {
+                let jwks = self.state.lock().expect("state").jwks.clone();
+                json_resp(StatusCode::OK, &jwks)
+            }
+            (Method::GET, ["system", "health"]) => json_resp(StatusCode::OK, &json!({"healthy": true})),
+            (m, ["services", kind, tail @ ..]) if SERVICE_COLLECTIONS.contains(kind) || *kind == "ingestionPipelines" => {
+                self.collection(&format!("services/{kind}"), m, tail, &query, &bytes)
+            }
+            (m, ["automations", "workflows", tail @ ..]) => self.collection("automations/workflows", m, tail, &query, &bytes),
+            (m, ["bots", tail @ ..]) => self.collection("bots", m, tail, &query, &bytes),
+            (m, ["users", tail @ ..]) => self.users(m, tail, &query, &bytes),
+            _ => om_error(StatusCode::NOT_FOUND, "HTTP 404 Not Found"),
+        }
+    }
+
+    async fn test_route(
+        &self,
+        rest: &str,
+        method: &Method,
+        query: &str,
+        headers: &HeaderMap,
+        body: Bytes,
+    ) -> Response<EmuBody> {
+        match rest {
+            "echo" => {
+                let hdrs: BTreeMap<String, String> = headers
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).to_string()))
+                    .collect();
+                let mut r = Response::new(Full::new(body).boxed());
+                r.headers_mut().insert("x-echo-method", method.as_str().parse().expect("method"));
+                r.headers_mut().insert(
+                    "x-echo-headers",
+                    serde_json::to_string(&hdrs).expect("json").parse().unwrap_or(http::HeaderValue::from_static("{}")),
+                );
+                if let Some(ct) = headers.get(http::header::CONTENT_TYPE) {
+                    r.headers_mut().insert(http::header::CONTENT_TYPE, ct.clone());
+                }
+                r.headers_mut().insert("x-custom-answer", http::HeaderValue::from_static("kept"));
+                r
+            }
+            "slow" => {
+                let ms: u64 = qp(query, "ms").and_then(|v| v.parse().ok()).unwrap_or(1000);
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                json_resp(StatusCode::OK, &json!({"slept_ms": ms}))
+            }
+            "status" => {
+                let code: u16 = qp(query, "code").and_then(|v| v.parse().ok()).unwrap_or(200);
+                json_resp(StatusCode::from_u16(code).unwrap_or(StatusCode::OK), &json!({"code": code}))
+            }
+            "json2k" => {
+                // A ~2 KB JSON document, the benchmark's page.
+                let items: Vec<Value> = (0..12)
+                    .map(|i| json!({"id": format!("00000000-0000-4000-8000-{i:012}"), "name": format!("table_{i}"), "type": "Regular"}))
+                    .collect();
+                json_resp(StatusCode::OK, &json!({"data": items, "paging": {"total": 12}}))
+            }
+            _ => om_error(StatusCode::NOT_FOUND, "no such test route"),
+        }
+    }
+
+    fn find(&self, st: &State, coll: &str, key: &str, by_name: bool) -> Option<String> {
+        let c = st.collections.get(coll)?;
+        if by_name {
+            let key = key.trim_matches('"');
+            c.iter()
+                .find(|(_, e)| e.json["fullyQualifiedName"].as_str() == Some(key) || e.json["name"].as_str() == Some(key))
+                .map(|(id, _)| id.clone())
+        } else {
+            c.contains_key(key).then(|| key.to_string())
+        }
+    }
+
+    fn collection(&self, coll: &str, method: Method, tail: &[&str], query: &str, body: &Bytes) -> Response<EmuBody> {
+        let mut st = self.state.lock().expect("state");
+        if method != Method::GET {
+            if let Some(code) = st.fail_writes_with {
+                return om_error(StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), "emulated failure");
+            }
+        }
+        let parse = |b: &Bytes| serde_json::from_slice::<Value>(b);
+        match (method, tail) {
+            (Method::GET, []) => {
+                let include_deleted = qp(query, "include").as_deref() == Some("all");
+                let limit: usize = qp(query, "limit").and_then(|v| v.parse().ok()).unwrap_or(10);
+                let after = qp(query, "after");
+                let all: Vec<(String, Value)> = st
+                    .collections
+                    .get(coll)
+                    .map(|c| {
+                        c.iter()
+                            .filter(|(_, e)| include_deleted || !e.deleted)
+                            .map(|(id, e)| (id.clone(), e.json.clone()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let start = after
+                    .and_then(|a| all.iter().position(|(id, _)| *id == a).map(|p| p + 1))
+                    .unwrap_or(0);
+                let page: Vec<Value> = all.iter().skip(start).take(limit).map(|(_, v)| v.clone()).collect();
+                let mut paging = json!({"total": all.len()});
+                if start + limit < all.len() {
+                    paging["after"] = json!(all[start + limit - 1].0);
+                }
+                json_resp(StatusCode::OK, &json!({"data": page, "paging": paging}))
+            }
+            (m @ (Method::POST | Method::PUT), []) => {
+                let Ok(mut v) = parse(body) else {
+                    return om_error(StatusCode::BAD_REQUEST, "Unable to process JSON");
+                };
+                let Some(name) = v["name"].as_str().map(str::to_string) else {
+                    return om_error(StatusCode::BAD_REQUEST, "[query param name must not be null]");
+                };
+                let existing = self.find(&st, coll, &name, true);
+                match (m, existing) {
+                    (Method::POST, Some(_)) => om_error(StatusCode::CONFLICT, "Entity already exists"),
+                    (_, Some(id)) => {
+                        let e = st.collections.get_mut(coll).and_then(|c| c.get_mut(&id)).expect("entity");
+                        let old = e.json.clone();
+                        let version = old["version"].as_f64().unwrap_or(0.1) + 0.1;
+                        e.history.push(old.to_string());
+                        finish_entity(&mut v, &id, coll, (version * 10.0).round() / 10.0);
+                        e.json = v.clone();
+                        json_resp(StatusCode::OK, &v)
+                    }
+                    (_, None) => {
+                        st.counter += 1;
+                        let id = format!("00000000-0000-4000-8000-{:012x}", st.counter);
+                        finish_entity(&mut v, &id, coll, 0.1);
+                        st.collections
+                            .entry(coll.to_string())
+                            .or_default()
+                            .insert(id, Entity { json: v.clone(), history: vec![], deleted: false });
+                        json_resp(StatusCode::CREATED, &v)
+                    }
+                }
+            }
+            (Method::PUT, ["restore"]) => {
+                let Ok(v) = parse(body) else {
+                    return om_error(StatusCode::BAD_REQUEST, "Unable to process JSON");
+                };
+                let id = v["id"].as_str().unwrap_or("").to_string();
+                match st.collections.get_mut(coll).and_then(|c| c.get_mut(&id)) {
+                    Some(e) => {
+                        e.deleted = false;
+                        e.json["deleted"] = json!(false);
+                        json_resp(StatusCode::OK, &e.json.clone())
+                    }
+                    None => om_error(StatusCode::NOT_FOUND, "entity not found"),
+                }
+            }
+            (Method::POST, [action, id]) if matches!(*action, "deploy" | "trigger" | "toggleIngestion" | "kill") => {
+                match st.collections.get(coll).and_then(|c| c.get(*id)) {
+                    Some(e) => json_resp(StatusCode::OK, &e.json.clone()),
+                    None => om_error(StatusCode::NOT_FOUND, "entity not found"),
+                }
+            }
+            (m, rest) => {
+                let (key, by_name, after) = match rest {
+                    ["name", fqn, after @ ..] => (*fqn, true, after),
+                    [id, after @ ..] => (*id, false, after),
+                    [] => return om_error(StatusCode::NOT_FOUND, "HTTP 404 Not Found"),
+                };
+                let Some(id) = self.find(&st, coll, key, by_name) else {
+                    return om_error(StatusCode::NOT_FOUND, &format!("{coll} instance for {key} not found"));
+                };
+                let entity = st.collections.get_mut(coll).and_then(|c| c.get_mut(&id)).expect("entity");
+                match (m, after) {
+                    (Method::GET, []) => json_resp(StatusCode::OK, &entity.json),
+                    (Method::GET, ["versions"]) => {
+                        let mut versions: Vec<Value> = vec![json!(entity.json.to_string())];
+                        versions.extend(entity.history.iter().rev().map(|s| json!(s)));
+                        json_resp(StatusCode::OK, &json!({"entityType": coll, "versions": versions}))
+                    }
+                    (Method::GET, ["versions", v]) => {
+                        let want: f64 = v.parse().unwrap_or(-1.0);
+                        let cur = std::iter::once(entity.json.clone())
+                            .chain(entity.history.iter().filter_map(|s| serde_json::from_str(s).ok()))
+                            .find(|e: &Value| (e["version"].as_f64().unwrap_or(0.0) - want).abs() < 1e-9);
+                        match cur {
+                            Some(e) => json_resp(StatusCode::OK, &e),
+                            None => om_error(StatusCode::NOT_FOUND, "version not found"),
+                        }
+                    }
+                    (Method::PATCH, []) => {
+                        let Ok(patch) = serde_json::from_slice::<json_patch::Patch>(body) else {
+                            return om_error(StatusCode::BAD_REQUEST, "Unable to process JSON patch");
+                        };
+                        let mut doc = entity.json.clone();
+                        if json_patch::patch(&mut doc, &patch).is_err() {
+                            return om_error(StatusCode::BAD_REQUEST, "JSON patch failed");
+                        }
+                        let version = entity.json["version"].as_f64().unwrap_or(0.1) + 0.1;
+                        entity.history.push(entity.json.to_string());
+                        finish_entity(&mut doc, &id, coll, (version * 10.0).round() / 10.0);
+                        entity.json = doc.clone();
+                        json_resp(StatusCode::OK, &doc)
+                    }
+                    (Method::PUT, ["testConnectionResult"]) => {
+                        let Ok(v) = parse(body) else {
+                            return om_error(StatusCode::BAD_REQUEST, "Unable to process JSON");
+                        };
+                        entity.json["testConnectionResult"] = v;
+                        json_resp(StatusCode::OK, &entity.json)
+                    }
+                    (Method::DELETE, []) => {
+                        let hard = qp(query, "hardDelete").as_deref() == Some("true");
+                        let mut gone = entity.json.clone();
+                        gone["deleted"] = json!(true);
+                        if hard {
+                            st.collections.get_mut(coll).map(|c| c.remove(&id));
+                        } else {
+                            entity.deleted = true;
+                            entity.json["deleted"] = json!(true);
+                        }
+                        json_resp(StatusCode::OK, &gone)
+                    }
+                    _ => om_error(StatusCode::METHOD_NOT_ALLOWED, "HTTP 405 Method Not Allowed"),
+                }
+            }
+        }
+    }
+
+    fn users(&self, method: Method, tail: &[&str], query: &str, body: &Bytes) -> Response<EmuBody> {
+        match (&method, tail) {
+            (&Method::GET, ["token", id]) | (&Method::GET, ["auth-mechanism", id]) => {
+                let st = self.state.lock().expect("state");
+                let Some(e) = st.collections.get("users").and_then(|c| c.get(*id)) else {
+                    return om_error(StatusCode::NOT_FOUND, "user not found");
+                };
+                let am = e.json["authenticationMechanism"].clone();
+                if tail[0] == "token" {
+                    json_resp(StatusCode::OK, &am["config"])
+                } else {
+                    json_resp(StatusCode::OK, &am)
+                }
+            }
+            (&Method::PUT, ["generateToken", id]) => {
+                let mut st = self.state.lock().expect("state");
+                let Some(e) = st.collections.get_mut("users").and_then(|c| c.get_mut(*id)) else {
+                    return om_error(StatusCode::NOT_FOUND, "user not found");
+                };
+                let token = format!("eyJhbGciOiJSUzI1NiJ9.generated-{}.sig", fastrand::u64(..));
+                let am = json!({"authType": "JWT", "config": {"JWTToken": token, "JWTTokenExpiry": "Unlimited"}});
+                e.json["authenticationMechanism"] = am.clone();
+                json_resp(StatusCode::OK, &am["config"])
+            }
+            _ => self.collection("users", method, tail, query, body),
+        }
+    }
+}
+
+fn finish_entity(v: &mut Value, id: &str, coll: &str, version: f64) {
+    if !v.is_object() {
+        *v = json!({});
+    }
+    let name = v["name"].as_str().unwrap_or("").to_string();
+    v["id"] = json!(id);
+    if v.get("fullyQualifiedName").is_none() {
+        v["fullyQualifiedName"] = json!(name);
+    }
+    v["version"] = json!(version);
+    v["updatedAt"] = json!(1_700_000_000_000u64);
+    v["updatedBy"] = json!("admin");
+    v["href"] = json!(format!("http://localhost:8585/api/v1/{coll}/{id}"));
+    v["deleted"] = json!(false);
+}
+
+fn qp(query: &str, name: &str) -> Option<String> {
+    query
+        .split('&')
+        .filter_map(|p| p.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_string())
+}
+
+fn stream_response(total: usize) -> Response<EmuBody> {
+    const CHUNK: usize = 64 * 1024;
+    let chunks = total.div_ceil(CHUNK);
+    let stream = futures_lite_stream(total, CHUNK, chunks);
+    let body = StreamBody::new(stream).boxed();
+    let mut r = Response::new(body);
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/octet-stream"),
+    );
+    r
+}
+
+/// Deterministic bytes: byte i of the stream is (i * 31 + 7) mod 251.
+pub fn pattern_byte(i: usize) -> u8 {
+    ((i * 31 + 7) % 251) as u8
+}
+
+fn futures_lite_stream(
+    total: usize,
+    chunk: usize,
+    chunks: usize,
+) -> impl futures_core_like::Stream<Item = Result<Frame<Bytes>, Infallible>> {
+    futures_core_like::iter((0..chunks).map(move |c| {
+        let start = c * chunk;
+        let end = (start + chunk).min(total);
+        let data: Vec<u8> = (start..end).map(pattern_byte).collect();
+        Ok(Frame::data(Bytes::from(data)))
+    }))
+}
+
+/// A tiny iterator-backed stream, so the emulator needs no futures crate.
+pub mod futures_core_like {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    pub use futures_core::Stream;
+
+    pub struct Iter<I>(I);
+
+    pub fn iter<I: Iterator>(i: I) -> Iter<I> {
+        Iter(i)
+    }
+
+    impl<I: Iterator + Unpin> Stream for Iter<I> {
+        type Item = I::Item;
+        fn poll_next(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<I::Item>> {
+            Poll::Ready(self.0.next())
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! Shared test harness: the emulator upstream, a gateway on port 0, and clients.
+#![allow(dead_code)]
+
+pub mod emulator;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use om_secrets_proxy::config::Config;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+pub use emulator::Emulator;
+
+/// A gateway running inside the test process.
+pub struct Gw {
+    pub api: SocketAddr,
+    pub admin: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    pub done: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Gw {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.api, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
+    }
+
+    /// Starts draining; `done` resolves when the gateway has stopped.
+    pub fn shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl Drop for Gw {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// A config pointing at `upstream`, on port 0, rules from the repo's `rules/`.
+pub fn config_for(upstream: &str) -> Config {
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n[upstream]\nurl = \"{upstream}\"\n[rules]\ndir = \"{}/rules\"\n",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    Config::from_toml_str(&text, None, &|_| None).expect("test config")
+}
+
+/// Starts a gateway with `config`.
+pub async fn start_gateway(config: Config) -> Gw {
+    let app = om_secrets_proxy::build_app(config).await.expect("build_app");
+    let api = TcpListener::bind("127.0.0.1:0").await.expect("bind api");
+    let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
+    let (api_addr, admin_addr) = (api.local_addr().expect("addr"), admin.local_addr().expect("addr"));
+    let (tx, rx) = oneshot::channel::<()>();
+    let done = tokio::spawn(app.serve(api, admin, async move {
+        let _ = rx.await;
+    }));
+    Gw {
+        api: api_addr,
+        admin: admin_addr,
+        shutdown: Some(tx),
+        done: Some(done),
+    }
+}
+
+pub type TestClient = Client<HttpConnector, Full<Bytes>>;
+
+pub fn client() -> TestClient {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+pub fn h2_client() -> TestClient {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build(HttpConnector::new())
+}
+
+/// A whole response: status, headers, body.
+pub struct Answer {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+    pub version: http::Version,
+}
+
+impl Answer {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body))
+        })
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).to_string()
+    }
+}
+
+pub async fn collect(resp: Response<hyper::body::Incoming>) -> Answer {
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    Answer {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body,
+        version: parts.version,
+    }
+}
+
+/// Sends one request with optional headers and body.
+pub async fn send(
+    client: &TestClient,
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Answer {
+    let mut b = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let req = b.body(Full::new(body.into())).expect("request");
+    collect(client.request(req).await.expect("request sent")).await
+}
+
+pub async fn get(url: &str) -> Answer {
+    send(&client(), Method::GET, url, &[], Bytes::new()).await
+}
+
+/// An emulator plus a gateway in front of it with default config.
+pub async fn stack() -> (Emulator, Gw) {
+    let emu = Emulator::start().await;
+    let gw = start_gateway(config_for(&emu.url())).await;
+    (emu, gw)
+}
+
+pub fn arc<T>(t: T) -> Arc<T> {
+    Arc::new(t)
+}
