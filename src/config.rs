@@ -752,7 +752,7 @@ fn validate(raw: RawConfig, source: Option<PathBuf>, label: &str) -> Result<Conf
         .filter(|k| !k.is_empty())
         .collect();
     for (i, k) in keys.iter().enumerate() {
-        if fernet::Fernet::new(k).is_none() {
+        if crate::secrets::fernet::parse_key(k).is_none() {
             err(
                 "fernet.key",
                 format!("key #{} is not a Fernet key (32 bytes, url-safe base64)", i + 1),

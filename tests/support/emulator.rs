@@ -48,6 +48,7 @@ struct State {
     jwks: Value,
     fail_writes_with: Option<u16>,
     counter: u64,
+    not_recording: bool,
 }
 
 /// A running emulator.
@@ -149,6 +150,37 @@ impl Emulator {
         out
     }
 
+    /// Benchmarks switch recording off so memory stays flat.
+    pub fn set_recording(&self, on: bool) {
+        self.state.lock().expect("state").not_recording = !on;
+    }
+
+    /// Seeds `n` MySQL services with a secret each and ~2 KB of ordinary fields (the read
+    /// benchmark's list of 50 is ~100 KB).
+    pub fn seed_bench_services(&self, n: usize) {
+        for i in 0..n {
+            let tags: Vec<Value> = (0..8)
+                .map(|t| json!({"tagFQN": format!("Tier.Tier{t}"), "source": "Classification", "labelType": "Manual", "state": "Confirmed"}))
+                .collect();
+            self.seed(
+                "services/databaseServices",
+                json!({
+                    "name": format!("bench-mysql-{i:03}"),
+                    "serviceType": "Mysql",
+                    "description": "A benchmark service with the size of a real one. ".repeat(6),
+                    "tags": tags,
+                    "connection": {"config": {
+                        "type": "Mysql", "scheme": "mysql+pymysql", "username": "openmetadata_user",
+                        "authType": {"password": format!("secret:/openmetadata/database/bench-mysql-{i:03}/authtype/password")},
+                        "hostPort": "mysql.internal.example:3306", "databaseSchema": "analytics",
+                        "supportsMetadataExtraction": true, "supportsDBTExtraction": true, "supportsProfiler": true,
+                        "supportsQueryComment": true, "connectionOptions": {}, "connectionArguments": {}
+                    }}
+                }),
+            );
+        }
+    }
+
     pub fn set_jwks(&self, jwks: Value) {
         self.state.lock().expect("state").jwks = jwks;
     }
@@ -208,13 +240,18 @@ impl Emulator {
             return json_resp(StatusCode::OK, &json!({"bytes": n, "fnv": format!("{h:016x}")}));
         }
         let bytes = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
-        self.state.lock().expect("state").recorded.push(Recorded {
-            method: parts.method.clone(),
-            path_and_query: path_and_query.clone(),
-            headers: parts.headers.clone(),
-            body: bytes.clone(),
-            version: parts.version,
-        });
+        {
+            let mut st = self.state.lock().expect("state");
+            if !st.not_recording {
+                st.recorded.push(Recorded {
+                    method: parts.method.clone(),
+                    path_and_query: path_and_query.clone(),
+                    headers: parts.headers.clone(),
+                    body: bytes.clone(),
+                    version: parts.version,
+                });
+            }
+        }
         if let Some(rest) = path.strip_prefix("/__test/") {
             return self.test_route(rest, &parts.method, &query, &parts.headers, bytes).await;
         }

@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# Pass-through benchmark: the emulator upstream directly, through nginx proxy_pass (with
+# upstream keepalive, when Debian's nginx is installed) and through the gateway, each loaded
+# with wrk on loopback in one run; then the gateway's peak RSS with 1,000 idle keep-alive
+# client connections open. Prints a table with ratios against nginx measured in the same run.
+#
+#   bench/proxy.sh            (needs wrk: apt-get install wrk nginx)
+# Env: DURATION (default 10s), CONNS (32), PATH_UNDER_TEST (/__test/json2k, a ~2 KB JSON GET)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION=${DURATION:-10s}
+CONNS=${CONNS:-32}
+TARGET=${PATH_UNDER_TEST:-/__test/json2k}
+command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk" >&2; exit 1; }
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+cargo build --release --quiet --bin om-secrets-proxy --example om-emulator
+BIN=target/release/om-secrets-proxy
+EMU=target/release/examples/om-emulator
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() { for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
+trap cleanup EXIT
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 1 100); do (echo > /dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done; return 1; }
+
+EMU_PORT=$(port); GW_PORT=$(port); ADMIN_PORT=$(port); NGINX_PORT=$(port)
+$EMU 127.0.0.1:$EMU_PORT 2>/dev/null & PIDS+=($!)
+wait_port $EMU_PORT
+OMSP_LISTEN=127.0.0.1:$GW_PORT OMSP_ADMIN_LISTEN=127.0.0.1:$ADMIN_PORT OMSP_UPSTREAM=http://127.0.0.1:$EMU_PORT \
+  OMSP_LOG_LEVEL=warn OMSP_EMBEDDED_PATH=$WORK/secrets.db $BIN serve 2>$WORK/gw.log & GW_PID=$!; PIDS+=($GW_PID)
+wait_port $GW_PORT
+
+HAVE_NGINX=0
+if command -v nginx >/dev/null; then
+  HAVE_NGINX=1
+  mkdir -p $WORK/nginx
+  cat > $WORK/nginx/nginx.conf <<NGX
+worker_processes auto;
+daemon off;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/nginx; proxy_temp_path $WORK/nginx;
+  fastcgi_temp_path $WORK/nginx; uwsgi_temp_path $WORK/nginx; scgi_temp_path $WORK/nginx;
+  upstream om { server 127.0.0.1:$EMU_PORT; keepalive 64; }
+  server {
+    listen 127.0.0.1:$NGINX_PORT;
+    location / { proxy_pass http://om; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}
+NGX
+  nginx -p $WORK/nginx -c $WORK/nginx/nginx.conf & PIDS+=($!)
+  wait_port $NGINX_PORT
+fi
+
+run() { # name url -> "rps p50_ms p99_ms"
+  wrk -t2 -c$CONNS -d2s "$2" >/dev/null 2>&1 || true   # warm-up
+  wrk -t2 -c$CONNS -d$DURATION --latency "$2" > $WORK/$1.txt
+  python3 - "$WORK/$1.txt" <<'PY'
+import re, sys
+t = open(sys.argv[1]).read()
+def ms(v):
+    m = re.match(r"([\d.]+)(us|ms|s)", v); x = float(m.group(1))
+    return x / 1000 if m.group(2) == "us" else x * 1000 if m.group(2) == "s" else x
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", t).group(1))
+p50 = ms(re.search(r"^\s+50%\s+(\S+)", t, re.M).group(1)); p99 = ms(re.search(r"^\s+99%\s+(\S+)", t, re.M).group(1))
+err = re.search(r"Non-2xx or 3xx responses: (\d+)", t)
+print(f"{rps:.0f} {p50:.3f} {p99:.3f} {err.group(1) if err else 0}")
+PY
+}
+
+DIRECT=$(run direct http://127.0.0.1:$EMU_PORT$TARGET)
+GW=$(run gateway http://127.0.0.1:$GW_PORT$TARGET)
+if [ $HAVE_NGINX = 1 ]; then NGINX=$(run nginx http://127.0.0.1:$NGINX_PORT$TARGET); else NGINX=""; fi
+
+# Peak RSS with 1,000 idle keep-alive connections (each has made one request).
+python3 - $GW_PORT <<'PY' &
+import socket, sys, time
+port = int(sys.argv[1]); socks = []
+for i in range(1000):
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(b"GET /api/v1/system/version HTTP/1.1\r\nHost: x\r\n\r\n")
+    s.recv(4096); socks.append(s)
+open("/tmp/omsp-idle-ready", "w").write("ok")
+time.sleep(6)
+PY
+IDLE_PID=$!
+for _ in $(seq 1 100); do [ -f /tmp/omsp-idle-ready ] && break; sleep 0.1; done
+sleep 1
+RSS_KB=$(awk '/VmHWM/ {print $2}' /proc/$GW_PID/status)
+OPEN=$(curl -s http://127.0.0.1:$ADMIN_PORT/metrics | awk '/^omsp_open_connections / {print $2}')
+rm -f /tmp/omsp-idle-ready; wait $IDLE_PID || true
+
+python3 - "$DIRECT" "$GW" "$NGINX" "$RSS_KB" "$OPEN" "$CONNS" "$TARGET" <<'PY'
+import sys
+direct, gw, ngx, rss, open_conns, conns, target = sys.argv[1:]
+rows = [("direct (emulator)", direct), ("nginx proxy_pass", ngx), ("om-secrets-proxy", gw)]
+print(f"\nPass-through, GET {target}, {conns} connections, wrk -t2")
+print(f"{'target':<20}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'non-2xx':>9}{'vs nginx':>10}")
+base = float(ngx.split()[0]) if ngx else None
+for name, r in rows:
+    if not r:
+        print(f"{name:<20}{'(nginx not installed)':>40}"); continue
+    rps, p50, p99, err = r.split()
+    ratio = f"{float(rps)/base:.2f}x" if base else "-"
+    print(f"{name:<20}{float(rps):>10.0f}{float(p50):>10.3f}{float(p99):>10.3f}{err:>9}{ratio:>10}")
+if base:
+    g, n = gw.split(), ngx.split()
+    print(f"\ngateway/nginx throughput: {float(g[0])/float(n[0]):.2f}x (target >= 1.2x)")
+    print(f"gateway p99 {g[2]} ms vs nginx p99 {n[2]} ms (target: gateway <= nginx)")
+print(f"gateway peak RSS with {open_conns} idle keep-alive connections: {int(rss)/1024:.1f} MiB (target <= 64 MiB)")
+PY
