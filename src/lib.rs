@@ -4,8 +4,11 @@
 pub mod admin;
 pub mod config;
 pub mod error;
+pub mod explain;
 pub mod metrics;
+pub mod policy;
 pub mod proxy;
+pub mod rules;
 pub mod secrets;
 pub mod server;
 pub mod tls;
@@ -134,12 +137,17 @@ pub async fn shutdown_signal() {
 /// `om-secrets-proxy check`: every problem in the config and the rule files, or a summary.
 pub fn check(config: Option<&std::path::Path>) -> Result<String, Vec<String>> {
     let cfg = Config::load(config).map_err(|e| e.0)?;
+    let rules = rules::RuleSet::load(&cfg.rules.dir, &cfg.rules.safety_net_keys)
+        .map_err(|p| p.iter().map(|p| p.to_string()).collect::<Vec<_>>())?;
+    let paths: usize = rules.rules.iter().map(|r| r.secret_paths.len()).sum();
     Ok(format!(
-        "config ok ({}); provider {}",
+        "ok: config {}; provider {}; {} rule files, {} secret paths",
         cfg.source
             .as_ref()
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| "built-in defaults".into()),
-        cfg.secrets.provider.name()
+        cfg.secrets.provider.name(),
+        rules.rules.len(),
+        paths
     ))
 }

@@ -132,9 +132,42 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
-        Command::Explain { .. } => {
-            eprintln!("explain: not available in this build");
-            ExitCode::from(2)
+        Command::Explain {
+            config,
+            method,
+            path,
+            body_file,
+        } => {
+            let cfg = match load(config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let rules = match om_secrets_proxy::rules::RuleSet::load(&cfg.rules.dir, &cfg.rules.safety_net_keys) {
+                Ok(r) => r,
+                Err(problems) => {
+                    for p in problems {
+                        eprintln!("{p}");
+                    }
+                    return ExitCode::from(1);
+                }
+            };
+            let body = match body_file.map(std::fs::read_to_string).transpose() {
+                Ok(b) => b,
+                Err(e) => {
+                    eprintln!("cannot read the body file: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            match om_secrets_proxy::explain::explain(&cfg, &rules, &method, &path, body.as_deref()) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::from(1)
+                }
+            }
         }
         Command::Migrate { .. } => {
             eprintln!("migrate: not implemented yet");

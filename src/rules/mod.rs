@@ -1,0 +1,593 @@
+//! Rule files: which requests are inspected, which JSON paths hold secrets, how each secret's
+//! id is built, and (optionally) what each caller class sees. Compiled once at start-up
+//! (and on SIGHUP) into matchers; see `rules/README.md` for the format.
+
+pub mod ids;
+pub mod jsonpath;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use http::Method;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::config::ReadAction;
+use crate::proxy::path::NormPath;
+use jsonpath::{Seg, Step, Trie};
+
+// === raw format ===
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    kind: String,
+    #[serde(default)]
+    inventory_kind: Option<String>,
+    #[serde(default)]
+    description: Option<String>,
+    collection: String,
+    root: String,
+    field_base: String,
+    #[serde(default)]
+    safety_net: Vec<String>,
+    #[serde(default)]
+    known_types: Vec<String>,
+    routes: Vec<RawRoute>,
+    secrets: Vec<RawSecret>,
+    #[serde(default)]
+    policy: Option<RawPolicy>,
+    #[serde(default)]
+    allowed_reference_prefixes: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    methods: Vec<String>,
+    path: String,
+    op: String,
+    #[serde(default)]
+    response_at: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSecret {
+    path: String,
+    #[serde(default)]
+    types: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    bot: Option<String>,
+    user: Option<String>,
+    anonymous: Option<String>,
+    /// `mask`: when resolving fails, mask the field (and say so in a header) instead of 503.
+    on_resolve_failure: Option<String>,
+}
+
+// === compiled ===
+
+/// What a route does, which decides the write and read handling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// GET: the answer is rewritten.
+    Read,
+    /// POST/PUT on the collection: the body is an entity (create request).
+    Create,
+    /// PATCH by id or name: the body is a JSON Patch or merge patch.
+    Patch,
+    /// DELETE by id or name: secrets go on `hardDelete=true`.
+    Delete,
+    /// Any other ruled route: the request is forwarded, the answer rewritten.
+    Action,
+}
+
+#[derive(Debug, Clone)]
+enum PatSeg {
+    Lit(String),
+    Param(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    methods: Vec<Method>,
+    pattern: Vec<PatSeg>,
+    pub op: Op,
+    pub path: String,
+    /// The answer is the entity's subtree at this path (user token routes).
+    pub response_at: Vec<String>,
+}
+
+/// Per-kind refinements of the config's read policy.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PolicyOverride {
+    pub bot: Option<ReadAction>,
+    pub user: Option<ReadAction>,
+    pub anonymous: Option<ReadAction>,
+    pub mask_on_resolve_failure: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub kind: String,
+    pub file: PathBuf,
+    pub collection: String,
+    collection_segs: Vec<String>,
+    pub root_template: String,
+    pub field_base: Vec<String>,
+    pub secret_paths: Vec<String>,
+    pub secret_types: Vec<Vec<String>>,
+    pub known_types: HashSet<String>,
+    trie: Trie,
+    safety_net: Vec<Vec<String>>,
+    pub routes: Vec<Route>,
+    pub policy: PolicyOverride,
+    pub allowed_reference_prefixes: Vec<String>,
+}
+
+/// A secret location found in a document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    pub steps: Vec<Step>,
+    /// The rule path that found it, or `None` for the name-based safety net.
+    pub rule_path: Option<usize>,
+}
+
+/// A problem in a rule file.
+#[derive(Debug, Clone)]
+pub struct Problem {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.line {
+            Some(l) => write!(f, "{}:{}: {}", self.file.display(), l, self.message),
+            None => write!(f, "{}: {}", self.file.display(), self.message),
+        }
+    }
+}
+
+/// All rules, compiled.
+#[derive(Debug, Clone, Default)]
+pub struct RuleSet {
+    pub rules: Vec<Rule>,
+    safety_keys: HashSet<String>,
+}
+
+/// The result of matching a request.
+#[derive(Debug)]
+pub struct RouteMatch<'a> {
+    pub rule: &'a Rule,
+    /// `None`: under the rule's collection but no known route (answers are still rewritten).
+    pub route: Option<&'a Route>,
+    pub params: Vec<(String, String)>,
+}
+
+impl RouteMatch<'_> {
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    pub fn op(&self) -> Op {
+        self.route.map(|r| r.op).unwrap_or(Op::Action)
+    }
+}
+
+fn norm_key(k: &str) -> String {
+    k.chars()
+        .filter(|c| *c != '_' && *c != '-')
+        .flat_map(|c| c.to_lowercase())
+        .collect()
+}
+
+fn line_of(text: &str, needle: &str) -> Option<usize> {
+    text.find(needle).map(|pos| text[..pos].matches('\n').count() + 1)
+}
+
+fn keys_of(path: &str) -> Result<Vec<String>, String> {
+    jsonpath::compile(path)?
+        .into_iter()
+        .map(|s| match s {
+            Seg::Key(k) => Ok(k),
+            _ => Err(format!("{path:?} must be a plain member path (no wildcards)")),
+        })
+        .collect()
+}
+
+impl RuleSet {
+    /// Loads and compiles every `*.json` file of `dir`; reports every problem at once.
+    pub fn load(dir: &Path, safety_net_keys: &[String]) -> Result<RuleSet, Vec<Problem>> {
+        let mut problems = Vec::new();
+        let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
+            Ok(rd) => rd
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("json"))
+                .collect(),
+            Err(e) => {
+                return Err(vec![Problem {
+                    file: dir.to_path_buf(),
+                    line: None,
+                    message: format!("cannot read the rules directory: {e}"),
+                }])
+            }
+        };
+        files.sort();
+        if files.is_empty() {
+            problems.push(Problem {
+                file: dir.to_path_buf(),
+                line: None,
+                message: "no rule files (*.json) found".into(),
+            });
+        }
+        let mut rules = Vec::new();
+        for file in files {
+            match std::fs::read_to_string(&file) {
+                Ok(text) => match compile_rule(&file, &text) {
+                    Ok(r) => rules.push(r),
+                    Err(mut p) => problems.append(&mut p),
+                },
+                Err(e) => problems.push(Problem {
+                    file: file.clone(),
+                    line: None,
+                    message: format!("cannot read: {e}"),
+                }),
+            }
+        }
+        let mut seen: Vec<(&str, &Path)> = Vec::new();
+        for r in &rules {
+            if let Some((_, other)) = seen.iter().find(|(c, _)| c.eq_ignore_ascii_case(&r.collection)) {
+                problems.push(Problem {
+                    file: r.file.clone(),
+                    line: None,
+                    message: format!("collection {} is already ruled by {}", r.collection, other.display()),
+                });
+            }
+            seen.push((&r.collection, &r.file));
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(RuleSet {
+            rules,
+            safety_keys: safety_net_keys.iter().map(|k| norm_key(k)).collect(),
+        })
+    }
+
+    /// The rule and route a request matches. Literal segments compare case-insensitively.
+    pub fn match_request(&self, method: &Method, path: &NormPath) -> Option<RouteMatch<'_>> {
+        let segs = &path.segments;
+        for rule in &self.rules {
+            let n = rule.collection_segs.len();
+            if segs.len() < n
+                || !rule
+                    .collection_segs
+                    .iter()
+                    .zip(segs.iter())
+                    .all(|(a, b)| a.eq_ignore_ascii_case(b))
+            {
+                continue;
+            }
+            let rest = &segs[n..];
+            // HEAD is answered like GET.
+            let m = if method == Method::HEAD { &Method::GET } else { method };
+            for route in &rule.routes {
+                if !route.methods.contains(m) {
+                    continue;
+                }
+                if let Some(params) = match_pattern(&route.pattern, rest) {
+                    return Some(RouteMatch {
+                        rule,
+                        route: Some(route),
+                        params,
+                    });
+                }
+            }
+            return Some(RouteMatch {
+                rule,
+                route: None,
+                params: Vec::new(),
+            });
+        }
+        None
+    }
+
+    /// Every secret location in `doc` (an entity, or a create body) for `rule`: the rule's
+    /// paths, then the name-based safety net inside the rule's safety-net subtrees.
+    pub fn find_secrets(&self, rule: &Rule, doc: &Value) -> Vec<Found> {
+        let mut found: Vec<Found> = rule
+            .trie
+            .find(doc)
+            .into_iter()
+            .map(|(steps, n)| Found {
+                steps,
+                rule_path: Some(n),
+            })
+            .collect();
+        if !self.safety_keys.is_empty() {
+            for base in &rule.safety_net {
+                let steps: Vec<Step> = base.iter().map(|k| Step::Key(k.clone())).collect();
+                if let Some(sub) = jsonpath::get(doc, &steps) {
+                    let mut cur = steps.clone();
+                    self.net_walk(sub, &mut cur, &mut found);
+                }
+            }
+        }
+        found.sort_by(|a, b| a.steps.cmp(&b.steps));
+        found.dedup_by(|a, b| a.steps == b.steps);
+        found
+    }
+
+    fn net_walk(&self, v: &Value, steps: &mut Vec<Step>, out: &mut Vec<Found>) {
+        match v {
+            Value::Object(m) => {
+                for (k, child) in m {
+                    steps.push(Step::Key(k.clone()));
+                    if child.is_string() && self.safety_keys.contains(&norm_key(k)) {
+                        out.push(Found {
+                            steps: steps.clone(),
+                            rule_path: None,
+                        });
+                    } else {
+                        self.net_walk(child, steps, out);
+                    }
+                    steps.pop();
+                }
+            }
+            Value::Array(a) => {
+                for (i, child) in a.iter().enumerate() {
+                    steps.push(Step::Index(i));
+                    self.net_walk(child, steps, out);
+                    steps.pop();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Secret locations inside `value`, a subtree that sits at `at` (steps from the entity
+    /// root): for JSON Patch op values and merge patches. Returned steps are absolute.
+    pub fn find_secrets_under(&self, rule: &Rule, at: &[Step], value: &Value) -> Vec<Found> {
+        let mut found: Vec<Found> = Vec::new();
+        for node in rule.trie.nodes_at(at) {
+            for (rel, n) in node.find(value) {
+                let mut abs = at.to_vec();
+                abs.extend(rel);
+                found.push(Found { steps: abs, rule_path: Some(n) });
+            }
+        }
+        if !self.safety_keys.is_empty() {
+            for base in &rule.safety_net {
+                let base_steps: Vec<Step> = base.iter().map(|k| Step::Key(k.clone())).collect();
+                if at.len() >= base_steps.len() && at[..base_steps.len()] == base_steps[..] {
+                    // The value lies inside a safety-net subtree.
+                    let mut cur = at.to_vec();
+                    if let (Some(Step::Key(k)), true) = (at.last(), value.is_string()) {
+                        if at.len() > base_steps.len() && self.safety_keys.contains(&norm_key(k)) {
+                            found.push(Found { steps: cur.clone(), rule_path: None });
+                        }
+                    }
+                    self.net_walk(value, &mut cur, &mut found);
+                } else if base_steps.len() > at.len() && base_steps[..at.len()] == at[..] {
+                    // The value contains a safety-net subtree.
+                    if let Some(sub) = jsonpath::get(value, &base_steps[at.len()..]) {
+                        let mut cur = base_steps.clone();
+                        self.net_walk(sub, &mut cur, &mut found);
+                    }
+                }
+            }
+        }
+        found.sort_by(|a, b| a.steps.cmp(&b.steps));
+        found.dedup_by(|a, b| a.steps == b.steps);
+        found
+    }
+}
+
+fn match_pattern(pattern: &[PatSeg], segs: &[String]) -> Option<Vec<(String, String)>> {
+    let mut params = Vec::new();
+    let mut i = 0;
+    for (pi, p) in pattern.iter().enumerate() {
+        match p {
+            PatSeg::Lit(l) => {
+                if segs.get(i).map(|s| s.eq_ignore_ascii_case(l)) != Some(true) {
+                    return None;
+                }
+                i += 1;
+            }
+            PatSeg::Param(name) => {
+                // A trailing {fqn} takes the rest: names may hold an encoded '/'.
+                if name == "fqn" && pi == pattern.len() - 1 {
+                    if i >= segs.len() {
+                        return None;
+                    }
+                    params.push((name.clone(), segs[i..].join("/")));
+                    i = segs.len();
+                } else {
+                    params.push((name.clone(), segs.get(i)?.clone()));
+                    i += 1;
+                }
+            }
+        }
+    }
+    (i == segs.len()).then_some(params)
+}
+
+fn compile_rule(file: &Path, text: &str) -> Result<Rule, Vec<Problem>> {
+    let problem = |line: Option<usize>, message: String| Problem {
+        file: file.to_path_buf(),
+        line,
+        message,
+    };
+    let raw: RawRule = serde_json::from_str(text).map_err(|e| vec![problem(Some(e.line()), e.to_string())])?;
+    let mut problems = Vec::new();
+    let _ = (&raw.inventory_kind, &raw.description);
+
+    let collection_segs: Vec<String> = match NormPath::parse(&raw.collection) {
+        Ok(p) if raw.collection.starts_with("/api/") && !p.segments.is_empty() => p.segments,
+        _ => {
+            problems.push(problem(
+                line_of(text, "\"collection\""),
+                format!("collection {:?} must be an /api/... path", raw.collection),
+            ));
+            Vec::new()
+        }
+    };
+    if !raw.root.contains("{name}") {
+        problems.push(problem(line_of(text, "\"root\""), format!("root {:?} must contain {{name}}", raw.root)));
+    }
+    let field_base = keys_of(&raw.field_base).unwrap_or_else(|e| {
+        problems.push(problem(line_of(text, "\"field_base\""), format!("field_base: {e}")));
+        Vec::new()
+    });
+    let mut safety_net = Vec::new();
+    for p in &raw.safety_net {
+        match keys_of(p) {
+            Ok(k) => safety_net.push(k),
+            Err(e) => problems.push(problem(line_of(text, p), format!("safety_net: {e}"))),
+        }
+    }
+    let mut routes = Vec::new();
+    for r in &raw.routes {
+        let line = line_of(text, &format!("\"path\": {:?}", r.path));
+        let mut methods = Vec::new();
+        for m in &r.methods {
+            match m.to_ascii_uppercase().as_str() {
+                "GET" => methods.push(Method::GET),
+                "POST" => methods.push(Method::POST),
+                "PUT" => methods.push(Method::PUT),
+                "PATCH" => methods.push(Method::PATCH),
+                "DELETE" => methods.push(Method::DELETE),
+                other => problems.push(problem(line, format!("route {:?}: unknown method {other:?}", r.path))),
+            }
+        }
+        if methods.is_empty() {
+            problems.push(problem(line, format!("route {:?}: no methods", r.path)));
+        }
+        let op = match r.op.as_str() {
+            "read" => Op::Read,
+            "create" => Op::Create,
+            "patch" => Op::Patch,
+            "delete" => Op::Delete,
+            "action" => Op::Action,
+            other => {
+                problems.push(problem(
+                    line,
+                    format!("route {:?}: op {other:?} is not one of read, create, patch, delete, action", r.path),
+                ));
+                Op::Action
+            }
+        };
+        if !(r.path.is_empty() || r.path.starts_with('/')) {
+            problems.push(problem(line, format!("route path {:?} must be empty or start with '/'", r.path)));
+        }
+        let pattern: Vec<PatSeg> = r
+            .path
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .map(|s| match s.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                Some(name) => PatSeg::Param(name.to_string()),
+                None => PatSeg::Lit(s.to_string()),
+            })
+            .collect();
+        let response_at = match &r.response_at {
+            Some(p) => keys_of(p).unwrap_or_else(|e| {
+                problems.push(problem(line, format!("response_at: {e}")));
+                Vec::new()
+            }),
+            None => Vec::new(),
+        };
+        routes.push(Route {
+            methods,
+            pattern,
+            op,
+            path: r.path.clone(),
+            response_at,
+        });
+    }
+    let mut trie = Trie::default();
+    let mut secret_paths = Vec::new();
+    let mut secret_types = Vec::new();
+    for (i, s) in raw.secrets.iter().enumerate() {
+        match jsonpath::compile(&s.path) {
+            Ok(segs) => {
+                trie.insert(&segs, i);
+            }
+            Err(e) => problems.push(problem(line_of(text, &format!("{:?}", s.path)), e)),
+        }
+        secret_paths.push(s.path.clone());
+        secret_types.push(s.types.clone());
+    }
+    let mut policy = PolicyOverride::default();
+    if let Some(p) = &raw.policy {
+        let line = line_of(text, "\"policy\"");
+        let mut act = |v: &Option<String>, who: &str| -> Option<ReadAction> {
+            let v = v.as_ref()?;
+            let a = ReadAction::parse(v);
+            if a.is_none() {
+                problems.push(problem(line, format!("policy.{who}: {v:?} is not one of resolve, reference, mask")));
+            }
+            a
+        };
+        policy.bot = act(&p.bot, "bot");
+        policy.user = act(&p.user, "user");
+        policy.anonymous = act(&p.anonymous, "anonymous");
+        match p.on_resolve_failure.as_deref() {
+            None | Some("error") => {}
+            Some("mask") => policy.mask_on_resolve_failure = true,
+            Some(other) => problems.push(problem(
+                line,
+                format!("policy.on_resolve_failure: {other:?} is not one of error, mask"),
+            )),
+        }
+    }
+    for p in &raw.allowed_reference_prefixes {
+        if !p.starts_with('/') {
+            problems.push(problem(
+                line_of(text, p),
+                format!("allowed_reference_prefixes: {p:?} must start with '/'"),
+            ));
+        }
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    Ok(Rule {
+        kind: raw.kind,
+        file: file.to_path_buf(),
+        collection: raw.collection,
+        collection_segs,
+        root_template: raw.root,
+        field_base,
+        secret_paths,
+        secret_types,
+        known_types: raw.known_types.into_iter().collect(),
+        trie,
+        safety_net,
+        routes,
+        policy,
+        allowed_reference_prefixes: raw.allowed_reference_prefixes,
+    })
+}
+
+impl Rule {
+    /// Steps relative to the field base (the id's field parts).
+    pub fn field_steps<'s>(&self, steps: &'s [Step]) -> &'s [Step] {
+        let base_matches = self.field_base.len() <= steps.len()
+            && self
+                .field_base
+                .iter()
+                .zip(steps.iter())
+                .all(|(b, s)| matches!(s, Step::Key(k) if k == b));
+        if base_matches {
+            &steps[self.field_base.len()..]
+        } else {
+            steps
+        }
+    }
+}

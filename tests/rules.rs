@@ -1,0 +1,217 @@
+//! The shipped rules: they cover every secret path of the inventory, match every spelling of
+//! a ruled route, and `check` / `explain` report what they should.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use http::Method;
+use om_secrets_proxy::proxy::path::NormPath;
+use om_secrets_proxy::rules::jsonpath::{render, Step};
+use om_secrets_proxy::rules::RuleSet;
+use serde_json::{json, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_om-secrets-proxy");
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn shipped() -> RuleSet {
+    let keys: Vec<String> = om_secrets_proxy::config::DEFAULT_SAFETY_NET_KEYS.iter().map(|s| s.to_string()).collect();
+    RuleSet::load(&root().join("rules"), &keys).expect("shipped rules compile")
+}
+
+fn inventory() -> Value {
+    let p = root().join("../shared/data/openmetadata-secret-fields.json");
+    serde_json::from_str(&std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).unwrap()
+}
+
+/// Builds a document holding "VALUE" at a concrete spelling of `path` ([*] -> [1], .* -> .someKey).
+fn doc_for(path: &str) -> (Value, Vec<Step>) {
+    let segs = om_secrets_proxy::rules::jsonpath::compile(path).unwrap();
+    let mut steps = Vec::new();
+    for s in &segs {
+        use om_secrets_proxy::rules::jsonpath::Seg;
+        steps.push(match s {
+            Seg::Key(k) => Step::Key(k.clone()),
+            Seg::AnyKey => Step::Key("someKey".into()),
+            Seg::AnyIndex => Step::Index(1),
+            Seg::Index(n) => Step::Index(*n),
+        });
+    }
+    let mut doc = json!("VALUE");
+    for s in steps.iter().rev() {
+        doc = match s {
+            Step::Key(k) => {
+                let mut m = serde_json::Map::new();
+                m.insert(k.clone(), doc);
+                Value::Object(m)
+            }
+            Step::Index(i) => {
+                let mut a = vec![json!({"other": 1}); *i];
+                a.push(doc);
+                Value::Array(a)
+            }
+        };
+    }
+    (doc, steps)
+}
+
+#[test]
+fn every_inventory_path_is_found_by_the_shipped_rules() {
+    let rules = shipped();
+    let inv = inventory();
+    let collections = inv["_meta"]["collections"].as_object().unwrap();
+    let mut checked = 0;
+    for (kind, groups) in inv.as_object().unwrap() {
+        if kind == "_meta" || kind == "bot" {
+            continue;
+        }
+        let coll = collections[kind].as_str().unwrap();
+        let norm = NormPath::parse(coll).unwrap();
+        let m = rules.match_request(&Method::POST, &norm).unwrap_or_else(|| panic!("no rule for {coll}"));
+        for (_group, entries) in groups.as_object().unwrap() {
+            for e in entries.as_array().unwrap() {
+                let path = e["path"].as_str().unwrap();
+                let (doc, steps) = doc_for(path);
+                let found = rules.find_secrets(m.rule, &doc);
+                assert!(
+                    found.iter().any(|f| f.steps == steps && f.rule_path.is_some()),
+                    "{kind}: {path} not found (found {:?})",
+                    found.iter().map(|f| render(&f.steps)).collect::<Vec<_>>()
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 351, "only {checked} paths checked");
+}
+
+#[test]
+fn every_spelling_of_a_ruled_route_matches_its_rule() {
+    let rules = shipped();
+    for p in [
+        "/api/v1/services/databaseServices",
+        "/api/v1/services/databaseServices/",
+        "//api//v1/services/./databaseServices",
+        "/api/v1/services%2FdatabaseServices",
+        "/API/V1/SERVICES/DATABASESERVICES",
+        "/api/v1/services/databaseServices;jsessionid=1",
+        "/api/v1/%73ervices/databaseServices",
+    ] {
+        let n = NormPath::parse(p).unwrap();
+        let m = rules.match_request(&Method::POST, &n).unwrap_or_else(|| panic!("{p} did not match"));
+        assert_eq!(m.rule.kind, "databaseService", "{p}");
+        assert_eq!(m.op(), om_secrets_proxy::rules::Op::Create, "{p}");
+    }
+}
+
+#[test]
+fn entity_routes_carry_their_parameters() {
+    let rules = shipped();
+    let n = NormPath::parse("/api/v1/services/ingestionPipelines/name/svc.%22dbt%2Fnightly%22").unwrap();
+    let m = rules.match_request(&Method::PATCH, &n).unwrap();
+    assert_eq!(m.rule.kind, "ingestionPipeline");
+    assert_eq!(m.op(), om_secrets_proxy::rules::Op::Patch);
+    assert_eq!(m.param("fqn"), Some("svc.\"dbt/nightly\""));
+    let n = NormPath::parse("/api/v1/users/token/abc").unwrap();
+    let m = rules.match_request(&Method::GET, &n).unwrap();
+    assert_eq!(m.rule.kind, "botUser");
+    assert_eq!(m.route.unwrap().response_at, vec!["authenticationMechanism", "config"]);
+    let n = NormPath::parse("/api/v1/services/databaseServices/123/versions/0.2").unwrap();
+    assert_eq!(rules.match_request(&Method::GET, &n).unwrap().param("version"), Some("0.2"));
+}
+
+#[test]
+fn unruled_routes_match_nothing() {
+    let rules = shipped();
+    for p in ["/api/v1/tables", "/api/v1/system/version", "/api/v1/servicesX/databaseServices"] {
+        assert!(rules.match_request(&Method::GET, &NormPath::parse(p).unwrap()).is_none(), "{p}");
+    }
+}
+
+#[test]
+fn the_safety_net_catches_unknown_connectors_and_free_form_maps() {
+    let rules = shipped();
+    let m = rules
+        .match_request(&Method::POST, &NormPath::parse("/api/v1/services/databaseServices").unwrap())
+        .unwrap();
+    let doc = json!({"name": "n", "connection": {"config": {"type": "BrandNewDb",
+        "hostPort": "h", "nested": {"clientSecret": "s1"},
+        "connectionOptions": {"api_key": "s2", "timeout": "5"}}}});
+    let found: Vec<String> = rules.find_secrets(m.rule, &doc).iter().map(|f| render(&f.steps)).collect();
+    assert_eq!(
+        found,
+        vec!["$.connection.config.connectionOptions.api_key", "$.connection.config.nested.clientSecret"]
+    );
+}
+
+#[test]
+fn check_lists_every_problem_in_every_rule_file() {
+    let out = Command::new(BIN)
+        .args(["check"])
+        .env("OMSP_RULES_DIR", root().join("tests/fixtures/bad-rules"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    for expect in [
+        "broken.json:4: root \"broken\" must contain {name}",
+        "broken.json:7: route \"/{id}\": unknown method \"FETCH\"",
+        "op \"explode\"",
+        "broken.json:11: \"$.connection.config[?@.x == 1]\"",
+        "\"connection.config.password\" is not valid JSONPath",
+        "policy.bot: \"reveal\"",
+        "not-json.json:4:",
+    ] {
+        assert!(text.contains(expect), "expected {expect:?} in:\n{text}");
+    }
+}
+
+#[test]
+fn serve_refuses_to_start_on_a_bad_rule() {
+    let out = Command::new(BIN)
+        .args(["serve"])
+        .env("OMSP_RULES_DIR", root().join("tests/fixtures/bad-rules"))
+        .env("OMSP_LISTEN", "127.0.0.1:0")
+        .env("OMSP_ADMIN_LISTEN", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("broken.json"));
+}
+
+#[test]
+fn explain_names_the_rule_the_secret_paths_and_their_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = dir.path().join("body.json");
+    std::fs::write(
+        &body,
+        r#"{"name":"dbt-nightly","sourceConfig":{"config":{"type":"DBT","dbtConfigSource":{"dbtSecurityConfig":{"awsSecretAccessKey":"x"}}}}}"#,
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["explain", "PUT", "/api/v1/services/ingestionPipelines"])
+        .arg(&body)
+        .current_dir(root())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(0), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("rule: ingestionPipeline"), "{text}");
+    assert!(text.contains(
+        "$.sourceConfig.config.dbtConfigSource.dbtSecurityConfig.awsSecretAccessKey -> secret:/openmetadata/pipeline/dbt-nightly/sourceconfig/config/dbtconfigsource/dbtsecurityconfig/awssecretaccesskey"
+    ), "{text}");
+    assert!(text.contains("reads: bot=resolve user=mask anonymous=mask"), "{text}");
+}
+
+#[test]
+fn explain_says_when_no_rule_matches() {
+    let out = Command::new(BIN)
+        .args(["explain", "GET", "/api/v1/tables"])
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("rule: none"));
+    let _ = Path::new(".");
+}
