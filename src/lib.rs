@@ -2,12 +2,14 @@
 //! out of it. See README.md for what it does and `../shared/spec/interface.md` for the contract.
 
 pub mod admin;
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod explain;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;
+pub mod rewrite;
 pub mod rules;
 pub mod secrets;
 pub mod server;
@@ -47,11 +49,35 @@ pub async fn build_app(config: Config) -> Result<App, StartError> {
         )),
         None => None,
     };
-    let store: Arc<dyn secrets::SecretStore> = Arc::new(secrets::memory::MemoryStore::new());
+    let rules = rules::RuleSet::load(&config.rules.dir, &config.rules.safety_net_keys)
+        .map_err(|p| StartError(p.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n")))?;
+    let fernet = secrets::fernet::FernetKeys::new(&config.fernet.keys).map_err(|e| StartError(format!("fernet.key: {e}")))?;
+    if config
+        .fernet
+        .keys
+        .iter()
+        .any(|k| k == config::OPENMETADATA_DEFAULT_FERNET_KEY)
+    {
+        tracing::warn!("fernet.key is OpenMetadata's PUBLIC default key: anyone can decrypt these tokens; set your own FERNET_KEY");
+    }
+    let store = secrets::open_store(&config, &fernet)
+        .await
+        .map_err(StartError)?;
+    let auth = auth::Auth::new(&config.auth, upstream.clone(), true).map_err(|e| StartError(format!("auth: {e}")))?;
     let gateway = Arc::new(Gateway {
         upstream: upstream.clone(),
         metrics: metrics.clone(),
         max_body_bytes: config.server.max_body_bytes,
+        rules: std::sync::RwLock::new(Arc::new(rules)),
+        ids: rules::ids::IdBuilder::new(&config.secrets.prefix, &config.secrets.cluster_name),
+        store: store.clone(),
+        fernet,
+        provider: config.secrets.provider,
+        wrap_references: config.fernet.wrap_references,
+        policy: config.policy,
+        service_token: config.upstream.service_token.clone(),
+        entity_locks: Default::default(),
+        auth: Some(auth),
     });
     let admin = Arc::new(admin::Admin {
         upstream,

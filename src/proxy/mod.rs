@@ -13,17 +13,25 @@
 pub mod body;
 pub mod headers;
 pub mod path;
+mod secure;
 pub mod upstream;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use http::{header, HeaderValue, Request, Response};
 use hyper::body::Incoming;
 
+use crate::config::{PolicyConfig, Provider};
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
+use crate::policy::CallerClass;
+use crate::rules::ids::IdBuilder;
+use crate::rules::RuleSet;
+use crate::secrets::fernet::FernetKeys;
+use crate::secrets::SecretStore;
 use body::Body;
 use path::NormPath;
 use upstream::Upstream;
@@ -40,6 +48,18 @@ pub struct Gateway {
     pub upstream: Upstream,
     pub metrics: Arc<Metrics>,
     pub max_body_bytes: usize,
+    /// Swapped whole on SIGHUP; requests in flight keep the set they started with.
+    pub rules: RwLock<Arc<RuleSet>>,
+    pub ids: IdBuilder,
+    pub store: Arc<dyn SecretStore>,
+    pub fernet: FernetKeys,
+    pub provider: Provider,
+    pub wrap_references: bool,
+    pub policy: PolicyConfig,
+    pub service_token: Option<String>,
+    /// One lock per entity id root, so store and upstream agree on the last writer.
+    pub entity_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    pub auth: Option<crate::auth::Auth>,
 }
 
 /// Per-request facts gathered along the pipeline, for the log line and metrics.
@@ -93,14 +113,43 @@ impl Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<Response<Body>, GatewayError> {
         // 1. normalise
-        let _norm = NormPath::parse(req.uri().path()).map_err(|e| GatewayError::BadRequest(e.to_string()))?;
+        let norm = NormPath::parse(req.uri().path()).map_err(|e| GatewayError::BadRequest(e.to_string()))?;
+        // 2. identify
+        let (caller, sub) = self.identify(req.headers()).await;
+        // 3. route
+        let rules = self.current_rules();
+        if let Some(m) = rules.match_request(req.method(), &norm) {
+            ctx.route_class = "ruled";
+            // 4-7 for ruled routes
+            return self.ruled(&rules, m, req, conn, request_id, caller, &sub).await;
+        }
         ctx.route_class = "passthrough";
 
-        // 5. forward (unruled: streamed both ways)
+        // 5. forward (unruled: streamed both ways; JSON answers pass the safety net)
         let (parts, incoming) = req.into_parts();
         let upstream_req = self.upstream_request(parts, body::stream(incoming), conn, request_id)?;
         let resp = self.upstream.send(upstream_req).await?;
-        Ok(self.downstream_response(resp))
+        let action = crate::policy::decide(caller, &self.policy, &Default::default());
+        self.rewrite_answer(resp, None, action).await
+    }
+
+    /// The caller's class from a verified JWT only; anything unverifiable is anonymous.
+    async fn identify(&self, headers: &http::HeaderMap) -> (CallerClass, String) {
+        match &self.auth {
+            Some(auth) => auth.identify(headers).await,
+            None => (CallerClass::Anonymous, "anonymous".to_string()),
+        }
+    }
+
+    fn entity_lock(&self, root: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = match self.entity_locks.lock() {
+            Ok(l) => l,
+            Err(p) => p.into_inner(),
+        };
+        if locks.len() > 10_000 {
+            locks.retain(|_, l| Arc::strong_count(l) > 1);
+        }
+        locks.entry(root.to_string()).or_default().clone()
     }
 
     /// Builds the upstream request: same method, path and query; hop-by-hop headers out,
@@ -133,12 +182,5 @@ impl Gateway {
         *req.uri_mut() = uri;
         *req.headers_mut() = headers;
         Ok(req)
-    }
-
-    /// Streams an upstream answer back with hop-by-hop headers removed.
-    fn downstream_response(&self, resp: Response<Incoming>) -> Response<Body> {
-        let (mut parts, incoming) = resp.into_parts();
-        headers::strip_hop_by_hop(&mut parts.headers);
-        Response::from_parts(parts, body::stream(incoming))
     }
 }

@@ -4,6 +4,7 @@
 //! a [`StoreError`], so a store outage is never mistaken for a missing secret.
 
 pub mod fernet;
+pub mod embedded;
 pub mod memory;
 
 use std::future::Future;
@@ -54,4 +55,24 @@ pub trait SecretStore: Send + Sync {
     /// Ok when the store answers.
     fn health(&self) -> StoreFuture<'_, ()>;
     fn name(&self) -> &'static str;
+}
+
+/// Opens the configured provider's store.
+pub async fn open_store(
+    config: &crate::config::Config,
+    keys: &fernet::FernetKeys,
+) -> Result<std::sync::Arc<dyn SecretStore>, String> {
+    use crate::config::Provider;
+    match config.secrets.provider {
+        Provider::Embedded => Ok(std::sync::Arc::new(embedded::EmbeddedStore::open(
+            &config.secrets.embedded_path,
+            keys,
+        )?)),
+        // `db` keeps nothing outside OpenMetadata: values travel as Fernet tokens.
+        Provider::Db => Ok(std::sync::Arc::new(memory::MemoryStore::new())),
+        other => Err(format!(
+            "secrets_manager.provider: {} is not available in this build yet (use embedded or db)",
+            other.name()
+        )),
+    }
 }

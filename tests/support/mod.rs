@@ -54,7 +54,13 @@ pub fn config_for(upstream: &str) -> Config {
         "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n[upstream]\nurl = \"{upstream}\"\n[rules]\ndir = \"{}/rules\"\n",
         env!("CARGO_MANIFEST_DIR")
     );
-    Config::from_toml_str(&text, None, &|_| None).expect("test config")
+    let mut cfg = Config::from_toml_str(&text, None, &|_| None).expect("test config");
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let dir = std::env::temp_dir().join(format!("omsp-tests-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    cfg.secrets.embedded_path = dir.join(format!("secrets-{n}.db"));
+    cfg
 }
 
 /// Starts a gateway with `config`.

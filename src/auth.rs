@@ -1,0 +1,243 @@
+//! Caller identity from `Authorization: Bearer <JWT>` only: RS256 signatures checked against
+//! the upstream's JWKS (fetched lazily, cached, refetched on an unknown `kid` at most every
+//! 30 s) and/or configured PEM keys; `iss` and `exp` checked. `alg: none`, HMAC and anything
+//! malformed make the caller anonymous. Identity headers a caller sends are never read.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine;
+use http::{header, HeaderMap, Request};
+use ring::signature::{RsaPublicKeyComponents, RSA_PKCS1_2048_8192_SHA256};
+use serde_json::Value;
+
+use crate::policy::CallerClass;
+use crate::proxy::body::{collect_limited, empty};
+use crate::proxy::upstream::Upstream;
+
+const JWKS_REFETCH: Duration = Duration::from_secs(30);
+
+#[derive(Clone, Debug)]
+struct RsaKey {
+    n: Vec<u8>,
+    e: Vec<u8>,
+}
+
+pub struct Auth {
+    issuer: String,
+    pem_keys: Vec<RsaKey>,
+    jwks_path: Option<String>,
+    upstream: Upstream,
+    jwks: Mutex<(HashMap<String, RsaKey>, Option<Instant>)>,
+}
+
+fn b64(s: &str) -> Option<Vec<u8>> {
+    let t = s.trim_end_matches('=');
+    URL_SAFE_NO_PAD.decode(t).ok()
+}
+
+impl Auth {
+    pub fn new(cfg: &crate::config::AuthConfig, upstream: Upstream, use_jwks: bool) -> Result<Auth, String> {
+        let mut pem_keys = Vec::new();
+        for f in &cfg.public_key_files {
+            let text = std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display()))?;
+            pem_keys.push(parse_pem_public_key(&text).ok_or_else(|| format!("{}: not an RSA public key in PEM", f.display()))?);
+        }
+        let jwks_path = use_jwks.then(|| {
+            cfg.jwks_url
+                .path_and_query()
+                .map(|p| p.as_str().to_string())
+                .unwrap_or_else(|| "/api/v1/system/config/jwks".into())
+        });
+        Ok(Auth {
+            issuer: cfg.issuer.clone(),
+            pem_keys,
+            jwks_path,
+            upstream,
+            jwks: Mutex::new((HashMap::new(), None)),
+        })
+    }
+
+    /// The caller's class and subject (`anonymous` when unverified).
+    pub async fn identify(&self, headers: &HeaderMap) -> (CallerClass, String) {
+        let anon = (CallerClass::Anonymous, "anonymous".to_string());
+        let Some(token) = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        else {
+            return anon;
+        };
+        match self.verify(token.trim()).await {
+            Some(claims) => {
+                let sub = claims.get("sub").and_then(Value::as_str).unwrap_or("unknown").to_string();
+                if claims.get("isBot").and_then(Value::as_bool) == Some(true) {
+                    (CallerClass::Bot, sub)
+                } else {
+                    (CallerClass::User, sub)
+                }
+            }
+            None => anon,
+        }
+    }
+
+    async fn verify(&self, token: &str) -> Option<Value> {
+        let mut parts = token.split('.');
+        let (h, p, s) = (parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() {
+            return None;
+        }
+        let header: Value = serde_json::from_slice(&b64(h)?).ok()?;
+        if header.get("alg").and_then(Value::as_str) != Some("RS256") {
+            return None;
+        }
+        let claims: Value = serde_json::from_slice(&b64(p)?).ok()?;
+        let sig = b64(s)?;
+        let signed = &token.as_bytes()[..h.len() + 1 + p.len()];
+        let kid = header.get("kid").and_then(Value::as_str).map(str::to_string);
+        let keys = self.keys_for(kid.as_deref()).await;
+        let ok = keys.iter().any(|k| {
+            RsaPublicKeyComponents { n: &k.n, e: &k.e }
+                .verify(&RSA_PKCS1_2048_8192_SHA256, signed, &sig)
+                .is_ok()
+        });
+        if !ok {
+            return None;
+        }
+        if claims.get("iss").and_then(Value::as_str) != Some(self.issuer.as_str()) {
+            return None;
+        }
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?.as_secs();
+        match claims.get("exp") {
+            None | Some(Value::Null) => {}
+            Some(e) => {
+                if e.as_u64()? <= now {
+                    return None;
+                }
+            }
+        }
+        Some(claims)
+    }
+
+    async fn keys_for(&self, kid: Option<&str>) -> Vec<RsaKey> {
+        let mut keys = self.pem_keys.clone();
+        let Some(path) = &self.jwks_path else { return keys };
+        let (cached, need_fetch) = {
+            let g = match self.jwks.lock() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            let hit: Vec<RsaKey> = match kid {
+                Some(k) => g.0.get(k).cloned().into_iter().collect(),
+                None => g.0.values().cloned().collect(),
+            };
+            let stale = g.1.is_none_or(|t| t.elapsed() > JWKS_REFETCH);
+            (hit.clone(), hit.is_empty() && stale)
+        };
+        keys.extend(cached);
+        if need_fetch {
+            if let Some(fetched) = self.fetch_jwks(path).await {
+                let mut g = match self.jwks.lock() {
+                    Ok(g) => g,
+                    Err(p) => p.into_inner(),
+                };
+                g.0 = fetched;
+                g.1 = Some(Instant::now());
+                match kid {
+                    Some(k) => keys.extend(g.0.get(k).cloned()),
+                    None => keys.extend(g.0.values().cloned()),
+                }
+            } else if let Ok(mut g) = self.jwks.lock() {
+                g.1 = Some(Instant::now());
+            }
+        }
+        keys
+    }
+
+    async fn fetch_jwks(&self, path: &str) -> Option<HashMap<String, RsaKey>> {
+        let mut req = Request::new(empty());
+        *req.uri_mut() = self.upstream.uri_for(path).ok()?;
+        let resp = self.upstream.send(req).await.ok()?;
+        if !resp.status().is_success() {
+            return None;
+        }
+        let bytes = collect_limited(resp.into_body(), 1 << 20).await.ok()?;
+        let v: Value = serde_json::from_slice(&bytes).ok()?;
+        let mut out = HashMap::new();
+        for (i, k) in v.get("keys")?.as_array()?.iter().enumerate() {
+            if k.get("kty").and_then(Value::as_str) != Some("RSA") {
+                continue;
+            }
+            let n = strip_zero(b64(k.get("n")?.as_str()?)?);
+            let e = b64(k.get("e")?.as_str()?)?;
+            let kid = k.get("kid").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| format!("#{i}"));
+            out.insert(kid, RsaKey { n, e });
+        }
+        Some(out)
+    }
+}
+
+fn strip_zero(mut v: Vec<u8>) -> Vec<u8> {
+    while v.len() > 1 && v[0] == 0 {
+        v.remove(0);
+    }
+    v
+}
+
+/// Reads one DER TLV; returns (tag, contents, rest).
+fn der(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let tag = *input.first()?;
+    let first = *input.get(1)? as usize;
+    let (len, hdr) = if first < 0x80 {
+        (first, 2)
+    } else {
+        let n = first & 0x7f;
+        if n == 0 || n > 4 {
+            return None;
+        }
+        let mut len = 0usize;
+        for i in 0..n {
+            len = (len << 8) | *input.get(2 + i)? as usize;
+        }
+        (len, 2 + n)
+    };
+    let body = input.get(hdr..hdr + len)?;
+    Some((tag, body, &input[hdr + len..]))
+}
+
+/// An RSA public key from PEM: `PUBLIC KEY` (SPKI) or `RSA PUBLIC KEY` (PKCS#1).
+fn parse_pem_public_key(text: &str) -> Option<RsaKey> {
+    let b64body: String = text.lines().filter(|l| !l.starts_with("-----")).collect::<Vec<_>>().join("");
+    let der_bytes = STANDARD.decode(b64body.trim()).ok()?;
+    let (tag, seq, _) = der(&der_bytes)?;
+    if tag != 0x30 {
+        return None;
+    }
+    let (t1, first, rest) = der(seq)?;
+    let pkcs1 = if t1 == 0x30 {
+        // SPKI: AlgorithmIdentifier, then BIT STRING holding RSAPublicKey.
+        let (t2, bits, _) = der(rest)?;
+        if t2 != 0x03 || bits.first() != Some(&0) {
+            return None;
+        }
+        let (t3, inner, _) = der(&bits[1..])?;
+        if t3 != 0x30 {
+            return None;
+        }
+        inner.to_vec()
+    } else {
+        let _ = first;
+        seq.to_vec()
+    };
+    let (tn, n, rest) = der(&pkcs1)?;
+    let (te, e, _) = der(rest)?;
+    if tn != 0x02 || te != 0x02 {
+        return None;
+    }
+    Some(RsaKey {
+        n: strip_zero(n.to_vec()),
+        e: strip_zero(e.to_vec()),
+    })
+}

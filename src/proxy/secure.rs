@@ -1,0 +1,531 @@
+//! The ruled half of the pipeline: request bodies of writes lose their secrets to the store
+//! (`rewrite_request`), answers are rewritten per caller (`rewrite_response`), and store
+//! changes are undone when the upstream refuses a write.
+
+use std::io::Read;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use serde_json::Value;
+
+use super::body::{self, collect_limited, full, Body, CollectError};
+use super::{ConnInfo, Gateway};
+use crate::config::ReadAction;
+use crate::error::GatewayError;
+use crate::policy::{decide, CallerClass};
+use crate::rewrite::json::parse_strict;
+use crate::rewrite::request::{Plan, WriteCtx};
+use crate::rewrite::response::{may_hold_references, mask_references, ReadCtx};
+use crate::rules::jsonpath::Step;
+use crate::rules::{Op, Rule, RouteMatch, RuleSet};
+
+pub static X_MASKED_FIELDS: http::HeaderName = http::HeaderName::from_static("x-omsp-masked-fields");
+
+/// Decodes a request or response body by its Content-Encoding.
+pub fn decode(headers: &HeaderMap, bytes: Bytes, limit: usize) -> Result<Bytes, DecodeError> {
+    let Some(enc) = headers.get(header::CONTENT_ENCODING) else {
+        return Ok(bytes);
+    };
+    let enc = enc.to_str().map_err(|_| DecodeError::Unsupported)?.trim().to_ascii_lowercase();
+    let mut out = Vec::new();
+    let res = match enc.as_str() {
+        "" | "identity" => return Ok(bytes),
+        "gzip" | "x-gzip" => flate2::read::GzDecoder::new(&bytes[..]).take(limit as u64 + 1).read_to_end(&mut out),
+        "deflate" => {
+            // RFC 9110 deflate is zlib; some senders use raw deflate.
+            let r = flate2::read::ZlibDecoder::new(&bytes[..]).take(limit as u64 + 1).read_to_end(&mut out);
+            if r.is_err() {
+                out.clear();
+                flate2::read::DeflateDecoder::new(&bytes[..]).take(limit as u64 + 1).read_to_end(&mut out)
+            } else {
+                r
+            }
+        }
+        "br" => brotli_decompressor::Decompressor::new(&bytes[..], 4096)
+            .take(limit as u64 + 1)
+            .read_to_end(&mut out),
+        _ => return Err(DecodeError::Unsupported),
+    };
+    res.map_err(|_| DecodeError::Corrupt)?;
+    if out.len() > limit {
+        return Err(DecodeError::TooLarge);
+    }
+    Ok(Bytes::from(out))
+}
+
+#[derive(Debug)]
+pub enum DecodeError {
+    Unsupported,
+    Corrupt,
+    TooLarge,
+}
+
+fn is_write(m: &Method) -> bool {
+    matches!(*m, Method::POST | Method::PUT | Method::PATCH)
+}
+
+/// Parses a JSON Pointer into steps against `doc` (`-` becomes the array's length).
+fn pointer_steps(doc: &Value, pointer: &str) -> Result<Vec<Step>, GatewayError> {
+    if pointer.is_empty() {
+        return Ok(Vec::new());
+    }
+    let Some(rest) = pointer.strip_prefix('/') else {
+        return Err(GatewayError::BadRequest(format!("JSON Patch path {pointer:?} must start with '/'")));
+    };
+    let mut cur = Some(doc);
+    let mut steps = Vec::new();
+    for raw in rest.split('/') {
+        let tok = raw.replace("~1", "/").replace("~0", "~");
+        let step = match cur {
+            Some(Value::Array(a)) => {
+                if tok == "-" {
+                    Step::Index(a.len())
+                } else {
+                    Step::Index(tok.parse().map_err(|_| {
+                        GatewayError::BadRequest(format!("JSON Patch path {pointer:?} has a bad array index"))
+                    })?)
+                }
+            }
+            _ => Step::Key(tok),
+        };
+        cur = cur.and_then(|v| match (&step, v) {
+            (Step::Key(k), Value::Object(m)) => m.get(k),
+            (Step::Index(i), Value::Array(a)) => a.get(*i),
+            _ => None,
+        });
+        steps.push(step);
+    }
+    Ok(steps)
+}
+
+impl Gateway {
+    pub(super) fn current_rules(&self) -> Arc<RuleSet> {
+        match self.rules.read() {
+            Ok(r) => r.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// The read action for this caller on this rule.
+    fn action_for(&self, caller: CallerClass, rule: &Rule) -> ReadAction {
+        decide(caller, &self.policy, &rule.policy)
+    }
+
+    /// Reads a request body that must be inspected: limited, decoded, strictly parsed.
+    async fn read_json_body(&self, headers: &HeaderMap, incoming: Incoming) -> Result<Option<Value>, GatewayError> {
+        let raw = match collect_limited(incoming, self.max_body_bytes).await {
+            Ok(b) => b,
+            Err(CollectError::TooLarge) => {
+                return Err(GatewayError::PayloadTooLarge(format!(
+                    "request body is larger than {} bytes",
+                    self.max_body_bytes
+                )))
+            }
+            Err(CollectError::Io(_)) => return Err(GatewayError::BadRequest("request body could not be read".into())),
+        };
+        let bytes = decode(headers, raw, self.max_body_bytes).map_err(|e| match e {
+            DecodeError::Unsupported => {
+                GatewayError::UnsupportedEncoding("request Content-Encoding is not one of gzip, deflate, br, identity".into())
+            }
+            DecodeError::Corrupt => GatewayError::BadRequest("request body does not decode per its Content-Encoding".into()),
+            DecodeError::TooLarge => GatewayError::PayloadTooLarge(format!(
+                "decoded request body is larger than {} bytes",
+                self.max_body_bytes
+            )),
+        })?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(None);
+        }
+        parse_strict(&bytes).map(Some).map_err(GatewayError::BadRequest)
+    }
+
+    /// GET of the entity a PATCH/DELETE names, with the service token (or the caller's).
+    async fn fetch_entity(&self, m: &RouteMatch<'_>, caller_auth: Option<&HeaderValue>) -> Result<Option<Value>, GatewayError> {
+        let path = if let Some(fqn) = m.param("fqn") {
+            format!("{}/name/{}", m.rule.collection, encode_segment(fqn))
+        } else if let Some(id) = m.param("id") {
+            format!("{}/{}", m.rule.collection, encode_segment(id))
+        } else {
+            return Ok(None);
+        };
+        let mut req = Request::new(body::empty());
+        *req.uri_mut() = self.upstream.uri_for(&format!("{path}?include=all"))?;
+        if let Some(t) = &self.service_token {
+            if let Ok(v) = HeaderValue::from_str(&format!("Bearer {t}")) {
+                req.headers_mut().insert(header::AUTHORIZATION, v);
+            }
+        } else if let Some(a) = caller_auth {
+            req.headers_mut().insert(header::AUTHORIZATION, a.clone());
+        }
+        let resp = self.upstream.send(req).await?;
+        if !resp.status().is_success() {
+            return Ok(None);
+        }
+        let bytes = collect_limited(resp.into_body(), self.max_body_bytes)
+            .await
+            .map_err(|_| GatewayError::BadGateway("upstream entity could not be read".into()))?;
+        Ok(serde_json::from_slice(&bytes).ok())
+    }
+
+    fn write_ctx<'a>(&'a self, rules: &'a RuleSet, rule: &'a Rule, name: &str, existing: Option<&'a Value>) -> WriteCtx<'a> {
+        WriteCtx {
+            rules,
+            rule,
+            ids: &self.ids,
+            root: self.ids.root(&rule.root_template, name),
+            provider: self.provider,
+            fernet: &self.fernet,
+            wrap_references: self.wrap_references,
+            store: self.store.as_ref(),
+            existing,
+        }
+    }
+
+    /// Rewrites a ruled write's body. Returns the body to forward, the plan, the id root.
+    async fn rewrite_write(
+        &self,
+        rules: &RuleSet,
+        m: &RouteMatch<'_>,
+        headers: &HeaderMap,
+        doc: Value,
+    ) -> Result<(Value, Plan, Option<String>), GatewayError> {
+        let mut plan = Plan::default();
+        match m.op() {
+            Op::Create => {
+                let mut doc = doc;
+                let found = rules.find_secrets(m.rule, &doc);
+                if found.is_empty() {
+                    return Ok((doc, plan, None));
+                }
+                let Some(name) = doc.get("name").and_then(Value::as_str).map(str::to_string) else {
+                    return Err(GatewayError::BadRequest("request body has secret fields but no \"name\"".into()));
+                };
+                let ctx = self.write_ctx(rules, m.rule, &name, None);
+                ctx.rewrite(&[], &mut doc, &mut plan).await?;
+                Ok((doc, plan, Some(ctx.root)))
+            }
+            Op::Patch => {
+                let auth = headers.get(header::AUTHORIZATION);
+                let Some(existing) = self.fetch_entity(m, auth).await? else {
+                    return Err(GatewayError::Unprocessable(
+                        "the entity to patch could not be read from OpenMetadata".into(),
+                    ));
+                };
+                let name = existing.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
+                let ctx = self.write_ctx(rules, m.rule, &name, Some(&existing));
+                let merge = headers
+                    .get(header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|ct| ct.to_ascii_lowercase().contains("merge-patch"));
+                let mut doc = doc;
+                if merge || doc.is_object() {
+                    ctx.rewrite(&[], &mut doc, &mut plan).await?;
+                    return Ok((doc, plan, Some(ctx.root)));
+                }
+                let Value::Array(ops) = &mut doc else {
+                    return Err(GatewayError::BadRequest("a JSON Patch must be an array of operations".into()));
+                };
+                let mut working = existing.clone();
+                for op in ops.iter_mut() {
+                    let kind = op.get("op").and_then(Value::as_str).unwrap_or_default().to_string();
+                    let path = op
+                        .get("path")
+                        .and_then(Value::as_str)
+                        .ok_or_else(|| GatewayError::BadRequest("a JSON Patch operation has no \"path\"".into()))?
+                        .to_string();
+                    let steps = pointer_steps(&working, &path)?;
+                    match kind.as_str() {
+                        "add" | "replace" | "test" => {
+                            let Some(value) = op.get_mut("value") else {
+                                return Err(GatewayError::BadRequest(format!("JSON Patch {kind} needs a \"value\"")));
+                            };
+                            if kind == "test" {
+                                // Never compare a plaintext the upstream no longer holds: a
+                                // secret in a test value is compared here, against the store.
+                                self.rewrite_test_value(&ctx, &steps, value, &working).await?;
+                            } else {
+                                if kind == "replace" {
+                                    if let Some(old) = crate::rules::jsonpath::get(&working, &steps) {
+                                        for f in rules.find_secrets_under(m.rule, &steps, old) {
+                                            plan.deletes.push(self.ids.id(&ctx.root, m.rule.field_steps(&f.steps)));
+                                        }
+                                    }
+                                }
+                                ctx.rewrite(&steps, value, &mut plan).await?;
+                            }
+                        }
+                        "remove" => {
+                            if let Some(old) = crate::rules::jsonpath::get(&working, &steps) {
+                                for f in rules.find_secrets_under(m.rule, &steps, old) {
+                                    let id = self.ids.id(&ctx.root, m.rule.field_steps(&f.steps));
+                                    plan.audit.push((crate::rules::jsonpath::render(&f.steps), id.clone(), "delete"));
+                                    plan.deletes.push(id);
+                                }
+                            }
+                        }
+                        "move" | "copy" => {}
+                        other => return Err(GatewayError::BadRequest(format!("JSON Patch op {other:?} is not an RFC 6902 operation"))),
+                    }
+                    let one: json_patch::Patch = serde_json::from_value(Value::Array(vec![op.clone()]))
+                        .map_err(|_| GatewayError::BadRequest("malformed JSON Patch operation".into()))?;
+                    if kind != "test" {
+                        json_patch::patch(&mut working, &one)
+                            .map_err(|_| GatewayError::BadRequest(format!("JSON Patch operation {kind} {path:?} cannot be applied")))?;
+                    }
+                }
+                // A replaced secret that got a new value in the same request is not deleted.
+                let put_ids: Vec<&String> = plan.puts.iter().map(|(id, _)| id).collect();
+                let kept: Vec<String> = rules
+                    .find_secrets(m.rule, &working)
+                    .iter()
+                    .map(|f| self.ids.id(&ctx.root, m.rule.field_steps(&f.steps)))
+                    .collect();
+                plan.deletes.retain(|d| !put_ids.contains(&d) && !kept.contains(d));
+                Ok((doc, plan, Some(ctx.root)))
+            }
+            _ => Ok((doc, plan, None)),
+        }
+    }
+
+    async fn rewrite_test_value(&self, ctx: &WriteCtx<'_>, steps: &[Step], value: &mut Value, working: &Value) -> Result<(), GatewayError> {
+        let rules = ctx.rules;
+        for f in rules.find_secrets_under(ctx.rule, steps, value) {
+            let rel = &f.steps[steps.len()..];
+            let Some(slot) = crate::rules::jsonpath::get_mut(value, rel) else { continue };
+            let Some(s) = slot.as_str().map(str::to_string) else { continue };
+            let held = crate::rules::jsonpath::get(working, &f.steps).cloned().unwrap_or(Value::Null);
+            if s.starts_with(crate::rewrite::REFERENCE_PREFIX) || s.starts_with(crate::secrets::fernet::PREFIX) {
+                continue;
+            }
+            let id = self.ids.id(&ctx.root, ctx.rule.field_steps(&f.steps));
+            let stored = self.store.get(&id).await.map_err(|_| {
+                GatewayError::StoreUnavailable("the secrets store is unreachable; nothing was forwarded".into())
+            })?;
+            *slot = if stored.as_deref() == Some(s.as_str()) {
+                held
+            } else {
+                Value::String("secret:/omsp/test-mismatch".into())
+            };
+        }
+        Ok(())
+    }
+
+    /// Writes the plan's values; on failure undoes what was written. Returns the undo log.
+    async fn apply_plan(&self, plan: &Plan) -> Result<Vec<(String, Option<String>)>, GatewayError> {
+        let mut undo: Vec<(String, Option<String>)> = Vec::new();
+        for (id, value) in &plan.puts {
+            let previous = match self.store.get(id).await {
+                Ok(p) => p,
+                Err(e) => {
+                    self.rollback(&undo).await;
+                    tracing::warn!(error = %e, detail = e.detail(), "store read failed before write");
+                    return Err(GatewayError::StoreUnavailable("the secrets store is unreachable; nothing was forwarded".into()));
+                }
+            };
+            if let Err(e) = self.store.put(id, value).await {
+                self.rollback(&undo).await;
+                tracing::warn!(error = %e, detail = e.detail(), "store write failed");
+                return Err(GatewayError::StoreUnavailable("the secrets store is unreachable; nothing was forwarded".into()));
+            }
+            self.metrics.secrets_written.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            undo.push((id.clone(), previous));
+        }
+        Ok(undo)
+    }
+
+    async fn rollback(&self, undo: &[(String, Option<String>)]) {
+        for (id, previous) in undo.iter().rev() {
+            let r = match previous {
+                Some(v) => self.store.put(id, v).await,
+                None => self.store.delete(id).await,
+            };
+            if let Err(e) = r {
+                tracing::error!(secret_id = %id, error = %e, "could not undo a store write");
+            }
+        }
+    }
+
+    /// The ruled pipeline.
+    pub(super) async fn ruled(
+        &self,
+        rules: &RuleSet,
+        m: RouteMatch<'_>,
+        req: Request<Incoming>,
+        conn: ConnInfo,
+        request_id: &HeaderValue,
+        caller: CallerClass,
+        sub: &str,
+    ) -> Result<Response<Body>, GatewayError> {
+        let (mut parts, incoming) = req.into_parts();
+        // No partial or compressed answers escape rewriting.
+        parts.headers.remove(header::RANGE);
+        parts.headers.remove(header::IF_RANGE);
+        parts.headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+
+        // rewrite_request
+        let mut plan = Plan::default();
+        let mut root = None;
+        let mut lock = None;
+        let forward_body = if is_write(&parts.method) {
+            match self.read_json_body(&parts.headers, incoming).await? {
+                Some(doc) => {
+                    let (doc, p, r) = self.rewrite_write(rules, &m, &parts.headers, doc).await?;
+                    if let Some(r) = &r {
+                        lock = Some(self.entity_lock(r).lock_owned().await);
+                    }
+                    plan = p;
+                    root = r;
+                    parts.headers.remove(header::CONTENT_ENCODING);
+                    let bytes = Bytes::from(doc.to_string());
+                    parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+                    full(bytes)
+                }
+                None => body::empty(),
+            }
+        } else {
+            body::stream(incoming)
+        };
+        let hard_delete = parts.method == Method::DELETE
+            && m.op() == Op::Delete
+            && super::path::query_param(parts.uri.query(), "hardDelete").as_deref() == Some("true");
+        let delete_root = if hard_delete {
+            self.fetch_entity(&m, parts.headers.get(header::AUTHORIZATION))
+                .await?
+                .and_then(|e| e.get("name").and_then(Value::as_str).map(|n| self.ids.root(&m.rule.root_template, n)))
+        } else {
+            None
+        };
+        let undo = self.apply_plan(&plan).await?;
+
+        // forward
+        let upstream_req = self.upstream_request(parts, forward_body, conn, request_id)?;
+        let resp = match self.upstream.send(upstream_req).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.rollback(&undo).await;
+                return Err(e);
+            }
+        };
+        let ok = resp.status().is_success();
+        if !ok {
+            self.rollback(&undo).await;
+        } else {
+            for id in &plan.deletes {
+                if let Err(e) = self.store.delete(id).await {
+                    tracing::warn!(secret_id = %id, error = %e, "could not delete a cleared secret");
+                }
+            }
+            if let Some(r) = &delete_root {
+                match self.store.list(&format!("{r}/")).await {
+                    Ok(ids) => {
+                        for id in ids {
+                            let _ = self.store.delete(&id).await;
+                            tracing::info!(target: "omsp::audit", sub, kind = %m.rule.kind, secret_id = %id, op = "delete", outcome = "ok", "secret");
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "could not list secrets of a hard-deleted entity"),
+                }
+            }
+        }
+        drop(lock);
+        // audit
+        for (field, id, op) in &plan.audit {
+            tracing::info!(target: "omsp::audit", sub, kind = %m.rule.kind, field = %field, secret_id = %id, op, outcome = if ok { "ok" } else { "undone" }, "secret");
+        }
+        let _ = root;
+
+        // rewrite_response
+        let action = self.action_for(caller, m.rule);
+        let response_at: &[String] = m.route.map(|r| r.response_at.as_slice()).unwrap_or(&[]);
+        self.rewrite_answer(resp, Some((rules, m.rule, response_at)), action).await
+    }
+
+    /// Rewrites an answer: per rule when one applies; the safety net always, for callers
+    /// who do not resolve.
+    pub(super) async fn rewrite_answer(
+        &self,
+        resp: Response<Incoming>,
+        rule: Option<(&RuleSet, &Rule, &[String])>,
+        action: ReadAction,
+    ) -> Result<Response<Body>, GatewayError> {
+        let (mut parts, incoming) = resp.into_parts();
+        super::headers::strip_hop_by_hop(&mut parts.headers);
+        let json_like = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_none_or(|ct| ct.to_ascii_lowercase().contains("json") || ct.to_ascii_lowercase().starts_with("text/"));
+        if !json_like && rule.is_none() {
+            return Ok(Response::from_parts(parts, body::stream(incoming)));
+        }
+        let raw = match collect_limited(incoming, self.max_body_bytes).await {
+            Ok(b) => b,
+            Err(CollectError::TooLarge) => {
+                return Err(GatewayError::BadGateway("upstream answer is too large to inspect".into()))
+            }
+            Err(CollectError::Io(_)) => return Err(GatewayError::BadGateway("upstream answer broke off".into())),
+        };
+        let decoded = decode(&parts.headers, raw.clone(), self.max_body_bytes)
+            .map_err(|_| GatewayError::BadGateway("upstream answer cannot be decoded for inspection".into()))?;
+        if rule.is_none() && !may_hold_references(&decoded) {
+            // Nothing to mask: the answer goes out exactly as it came.
+            return Ok(Response::from_parts(parts, full(raw)));
+        }
+        let mut doc: Value = match serde_json::from_slice(&decoded) {
+            Ok(v) => v,
+            Err(_) => {
+                if may_hold_references(&decoded) && action != ReadAction::Resolve {
+                    return Err(GatewayError::BadGateway("upstream answer could hold secrets and is not JSON".into()));
+                }
+                return Ok(Response::from_parts(parts, full(raw)));
+            }
+        };
+        let mut degraded = Vec::new();
+        if let Some((rules, rule, at)) = rule {
+            let ctx = ReadCtx {
+                rules,
+                rule,
+                action,
+                fernet: &self.fernet,
+                store: self.store.as_ref(),
+                response_at: at,
+            };
+            degraded = ctx.rewrite(&mut doc).await?;
+            if action == ReadAction::Resolve {
+                self.metrics.secrets_resolved.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        } else if action != ReadAction::Resolve {
+            mask_references(&mut doc);
+        }
+        let bytes = Bytes::from(doc.to_string());
+        parts.headers.remove(header::CONTENT_ENCODING);
+        parts.headers.remove(header::ETAG);
+        parts.headers.remove(header::CONTENT_RANGE);
+        parts.headers.remove(header::ACCEPT_RANGES);
+        parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+        if !degraded.is_empty() {
+            if let Ok(v) = HeaderValue::from_str(&degraded.join(", ")) {
+                parts.headers.insert(X_MASKED_FIELDS.clone(), v);
+            }
+        }
+        if parts.status == StatusCode::PARTIAL_CONTENT {
+            parts.status = StatusCode::OK;
+        }
+        Ok(Response::from_parts(parts, full(bytes)))
+    }
+}
+
+/// Percent-encodes one path segment for the gateway's own upstream reads.
+fn encode_segment(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}

@@ -1,0 +1,44 @@
+//! Body rewriting: secrets out of requests (`request`), and per-caller views of answers
+//! (`response`). Both work on parsed JSON; `json` holds the strict parser.
+
+pub mod json;
+pub mod request;
+pub mod response;
+
+use serde_json::Value;
+
+/// The server's mask (9 asterisks); the SDK's 10-asterisk mask means the same on writes.
+pub const MASK: &str = "*********";
+pub const SDK_MASK: &str = "**********";
+pub const REFERENCE_PREFIX: &str = "secret:";
+
+/// What a caller put in a secret field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FieldValue {
+    Plain(String),
+    Mask,
+    Reference(String),
+    Fernet(String),
+    Clear,
+}
+
+/// Classifies a secret field's value; `None` for objects and arrays (not a secret leaf).
+pub fn classify(v: &Value) -> Option<FieldValue> {
+    match v {
+        Value::Null => Some(FieldValue::Clear),
+        Value::String(s) if s.is_empty() => Some(FieldValue::Clear),
+        Value::String(s) if s == MASK || s == SDK_MASK => Some(FieldValue::Mask),
+        Value::String(s) => {
+            if let Some(id) = s.strip_prefix(REFERENCE_PREFIX) {
+                Some(FieldValue::Reference(id.to_string()))
+            } else if s.starts_with(crate::secrets::fernet::PREFIX) {
+                Some(FieldValue::Fernet(s.clone()))
+            } else {
+                Some(FieldValue::Plain(s.clone()))
+            }
+        }
+        Value::Bool(b) => Some(FieldValue::Plain(b.to_string())),
+        Value::Number(n) => Some(FieldValue::Plain(n.to_string())),
+        Value::Array(_) | Value::Object(_) => None,
+    }
+}

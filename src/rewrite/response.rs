@@ -1,0 +1,164 @@
+//! Per-caller views of answers: every secret field is resolved, shown as a reference, or
+//! masked; for callers who do not resolve, any `secret:` / `fernet:` string anywhere is
+//! masked too (the safety net).
+
+use serde_json::Value;
+
+use super::{MASK, REFERENCE_PREFIX};
+use crate::config::ReadAction;
+use crate::error::GatewayError;
+use crate::rules::jsonpath::{get_mut, render, Step};
+use crate::rules::{Rule, RuleSet};
+use crate::secrets::fernet::{FernetKeys, PREFIX as FERNET_PREFIX};
+use crate::secrets::SecretStore;
+
+pub struct ReadCtx<'a> {
+    pub rules: &'a RuleSet,
+    pub rule: &'a Rule,
+    pub action: ReadAction,
+    pub fernet: &'a FernetKeys,
+    pub store: &'a dyn SecretStore,
+    /// The answer is the entity's subtree at these keys (user token routes).
+    pub response_at: &'a [String],
+}
+
+/// Fields masked because resolving them failed (reported in a response header).
+pub type Degraded = Vec<String>;
+
+impl ReadCtx<'_> {
+    /// Rewrites an answer of any shape: an entity, a list (`data[]`), a version history
+    /// (`versions[]` of JSON strings).
+    pub async fn rewrite(&self, doc: &mut Value) -> Result<Degraded, GatewayError> {
+        let mut degraded = Vec::new();
+        let at: Vec<Step> = self.response_at.iter().map(|k| Step::Key(k.clone())).collect();
+        if let Some(items) = doc.get_mut("data").and_then(Value::as_array_mut) {
+            for item in items.iter_mut() {
+                self.rewrite_entity(&at, item, true, &mut degraded).await?;
+            }
+        }
+        if let Some(versions) = doc.get_mut("versions").and_then(Value::as_array_mut) {
+            for v in versions.iter_mut() {
+                match v {
+                    Value::String(s) => {
+                        if let Ok(mut inner) = serde_json::from_str::<Value>(s) {
+                            self.rewrite_entity(&at, &mut inner, true, &mut degraded).await?;
+                            if self.action != ReadAction::Resolve {
+                                mask_references(&mut inner);
+                            }
+                            *s = inner.to_string();
+                        } else if self.action != ReadAction::Resolve
+                            && (s.contains(REFERENCE_PREFIX) || s.contains(FERNET_PREFIX))
+                        {
+                            *s = MASK.to_string();
+                        }
+                    }
+                    other => self.rewrite_entity(&at, other, true, &mut degraded).await?,
+                }
+            }
+        }
+        self.rewrite_entity(&at, doc, false, &mut degraded).await?;
+        if self.action != ReadAction::Resolve {
+            mask_references(doc);
+        }
+        Ok(degraded)
+    }
+
+    async fn rewrite_entity(
+        &self,
+        at: &[Step],
+        doc: &mut Value,
+        in_list: bool,
+        degraded: &mut Degraded,
+    ) -> Result<(), GatewayError> {
+        let found = self.rules.find_secrets_under(self.rule, at, doc);
+        for f in found {
+            let rel = &f.steps[at.len()..];
+            let Some(slot) = get_mut(doc, rel) else { continue };
+            let Some(s) = slot.as_str().map(str::to_string) else { continue };
+            if s.is_empty() {
+                continue;
+            }
+            let shown = match self.action {
+                ReadAction::Mask => MASK.to_string(),
+                ReadAction::Reference => self.as_reference(&s),
+                ReadAction::Resolve => match self.resolve(&s).await {
+                    Ok(Some(v)) => v,
+                    Ok(None) => {
+                        degraded.push(render(&f.steps));
+                        MASK.to_string()
+                    }
+                    Err(e) => {
+                        if in_list || self.rule.policy.mask_on_resolve_failure {
+                            degraded.push(render(&f.steps));
+                            MASK.to_string()
+                        } else {
+                            return Err(e);
+                        }
+                    }
+                },
+            };
+            *slot = Value::String(shown);
+        }
+        Ok(())
+    }
+
+    /// A reference is shown as it is; a Fernet-wrapped reference is unwrapped; anything
+    /// else (a plain value, an undecryptable token) is masked.
+    fn as_reference(&self, s: &str) -> String {
+        if s.starts_with(REFERENCE_PREFIX) {
+            return s.to_string();
+        }
+        if s.starts_with(FERNET_PREFIX) {
+            if let Ok(plain) = self.fernet.decrypt(s) {
+                if plain.starts_with(REFERENCE_PREFIX) {
+                    return plain;
+                }
+            }
+        }
+        MASK.to_string()
+    }
+
+    /// The plain value, `None` when it cannot be had (absent, undecryptable).
+    async fn resolve(&self, s: &str) -> Result<Option<String>, GatewayError> {
+        let mut value = s.to_string();
+        if value.starts_with(FERNET_PREFIX) {
+            match self.fernet.decrypt(&value) {
+                Ok(p) => value = p,
+                Err(_) => return Ok(None),
+            }
+        }
+        if let Some(id) = value.strip_prefix(REFERENCE_PREFIX) {
+            return match self.store.get(id).await {
+                Ok(v) => Ok(v),
+                Err(e) => {
+                    tracing::warn!(error = %e, detail = e.detail(), "store read failed while resolving");
+                    Err(GatewayError::StoreUnavailable(
+                        "the secrets store is unreachable; secret fields cannot be resolved".into(),
+                    ))
+                }
+            };
+        }
+        Ok(Some(value))
+    }
+}
+
+/// The safety net: masks every string that starts with `secret:` or `fernet:`.
+pub fn mask_references(v: &mut Value) {
+    match v {
+        Value::String(s) if s.starts_with(REFERENCE_PREFIX) || s.starts_with(FERNET_PREFIX) => {
+            *s = MASK.to_string();
+        }
+        Value::Array(a) => a.iter_mut().for_each(mask_references),
+        Value::Object(m) => m.values_mut().for_each(mask_references),
+        _ => {}
+    }
+}
+
+/// Whether a raw body could hold something the safety net masks (a cheap byte scan).
+pub fn may_hold_references(body: &[u8]) -> bool {
+    fn contains(h: &[u8], n: &[u8]) -> bool {
+        h.windows(n.len()).any(|w| w == n)
+    }
+    // `\u` catches escaped spellings such as "\u0073ecret:".
+    contains(body, b"\"secret:") || contains(body, b"\"fernet:") || contains(body, b"\\u")
+}

@@ -1,0 +1,167 @@
+//! The default store: a local redb database (ACID, crash-safe), every value Fernet-encrypted
+//! at rest, the file created with mode 0600. Without a configured key, a key is generated
+//! on first start and kept beside the data (`<path>.key`, mode 0600).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use redb::{Database, TableDefinition};
+
+use super::fernet::FernetKeys;
+use super::{SecretStore, StoreError, StoreFuture};
+
+const SECRETS: TableDefinition<&str, &str> = TableDefinition::new("secrets");
+
+pub struct EmbeddedStore {
+    db: Arc<Database>,
+    keys: FernetKeys,
+    path: PathBuf,
+}
+
+fn restrict(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(format!("embedded store: {e}"))
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the store. `keys` empty: use or create `<path>.key`.
+    pub fn open(path: &Path, keys: &FernetKeys) -> Result<EmbeddedStore, String> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: cannot create directory: {e}", dir.display()))?;
+        }
+        let keys = if keys.is_empty() {
+            let key_path = PathBuf::from(format!("{}.key", path.display()));
+            let key = match std::fs::read_to_string(&key_path) {
+                Ok(k) => k.trim().to_string(),
+                Err(_) => {
+                    let k = FernetKeys::generate_key();
+                    std::fs::write(&key_path, format!("{k}\n"))
+                        .map_err(|e| format!("{}: cannot write the generated key: {e}", key_path.display()))?;
+                    restrict(&key_path);
+                    tracing::warn!(key_file = %key_path.display(), "no FERNET_KEY configured: generated one for the embedded store");
+                    k
+                }
+            };
+            FernetKeys::new(&[key]).map_err(|e| format!("{}: {e}", key_path.display()))?
+        } else {
+            keys.clone()
+        };
+        let existed = path.exists();
+        let db = Database::create(path).map_err(|e| format!("{}: cannot open the embedded store: {e}", path.display()))?;
+        if !existed {
+            restrict(path);
+        }
+        let txn = db.begin_write().map_err(|e| format!("{}: {e}", path.display()))?;
+        txn.open_table(SECRETS).map_err(|e| format!("{}: {e}", path.display()))?;
+        txn.commit().map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(EmbeddedStore {
+            db: Arc::new(db),
+            keys,
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn get_sync(&self, id: &str) -> Result<Option<String>, StoreError> {
+        let txn = self.db.begin_read().map_err(unavailable)?;
+        let table = txn.open_table(SECRETS).map_err(unavailable)?;
+        let Some(v) = table.get(id).map_err(unavailable)? else {
+            return Ok(None);
+        };
+        self.keys
+            .decrypt(v.value())
+            .map(Some)
+            .map_err(|_| StoreError::Invalid("embedded store: a value cannot be decrypted with the configured key".into()))
+    }
+
+    fn put_sync(&self, id: &str, value: &str) -> Result<(), StoreError> {
+        let enc = self.keys.encrypt(value).map_err(unavailable)?;
+        let txn = self.db.begin_write().map_err(unavailable)?;
+        {
+            let mut table = txn.open_table(SECRETS).map_err(unavailable)?;
+            table.insert(id, enc.as_str()).map_err(unavailable)?;
+        }
+        txn.commit().map_err(unavailable)
+    }
+
+    fn delete_sync(&self, id: &str) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(unavailable)?;
+        {
+            let mut table = txn.open_table(SECRETS).map_err(unavailable)?;
+            table.remove(id).map_err(unavailable)?;
+        }
+        txn.commit().map_err(unavailable)
+    }
+
+    fn list_sync(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let txn = self.db.begin_read().map_err(unavailable)?;
+        let table = txn.open_table(SECRETS).map_err(unavailable)?;
+        let mut out = Vec::new();
+        for item in table.range(prefix..).map_err(unavailable)? {
+            let (k, _) = item.map_err(unavailable)?;
+            if !k.value().starts_with(prefix) {
+                break;
+            }
+            out.push(k.value().to_string());
+        }
+        Ok(out)
+    }
+}
+
+impl SecretStore for EmbeddedStore {
+    fn get<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<String>> {
+        Box::pin(async move { self.get_sync(id) })
+    }
+    fn put<'a>(&'a self, id: &'a str, value: &'a str) -> StoreFuture<'a, ()> {
+        Box::pin(async move { self.put_sync(id, value) })
+    }
+    fn delete<'a>(&'a self, id: &'a str) -> StoreFuture<'a, ()> {
+        Box::pin(async move { self.delete_sync(id) })
+    }
+    fn list<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, Vec<String>> {
+        Box::pin(async move { self.list_sync(prefix) })
+    }
+    fn health(&self) -> StoreFuture<'_, ()> {
+        Box::pin(async move { self.db.begin_read().map(|_| ()).map_err(unavailable) })
+    }
+    fn name(&self) -> &'static str {
+        "embedded"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn values_round_trip_and_are_encrypted_at_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let s = EmbeddedStore::open(&path, &FernetKeys::new(&[]).unwrap()).unwrap();
+        s.put("/om/database/x/password", "hunter2-ünïcode").await.unwrap();
+        assert_eq!(s.get("/om/database/x/password").await.unwrap().as_deref(), Some("hunter2-ünïcode"));
+        assert_eq!(s.get("/om/database/y").await.unwrap(), None);
+        s.put("/om/database/x/other", "v").await.unwrap();
+        assert_eq!(s.list("/om/database/x/").await.unwrap().len(), 2);
+        s.delete("/om/database/x/other").await.unwrap();
+        assert_eq!(s.list("/om/database/x/").await.unwrap(), vec!["/om/database/x/password"]);
+        drop(s);
+        let raw = std::fs::read(&path).unwrap();
+        assert!(!raw.windows(7).any(|w| w == b"hunter2"));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        }
+    }
+}
