@@ -6,8 +6,12 @@ mod emulator;
 
 #[tokio::main]
 async fn main() {
-    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:8585".to_string());
-    let listener = tokio::net::TcpListener::bind(&addr).await.expect("bind the emulator address");
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:8585".to_string());
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .expect("bind the emulator address");
     let emu = emulator::Emulator::start_on(listener).await;
     eprintln!("OpenMetadata emulator on {}", emu.url());
     // Seed one service of every kind so reads have something to show.

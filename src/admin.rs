@@ -23,12 +23,16 @@ const READY_TIMEOUT: Duration = Duration::from_secs(3);
 impl Admin {
     pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
         if req.method() != Method::GET && req.method() != Method::HEAD {
-            return error_response(StatusCode::METHOD_NOT_ALLOWED, "admin routes answer GET only");
+            return error_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "admin routes answer GET only",
+            );
         }
         match req.uri().path() {
             "/healthz" => json(StatusCode::OK, r#"{"status":"ok"}"#),
             "/readyz" => {
-                let (upstream_ok, store_ok) = tokio::join!(self.upstream_ready(), self.store_ready());
+                let (upstream_ok, store_ok) =
+                    tokio::join!(self.upstream_ready(), self.store_ready());
                 let body = serde_json::json!({
                     "upstream": if upstream_ok { "ok" } else { "unreachable" },
                     "store": if store_ok { "ok" } else { "unreachable" },
@@ -49,7 +53,10 @@ impl Admin {
                 );
                 resp
             }
-            _ => error_response(StatusCode::NOT_FOUND, "admin routes are /healthz, /readyz and /metrics"),
+            _ => error_response(
+                StatusCode::NOT_FOUND,
+                "admin routes are /healthz, /readyz and /metrics",
+            ),
         }
     }
 
@@ -67,14 +74,19 @@ impl Admin {
     }
 
     async fn store_ready(&self) -> bool {
-        matches!(tokio::time::timeout(READY_TIMEOUT, self.store.health()).await, Ok(Ok(())))
+        matches!(
+            tokio::time::timeout(READY_TIMEOUT, self.store.health()).await,
+            Ok(Ok(()))
+        )
     }
 }
 
 fn json(status: StatusCode, body: &str) -> Response<Body> {
     let mut resp = Response::new(full(body.to_string()));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     resp
 }

@@ -39,11 +39,18 @@ fn b64(s: &str) -> Option<Vec<u8>> {
 }
 
 impl Auth {
-    pub fn new(cfg: &crate::config::AuthConfig, upstream: Upstream, use_jwks: bool) -> Result<Auth, String> {
+    pub fn new(
+        cfg: &crate::config::AuthConfig,
+        upstream: Upstream,
+        use_jwks: bool,
+    ) -> Result<Auth, String> {
         let mut pem_keys = Vec::new();
         for f in &cfg.public_key_files {
             let text = std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display()))?;
-            pem_keys.push(parse_pem_public_key(&text).ok_or_else(|| format!("{}: not an RSA public key in PEM", f.display()))?);
+            pem_keys.push(
+                parse_pem_public_key(&text)
+                    .ok_or_else(|| format!("{}: not an RSA public key in PEM", f.display()))?,
+            );
         }
         let jwks_path = use_jwks.then(|| {
             cfg.jwks_url
@@ -66,13 +73,20 @@ impl Auth {
         let Some(token) = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
         else {
             return anon;
         };
         match self.verify(token.trim()).await {
             Some(claims) => {
-                let sub = claims.get("sub").and_then(Value::as_str).unwrap_or("unknown").to_string();
+                let sub = claims
+                    .get("sub")
+                    .and_then(Value::as_str)
+                    .unwrap_or("unknown")
+                    .to_string();
                 if claims.get("isBot").and_then(Value::as_bool) == Some(true) {
                     (CallerClass::Bot, sub)
                 } else {
@@ -96,7 +110,10 @@ impl Auth {
         let claims: Value = serde_json::from_slice(&b64(p)?).ok()?;
         let sig = b64(s)?;
         let signed = &token.as_bytes()[..h.len() + 1 + p.len()];
-        let kid = header.get("kid").and_then(Value::as_str).map(str::to_string);
+        let kid = header
+            .get("kid")
+            .and_then(Value::as_str)
+            .map(str::to_string);
         let keys = self.keys_for(kid.as_deref()).await;
         let ok = keys.iter().any(|k| {
             RsaPublicKeyComponents { n: &k.n, e: &k.e }
@@ -123,7 +140,9 @@ impl Auth {
 
     async fn keys_for(&self, kid: Option<&str>) -> Vec<RsaKey> {
         let mut keys = self.pem_keys.clone();
-        let Some(path) = &self.jwks_path else { return keys };
+        let Some(path) = &self.jwks_path else {
+            return keys;
+        };
         let (cached, need_fetch) = {
             let g = match self.jwks.lock() {
                 Ok(g) => g,
@@ -172,7 +191,11 @@ impl Auth {
             }
             let n = strip_zero(b64(k.get("n")?.as_str()?)?);
             let e = b64(k.get("e")?.as_str()?)?;
-            let kid = k.get("kid").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| format!("#{i}"));
+            let kid = k
+                .get("kid")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("#{i}"));
             out.insert(kid, RsaKey { n, e });
         }
         Some(out)
@@ -209,7 +232,11 @@ fn der(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
 
 /// An RSA public key from PEM: `PUBLIC KEY` (SPKI) or `RSA PUBLIC KEY` (PKCS#1).
 fn parse_pem_public_key(text: &str) -> Option<RsaKey> {
-    let b64body: String = text.lines().filter(|l| !l.starts_with("-----")).collect::<Vec<_>>().join("");
+    let b64body: String = text
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect::<Vec<_>>()
+        .join("");
     let der_bytes = STANDARD.decode(b64body.trim()).ok()?;
     let (tag, seq, _) = der(&der_bytes)?;
     if tag != 0x30 {

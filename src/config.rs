@@ -89,7 +89,10 @@ impl Default for RawRules {
     fn default() -> Self {
         RawRules {
             dir: "rules".into(),
-            safety_net_keys: DEFAULT_SAFETY_NET_KEYS.iter().map(|s| s.to_string()).collect(),
+            safety_net_keys: DEFAULT_SAFETY_NET_KEYS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
         }
     }
 }
@@ -302,17 +305,19 @@ pub enum Provider {
 
 impl Provider {
     pub fn parse(s: &str) -> Option<Provider> {
-        Some(match s.trim().to_ascii_lowercase().replace('_', "-").as_str() {
-            "embedded" => Provider::Embedded,
-            "db" => Provider::Db,
-            "managed-aws" => Provider::ManagedAws,
-            "aws" => Provider::Aws,
-            "managed-aws-ssm" => Provider::ManagedAwsSsm,
-            "aws-ssm" => Provider::AwsSsm,
-            "managed-openbao" => Provider::ManagedOpenbao,
-            "openbao" => Provider::Openbao,
-            _ => return None,
-        })
+        Some(
+            match s.trim().to_ascii_lowercase().replace('_', "-").as_str() {
+                "embedded" => Provider::Embedded,
+                "db" => Provider::Db,
+                "managed-aws" => Provider::ManagedAws,
+                "aws" => Provider::Aws,
+                "managed-aws-ssm" => Provider::ManagedAwsSsm,
+                "aws-ssm" => Provider::AwsSsm,
+                "managed-openbao" => Provider::ManagedOpenbao,
+                "openbao" => Provider::Openbao,
+                _ => return None,
+            },
+        )
     }
 
     pub fn name(self) -> &'static str {
@@ -332,7 +337,10 @@ impl Provider {
     pub fn is_managed(self) -> bool {
         matches!(
             self,
-            Provider::Embedded | Provider::ManagedAws | Provider::ManagedAwsSsm | Provider::ManagedOpenbao
+            Provider::Embedded
+                | Provider::ManagedAws
+                | Provider::ManagedAwsSsm
+                | Provider::ManagedOpenbao
         )
     }
 }
@@ -518,7 +526,10 @@ fn apply_env(raw: &mut RawConfig, env: &dyn Fn(&str) -> Option<String>) {
     set(&mut raw.upstream.service_token, "OMSP_SERVICE_TOKEN");
     set(&mut raw.rules.dir, "OMSP_RULES_DIR");
     set(&mut raw.secrets_manager.provider, "SECRET_MANAGER");
-    set(&mut raw.secrets_manager.cluster_name, "OPENMETADATA_CLUSTER_NAME");
+    set(
+        &mut raw.secrets_manager.cluster_name,
+        "OPENMETADATA_CLUSTER_NAME",
+    );
     set(&mut raw.secrets_manager.prefix, "SECRET_MANAGER_PREFIX");
     if let Some(tags) = env_nonempty(env, "SECRET_MANAGER_TAGS") {
         raw.secrets_manager.tags = tags
@@ -561,14 +572,22 @@ fn validate(raw: RawConfig, source: Option<PathBuf>, label: &str) -> Result<Conf
         match v.trim().parse::<SocketAddr>() {
             Ok(a) => a,
             Err(_) => {
-                err(key, format!("{v:?} is not a socket address (expected host:port, e.g. 127.0.0.1:8586)"));
+                err(
+                    key,
+                    format!(
+                        "{v:?} is not a socket address (expected host:port, e.g. 127.0.0.1:8586)"
+                    ),
+                );
                 SocketAddr::from(([127, 0, 0, 1], 0))
             }
         }
     };
     let positive_ms = |key: &str, v: i64, err: &mut dyn FnMut(&str, String)| -> Duration {
         if v <= 0 {
-            err(key, format!("{v} must be a positive number of milliseconds"));
+            err(
+                key,
+                format!("{v} must be a positive number of milliseconds"),
+            );
             Duration::from_millis(1)
         } else {
             Duration::from_millis(v as u64)
@@ -591,11 +610,17 @@ fn validate(raw: RawConfig, source: Option<PathBuf>, label: &str) -> Result<Conf
             })
         }
         (Some(_), None) => {
-            err("server.tls_key", "must be set when server.tls_cert is set".into());
+            err(
+                "server.tls_key",
+                "must be set when server.tls_cert is set".into(),
+            );
             None
         }
         (None, Some(_)) => {
-            err("server.tls_cert", "must be set when server.tls_key is set".into());
+            err(
+                "server.tls_cert",
+                "must be set when server.tls_key is set".into(),
+            );
             None
         }
         (None, None) => None,
@@ -603,7 +628,10 @@ fn validate(raw: RawConfig, source: Option<PathBuf>, label: &str) -> Result<Conf
     if raw.server.max_body_bytes <= 0 {
         err(
             "server.max_body_bytes",
-            format!("{} must be a positive number of bytes", raw.server.max_body_bytes),
+            format!(
+                "{} must be a positive number of bytes",
+                raw.server.max_body_bytes
+            ),
         );
     }
     let header_read_timeout = positive_ms(
@@ -611,7 +639,11 @@ fn validate(raw: RawConfig, source: Option<PathBuf>, label: &str) -> Result<Conf
         raw.server.header_read_timeout_ms,
         &mut err,
     );
-    let shutdown_grace = positive_ms("server.shutdown_grace_ms", raw.server.shutdown_grace_ms, &mut err);
+    let shutdown_grace = positive_ms(
+        "server.shutdown_grace_ms",
+        raw.server.shutdown_grace_ms,
+        &mut err,
+    );
 
     // [upstream]
     let (url, base_path) = match raw.upstream.url.trim().parse::<Uri>() {
@@ -637,7 +669,10 @@ fn validate(raw: RawConfig, source: Option<PathBuf>, label: &str) -> Result<Conf
     let ca_file = opt(raw.upstream.ca_file).map(PathBuf::from);
     if let Some(p) = &ca_file {
         if !p.is_file() {
-            err("upstream.ca_file", format!("file {:?} does not exist", p.display().to_string()));
+            err(
+                "upstream.ca_file",
+                format!("file {:?} does not exist", p.display().to_string()),
+            );
         }
     }
     let timeout = positive_ms("upstream.timeout_ms", raw.upstream.timeout_ms, &mut err);
@@ -673,16 +708,29 @@ fn validate(raw: RawConfig, source: Option<PathBuf>, label: &str) -> Result<Conf
     let mut tags = Vec::new();
     for t in &sm.tags {
         match t.split_once(':') {
-            Some((k, v)) if !k.trim().is_empty() => tags.push((k.trim().to_string(), v.trim().to_string())),
-            _ => err("secrets_manager.tags", format!("{t:?} is not a \"key:value\" string")),
+            Some((k, v)) if !k.trim().is_empty() => {
+                tags.push((k.trim().to_string(), v.trim().to_string()))
+            }
+            _ => err(
+                "secrets_manager.tags",
+                format!("{t:?} is not a \"key:value\" string"),
+            ),
         }
     }
     let p = sm.parameters;
     let bao_address = match opt(p.address) {
         Some(a) => match a.parse::<Uri>() {
-            Ok(u) if matches!(u.scheme_str(), Some("http") | Some("https")) && u.authority().is_some() => Some(u),
+            Ok(u)
+                if matches!(u.scheme_str(), Some("http") | Some("https"))
+                    && u.authority().is_some() =>
+            {
+                Some(u)
+            }
             _ => {
-                err("secrets_manager.parameters.address", format!("{a:?} is not an http:// or https:// URL"));
+                err(
+                    "secrets_manager.parameters.address",
+                    format!("{a:?} is not an http:// or https:// URL"),
+                );
                 None
             }
         },
@@ -693,24 +741,36 @@ fn validate(raw: RawConfig, source: Option<PathBuf>, label: &str) -> Result<Conf
         if bao_address.is_none() {
             err(
                 "secrets_manager.parameters.address",
-                format!("must be set (or BAO_ADDR / VAULT_ADDR) for provider {}", provider.name()),
+                format!(
+                    "must be set (or BAO_ADDR / VAULT_ADDR) for provider {}",
+                    provider.name()
+                ),
             );
         }
         if bao_token.is_none() {
             err(
                 "secrets_manager.parameters.token",
-                format!("must be set (or BAO_TOKEN / VAULT_TOKEN) for provider {}", provider.name()),
+                format!(
+                    "must be set (or BAO_TOKEN / VAULT_TOKEN) for provider {}",
+                    provider.name()
+                ),
             );
         }
     }
     let mount = p.mount.trim().trim_matches('/').to_string();
     if mount.is_empty() {
-        err("secrets_manager.parameters.mount", "must not be empty".into());
+        err(
+            "secrets_manager.parameters.mount",
+            "must not be empty".into(),
+        );
     }
     let endpoint_url = opt(p.endpoint_url);
     if let Some(e) = &endpoint_url {
         if !(e.starts_with("http://") || e.starts_with("https://")) {
-            err("secrets_manager.parameters.endpoint_url", format!("{e:?} is not an http:// or https:// URL"));
+            err(
+                "secrets_manager.parameters.endpoint_url",
+                format!("{e:?} is not an http:// or https:// URL"),
+            );
         }
     }
     let access_key_id = opt(p.access_key_id);
@@ -722,25 +782,43 @@ fn validate(raw: RawConfig, source: Option<PathBuf>, label: &str) -> Result<Conf
         );
     }
     if p.path.trim().is_empty() {
-        err("secrets_manager.parameters.path", "must not be empty".into());
+        err(
+            "secrets_manager.parameters.path",
+            "must not be empty".into(),
+        );
     }
     if sm.cache_ttl_secs < 0 {
-        err("secrets_manager.cache_ttl_secs", "must not be negative".into());
+        err(
+            "secrets_manager.cache_ttl_secs",
+            "must not be negative".into(),
+        );
     }
     if sm.cache_max_entries < 0 {
-        err("secrets_manager.cache_max_entries", "must not be negative".into());
+        err(
+            "secrets_manager.cache_max_entries",
+            "must not be negative".into(),
+        );
     }
     if sm.cache_stale_secs < 0 {
-        err("secrets_manager.cache_stale_secs", "must not be negative".into());
+        err(
+            "secrets_manager.cache_stale_secs",
+            "must not be negative".into(),
+        );
     }
     if !(sm.write_rate_per_sec > 0.0 && sm.write_rate_per_sec <= 50.0) {
         err(
             "secrets_manager.write_rate_per_sec",
-            format!("{} must be above 0 and at most 50 (AWS's per-region write quota)", sm.write_rate_per_sec),
+            format!(
+                "{} must be above 0 and at most 50 (AWS's per-region write quota)",
+                sm.write_rate_per_sec
+            ),
         );
     }
     if !(0..=10).contains(&sm.retry_max) {
-        err("secrets_manager.retry_max", format!("{} must be between 0 and 10", sm.retry_max));
+        err(
+            "secrets_manager.retry_max",
+            format!("{} must be between 0 and 10", sm.retry_max),
+        );
     }
 
     // [fernet]
@@ -755,14 +833,20 @@ fn validate(raw: RawConfig, source: Option<PathBuf>, label: &str) -> Result<Conf
         if crate::secrets::fernet::parse_key(k).is_none() {
             err(
                 "fernet.key",
-                format!("key #{} is not a Fernet key (32 bytes, url-safe base64)", i + 1),
+                format!(
+                    "key #{} is not a Fernet key (32 bytes, url-safe base64)",
+                    i + 1
+                ),
             );
         }
     }
     if keys.is_empty() && !matches!(provider, Provider::Embedded) {
         err(
             "fernet.key",
-            format!("a Fernet key (FERNET_KEY) is required for provider {}", provider.name()),
+            format!(
+                "a Fernet key (FERNET_KEY) is required for provider {}",
+                provider.name()
+            ),
         );
     }
     if raw.fernet.wrap_references && keys.is_empty() {
@@ -772,9 +856,17 @@ fn validate(raw: RawConfig, source: Option<PathBuf>, label: &str) -> Result<Conf
     // [auth]
     let jwks_url = match opt(raw.auth.jwks_url) {
         Some(u) => match u.parse::<Uri>() {
-            Ok(uri) if matches!(uri.scheme_str(), Some("http") | Some("https")) && uri.authority().is_some() => uri,
+            Ok(uri)
+                if matches!(uri.scheme_str(), Some("http") | Some("https"))
+                    && uri.authority().is_some() =>
+            {
+                uri
+            }
             _ => {
-                err("auth.jwks_url", format!("{u:?} is not an http:// or https:// URL"));
+                err(
+                    "auth.jwks_url",
+                    format!("{u:?} is not an http:// or https:// URL"),
+                );
                 Uri::from_static("http://127.0.0.1:8585/api/v1/system/config/jwks")
             }
         },
@@ -782,17 +874,28 @@ fn validate(raw: RawConfig, source: Option<PathBuf>, label: &str) -> Result<Conf
             let s = format!(
                 "{}://{}{}/api/v1/system/config/jwks",
                 url.scheme_str().unwrap_or("http"),
-                url.authority().map(|a| a.as_str()).unwrap_or("127.0.0.1:8585"),
+                url.authority()
+                    .map(|a| a.as_str())
+                    .unwrap_or("127.0.0.1:8585"),
                 base_path
             );
-            s.parse::<Uri>()
-                .unwrap_or_else(|_| Uri::from_static("http://127.0.0.1:8585/api/v1/system/config/jwks"))
+            s.parse::<Uri>().unwrap_or_else(|_| {
+                Uri::from_static("http://127.0.0.1:8585/api/v1/system/config/jwks")
+            })
         }
     };
-    let public_key_files: Vec<PathBuf> = raw.auth.public_key_files.iter().map(PathBuf::from).collect();
+    let public_key_files: Vec<PathBuf> = raw
+        .auth
+        .public_key_files
+        .iter()
+        .map(PathBuf::from)
+        .collect();
     for f in &public_key_files {
         if !f.is_file() {
-            err("auth.public_key_files", format!("file {:?} does not exist", f.display().to_string()));
+            err(
+                "auth.public_key_files",
+                format!("file {:?} does not exist", f.display().to_string()),
+            );
         }
     }
     if raw.auth.issuer.trim().is_empty() {
@@ -818,12 +921,18 @@ fn validate(raw: RawConfig, source: Option<PathBuf>, label: &str) -> Result<Conf
         "human" | "text" | "" => LogFormat::Human,
         "json" => LogFormat::Json,
         other => {
-            err("logging.format", format!("{other:?} is not one of human, json"));
+            err(
+                "logging.format",
+                format!("{other:?} is not one of human, json"),
+            );
             LogFormat::Human
         }
     };
     if tracing_subscriber::EnvFilter::try_new(raw.logging.level.trim()).is_err() {
-        err("logging.level", format!("{:?} is not a log level or filter", raw.logging.level));
+        err(
+            "logging.level",
+            format!("{:?} is not a log level or filter", raw.logging.level),
+        );
     }
 
     if !errs.is_empty() {
@@ -916,7 +1025,10 @@ mod tests {
         assert_eq!(c.secrets.cluster_name, "openmetadata");
         assert_eq!(c.policy.bot, ReadAction::Resolve);
         assert_eq!(c.policy.user, ReadAction::Mask);
-        assert_eq!(c.auth.jwks_url.to_string(), "http://127.0.0.1:8585/api/v1/system/config/jwks");
+        assert_eq!(
+            c.auth.jwks_url.to_string(),
+            "http://127.0.0.1:8585/api/v1/system/config/jwks"
+        );
     }
 
     #[test]
@@ -945,7 +1057,10 @@ mod tests {
         assert_eq!(c.server.listen.port(), 9999);
         assert_eq!(
             c.secrets.tags,
-            vec![("team".into(), "data".into()), ("env".into(), "prod".into())]
+            vec![
+                ("team".into(), "data".into()),
+                ("env".into(), "prod".into())
+            ]
         );
     }
 

@@ -11,31 +11,53 @@ use crate::rules::jsonpath::render;
 use crate::rules::RuleSet;
 
 /// The explanation as text; `Err` for input the gateway itself would refuse.
-pub fn explain(cfg: &Config, rules: &RuleSet, method: &str, path: &str, body: Option<&str>) -> Result<String, String> {
-    let method = Method::from_bytes(method.to_ascii_uppercase().as_bytes()).map_err(|_| format!("{method:?} is not an HTTP method"))?;
+pub fn explain(
+    cfg: &Config,
+    rules: &RuleSet,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> Result<String, String> {
+    let method = Method::from_bytes(method.to_ascii_uppercase().as_bytes())
+        .map_err(|_| format!("{method:?} is not an HTTP method"))?;
     let (raw_path, _query) = path.split_once('?').unwrap_or((path, ""));
     let norm = NormPath::parse(raw_path).map_err(|e| format!("the gateway answers 400: {e}"))?;
     let mut out = String::new();
     out.push_str(&format!("request: {method} {}\n", norm.canonical()));
     let Some(m) = rules.match_request(&method, &norm) else {
-        out.push_str("rule: none (passed through; JSON answers still get the secret:/fernet: safety net)\n");
+        out.push_str(
+            "rule: none (passed through; JSON answers still get the secret:/fernet: safety net)\n",
+        );
         return Ok(out);
     };
-    out.push_str(&format!("rule: {} ({})\n", m.rule.kind, m.rule.file.display()));
+    out.push_str(&format!(
+        "rule: {} ({})\n",
+        m.rule.kind,
+        m.rule.file.display()
+    ));
     match m.route {
-        Some(r) => out.push_str(&format!("route: {} {}{} -> {:?}\n", method, m.rule.collection, r.path, r.op)),
-        None => out.push_str("route: none of the rule's routes (forwarded; the answer is rewritten)\n"),
+        Some(r) => out.push_str(&format!(
+            "route: {} {}{} -> {:?}\n",
+            method, m.rule.collection, r.path, r.op
+        )),
+        None => {
+            out.push_str("route: none of the rule's routes (forwarded; the answer is rewritten)\n")
+        }
     }
     for (k, v) in &m.params {
         out.push_str(&format!("  {k} = {v}\n"));
     }
     if let Some(body) = body {
-        let doc: Value = serde_json::from_str(body).map_err(|e| format!("the body is not JSON: {e}"))?;
+        let doc: Value =
+            serde_json::from_str(body).map_err(|e| format!("the body is not JSON: {e}"))?;
         let name = doc.get("name").and_then(Value::as_str).unwrap_or("<name>");
         let ids = IdBuilder::new(&cfg.secrets.prefix, &cfg.secrets.cluster_name);
         let root = ids.root(&m.rule.root_template, name);
         let found = rules.find_secrets(m.rule, &doc);
-        if let Some(t) = doc.pointer("/connection/config/type").and_then(Value::as_str) {
+        if let Some(t) = doc
+            .pointer("/connection/config/type")
+            .and_then(Value::as_str)
+        {
             if !m.rule.known_types.is_empty() && !m.rule.known_types.contains(t) {
                 out.push_str(&format!("connection type {t:?} is not in the inventory: only the name-based safety net applies\n"));
             }
@@ -49,12 +71,21 @@ pub fn explain(cfg: &Config, rules: &RuleSet, method: &str, path: &str, body: Op
                     if types.is_empty() {
                         format!("rule path {}", m.rule.secret_paths[n])
                     } else {
-                        format!("rule path {} (types: {})", m.rule.secret_paths[n], types.join(", "))
+                        format!(
+                            "rule path {} (types: {})",
+                            m.rule.secret_paths[n],
+                            types.join(", ")
+                        )
                     }
                 }
                 None => "name-based safety net".to_string(),
             };
-            out.push_str(&format!("  {} -> secret:{}  [{}]\n", render(&f.steps), id, why));
+            out.push_str(&format!(
+                "  {} -> secret:{}  [{}]\n",
+                render(&f.steps),
+                id,
+                why
+            ));
         }
     }
     let p = &cfg.policy;

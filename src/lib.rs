@@ -1,5 +1,6 @@
 //! om-secrets-proxy: a gateway in front of the OpenMetadata REST API that keeps credentials
 //! out of it. See README.md for what it does and `../shared/spec/interface.md` for the contract.
+#![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 pub mod admin;
 pub mod auth;
@@ -42,16 +43,26 @@ pub struct App {
 /// Builds everything a running gateway needs from a validated config.
 pub async fn build_app(config: Config) -> Result<App, StartError> {
     let metrics = Arc::new(Metrics::default());
-    let upstream = Upstream::new(&config.upstream).map_err(|e| StartError(format!("upstream: {e}")))?;
+    let upstream =
+        Upstream::new(&config.upstream).map_err(|e| StartError(format!("upstream: {e}")))?;
     let tls = match &config.server.tls {
         Some(files) => Some(tokio_rustls::TlsAcceptor::from(
-            tls::server_config(&files.cert, &files.key).map_err(|e| StartError(format!("server TLS: {e}")))?,
+            tls::server_config(&files.cert, &files.key)
+                .map_err(|e| StartError(format!("server TLS: {e}")))?,
         )),
         None => None,
     };
-    let rules = rules::RuleSet::load(&config.rules.dir, &config.rules.safety_net_keys)
-        .map_err(|p| StartError(p.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n")))?;
-    let fernet = secrets::fernet::FernetKeys::new(&config.fernet.keys).map_err(|e| StartError(format!("fernet.key: {e}")))?;
+    let rules =
+        rules::RuleSet::load(&config.rules.dir, &config.rules.safety_net_keys).map_err(|p| {
+            StartError(
+                p.iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            )
+        })?;
+    let fernet = secrets::fernet::FernetKeys::new(&config.fernet.keys)
+        .map_err(|e| StartError(format!("fernet.key: {e}")))?;
     if config
         .fernet
         .keys
@@ -63,7 +74,8 @@ pub async fn build_app(config: Config) -> Result<App, StartError> {
     let store = secrets::open_store(&config, &fernet)
         .await
         .map_err(StartError)?;
-    let auth = auth::Auth::new(&config.auth, upstream.clone(), true).map_err(|e| StartError(format!("auth: {e}")))?;
+    let auth = auth::Auth::new(&config.auth, upstream.clone(), true)
+        .map_err(|e| StartError(format!("auth: {e}")))?;
     let gateway = Arc::new(Gateway {
         upstream: upstream.clone(),
         metrics: metrics.clone(),
@@ -107,12 +119,22 @@ impl App {
             .map_err(|e| StartError(format!("server.listen {}: {e}", self.config.server.listen)))?;
         let admin = TcpListener::bind(self.config.server.admin_listen)
             .await
-            .map_err(|e| StartError(format!("server.admin_listen {}: {e}", self.config.server.admin_listen)))?;
+            .map_err(|e| {
+                StartError(format!(
+                    "server.admin_listen {}: {e}",
+                    self.config.server.admin_listen
+                ))
+            })?;
         Ok((api, admin))
     }
 
     /// Serves on the given listeners until `shutdown` resolves, then drains.
-    pub async fn serve(self, api: TcpListener, admin: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) {
+    pub async fn serve(
+        self,
+        api: TcpListener,
+        admin: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) {
         let (tx, rx) = tokio::sync::watch::channel(false);
         let mut rx_admin = rx.clone();
         let mut rx_api = rx;

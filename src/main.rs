@@ -1,4 +1,5 @@
 //! The `om-secrets-proxy` command line.
+#![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -7,7 +8,11 @@ use clap::{Parser, Subcommand};
 use om_secrets_proxy::config::{Config, LogFormat};
 
 #[derive(Parser)]
-#[command(name = "om-secrets-proxy", version, about = "Keeps credentials out of OpenMetadata")]
+#[command(
+    name = "om-secrets-proxy",
+    version,
+    about = "Keeps credentials out of OpenMetadata"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -73,7 +78,9 @@ fn load(config: Option<PathBuf>) -> Result<Config, ExitCode> {
 fn init_logging(cfg: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_new(&cfg.logging.level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match cfg.logging.format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Human => builder.init(),
@@ -89,7 +96,10 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             init_logging(&cfg);
-            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("cannot start the runtime: {e}");
@@ -116,7 +126,8 @@ fn main() -> ExitCode {
                     admin = %admin.local_addr().map(|a| a.to_string()).unwrap_or_default(),
                     "om-secrets-proxy listening"
                 );
-                app.serve(api, admin, om_secrets_proxy::shutdown_signal()).await;
+                app.serve(api, admin, om_secrets_proxy::shutdown_signal())
+                    .await;
                 ExitCode::SUCCESS
             })
         }
@@ -142,7 +153,10 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            let rules = match om_secrets_proxy::rules::RuleSet::load(&cfg.rules.dir, &cfg.rules.safety_net_keys) {
+            let rules = match om_secrets_proxy::rules::RuleSet::load(
+                &cfg.rules.dir,
+                &cfg.rules.safety_net_keys,
+            ) {
                 Ok(r) => r,
                 Err(problems) => {
                     for p in problems {
@@ -158,7 +172,8 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
-            match om_secrets_proxy::explain::explain(&cfg, &rules, &method, &path, body.as_deref()) {
+            match om_secrets_proxy::explain::explain(&cfg, &rules, &method, &path, body.as_deref())
+            {
                 Ok(text) => {
                     print!("{text}");
                     ExitCode::SUCCESS

@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-const BUCKETS_MS: [f64; 12] = [1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 10000.0];
+const BUCKETS_MS: [f64; 12] = [
+    1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 10000.0,
+];
 
 #[derive(Default)]
 pub struct Metrics {
@@ -46,7 +48,10 @@ impl Metrics {
         s.push_str("# TYPE omsp_requests_total counter\n");
         if let Ok(m) = self.requests.lock() {
             for ((class, status), n) in m.iter() {
-                let _ = writeln!(s, "omsp_requests_total{{route_class=\"{class}\",status=\"{status}\"}} {n}");
+                let _ = writeln!(
+                    s,
+                    "omsp_requests_total{{route_class=\"{class}\",status=\"{status}\"}} {n}"
+                );
             }
         }
         s.push_str("# HELP omsp_request_duration_seconds Request latency inside the gateway.\n");
@@ -60,7 +65,10 @@ impl Metrics {
             );
         }
         let count = self.latency_count.load(Ordering::Relaxed);
-        let _ = writeln!(s, "omsp_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            s,
+            "omsp_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
+        );
         let _ = writeln!(
             s,
             "omsp_request_duration_seconds_sum {}",
@@ -68,14 +76,54 @@ impl Metrics {
         );
         let _ = writeln!(s, "omsp_request_duration_seconds_count {count}");
         let gauges: [(&str, &str, &str, i64); 9] = [
-            ("omsp_open_connections", "gauge", "Client connections open on the API port.", self.open_connections.load(Ordering::Relaxed)),
-            ("omsp_upstream_errors_total", "counter", "Upstream failures (unreachable, timeout, broken answer).", self.upstream_errors.load(Ordering::Relaxed) as i64),
-            ("omsp_secret_cache_hits_total", "counter", "Secret reads answered by the cache.", self.cache_hits.load(Ordering::Relaxed) as i64),
-            ("omsp_secret_cache_misses_total", "counter", "Secret reads the cache could not answer.", self.cache_misses.load(Ordering::Relaxed) as i64),
-            ("omsp_secret_store_calls_total", "counter", "Calls made to the secret store backend.", self.store_calls.load(Ordering::Relaxed) as i64),
-            ("omsp_secret_store_errors_total", "counter", "Secret store calls that failed.", self.store_errors.load(Ordering::Relaxed) as i64),
-            ("omsp_secrets_written_total", "counter", "Secret values moved into the store.", self.secrets_written.load(Ordering::Relaxed) as i64),
-            ("omsp_secrets_resolved_total", "counter", "Secret fields resolved for a caller.", self.secrets_resolved.load(Ordering::Relaxed) as i64),
+            (
+                "omsp_open_connections",
+                "gauge",
+                "Client connections open on the API port.",
+                self.open_connections.load(Ordering::Relaxed),
+            ),
+            (
+                "omsp_upstream_errors_total",
+                "counter",
+                "Upstream failures (unreachable, timeout, broken answer).",
+                self.upstream_errors.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "omsp_secret_cache_hits_total",
+                "counter",
+                "Secret reads answered by the cache.",
+                self.cache_hits.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "omsp_secret_cache_misses_total",
+                "counter",
+                "Secret reads the cache could not answer.",
+                self.cache_misses.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "omsp_secret_store_calls_total",
+                "counter",
+                "Calls made to the secret store backend.",
+                self.store_calls.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "omsp_secret_store_errors_total",
+                "counter",
+                "Secret store calls that failed.",
+                self.store_errors.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "omsp_secrets_written_total",
+                "counter",
+                "Secret values moved into the store.",
+                self.secrets_written.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "omsp_secrets_resolved_total",
+                "counter",
+                "Secret fields resolved for a caller.",
+                self.secrets_resolved.load(Ordering::Relaxed) as i64,
+            ),
             ("omsp_up", "gauge", "1 while the gateway runs.", 1),
         ];
         for (name, kind, help, v) in gauges {

@@ -75,7 +75,9 @@ pub async fn serve_api(
         let metrics = gateway.metrics.clone();
         match &tls {
             None => {
-                let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
+                let conn = builder
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .into_owned();
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
                     metrics.open_connections.fetch_add(1, Ordering::Relaxed);
@@ -90,7 +92,9 @@ pub async fn serve_api(
                 let watcher = graceful.watcher();
                 tokio::spawn(async move {
                     let tls_stream =
-                        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+                            .await
+                        {
                             Ok(Ok(s)) => s,
                             Ok(Err(e)) => {
                                 tracing::debug!(error = %e, "TLS handshake failed");
@@ -98,7 +102,9 @@ pub async fn serve_api(
                             }
                             Err(_) => return,
                         };
-                    let conn = builder.serve_connection(TokioIo::new(tls_stream), svc).into_owned();
+                    let conn = builder
+                        .serve_connection(TokioIo::new(tls_stream), svc)
+                        .into_owned();
                     metrics.open_connections.fetch_add(1, Ordering::Relaxed);
                     if let Err(e) = watcher.watch(conn).await {
                         tracing::debug!(error = %e, "connection ended with an error");
@@ -117,7 +123,11 @@ pub async fn serve_api(
 }
 
 /// Serves the admin port (plain HTTP/1.1) until `shutdown` resolves.
-pub async fn serve_admin(listener: TcpListener, admin: Arc<Admin>, shutdown: impl Future<Output = ()>) {
+pub async fn serve_admin(
+    listener: TcpListener,
+    admin: Arc<Admin>,
+    shutdown: impl Future<Output = ()>,
+) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -137,7 +147,9 @@ pub async fn serve_admin(listener: TcpListener, admin: Arc<Admin>, shutdown: imp
             let admin = admin.clone();
             async move { Ok::<_, Infallible>(admin.handle(req).await) }
         });
-        let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), svc)
+            .into_owned();
         tokio::spawn(async move {
             let _ = conn.await;
         });

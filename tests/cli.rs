@@ -33,11 +33,23 @@ fn check_refuses_every_invalid_config_with_a_clear_message() {
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .output()
             .unwrap();
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert_eq!(out.status.code(), Some(1), "{}: {text}", path.display());
-        assert!(text.contains(&expect), "{}: expected {expect:?} in {text}", path.display());
+        assert!(
+            text.contains(&expect),
+            "{}: expected {expect:?} in {text}",
+            path.display()
+        );
         let name = path.file_name().unwrap().to_string_lossy().to_string();
-        assert!(text.contains(&name), "{}: message does not name the file: {text}", path.display());
+        assert!(
+            text.contains(&name),
+            "{}: message does not name the file: {text}",
+            path.display()
+        );
     }
 }
 
@@ -52,7 +64,11 @@ fn serve_refuses_every_invalid_config_at_start_up() {
             .unwrap();
         let text = String::from_utf8_lossy(&out.stderr).to_string();
         assert_ne!(out.status.code(), Some(0), "{}", path.display());
-        assert!(text.contains(&expect), "{}: expected {expect:?} in {text}", path.display());
+        assert!(
+            text.contains(&expect),
+            "{}: expected {expect:?} in {text}",
+            path.display()
+        );
     }
 }
 
@@ -68,8 +84,17 @@ fn check_accepts_the_defaults_and_a_full_valid_file() {
         ),
     )
     .unwrap();
-    let out = Command::new(BIN).args(["check", "--config"]).arg(&cfg).output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 #[test]

@@ -14,12 +14,21 @@ async fn every_method_passes_through_byte_identical() {
     let (_emu, gw) = stack().await;
     let c = client();
     let body = Bytes::from_static(b"{\"weird\" :  [1,2 ,3], \"\\u00e9\":\"\xc3\xa9\"}\n\x00tail");
-    for m in [Method::POST, Method::PUT, Method::PATCH, Method::DELETE, Method::GET] {
+    for m in [
+        Method::POST,
+        Method::PUT,
+        Method::PATCH,
+        Method::DELETE,
+        Method::GET,
+    ] {
         let a = send(
             &c,
             m.clone(),
             &gw.url("/__test/echo?x=1&y=%2F"),
-            &[("content-type", "application/octet-stream"), ("x-custom", "v1")],
+            &[
+                ("content-type", "application/octet-stream"),
+                ("x-custom", "v1"),
+            ],
             body.clone(),
         )
         .await;
@@ -33,7 +42,10 @@ async fn every_method_passes_through_byte_identical() {
         assert_eq!(seen["x-custom"], "v1");
         assert_eq!(seen["x-forwarded-for"], "127.0.0.1");
         assert_eq!(seen["x-forwarded-proto"], "http");
-        assert!(seen["x-forwarded-host"].as_str().unwrap().starts_with("127.0.0.1:"));
+        assert!(seen["x-forwarded-host"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:"));
         assert!(seen.get("x-request-id").is_some());
     }
 }
@@ -43,13 +55,23 @@ async fn query_strings_arrive_unchanged() {
     let (emu, gw) = stack().await;
     get(&gw.url("/__test/echo?fields=owners,tags&q=a%20b&z=%2F")).await;
     let rec = emu.recorded();
-    assert_eq!(rec.last().unwrap().path_and_query, "/__test/echo?fields=owners,tags&q=a%20b&z=%2F");
+    assert_eq!(
+        rec.last().unwrap().path_and_query,
+        "/__test/echo?fields=owners,tags&q=a%20b&z=%2F"
+    );
 }
 
 #[tokio::test]
 async fn head_passes_through_without_a_body() {
     let (_emu, gw) = stack().await;
-    let a = send(&client(), Method::HEAD, &gw.url("/api/v1/system/version"), &[], Bytes::new()).await;
+    let a = send(
+        &client(),
+        Method::HEAD,
+        &gw.url("/api/v1/system/version"),
+        &[],
+        Bytes::new(),
+    )
+    .await;
     assert_eq!(a.status, 200);
     assert!(a.body.is_empty());
 }
@@ -84,7 +106,10 @@ async fn a_request_id_is_added_and_returned() {
     let a = get(&gw.url("/api/v1/system/version")).await;
     let id = a.headers["x-request-id"].to_str().unwrap().to_string();
     assert!(id.len() >= 16);
-    assert_eq!(emu.recorded().pop().unwrap().headers["x-request-id"], id.as_str());
+    assert_eq!(
+        emu.recorded().pop().unwrap().headers["x-request-id"],
+        id.as_str()
+    );
 }
 
 #[tokio::test]
@@ -116,7 +141,9 @@ async fn a_100_mb_body_streams_through_both_ways() {
 
     // Upload, streamed by a client body of 1 MiB chunks.
     let chunks = (0..100).map(|c| {
-        let data: Vec<u8> = (c * 1_048_576..(c + 1) * 1_048_576).map(emulator::pattern_byte).collect();
+        let data: Vec<u8> = (c * 1_048_576..(c + 1) * 1_048_576)
+            .map(emulator::pattern_byte)
+            .collect();
         Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(Bytes::from(data)))
     });
     let stream_body = http_body_util::StreamBody::new(emulator::futures_core_like::iter(chunks));
@@ -124,7 +151,11 @@ async fn a_100_mb_body_streams_through_both_ways() {
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .build(hyper_util::client::legacy::connect::HttpConnector::new());
     let resp = up
-        .request(http::Request::post(gw.url("/__test/upload")).body(stream_body).unwrap())
+        .request(
+            http::Request::post(gw.url("/__test/upload"))
+                .body(stream_body)
+                .unwrap(),
+        )
         .await
         .unwrap();
     let a = collect(resp).await;
@@ -142,12 +173,22 @@ async fn a_100_mb_body_streams_through_both_ways() {
 #[tokio::test]
 async fn http2_clients_are_served_on_the_plain_port() {
     let (emu, gw) = stack().await;
-    let a = send(&h2_client(), Method::POST, &gw.url("/__test/echo"), &[("x-h2", "yes")], "h2 body").await;
+    let a = send(
+        &h2_client(),
+        Method::POST,
+        &gw.url("/__test/echo"),
+        &[("x-h2", "yes")],
+        "h2 body",
+    )
+    .await;
     assert_eq!(a.status, 200);
     assert_eq!(a.version, http::Version::HTTP_2);
     assert_eq!(a.body, "h2 body");
     // The upstream still gets HTTP/1.1.
-    assert_eq!(emu.recorded().pop().unwrap().version, http::Version::HTTP_11);
+    assert_eq!(
+        emu.recorded().pop().unwrap().version,
+        http::Version::HTTP_11
+    );
 }
 
 #[tokio::test]
@@ -179,7 +220,11 @@ async fn slow_upstream_is_a_json_504() {
 #[tokio::test]
 async fn an_unsafe_path_is_refused_and_not_forwarded() {
     let (emu, gw) = stack().await;
-    for p in ["/api/v1/services/%2e%2e/users", "/api/v1/x%00y", "/api/v1/%zz"] {
+    for p in [
+        "/api/v1/services/%2e%2e/users",
+        "/api/v1/x%00y",
+        "/api/v1/%zz",
+    ] {
         let a = get(&gw.url(p)).await;
         assert_eq!(a.status, 400, "{p}");
         assert_eq!(a.json()["code"], 400);
@@ -212,7 +257,10 @@ async fn admin_port_answers_health_readiness_and_metrics() {
     assert_eq!(get(&gw.admin_url("/readyz")).await.status, 200);
     get(&gw.url("/api/v1/system/version")).await;
     let m = get(&gw.admin_url("/metrics")).await.text();
-    assert!(m.contains("omsp_requests_total{route_class=\"passthrough\",status=\"200\"} 1"), "{m}");
+    assert!(
+        m.contains("omsp_requests_total{route_class=\"passthrough\",status=\"200\"} 1"),
+        "{m}"
+    );
     assert!(m.contains("omsp_request_duration_seconds_count 1"));
     assert!(m.contains("omsp_open_connections"));
 }

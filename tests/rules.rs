@@ -17,13 +17,19 @@ fn root() -> PathBuf {
 }
 
 fn shipped() -> RuleSet {
-    let keys: Vec<String> = om_secrets_proxy::config::DEFAULT_SAFETY_NET_KEYS.iter().map(|s| s.to_string()).collect();
+    let keys: Vec<String> = om_secrets_proxy::config::DEFAULT_SAFETY_NET_KEYS
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     RuleSet::load(&root().join("rules"), &keys).expect("shipped rules compile")
 }
 
 fn inventory() -> Value {
     let p = root().join("../shared/data/openmetadata-secret-fields.json");
-    serde_json::from_str(&std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).unwrap()
+    serde_json::from_str(
+        &std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())),
+    )
+    .unwrap()
 }
 
 /// Builds a document holding "VALUE" at a concrete spelling of `path` ([*] -> [1], .* -> .someKey).
@@ -69,14 +75,18 @@ fn every_inventory_path_is_found_by_the_shipped_rules() {
         }
         let coll = collections[kind].as_str().unwrap();
         let norm = NormPath::parse(coll).unwrap();
-        let m = rules.match_request(&Method::POST, &norm).unwrap_or_else(|| panic!("no rule for {coll}"));
+        let m = rules
+            .match_request(&Method::POST, &norm)
+            .unwrap_or_else(|| panic!("no rule for {coll}"));
         for (_group, entries) in groups.as_object().unwrap() {
             for e in entries.as_array().unwrap() {
                 let path = e["path"].as_str().unwrap();
                 let (doc, steps) = doc_for(path);
                 let found = rules.find_secrets(m.rule, &doc);
                 assert!(
-                    found.iter().any(|f| f.steps == steps && f.rule_path.is_some()),
+                    found
+                        .iter()
+                        .any(|f| f.steps == steps && f.rule_path.is_some()),
                     "{kind}: {path} not found (found {:?})",
                     found.iter().map(|f| render(&f.steps)).collect::<Vec<_>>()
                 );
@@ -100,7 +110,9 @@ fn every_spelling_of_a_ruled_route_matches_its_rule() {
         "/api/v1/%73ervices/databaseServices",
     ] {
         let n = NormPath::parse(p).unwrap();
-        let m = rules.match_request(&Method::POST, &n).unwrap_or_else(|| panic!("{p} did not match"));
+        let m = rules
+            .match_request(&Method::POST, &n)
+            .unwrap_or_else(|| panic!("{p} did not match"));
         assert_eq!(m.rule.kind, "databaseService", "{p}");
         assert_eq!(m.op(), om_secrets_proxy::rules::Op::Create, "{p}");
     }
@@ -109,7 +121,8 @@ fn every_spelling_of_a_ruled_route_matches_its_rule() {
 #[test]
 fn entity_routes_carry_their_parameters() {
     let rules = shipped();
-    let n = NormPath::parse("/api/v1/services/ingestionPipelines/name/svc.%22dbt%2Fnightly%22").unwrap();
+    let n = NormPath::parse("/api/v1/services/ingestionPipelines/name/svc.%22dbt%2Fnightly%22")
+        .unwrap();
     let m = rules.match_request(&Method::PATCH, &n).unwrap();
     assert_eq!(m.rule.kind, "ingestionPipeline");
     assert_eq!(m.op(), om_secrets_proxy::rules::Op::Patch);
@@ -117,16 +130,34 @@ fn entity_routes_carry_their_parameters() {
     let n = NormPath::parse("/api/v1/users/token/abc").unwrap();
     let m = rules.match_request(&Method::GET, &n).unwrap();
     assert_eq!(m.rule.kind, "botUser");
-    assert_eq!(m.route.unwrap().response_at, vec!["authenticationMechanism", "config"]);
+    assert_eq!(
+        m.route.unwrap().response_at,
+        vec!["authenticationMechanism", "config"]
+    );
     let n = NormPath::parse("/api/v1/services/databaseServices/123/versions/0.2").unwrap();
-    assert_eq!(rules.match_request(&Method::GET, &n).unwrap().param("version"), Some("0.2"));
+    assert_eq!(
+        rules
+            .match_request(&Method::GET, &n)
+            .unwrap()
+            .param("version"),
+        Some("0.2")
+    );
 }
 
 #[test]
 fn unruled_routes_match_nothing() {
     let rules = shipped();
-    for p in ["/api/v1/tables", "/api/v1/system/version", "/api/v1/servicesX/databaseServices"] {
-        assert!(rules.match_request(&Method::GET, &NormPath::parse(p).unwrap()).is_none(), "{p}");
+    for p in [
+        "/api/v1/tables",
+        "/api/v1/system/version",
+        "/api/v1/servicesX/databaseServices",
+    ] {
+        assert!(
+            rules
+                .match_request(&Method::GET, &NormPath::parse(p).unwrap())
+                .is_none(),
+            "{p}"
+        );
     }
 }
 
@@ -134,15 +165,25 @@ fn unruled_routes_match_nothing() {
 fn the_safety_net_catches_unknown_connectors_and_free_form_maps() {
     let rules = shipped();
     let m = rules
-        .match_request(&Method::POST, &NormPath::parse("/api/v1/services/databaseServices").unwrap())
+        .match_request(
+            &Method::POST,
+            &NormPath::parse("/api/v1/services/databaseServices").unwrap(),
+        )
         .unwrap();
     let doc = json!({"name": "n", "connection": {"config": {"type": "BrandNewDb",
         "hostPort": "h", "nested": {"clientSecret": "s1"},
         "connectionOptions": {"api_key": "s2", "timeout": "5"}}}});
-    let found: Vec<String> = rules.find_secrets(m.rule, &doc).iter().map(|f| render(&f.steps)).collect();
+    let found: Vec<String> = rules
+        .find_secrets(m.rule, &doc)
+        .iter()
+        .map(|f| render(&f.steps))
+        .collect();
     assert_eq!(
         found,
-        vec!["$.connection.config.connectionOptions.api_key", "$.connection.config.nested.clientSecret"]
+        vec![
+            "$.connection.config.connectionOptions.api_key",
+            "$.connection.config.nested.clientSecret"
+        ]
     );
 }
 
@@ -197,12 +238,20 @@ fn explain_names_the_rule_the_secret_paths_and_their_ids() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).to_string();
-    assert_eq!(out.status.code(), Some(0), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(text.contains("rule: ingestionPipeline"), "{text}");
     assert!(text.contains(
         "$.sourceConfig.config.dbtConfigSource.dbtSecurityConfig.awsSecretAccessKey -> secret:/openmetadata/pipeline/dbt-nightly/sourceconfig/config/dbtconfigsource/dbtsecurityconfig/awssecretaccesskey"
     ), "{text}");
-    assert!(text.contains("reads: bot=resolve user=mask anonymous=mask"), "{text}");
+    assert!(
+        text.contains("reads: bot=resolve user=mask anonymous=mask"),
+        "{text}"
+    );
 }
 
 #[test]

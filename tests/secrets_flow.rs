@@ -17,7 +17,14 @@ fn mysql(name: &str, password: &str) -> Value {
 }
 
 async fn post(gw: &Gw, path: &str, body: &Value) -> Answer {
-    send(&client(), Method::POST, &gw.url(path), &[("content-type", "application/json")], body.to_string()).await
+    send(
+        &client(),
+        Method::POST,
+        &gw.url(path),
+        &[("content-type", "application/json")],
+        body.to_string(),
+    )
+    .await
 }
 
 #[tokio::test]
@@ -25,7 +32,9 @@ async fn a_posted_password_goes_to_the_store_and_upstream_gets_a_reference() {
     let (emu, gw) = stack().await;
     let a = post(&gw, DB, &mysql("mysql-test", "hunter2-plain")).await;
     assert_eq!(a.status, 201, "{}", a.text());
-    let stored = emu.entity("services/databaseServices", "mysql-test").unwrap();
+    let stored = emu
+        .entity("services/databaseServices", "mysql-test")
+        .unwrap();
     assert_eq!(
         stored["connection"]["config"]["authType"]["password"],
         "secret:/openmetadata/database/mysql-test/authtype/password"
@@ -33,7 +42,10 @@ async fn a_posted_password_goes_to_the_store_and_upstream_gets_a_reference() {
     let everything = emu.everything_received();
     assert!(!everything.windows(13).any(|w| w == b"hunter2-plain"));
     // The answer to the POST is masked for an anonymous caller.
-    assert_eq!(a.json()["connection"]["config"]["authType"]["password"], "*********");
+    assert_eq!(
+        a.json()["connection"]["config"]["authType"]["password"],
+        "*********"
+    );
 }
 
 #[tokio::test]
@@ -41,9 +53,21 @@ async fn reads_are_masked_in_entities_lists_and_versions() {
     let (_emu, gw) = stack().await;
     let created = post(&gw, DB, &mysql("svc-a", "pw-1")).await.json();
     let id = created["id"].as_str().unwrap().to_string();
-    let put = send(&client(), Method::PUT, &gw.url(DB), &[], mysql("svc-a", "pw-2").to_string()).await;
+    let put = send(
+        &client(),
+        Method::PUT,
+        &gw.url(DB),
+        &[],
+        mysql("svc-a", "pw-2").to_string(),
+    )
+    .await;
     assert_eq!(put.status, 200);
-    for path in [format!("{DB}/{id}"), format!("{DB}/name/svc-a"), DB.to_string(), format!("{DB}/{id}/versions")] {
+    for path in [
+        format!("{DB}/{id}"),
+        format!("{DB}/name/svc-a"),
+        DB.to_string(),
+        format!("{DB}/{id}/versions"),
+    ] {
         let a = get(&gw.url(&path)).await;
         assert_eq!(a.status, 200, "{path}");
         let t = a.text();
@@ -79,7 +103,15 @@ async fn a_mask_with_nothing_stored_is_a_422_and_nothing_is_forwarded() {
 #[tokio::test]
 async fn a_reference_outside_the_entity_is_refused() {
     let (_emu, gw) = stack().await;
-    let a = post(&gw, DB, &mysql("svc-r", "secret:/openmetadata/database/other/authtype/password")).await;
+    let a = post(
+        &gw,
+        DB,
+        &mysql(
+            "svc-r",
+            "secret:/openmetadata/database/other/authtype/password",
+        ),
+    )
+    .await;
     assert_eq!(a.status, 422);
 }
 
@@ -99,7 +131,10 @@ async fn patch_replacing_the_whole_connection_strips_its_secrets() {
     )
     .await;
     assert_eq!(a.status, 200, "{}", a.text());
-    assert!(!emu.everything_received().windows(13).any(|w| w == b"patched-plain"));
+    assert!(!emu
+        .everything_received()
+        .windows(13)
+        .any(|w| w == b"patched-plain"));
     let stored = emu.entity("services/databaseServices", "svc-p").unwrap();
     assert_eq!(
         stored["connection"]["config"]["authType"]["password"],
@@ -127,12 +162,30 @@ async fn gzip_bodies_are_inspected_and_unknown_encodings_are_415() {
     use std::io::Write;
     let (emu, gw) = stack().await;
     let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    enc.write_all(mysql("svc-gz", "gz-plain-value").to_string().as_bytes()).unwrap();
+    enc.write_all(mysql("svc-gz", "gz-plain-value").to_string().as_bytes())
+        .unwrap();
     let gz = enc.finish().unwrap();
-    let a = send(&client(), Method::POST, &gw.url(DB), &[("content-encoding", "gzip")], gz).await;
+    let a = send(
+        &client(),
+        Method::POST,
+        &gw.url(DB),
+        &[("content-encoding", "gzip")],
+        gz,
+    )
+    .await;
     assert_eq!(a.status, 201, "{}", a.text());
-    assert!(!emu.everything_received().windows(14).any(|w| w == b"gz-plain-value"));
-    let a = send(&client(), Method::POST, &gw.url(DB), &[("content-encoding", "zstd")], Bytes::from_static(b"xx")).await;
+    assert!(!emu
+        .everything_received()
+        .windows(14)
+        .any(|w| w == b"gz-plain-value"));
+    let a = send(
+        &client(),
+        Method::POST,
+        &gw.url(DB),
+        &[("content-encoding", "zstd")],
+        Bytes::from_static(b"xx"),
+    )
+    .await;
     assert_eq!(a.status, 415);
 }
 
@@ -152,13 +205,25 @@ async fn an_upstream_refusal_undoes_the_store_write() {
     let (emu, gw) = stack().await;
     post(&gw, DB, &mysql("svc-u", "v1")).await;
     emu.fail_writes_with(Some(500));
-    let a = send(&client(), Method::PUT, &gw.url(DB), &[], mysql("svc-u", "v2").to_string()).await;
+    let a = send(
+        &client(),
+        Method::PUT,
+        &gw.url(DB),
+        &[],
+        mysql("svc-u", "v2").to_string(),
+    )
+    .await;
     assert_eq!(a.status, 500);
     emu.fail_writes_with(None);
     // Reading as the store sees it: a PUT with the mask must still find v1's secret, and
     // explain-level check: the stored value is v1 (read back through a bot would show it).
     let shown = get(&gw.url(&format!("{DB}/name/svc-u"))).await.json();
-    assert_eq!(send(&client(), Method::PUT, &gw.url(DB), &[], shown.to_string()).await.status, 200);
+    assert_eq!(
+        send(&client(), Method::PUT, &gw.url(DB), &[], shown.to_string())
+            .await
+            .status,
+        200
+    );
 }
 
 #[tokio::test]

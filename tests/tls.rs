@@ -25,7 +25,8 @@ fn make_pki() -> Pki {
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     let ca = ca_params.self_signed(&ca_key).unwrap();
     let key = KeyPair::generate().unwrap();
-    let params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+    let params =
+        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
     let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
     Pki {
         ca_pem: ca.pem(),
@@ -48,20 +49,29 @@ fn write_pki(dir: &Path, pki: &Pki) -> (String, String, String) {
     )
 }
 
-fn tls_client(ca_pem: &str, h2: bool) -> Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>> {
+fn tls_client(
+    ca_pem: &str,
+    h2: bool,
+) -> Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>> {
     let mut roots = rustls::RootCertStore::empty();
     for c in rustls_pki_types::pem::PemObject::pem_slice_iter(ca_pem.as_bytes()) {
         roots.add(c.unwrap()).unwrap();
     }
-    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
     let b = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(cfg)
         .https_only();
-    let conn = if h2 { b.enable_http2().build() } else { b.enable_http1().build() };
+    let conn = if h2 {
+        b.enable_http2().build()
+    } else {
+        b.enable_http1().build()
+    };
     let mut builder = Client::builder(TokioExecutor::new());
     if h2 {
         builder.http2_only(true);
@@ -86,13 +96,16 @@ async fn h2_over_alpn_with_a_generated_certificate() {
     let pki = make_pki();
     let gw = tls_gateway(&emu.url(), dir.path(), &pki).await;
     let url = format!("https://localhost:{}/__test/echo", gw.api.port());
-    let req = http::Request::post(&url).body(Full::new(Bytes::from("over tls"))).unwrap();
+    let req = http::Request::post(&url)
+        .body(Full::new(Bytes::from("over tls")))
+        .unwrap();
     let resp = tls_client(&pki.ca_pem, true).request(req).await.unwrap();
     let a = collect(resp).await;
     assert_eq!(a.status, 200);
     assert_eq!(a.version, http::Version::HTTP_2);
     assert_eq!(a.body, "over tls");
-    let seen: serde_json::Value = serde_json::from_str(a.headers["x-echo-headers"].to_str().unwrap()).unwrap();
+    let seen: serde_json::Value =
+        serde_json::from_str(a.headers["x-echo-headers"].to_str().unwrap()).unwrap();
     assert_eq!(seen["x-forwarded-proto"], "https");
 }
 
@@ -103,7 +116,9 @@ async fn http1_over_alpn_with_a_generated_certificate() {
     let pki = make_pki();
     let gw = tls_gateway(&emu.url(), dir.path(), &pki).await;
     let url = format!("https://localhost:{}/api/v1/system/version", gw.api.port());
-    let req = http::Request::get(&url).body(Full::new(Bytes::new())).unwrap();
+    let req = http::Request::get(&url)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
     let a = collect(tls_client(&pki.ca_pem, false).request(req).await.unwrap()).await;
     assert_eq!(a.status, 200);
     assert_eq!(a.version, http::Version::HTTP_11);
@@ -120,7 +135,14 @@ async fn an_https_upstream_is_trusted_through_ca_file() {
     let mut cfg = config_for(&format!("https://localhost:{}", inner.api.port()));
     cfg.upstream.ca_file = Some(dir.path().join("ca.pem"));
     let outer = start_gateway(cfg).await;
-    let a = send(&client(), Method::PUT, &outer.url("/__test/echo"), &[], "through two hops").await;
+    let a = send(
+        &client(),
+        Method::PUT,
+        &outer.url("/__test/echo"),
+        &[],
+        "through two hops",
+    )
+    .await;
     assert_eq!(a.status, 200);
     assert_eq!(a.body, "through two hops");
 }
@@ -131,7 +153,11 @@ async fn an_https_upstream_with_an_unknown_ca_is_a_502() {
     let dir = tempfile::tempdir().unwrap();
     let pki = make_pki();
     let inner = tls_gateway(&emu.url(), dir.path(), &pki).await;
-    let outer = start_gateway(config_for(&format!("https://localhost:{}", inner.api.port()))).await;
+    let outer = start_gateway(config_for(&format!(
+        "https://localhost:{}",
+        inner.api.port()
+    )))
+    .await;
     let a = get(&outer.url("/api/v1/system/version")).await;
     assert_eq!(a.status, 502);
 }

@@ -50,12 +50,18 @@ mod tests {
 
     #[test]
     fn a_bot_resolves_by_default() {
-        assert_eq!(decide(CallerClass::Bot, &defaults(), &PolicyOverride::default()), ReadAction::Resolve);
+        assert_eq!(
+            decide(CallerClass::Bot, &defaults(), &PolicyOverride::default()),
+            ReadAction::Resolve
+        );
     }
 
     #[test]
     fn a_user_sees_the_mask_by_default() {
-        assert_eq!(decide(CallerClass::User, &defaults(), &PolicyOverride::default()), ReadAction::Mask);
+        assert_eq!(
+            decide(CallerClass::User, &defaults(), &PolicyOverride::default()),
+            ReadAction::Mask
+        );
     }
 
     #[test]
@@ -64,20 +70,29 @@ mod tests {
             bot: Some(ReadAction::Reference),
             ..Default::default()
         };
-        assert_eq!(decide(CallerClass::Bot, &defaults(), &o), ReadAction::Reference);
+        assert_eq!(
+            decide(CallerClass::Bot, &defaults(), &o),
+            ReadAction::Reference
+        );
     }
 
     #[test]
     fn anonymous_callers_never_resolve_even_when_configured_to() {
         let mut d = defaults();
         d.anonymous = ReadAction::Resolve;
-        assert_eq!(decide(CallerClass::Anonymous, &d, &PolicyOverride::default()), ReadAction::Mask);
+        assert_eq!(
+            decide(CallerClass::Anonymous, &d, &PolicyOverride::default()),
+            ReadAction::Mask
+        );
     }
 
     #[test]
     fn a_user_may_be_shown_references() {
         let mut d = defaults();
         d.user = ReadAction::Reference;
-        assert_eq!(decide(CallerClass::User, &d, &PolicyOverride::default()), ReadAction::Reference);
+        assert_eq!(
+            decide(CallerClass::User, &d, &PolicyOverride::default()),
+            ReadAction::Reference
+        );
     }
 }

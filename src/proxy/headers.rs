@@ -59,7 +59,12 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
 }
 
 /// Appends the client address to `X-Forwarded-For` and sets proto and host.
-pub fn set_forwarded(headers: &mut HeaderMap, client: std::net::IpAddr, https: bool, host: Option<&str>) {
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    client: std::net::IpAddr,
+    https: bool,
+    host: Option<&str>,
+) {
     let client = client.to_string();
     let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prev) if !prev.trim().is_empty() => format!("{prev}, {client}"),
@@ -99,7 +104,12 @@ mod tests {
     fn forwarded_for_appends_the_client() {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
-        set_forwarded(&mut h, "127.0.0.1".parse().unwrap(), true, Some("gw.example"));
+        set_forwarded(
+            &mut h,
+            "127.0.0.1".parse().unwrap(),
+            true,
+            Some("gw.example"),
+        );
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "gw.example");

@@ -80,7 +80,10 @@ impl Gateway {
         let mut resp = match self.pipeline(req, conn, &request_id, &mut ctx).await {
             Ok(r) => r,
             Err(e) => {
-                if matches!(e, GatewayError::BadGateway(_) | GatewayError::GatewayTimeout(_)) {
+                if matches!(
+                    e,
+                    GatewayError::BadGateway(_) | GatewayError::GatewayTimeout(_)
+                ) {
                     self.metrics
                         .upstream_errors
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -88,7 +91,8 @@ impl Gateway {
                 e.into_response()
             }
         };
-        resp.headers_mut().insert(headers::X_REQUEST_ID.clone(), request_id.clone());
+        resp.headers_mut()
+            .insert(headers::X_REQUEST_ID.clone(), request_id.clone());
         let latency = started.elapsed();
         self.metrics
             .record_request(ctx.route_class, resp.status().as_u16(), latency);
@@ -113,7 +117,8 @@ impl Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<Response<Body>, GatewayError> {
         // 1. normalise
-        let norm = NormPath::parse(req.uri().path()).map_err(|e| GatewayError::BadRequest(e.to_string()))?;
+        let norm = NormPath::parse(req.uri().path())
+            .map_err(|e| GatewayError::BadRequest(e.to_string()))?;
         // 2. identify
         let (caller, sub) = self.identify(req.headers()).await;
         // 3. route
@@ -121,13 +126,16 @@ impl Gateway {
         if let Some(m) = rules.match_request(req.method(), &norm) {
             ctx.route_class = "ruled";
             // 4-7 for ruled routes
-            return self.ruled(&rules, m, req, conn, request_id, caller, &sub).await;
+            return self
+                .ruled(&rules, m, req, conn, request_id, caller, &sub)
+                .await;
         }
         ctx.route_class = "passthrough";
 
         // 5. forward (unruled: streamed both ways; JSON answers pass the safety net)
         let (parts, incoming) = req.into_parts();
-        let upstream_req = self.upstream_request(parts, body::stream(incoming), conn, request_id)?;
+        let upstream_req =
+            self.upstream_request(parts, body::stream(incoming), conn, request_id)?;
         let resp = self.upstream.send(upstream_req).await?;
         let action = crate::policy::decide(caller, &self.policy, &Default::default());
         self.rewrite_answer(resp, None, action).await

@@ -85,7 +85,10 @@ pub fn percent_decode(s: &str) -> Result<String, PathError> {
     while i < bytes.len() {
         let b = bytes[i];
         if b == b'%' {
-            let (h, l) = match (bytes.get(i + 1).and_then(|&b| hex(b)), bytes.get(i + 2).and_then(|&b| hex(b))) {
+            let (h, l) = match (
+                bytes.get(i + 1).and_then(|&b| hex(b)),
+                bytes.get(i + 2).and_then(|&b| hex(b)),
+            ) {
                 (Some(h), Some(l)) => (h, l),
                 _ => return Err(PathError::BadEscape),
             };
@@ -131,8 +134,14 @@ mod tests {
 
     #[test]
     fn encoded_slash_separates_segments() {
-        assert_eq!(canon("/api/v1/services%2FdatabaseServices"), "/api/v1/services/databaseServices");
-        assert_eq!(canon("/api/v1/services%2fdatabaseServices"), "/api/v1/services/databaseServices");
+        assert_eq!(
+            canon("/api/v1/services%2FdatabaseServices"),
+            "/api/v1/services/databaseServices"
+        );
+        assert_eq!(
+            canon("/api/v1/services%2fdatabaseServices"),
+            "/api/v1/services/databaseServices"
+        );
     }
 
     #[test]
@@ -142,7 +151,10 @@ mod tests {
 
     #[test]
     fn matrix_parameters_are_dropped() {
-        assert_eq!(canon("/api;x=1/v1/services;jsessionid=2"), "/api/v1/services");
+        assert_eq!(
+            canon("/api;x=1/v1/services;jsessionid=2"),
+            "/api/v1/services"
+        );
     }
 
     #[test]
@@ -162,8 +174,14 @@ mod tests {
 
     #[test]
     fn query_params_decode() {
-        assert_eq!(query_param(Some("a=1&hardDelete=true"), "hardDelete").as_deref(), Some("true"));
-        assert_eq!(query_param(Some("hard%44elete=true"), "hardDelete").as_deref(), Some("true"));
+        assert_eq!(
+            query_param(Some("a=1&hardDelete=true"), "hardDelete").as_deref(),
+            Some("true")
+        );
+        assert_eq!(
+            query_param(Some("hard%44elete=true"), "hardDelete").as_deref(),
+            Some("true")
+        );
         assert_eq!(query_param(None, "x"), None);
     }
 }

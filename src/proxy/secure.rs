@@ -17,28 +17,39 @@ use crate::error::GatewayError;
 use crate::policy::{decide, CallerClass};
 use crate::rewrite::json::parse_strict;
 use crate::rewrite::request::{Plan, WriteCtx};
-use crate::rewrite::response::{may_hold_references, mask_references, ReadCtx};
+use crate::rewrite::response::{mask_references, may_hold_references, ReadCtx};
 use crate::rules::jsonpath::Step;
-use crate::rules::{Op, Rule, RouteMatch, RuleSet};
+use crate::rules::{Op, RouteMatch, Rule, RuleSet};
 
-pub static X_MASKED_FIELDS: http::HeaderName = http::HeaderName::from_static("x-omsp-masked-fields");
+pub static X_MASKED_FIELDS: http::HeaderName =
+    http::HeaderName::from_static("x-omsp-masked-fields");
 
 /// Decodes a request or response body by its Content-Encoding.
 pub fn decode(headers: &HeaderMap, bytes: Bytes, limit: usize) -> Result<Bytes, DecodeError> {
     let Some(enc) = headers.get(header::CONTENT_ENCODING) else {
         return Ok(bytes);
     };
-    let enc = enc.to_str().map_err(|_| DecodeError::Unsupported)?.trim().to_ascii_lowercase();
+    let enc = enc
+        .to_str()
+        .map_err(|_| DecodeError::Unsupported)?
+        .trim()
+        .to_ascii_lowercase();
     let mut out = Vec::new();
     let res = match enc.as_str() {
         "" | "identity" => return Ok(bytes),
-        "gzip" | "x-gzip" => flate2::read::GzDecoder::new(&bytes[..]).take(limit as u64 + 1).read_to_end(&mut out),
+        "gzip" | "x-gzip" => flate2::read::GzDecoder::new(&bytes[..])
+            .take(limit as u64 + 1)
+            .read_to_end(&mut out),
         "deflate" => {
             // RFC 9110 deflate is zlib; some senders use raw deflate.
-            let r = flate2::read::ZlibDecoder::new(&bytes[..]).take(limit as u64 + 1).read_to_end(&mut out);
+            let r = flate2::read::ZlibDecoder::new(&bytes[..])
+                .take(limit as u64 + 1)
+                .read_to_end(&mut out);
             if r.is_err() {
                 out.clear();
-                flate2::read::DeflateDecoder::new(&bytes[..]).take(limit as u64 + 1).read_to_end(&mut out)
+                flate2::read::DeflateDecoder::new(&bytes[..])
+                    .take(limit as u64 + 1)
+                    .read_to_end(&mut out)
             } else {
                 r
             }
@@ -72,7 +83,9 @@ fn pointer_steps(doc: &Value, pointer: &str) -> Result<Vec<Step>, GatewayError> 
         return Ok(Vec::new());
     }
     let Some(rest) = pointer.strip_prefix('/') else {
-        return Err(GatewayError::BadRequest(format!("JSON Patch path {pointer:?} must start with '/'")));
+        return Err(GatewayError::BadRequest(format!(
+            "JSON Patch path {pointer:?} must start with '/'"
+        )));
     };
     let mut cur = Some(doc);
     let mut steps = Vec::new();
@@ -84,7 +97,9 @@ fn pointer_steps(doc: &Value, pointer: &str) -> Result<Vec<Step>, GatewayError> 
                     Step::Index(a.len())
                 } else {
                     Step::Index(tok.parse().map_err(|_| {
-                        GatewayError::BadRequest(format!("JSON Patch path {pointer:?} has a bad array index"))
+                        GatewayError::BadRequest(format!(
+                            "JSON Patch path {pointer:?} has a bad array index"
+                        ))
                     })?)
                 }
             }
@@ -114,7 +129,11 @@ impl Gateway {
     }
 
     /// Reads a request body that must be inspected: limited, decoded, strictly parsed.
-    async fn read_json_body(&self, headers: &HeaderMap, incoming: Incoming) -> Result<Option<Value>, GatewayError> {
+    async fn read_json_body(
+        &self,
+        headers: &HeaderMap,
+        incoming: Incoming,
+    ) -> Result<Option<Value>, GatewayError> {
         let raw = match collect_limited(incoming, self.max_body_bytes).await {
             Ok(b) => b,
             Err(CollectError::TooLarge) => {
@@ -123,13 +142,19 @@ impl Gateway {
                     self.max_body_bytes
                 )))
             }
-            Err(CollectError::Io(_)) => return Err(GatewayError::BadRequest("request body could not be read".into())),
+            Err(CollectError::Io(_)) => {
+                return Err(GatewayError::BadRequest(
+                    "request body could not be read".into(),
+                ))
+            }
         };
         let bytes = decode(headers, raw, self.max_body_bytes).map_err(|e| match e {
-            DecodeError::Unsupported => {
-                GatewayError::UnsupportedEncoding("request Content-Encoding is not one of gzip, deflate, br, identity".into())
-            }
-            DecodeError::Corrupt => GatewayError::BadRequest("request body does not decode per its Content-Encoding".into()),
+            DecodeError::Unsupported => GatewayError::UnsupportedEncoding(
+                "request Content-Encoding is not one of gzip, deflate, br, identity".into(),
+            ),
+            DecodeError::Corrupt => GatewayError::BadRequest(
+                "request body does not decode per its Content-Encoding".into(),
+            ),
             DecodeError::TooLarge => GatewayError::PayloadTooLarge(format!(
                 "decoded request body is larger than {} bytes",
                 self.max_body_bytes
@@ -138,11 +163,17 @@ impl Gateway {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(None);
         }
-        parse_strict(&bytes).map(Some).map_err(GatewayError::BadRequest)
+        parse_strict(&bytes)
+            .map(Some)
+            .map_err(GatewayError::BadRequest)
     }
 
     /// GET of the entity a PATCH/DELETE names, with the service token (or the caller's).
-    async fn fetch_entity(&self, m: &RouteMatch<'_>, caller_auth: Option<&HeaderValue>) -> Result<Option<Value>, GatewayError> {
+    async fn fetch_entity(
+        &self,
+        m: &RouteMatch<'_>,
+        caller_auth: Option<&HeaderValue>,
+    ) -> Result<Option<Value>, GatewayError> {
         let path = if let Some(fqn) = m.param("fqn") {
             format!("{}/name/{}", m.rule.collection, encode_segment(fqn))
         } else if let Some(id) = m.param("id") {
@@ -169,7 +200,13 @@ impl Gateway {
         Ok(serde_json::from_slice(&bytes).ok())
     }
 
-    fn write_ctx<'a>(&'a self, rules: &'a RuleSet, rule: &'a Rule, name: &str, existing: Option<&'a Value>) -> WriteCtx<'a> {
+    fn write_ctx<'a>(
+        &'a self,
+        rules: &'a RuleSet,
+        rule: &'a Rule,
+        name: &str,
+        existing: Option<&'a Value>,
+    ) -> WriteCtx<'a> {
         WriteCtx {
             rules,
             rule,
@@ -200,7 +237,9 @@ impl Gateway {
                     return Ok((doc, plan, None));
                 }
                 let Some(name) = doc.get("name").and_then(Value::as_str).map(str::to_string) else {
-                    return Err(GatewayError::BadRequest("request body has secret fields but no \"name\"".into()));
+                    return Err(GatewayError::BadRequest(
+                        "request body has secret fields but no \"name\"".into(),
+                    ));
                 };
                 let ctx = self.write_ctx(rules, m.rule, &name, None);
                 ctx.rewrite(&[], &mut doc, &mut plan).await?;
@@ -213,7 +252,11 @@ impl Gateway {
                         "the entity to patch could not be read from OpenMetadata".into(),
                     ));
                 };
-                let name = existing.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
+                let name = existing
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string();
                 let ctx = self.write_ctx(rules, m.rule, &name, Some(&existing));
                 let merge = headers
                     .get(header::CONTENT_TYPE)
@@ -225,31 +268,48 @@ impl Gateway {
                     return Ok((doc, plan, Some(ctx.root)));
                 }
                 let Value::Array(ops) = &mut doc else {
-                    return Err(GatewayError::BadRequest("a JSON Patch must be an array of operations".into()));
+                    return Err(GatewayError::BadRequest(
+                        "a JSON Patch must be an array of operations".into(),
+                    ));
                 };
                 let mut working = existing.clone();
                 for op in ops.iter_mut() {
-                    let kind = op.get("op").and_then(Value::as_str).unwrap_or_default().to_string();
+                    let kind = op
+                        .get("op")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_string();
                     let path = op
                         .get("path")
                         .and_then(Value::as_str)
-                        .ok_or_else(|| GatewayError::BadRequest("a JSON Patch operation has no \"path\"".into()))?
+                        .ok_or_else(|| {
+                            GatewayError::BadRequest(
+                                "a JSON Patch operation has no \"path\"".into(),
+                            )
+                        })?
                         .to_string();
                     let steps = pointer_steps(&working, &path)?;
                     match kind.as_str() {
                         "add" | "replace" | "test" => {
                             let Some(value) = op.get_mut("value") else {
-                                return Err(GatewayError::BadRequest(format!("JSON Patch {kind} needs a \"value\"")));
+                                return Err(GatewayError::BadRequest(format!(
+                                    "JSON Patch {kind} needs a \"value\""
+                                )));
                             };
                             if kind == "test" {
                                 // Never compare a plaintext the upstream no longer holds: a
                                 // secret in a test value is compared here, against the store.
-                                self.rewrite_test_value(&ctx, &steps, value, &working).await?;
+                                self.rewrite_test_value(&ctx, &steps, value, &working)
+                                    .await?;
                             } else {
                                 if kind == "replace" {
-                                    if let Some(old) = crate::rules::jsonpath::get(&working, &steps) {
+                                    if let Some(old) = crate::rules::jsonpath::get(&working, &steps)
+                                    {
                                         for f in rules.find_secrets_under(m.rule, &steps, old) {
-                                            plan.deletes.push(self.ids.id(&ctx.root, m.rule.field_steps(&f.steps)));
+                                            plan.deletes.push(
+                                                self.ids
+                                                    .id(&ctx.root, m.rule.field_steps(&f.steps)),
+                                            );
                                         }
                                     }
                                 }
@@ -260,19 +320,32 @@ impl Gateway {
                             if let Some(old) = crate::rules::jsonpath::get(&working, &steps) {
                                 for f in rules.find_secrets_under(m.rule, &steps, old) {
                                     let id = self.ids.id(&ctx.root, m.rule.field_steps(&f.steps));
-                                    plan.audit.push((crate::rules::jsonpath::render(&f.steps), id.clone(), "delete"));
+                                    plan.audit.push((
+                                        crate::rules::jsonpath::render(&f.steps),
+                                        id.clone(),
+                                        "delete",
+                                    ));
                                     plan.deletes.push(id);
                                 }
                             }
                         }
                         "move" | "copy" => {}
-                        other => return Err(GatewayError::BadRequest(format!("JSON Patch op {other:?} is not an RFC 6902 operation"))),
+                        other => {
+                            return Err(GatewayError::BadRequest(format!(
+                                "JSON Patch op {other:?} is not an RFC 6902 operation"
+                            )))
+                        }
                     }
-                    let one: json_patch::Patch = serde_json::from_value(Value::Array(vec![op.clone()]))
-                        .map_err(|_| GatewayError::BadRequest("malformed JSON Patch operation".into()))?;
+                    let one: json_patch::Patch =
+                        serde_json::from_value(Value::Array(vec![op.clone()])).map_err(|_| {
+                            GatewayError::BadRequest("malformed JSON Patch operation".into())
+                        })?;
                     if kind != "test" {
-                        json_patch::patch(&mut working, &one)
-                            .map_err(|_| GatewayError::BadRequest(format!("JSON Patch operation {kind} {path:?} cannot be applied")))?;
+                        json_patch::patch(&mut working, &one).map_err(|_| {
+                            GatewayError::BadRequest(format!(
+                                "JSON Patch operation {kind} {path:?} cannot be applied"
+                            ))
+                        })?;
                     }
                 }
                 // A replaced secret that got a new value in the same request is not deleted.
@@ -282,26 +355,43 @@ impl Gateway {
                     .iter()
                     .map(|f| self.ids.id(&ctx.root, m.rule.field_steps(&f.steps)))
                     .collect();
-                plan.deletes.retain(|d| !put_ids.contains(&d) && !kept.contains(d));
+                plan.deletes
+                    .retain(|d| !put_ids.contains(&d) && !kept.contains(d));
                 Ok((doc, plan, Some(ctx.root)))
             }
             _ => Ok((doc, plan, None)),
         }
     }
 
-    async fn rewrite_test_value(&self, ctx: &WriteCtx<'_>, steps: &[Step], value: &mut Value, working: &Value) -> Result<(), GatewayError> {
+    async fn rewrite_test_value(
+        &self,
+        ctx: &WriteCtx<'_>,
+        steps: &[Step],
+        value: &mut Value,
+        working: &Value,
+    ) -> Result<(), GatewayError> {
         let rules = ctx.rules;
         for f in rules.find_secrets_under(ctx.rule, steps, value) {
             let rel = &f.steps[steps.len()..];
-            let Some(slot) = crate::rules::jsonpath::get_mut(value, rel) else { continue };
-            let Some(s) = slot.as_str().map(str::to_string) else { continue };
-            let held = crate::rules::jsonpath::get(working, &f.steps).cloned().unwrap_or(Value::Null);
-            if s.starts_with(crate::rewrite::REFERENCE_PREFIX) || s.starts_with(crate::secrets::fernet::PREFIX) {
+            let Some(slot) = crate::rules::jsonpath::get_mut(value, rel) else {
+                continue;
+            };
+            let Some(s) = slot.as_str().map(str::to_string) else {
+                continue;
+            };
+            let held = crate::rules::jsonpath::get(working, &f.steps)
+                .cloned()
+                .unwrap_or(Value::Null);
+            if s.starts_with(crate::rewrite::REFERENCE_PREFIX)
+                || s.starts_with(crate::secrets::fernet::PREFIX)
+            {
                 continue;
             }
             let id = self.ids.id(&ctx.root, ctx.rule.field_steps(&f.steps));
             let stored = self.store.get(&id).await.map_err(|_| {
-                GatewayError::StoreUnavailable("the secrets store is unreachable; nothing was forwarded".into())
+                GatewayError::StoreUnavailable(
+                    "the secrets store is unreachable; nothing was forwarded".into(),
+                )
             })?;
             *slot = if stored.as_deref() == Some(s.as_str()) {
                 held
@@ -321,15 +411,21 @@ impl Gateway {
                 Err(e) => {
                     self.rollback(&undo).await;
                     tracing::warn!(error = %e, detail = e.detail(), "store read failed before write");
-                    return Err(GatewayError::StoreUnavailable("the secrets store is unreachable; nothing was forwarded".into()));
+                    return Err(GatewayError::StoreUnavailable(
+                        "the secrets store is unreachable; nothing was forwarded".into(),
+                    ));
                 }
             };
             if let Err(e) = self.store.put(id, value).await {
                 self.rollback(&undo).await;
                 tracing::warn!(error = %e, detail = e.detail(), "store write failed");
-                return Err(GatewayError::StoreUnavailable("the secrets store is unreachable; nothing was forwarded".into()));
+                return Err(GatewayError::StoreUnavailable(
+                    "the secrets store is unreachable; nothing was forwarded".into(),
+                ));
             }
-            self.metrics.secrets_written.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.metrics
+                .secrets_written
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             undo.push((id.clone(), previous));
         }
         Ok(undo)
@@ -348,6 +444,7 @@ impl Gateway {
     }
 
     /// The ruled pipeline.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn ruled(
         &self,
         rules: &RuleSet,
@@ -362,7 +459,10 @@ impl Gateway {
         // No partial or compressed answers escape rewriting.
         parts.headers.remove(header::RANGE);
         parts.headers.remove(header::IF_RANGE);
-        parts.headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+        parts.headers.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
 
         // rewrite_request
         let mut plan = Plan::default();
@@ -379,7 +479,9 @@ impl Gateway {
                     root = r;
                     parts.headers.remove(header::CONTENT_ENCODING);
                     let bytes = Bytes::from(doc.to_string());
-                    parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+                    parts
+                        .headers
+                        .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
                     full(bytes)
                 }
                 None => body::empty(),
@@ -393,7 +495,11 @@ impl Gateway {
         let delete_root = if hard_delete {
             self.fetch_entity(&m, parts.headers.get(header::AUTHORIZATION))
                 .await?
-                .and_then(|e| e.get("name").and_then(Value::as_str).map(|n| self.ids.root(&m.rule.root_template, n)))
+                .and_then(|e| {
+                    e.get("name")
+                        .and_then(Value::as_str)
+                        .map(|n| self.ids.root(&m.rule.root_template, n))
+                })
         } else {
             None
         };
@@ -425,7 +531,9 @@ impl Gateway {
                             tracing::info!(target: "omsp::audit", sub, kind = %m.rule.kind, secret_id = %id, op = "delete", outcome = "ok", "secret");
                         }
                     }
-                    Err(e) => tracing::warn!(error = %e, "could not list secrets of a hard-deleted entity"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not list secrets of a hard-deleted entity")
+                    }
                 }
             }
         }
@@ -439,7 +547,8 @@ impl Gateway {
         // rewrite_response
         let action = self.action_for(caller, m.rule);
         let response_at: &[String] = m.route.map(|r| r.response_at.as_slice()).unwrap_or(&[]);
-        self.rewrite_answer(resp, Some((rules, m.rule, response_at)), action).await
+        self.rewrite_answer(resp, Some((rules, m.rule, response_at)), action)
+            .await
     }
 
     /// Rewrites an answer: per rule when one applies; the safety net always, for callers
@@ -456,19 +565,27 @@ impl Gateway {
             .headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .is_none_or(|ct| ct.to_ascii_lowercase().contains("json") || ct.to_ascii_lowercase().starts_with("text/"));
+            .is_none_or(|ct| {
+                ct.to_ascii_lowercase().contains("json")
+                    || ct.to_ascii_lowercase().starts_with("text/")
+            });
         if !json_like && rule.is_none() {
             return Ok(Response::from_parts(parts, body::stream(incoming)));
         }
         let raw = match collect_limited(incoming, self.max_body_bytes).await {
             Ok(b) => b,
             Err(CollectError::TooLarge) => {
-                return Err(GatewayError::BadGateway("upstream answer is too large to inspect".into()))
+                return Err(GatewayError::BadGateway(
+                    "upstream answer is too large to inspect".into(),
+                ))
             }
-            Err(CollectError::Io(_)) => return Err(GatewayError::BadGateway("upstream answer broke off".into())),
+            Err(CollectError::Io(_)) => {
+                return Err(GatewayError::BadGateway("upstream answer broke off".into()))
+            }
         };
-        let decoded = decode(&parts.headers, raw.clone(), self.max_body_bytes)
-            .map_err(|_| GatewayError::BadGateway("upstream answer cannot be decoded for inspection".into()))?;
+        let decoded = decode(&parts.headers, raw.clone(), self.max_body_bytes).map_err(|_| {
+            GatewayError::BadGateway("upstream answer cannot be decoded for inspection".into())
+        })?;
         if rule.is_none() && !may_hold_references(&decoded) {
             // Nothing to mask: the answer goes out exactly as it came.
             return Ok(Response::from_parts(parts, full(raw)));
@@ -477,7 +594,9 @@ impl Gateway {
             Ok(v) => v,
             Err(_) => {
                 if may_hold_references(&decoded) && action != ReadAction::Resolve {
-                    return Err(GatewayError::BadGateway("upstream answer could hold secrets and is not JSON".into()));
+                    return Err(GatewayError::BadGateway(
+                        "upstream answer could hold secrets and is not JSON".into(),
+                    ));
                 }
                 return Ok(Response::from_parts(parts, full(raw)));
             }
@@ -494,7 +613,9 @@ impl Gateway {
             };
             degraded = ctx.rewrite(&mut doc).await?;
             if action == ReadAction::Resolve {
-                self.metrics.secrets_resolved.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.metrics
+                    .secrets_resolved
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
         } else if action != ReadAction::Resolve {
             mask_references(&mut doc);
@@ -504,7 +625,9 @@ impl Gateway {
         parts.headers.remove(header::ETAG);
         parts.headers.remove(header::CONTENT_RANGE);
         parts.headers.remove(header::ACCEPT_RANGES);
-        parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
         if !degraded.is_empty() {
             if let Ok(v) = HeaderValue::from_str(&degraded.join(", ")) {
                 parts.headers.insert(X_MASKED_FIELDS.clone(), v);

@@ -75,7 +75,8 @@ impl Upstream {
 
     /// Sends a request upstream; the answer's headers must arrive within the timeout.
     pub async fn send(&self, mut req: Request<Body>) -> Result<Response<Incoming>, GatewayError> {
-        req.headers_mut().insert(header::HOST, self.host_header.clone());
+        req.headers_mut()
+            .insert(header::HOST, self.host_header.clone());
         // The upstream connection picks its own HTTP version.
         *req.version_mut() = http::Version::HTTP_11;
         match tokio::time::timeout(self.timeout, self.client.request(req)).await {

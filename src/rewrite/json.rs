@@ -83,7 +83,11 @@ fn describe(e: &serde_json::Error) -> String {
     } else {
         "invalid JSON"
     };
-    format!("request body: {what} at line {} column {}", e.line(), e.column())
+    format!(
+        "request body: {what} at line {} column {}",
+        e.line(),
+        e.column()
+    )
 }
 
 #[cfg(test)]
@@ -92,7 +96,9 @@ mod tests {
 
     #[test]
     fn duplicate_keys_are_refused() {
-        assert!(parse_strict(br#"{"a":1,"a":2}"#).unwrap_err().contains("duplicate"));
+        assert!(parse_strict(br#"{"a":1,"a":2}"#)
+            .unwrap_err()
+            .contains("duplicate"));
         assert!(parse_strict(br#"{"x":{"p":"1","p":"2"}}"#).is_err());
     }
 

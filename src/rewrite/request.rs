@@ -65,11 +65,18 @@ impl WriteCtx<'_> {
     }
 
     /// Rewrites every secret inside `value`, which sits at `at` in the entity.
-    pub async fn rewrite(&self, at: &[Step], value: &mut Value, plan: &mut Plan) -> Result<(), GatewayError> {
+    pub async fn rewrite(
+        &self,
+        at: &[Step],
+        value: &mut Value,
+        plan: &mut Plan,
+    ) -> Result<(), GatewayError> {
         let found = self.rules.find_secrets_under(self.rule, at, value);
         for f in found {
             let rel = &f.steps[at.len()..];
-            let Some(slot) = get_mut(value, rel) else { continue };
+            let Some(slot) = get_mut(value, rel) else {
+                continue;
+            };
             let Some(kind) = classify(slot) else { continue };
             let id = self.ids.id(&self.root, self.rule.field_steps(&f.steps));
             let field = render(&f.steps);
@@ -81,8 +88,8 @@ impl WriteCtx<'_> {
                     },
                     Err(_) => {
                         return Err(GatewayError::BadRequest(format!(
-                            "{field}: the fernet: value cannot be decrypted with the configured keys"
-                        )))
+                        "{field}: the fernet: value cannot be decrypted with the configured keys"
+                    )))
                     }
                 },
                 k => k,
@@ -95,7 +102,11 @@ impl WriteCtx<'_> {
                         self.forwarded_reference(&id)?
                     } else {
                         plan.audit.push((field, id.clone(), "encrypt"));
-                        Value::String(self.fernet.encrypt(&plain).map_err(|e| GatewayError::Internal(e.to_string()))?)
+                        Value::String(
+                            self.fernet
+                                .encrypt(&plain)
+                                .map_err(|e| GatewayError::Internal(e.to_string()))?,
+                        )
                     }
                 }
                 FieldValue::Reference(r) => {
@@ -149,7 +160,9 @@ impl WriteCtx<'_> {
                 Ok(None) => Ok(None),
                 Err(e) => {
                     tracing::warn!(error = %e, detail = e.detail(), "store read failed");
-                    Err(GatewayError::StoreUnavailable("the secrets store is unreachable; nothing was forwarded".into()))
+                    Err(GatewayError::StoreUnavailable(
+                        "the secrets store is unreachable; nothing was forwarded".into(),
+                    ))
                 }
             };
         }
@@ -157,11 +170,15 @@ impl WriteCtx<'_> {
             .existing
             .and_then(|e| get(e, steps))
             .and_then(Value::as_str)
-            .filter(|s| s.starts_with(REFERENCE_PREFIX) || s.starts_with(crate::secrets::fernet::PREFIX))
+            .filter(|s| {
+                s.starts_with(REFERENCE_PREFIX) || s.starts_with(crate::secrets::fernet::PREFIX)
+            })
             .map(|s| Value::String(s.to_string())))
     }
 }
 
 fn unreachable_fernet() -> Result<Value, GatewayError> {
-    Err(GatewayError::Internal("fernet value left after decryption".into()))
+    Err(GatewayError::Internal(
+        "fernet value left after decryption".into(),
+    ))
 }

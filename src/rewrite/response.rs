@@ -30,7 +30,11 @@ impl ReadCtx<'_> {
     /// (`versions[]` of JSON strings).
     pub async fn rewrite(&self, doc: &mut Value) -> Result<Degraded, GatewayError> {
         let mut degraded = Vec::new();
-        let at: Vec<Step> = self.response_at.iter().map(|k| Step::Key(k.clone())).collect();
+        let at: Vec<Step> = self
+            .response_at
+            .iter()
+            .map(|k| Step::Key(k.clone()))
+            .collect();
         if let Some(items) = doc.get_mut("data").and_then(Value::as_array_mut) {
             for item in items.iter_mut() {
                 self.rewrite_entity(&at, item, true, &mut degraded).await?;
@@ -41,7 +45,8 @@ impl ReadCtx<'_> {
                 match v {
                     Value::String(s) => {
                         if let Ok(mut inner) = serde_json::from_str::<Value>(s) {
-                            self.rewrite_entity(&at, &mut inner, true, &mut degraded).await?;
+                            self.rewrite_entity(&at, &mut inner, true, &mut degraded)
+                                .await?;
                             if self.action != ReadAction::Resolve {
                                 mask_references(&mut inner);
                             }
@@ -73,8 +78,12 @@ impl ReadCtx<'_> {
         let found = self.rules.find_secrets_under(self.rule, at, doc);
         for f in found {
             let rel = &f.steps[at.len()..];
-            let Some(slot) = get_mut(doc, rel) else { continue };
-            let Some(s) = slot.as_str().map(str::to_string) else { continue };
+            let Some(slot) = get_mut(doc, rel) else {
+                continue;
+            };
+            let Some(s) = slot.as_str().map(str::to_string) else {
+                continue;
+            };
             if s.is_empty() {
                 continue;
             }

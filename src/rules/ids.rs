@@ -82,28 +82,43 @@ mod tests {
     fn mysql_password_id_matches_the_spec() {
         let b = IdBuilder::new("", "openmetadata");
         let root = b.root("database/{name}", "mysql-test");
-        assert_eq!(b.id(&root, &keys(&["authType", "password"])), "/openmetadata/database/mysql-test/authtype/password");
+        assert_eq!(
+            b.id(&root, &keys(&["authType", "password"])),
+            "/openmetadata/database/mysql-test/authtype/password"
+        );
     }
 
     #[test]
     fn a_prefix_comes_first() {
         let b = IdBuilder::new("acme", "openmetadata");
         let root = b.root("database/{name}", "mysql-test");
-        assert_eq!(b.id(&root, &keys(&["authType", "password"])), "/acme/openmetadata/database/mysql-test/authtype/password");
+        assert_eq!(
+            b.id(&root, &keys(&["authType", "password"])),
+            "/acme/openmetadata/database/mysql-test/authtype/password"
+        );
     }
 
     #[test]
     fn spaces_in_names_become_underscores_and_case_is_lowered() {
         let b = IdBuilder::new("", "openmetadata");
         let root = b.root("database/{name}", "My Service");
-        assert_eq!(b.id(&root, &keys(&["authType", "password"])), "/openmetadata/database/my_service/authtype/password");
+        assert_eq!(
+            b.id(&root, &keys(&["authType", "password"])),
+            "/openmetadata/database/my_service/authtype/password"
+        );
     }
 
     #[test]
     fn dbt_pipeline_id_matches_the_spec() {
         let b = IdBuilder::new("", "openmetadata");
         let root = b.root("pipeline/{name}", "dbt-nightly");
-        let steps = keys(&["sourceConfig", "config", "dbtConfigSource", "dbtSecurityConfig", "awsSecretAccessKey"]);
+        let steps = keys(&[
+            "sourceConfig",
+            "config",
+            "dbtConfigSource",
+            "dbtSecurityConfig",
+            "awsSecretAccessKey",
+        ]);
         assert_eq!(
             b.id(&root, &steps),
             "/openmetadata/pipeline/dbt-nightly/sourceconfig/config/dbtconfigsource/dbtsecurityconfig/awssecretaccesskey"
@@ -114,7 +129,10 @@ mod tests {
     fn bot_jwt_id_matches_the_spec() {
         let b = IdBuilder::new("", "openmetadata");
         let root = b.root("bot/{name}", "ingestion-bot");
-        assert_eq!(b.id(&root, &keys(&["config", "JWTToken"])), "/openmetadata/bot/ingestion-bot/config/jwttoken");
+        assert_eq!(
+            b.id(&root, &keys(&["config", "JWTToken"])),
+            "/openmetadata/bot/ingestion-bot/config/jwttoken"
+        );
     }
 
     #[test]
@@ -126,13 +144,22 @@ mod tests {
             Step::Index(2),
             Step::Key("ssl_key".into()),
         ];
-        assert_eq!(b.id(&root, &steps), "/openmetadata/pipeline/p/serviceconnections/2/sslkey");
+        assert_eq!(
+            b.id(&root, &steps),
+            "/openmetadata/pipeline/p/serviceconnections/2/sslkey"
+        );
     }
 
     #[test]
     fn names_that_differ_only_in_punctuation_share_an_id() {
         let b = IdBuilder::new("", "openmetadata");
-        assert_eq!(b.root("database/{name}", "a b"), b.root("database/{name}", "a.b"));
-        assert_eq!(b.root("database/{name}", "a b"), b.root("database/{name}", "a_b"));
+        assert_eq!(
+            b.root("database/{name}", "a b"),
+            b.root("database/{name}", "a.b")
+        );
+        assert_eq!(
+            b.root("database/{name}", "a b"),
+            b.root("database/{name}", "a_b")
+        );
     }
 }

@@ -64,7 +64,8 @@ pub fn compile(path: &str) -> Result<Vec<Seg>, String> {
                     segs.push(Seg::AnyIndex);
                 } else if let Ok(n) = inner.parse::<usize>() {
                     segs.push(Seg::Index(n));
-                } else if (inner.starts_with('\'') && inner.ends_with('\'') || inner.starts_with('"') && inner.ends_with('"'))
+                } else if (inner.starts_with('\'') && inner.ends_with('\'')
+                    || inner.starts_with('"') && inner.ends_with('"'))
                     && inner.len() >= 2
                 {
                     segs.push(Seg::Key(inner[1..inner.len() - 1].to_string()));
@@ -75,7 +76,12 @@ pub fn compile(path: &str) -> Result<Vec<Seg>, String> {
                 }
                 i = end + 1;
             }
-            _ => return Err(format!("{path:?}: unexpected character at offset {}", i + 1)),
+            _ => {
+                return Err(format!(
+                    "{path:?}: unexpected character at offset {}",
+                    i + 1
+                ))
+            }
         }
     }
     Ok(segs)
@@ -222,7 +228,9 @@ pub fn render(steps: &[Step]) -> String {
     let mut s = String::from("$");
     for st in steps {
         match st {
-            Step::Key(k) if k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') && !k.is_empty() => {
+            Step::Key(k)
+                if k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') && !k.is_empty() =>
+            {
                 s.push('.');
                 s.push_str(k);
             }
@@ -272,7 +280,13 @@ mod tests {
         let found: Vec<String> = t.find(&doc).iter().map(|(s, _)| render(s)).collect();
         assert_eq!(
             found,
-            vec!["$.c.config.password", "$.list[0].token", "$.list[2].token", "$.map.k1", "$.map.k2"]
+            vec![
+                "$.c.config.password",
+                "$.list[0].token",
+                "$.list[2].token",
+                "$.map.k1",
+                "$.map.k2"
+            ]
         );
     }
 }

@@ -172,7 +172,10 @@ pub struct RouteMatch<'a> {
 
 impl RouteMatch<'_> {
     pub fn param(&self, name: &str) -> Option<&str> {
-        self.params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn op(&self) -> Op {
@@ -188,7 +191,8 @@ fn norm_key(k: &str) -> String {
 }
 
 fn line_of(text: &str, needle: &str) -> Option<usize> {
-    text.find(needle).map(|pos| text[..pos].matches('\n').count() + 1)
+    text.find(needle)
+        .map(|pos| text[..pos].matches('\n').count() + 1)
 }
 
 fn keys_of(path: &str) -> Result<Vec<String>, String> {
@@ -196,7 +200,9 @@ fn keys_of(path: &str) -> Result<Vec<String>, String> {
         .into_iter()
         .map(|s| match s {
             Seg::Key(k) => Ok(k),
-            _ => Err(format!("{path:?} must be a plain member path (no wildcards)")),
+            _ => Err(format!(
+                "{path:?} must be a plain member path (no wildcards)"
+            )),
         })
         .collect()
 }
@@ -242,11 +248,18 @@ impl RuleSet {
         }
         let mut seen: Vec<(&str, &Path)> = Vec::new();
         for r in &rules {
-            if let Some((_, other)) = seen.iter().find(|(c, _)| c.eq_ignore_ascii_case(&r.collection)) {
+            if let Some((_, other)) = seen
+                .iter()
+                .find(|(c, _)| c.eq_ignore_ascii_case(&r.collection))
+            {
                 problems.push(Problem {
                     file: r.file.clone(),
                     line: None,
-                    message: format!("collection {} is already ruled by {}", r.collection, other.display()),
+                    message: format!(
+                        "collection {} is already ruled by {}",
+                        r.collection,
+                        other.display()
+                    ),
                 });
             }
             seen.push((&r.collection, &r.file));
@@ -276,7 +289,11 @@ impl RuleSet {
             }
             let rest = &segs[n..];
             // HEAD is answered like GET.
-            let m = if method == Method::HEAD { &Method::GET } else { method };
+            let m = if method == Method::HEAD {
+                &Method::GET
+            } else {
+                method
+            };
             for route in &rule.routes {
                 if !route.methods.contains(m) {
                     continue;
@@ -359,7 +376,10 @@ impl RuleSet {
             for (rel, n) in node.find(value) {
                 let mut abs = at.to_vec();
                 abs.extend(rel);
-                found.push(Found { steps: abs, rule_path: Some(n) });
+                found.push(Found {
+                    steps: abs,
+                    rule_path: Some(n),
+                });
             }
         }
         if !self.safety_keys.is_empty() {
@@ -370,7 +390,10 @@ impl RuleSet {
                     let mut cur = at.to_vec();
                     if let (Some(Step::Key(k)), true) = (at.last(), value.is_string()) {
                         if at.len() > base_steps.len() && self.safety_keys.contains(&norm_key(k)) {
-                            found.push(Found { steps: cur.clone(), rule_path: None });
+                            found.push(Found {
+                                steps: cur.clone(),
+                                rule_path: None,
+                            });
                         }
                     }
                     self.net_walk(value, &mut cur, &mut found);
@@ -424,7 +447,8 @@ fn compile_rule(file: &Path, text: &str) -> Result<Rule, Vec<Problem>> {
         line,
         message,
     };
-    let raw: RawRule = serde_json::from_str(text).map_err(|e| vec![problem(Some(e.line()), e.to_string())])?;
+    let raw: RawRule =
+        serde_json::from_str(text).map_err(|e| vec![problem(Some(e.line()), e.to_string())])?;
     let mut problems = Vec::new();
     let _ = (&raw.inventory_kind, &raw.description);
 
@@ -439,10 +463,16 @@ fn compile_rule(file: &Path, text: &str) -> Result<Rule, Vec<Problem>> {
         }
     };
     if !raw.root.contains("{name}") {
-        problems.push(problem(line_of(text, "\"root\""), format!("root {:?} must contain {{name}}", raw.root)));
+        problems.push(problem(
+            line_of(text, "\"root\""),
+            format!("root {:?} must contain {{name}}", raw.root),
+        ));
     }
     let field_base = keys_of(&raw.field_base).unwrap_or_else(|e| {
-        problems.push(problem(line_of(text, "\"field_base\""), format!("field_base: {e}")));
+        problems.push(problem(
+            line_of(text, "\"field_base\""),
+            format!("field_base: {e}"),
+        ));
         Vec::new()
     });
     let mut safety_net = Vec::new();
@@ -463,7 +493,10 @@ fn compile_rule(file: &Path, text: &str) -> Result<Rule, Vec<Problem>> {
                 "PUT" => methods.push(Method::PUT),
                 "PATCH" => methods.push(Method::PATCH),
                 "DELETE" => methods.push(Method::DELETE),
-                other => problems.push(problem(line, format!("route {:?}: unknown method {other:?}", r.path))),
+                other => problems.push(problem(
+                    line,
+                    format!("route {:?}: unknown method {other:?}", r.path),
+                )),
             }
         }
         if methods.is_empty() {
@@ -484,16 +517,21 @@ fn compile_rule(file: &Path, text: &str) -> Result<Rule, Vec<Problem>> {
             }
         };
         if !(r.path.is_empty() || r.path.starts_with('/')) {
-            problems.push(problem(line, format!("route path {:?} must be empty or start with '/'", r.path)));
+            problems.push(problem(
+                line,
+                format!("route path {:?} must be empty or start with '/'", r.path),
+            ));
         }
         let pattern: Vec<PatSeg> = r
             .path
             .split('/')
             .filter(|s| !s.is_empty())
-            .map(|s| match s.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
-                Some(name) => PatSeg::Param(name.to_string()),
-                None => PatSeg::Lit(s.to_string()),
-            })
+            .map(
+                |s| match s.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                    Some(name) => PatSeg::Param(name.to_string()),
+                    None => PatSeg::Lit(s.to_string()),
+                },
+            )
             .collect();
         let response_at = match &r.response_at {
             Some(p) => keys_of(p).unwrap_or_else(|e| {
@@ -530,7 +568,10 @@ fn compile_rule(file: &Path, text: &str) -> Result<Rule, Vec<Problem>> {
             let v = v.as_ref()?;
             let a = ReadAction::parse(v);
             if a.is_none() {
-                problems.push(problem(line, format!("policy.{who}: {v:?} is not one of resolve, reference, mask")));
+                problems.push(problem(
+                    line,
+                    format!("policy.{who}: {v:?} is not one of resolve, reference, mask"),
+                ));
             }
             a
         };

@@ -34,7 +34,8 @@ impl EmbeddedStore {
     /// Opens (or creates) the store. `keys` empty: use or create `<path>.key`.
     pub fn open(path: &Path, keys: &FernetKeys) -> Result<EmbeddedStore, String> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| format!("{}: cannot create directory: {e}", dir.display()))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("{}: cannot create directory: {e}", dir.display()))?;
         }
         let keys = if keys.is_empty() {
             let key_path = PathBuf::from(format!("{}.key", path.display()));
@@ -42,8 +43,12 @@ impl EmbeddedStore {
                 Ok(k) => k.trim().to_string(),
                 Err(_) => {
                     let k = FernetKeys::generate_key();
-                    std::fs::write(&key_path, format!("{k}\n"))
-                        .map_err(|e| format!("{}: cannot write the generated key: {e}", key_path.display()))?;
+                    std::fs::write(&key_path, format!("{k}\n")).map_err(|e| {
+                        format!(
+                            "{}: cannot write the generated key: {e}",
+                            key_path.display()
+                        )
+                    })?;
                     restrict(&key_path);
                     tracing::warn!(key_file = %key_path.display(), "no FERNET_KEY configured: generated one for the embedded store");
                     k
@@ -54,13 +59,18 @@ impl EmbeddedStore {
             keys.clone()
         };
         let existed = path.exists();
-        let db = Database::create(path).map_err(|e| format!("{}: cannot open the embedded store: {e}", path.display()))?;
+        let db = Database::create(path)
+            .map_err(|e| format!("{}: cannot open the embedded store: {e}", path.display()))?;
         if !existed {
             restrict(path);
         }
-        let txn = db.begin_write().map_err(|e| format!("{}: {e}", path.display()))?;
-        txn.open_table(SECRETS).map_err(|e| format!("{}: {e}", path.display()))?;
-        txn.commit().map_err(|e| format!("{}: {e}", path.display()))?;
+        let txn = db
+            .begin_write()
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        txn.open_table(SECRETS)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        txn.commit()
+            .map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(EmbeddedStore {
             db: Arc::new(db),
             keys,
@@ -78,10 +88,11 @@ impl EmbeddedStore {
         let Some(v) = table.get(id).map_err(unavailable)? else {
             return Ok(None);
         };
-        self.keys
-            .decrypt(v.value())
-            .map(Some)
-            .map_err(|_| StoreError::Invalid("embedded store: a value cannot be decrypted with the configured key".into()))
+        self.keys.decrypt(v.value()).map(Some).map_err(|_| {
+            StoreError::Invalid(
+                "embedded store: a value cannot be decrypted with the configured key".into(),
+            )
+        })
     }
 
     fn put_sync(&self, id: &str, value: &str) -> Result<(), StoreError> {
@@ -148,20 +159,31 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.db");
         let s = EmbeddedStore::open(&path, &FernetKeys::new(&[]).unwrap()).unwrap();
-        s.put("/om/database/x/password", "hunter2-ünïcode").await.unwrap();
-        assert_eq!(s.get("/om/database/x/password").await.unwrap().as_deref(), Some("hunter2-ünïcode"));
+        s.put("/om/database/x/password", "hunter2-ünïcode")
+            .await
+            .unwrap();
+        assert_eq!(
+            s.get("/om/database/x/password").await.unwrap().as_deref(),
+            Some("hunter2-ünïcode")
+        );
         assert_eq!(s.get("/om/database/y").await.unwrap(), None);
         s.put("/om/database/x/other", "v").await.unwrap();
         assert_eq!(s.list("/om/database/x/").await.unwrap().len(), 2);
         s.delete("/om/database/x/other").await.unwrap();
-        assert_eq!(s.list("/om/database/x/").await.unwrap(), vec!["/om/database/x/password"]);
+        assert_eq!(
+            s.list("/om/database/x/").await.unwrap(),
+            vec!["/om/database/x/password"]
+        );
         drop(s);
         let raw = std::fs::read(&path).unwrap();
         assert!(!raw.windows(7).any(|w| w == b"hunter2"));
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+            assert_eq!(
+                std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
         }
     }
 }

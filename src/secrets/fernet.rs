@@ -47,7 +47,9 @@ impl FernetKeys {
     pub fn new(keys: &[String]) -> Result<FernetKeys, String> {
         let mut out = Vec::new();
         for (i, k) in keys.iter().enumerate() {
-            out.push(parse_key(k).ok_or_else(|| format!("Fernet key #{} is not a valid key", i + 1))?);
+            out.push(
+                parse_key(k).ok_or_else(|| format!("Fernet key #{} is not a valid key", i + 1))?,
+            );
         }
         Ok(FernetKeys { keys: out })
     }
@@ -100,7 +102,7 @@ mod tests {
     fn the_first_key_encrypts_and_every_key_decrypts() {
         let a = FernetKeys::generate_key();
         let b = FernetKeys::generate_key();
-        let old = FernetKeys::new(&[b.clone()]).unwrap();
+        let old = FernetKeys::new(std::slice::from_ref(&b)).unwrap();
         let token = old.encrypt("s3cret").unwrap();
         assert!(token.starts_with("fernet:"));
         let rotated = FernetKeys::new(&[a.clone(), b]).unwrap();
@@ -113,6 +115,9 @@ mod tests {
     fn a_bare_token_decrypts_too() {
         let k = FernetKeys::new(&[FernetKeys::generate_key()]).unwrap();
         let token = k.encrypt("x").unwrap();
-        assert_eq!(k.decrypt(token.strip_prefix("fernet:").unwrap()).unwrap(), "x");
+        assert_eq!(
+            k.decrypt(token.strip_prefix("fernet:").unwrap()).unwrap(),
+            "x"
+        );
     }
 }

@@ -3,8 +3,8 @@
 //! Only an explicit not-found is "absent" (`Ok(None)` from `get`); every other failure is
 //! a [`StoreError`], so a store outage is never mistaken for a missing secret.
 
-pub mod fernet;
 pub mod embedded;
+pub mod fernet;
 pub mod memory;
 
 use std::future::Future;

@@ -77,8 +77,10 @@ pub const SERVICE_COLLECTIONS: [&str; 13] = [
 fn json_resp(status: StatusCode, v: &Value) -> Response<EmuBody> {
     let mut r = Response::new(Full::new(Bytes::from(v.to_string())).boxed());
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
     r
 }
 
@@ -89,7 +91,9 @@ fn om_error(status: StatusCode, msg: &str) -> Response<EmuBody> {
 impl Emulator {
     /// Starts on 127.0.0.1:0.
     pub async fn start() -> Emulator {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind emulator");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind emulator");
         Self::start_on(listener).await
     }
 
@@ -105,7 +109,9 @@ impl Emulator {
         let server = emu.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
                 let emu = server.clone();
                 tokio::spawn(async move {
@@ -209,18 +215,31 @@ impl Emulator {
         st.collections
             .entry(collection.to_string())
             .or_default()
-            .insert(id, Entity { json: body.clone(), history: vec![], deleted: false });
+            .insert(
+                id,
+                Entity {
+                    json: body.clone(),
+                    history: vec![],
+                    deleted: false,
+                },
+            );
         body
     }
 
     async fn handle(&self, req: Request<Incoming>) -> Response<EmuBody> {
         let (parts, body) = req.into_parts();
-        let path_and_query = parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default();
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.to_string())
+            .unwrap_or_default();
         let path = parts.uri.path().to_string();
         let query = parts.uri.query().unwrap_or("").to_string();
         // Test routes that stream are handled before the body is collected.
         if path == "/__test/stream" {
-            let n: usize = qp(&query, "bytes").and_then(|v| v.parse().ok()).unwrap_or(1 << 20);
+            let n: usize = qp(&query, "bytes")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1 << 20);
             return stream_response(n);
         }
         if path == "/__test/upload" {
@@ -237,9 +256,16 @@ impl Emulator {
                     }
                 }
             }
-            return json_resp(StatusCode::OK, &json!({"bytes": n, "fnv": format!("{h:016x}")}));
+            return json_resp(
+                StatusCode::OK,
+                &json!({"bytes": n, "fnv": format!("{h:016x}")}),
+            );
         }
-        let bytes = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+        let bytes = body
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .unwrap_or_default();
         {
             let mut st = self.state.lock().expect("state");
             if !st.not_recording {
@@ -253,14 +279,20 @@ impl Emulator {
             }
         }
         if let Some(rest) = path.strip_prefix("/__test/") {
-            return self.test_route(rest, &parts.method, &query, &parts.headers, bytes).await;
+            return self
+                .test_route(rest, &parts.method, &query, &parts.headers, bytes)
+                .await;
         }
         let Some(rest) = path.strip_prefix("/api/v1/") else {
             return om_error(StatusCode::NOT_FOUND, "HTTP 404 Not Found");
         };
         let segs: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
         // Jersey answers HEAD wherever GET is routed.
-        let method = if parts.method == Method::HEAD { Method::GET } else { parts.method.clone() };
+        let method = if parts.method == Method::HEAD {
+            Method::GET
+        } else {
+            parts.method.clone()
+        };
         match (method, segs.as_slice()) {
             (Method::GET, ["system", "version"]) => json_resp(
                 StatusCode::OK,
@@ -270,11 +302,17 @@ impl Emulator {
                 let jwks = self.state.lock().expect("state").jwks.clone();
                 json_resp(StatusCode::OK, &jwks)
             }
-            (Method::GET, ["system", "health"]) => json_resp(StatusCode::OK, &json!({"healthy": true})),
-            (m, ["services", kind, tail @ ..]) if SERVICE_COLLECTIONS.contains(kind) || *kind == "ingestionPipelines" => {
+            (Method::GET, ["system", "health"]) => {
+                json_resp(StatusCode::OK, &json!({"healthy": true}))
+            }
+            (m, ["services", kind, tail @ ..])
+                if SERVICE_COLLECTIONS.contains(kind) || *kind == "ingestionPipelines" =>
+            {
                 self.collection(&format!("services/{kind}"), m, tail, &query, &bytes)
             }
-            (m, ["automations", "workflows", tail @ ..]) => self.collection("automations/workflows", m, tail, &query, &bytes),
+            (m, ["automations", "workflows", tail @ ..]) => {
+                self.collection("automations/workflows", m, tail, &query, &bytes)
+            }
             (m, ["bots", tail @ ..]) => self.collection("bots", m, tail, &query, &bytes),
             (m, ["users", tail @ ..]) => self.users(m, tail, &query, &bytes),
             _ => om_error(StatusCode::NOT_FOUND, "HTTP 404 Not Found"),
@@ -293,18 +331,29 @@ impl Emulator {
             "echo" => {
                 let hdrs: BTreeMap<String, String> = headers
                     .iter()
-                    .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).to_string()))
+                    .map(|(k, v)| {
+                        (
+                            k.to_string(),
+                            String::from_utf8_lossy(v.as_bytes()).to_string(),
+                        )
+                    })
                     .collect();
                 let mut r = Response::new(Full::new(body).boxed());
-                r.headers_mut().insert("x-echo-method", method.as_str().parse().expect("method"));
+                r.headers_mut()
+                    .insert("x-echo-method", method.as_str().parse().expect("method"));
                 r.headers_mut().insert(
                     "x-echo-headers",
-                    serde_json::to_string(&hdrs).expect("json").parse().unwrap_or(http::HeaderValue::from_static("{}")),
+                    serde_json::to_string(&hdrs)
+                        .expect("json")
+                        .parse()
+                        .unwrap_or(http::HeaderValue::from_static("{}")),
                 );
                 if let Some(ct) = headers.get(http::header::CONTENT_TYPE) {
-                    r.headers_mut().insert(http::header::CONTENT_TYPE, ct.clone());
+                    r.headers_mut()
+                        .insert(http::header::CONTENT_TYPE, ct.clone());
                 }
-                r.headers_mut().insert("x-custom-answer", http::HeaderValue::from_static("kept"));
+                r.headers_mut()
+                    .insert("x-custom-answer", http::HeaderValue::from_static("kept"));
                 r
             }
             "slow" => {
@@ -313,15 +362,23 @@ impl Emulator {
                 json_resp(StatusCode::OK, &json!({"slept_ms": ms}))
             }
             "status" => {
-                let code: u16 = qp(query, "code").and_then(|v| v.parse().ok()).unwrap_or(200);
-                json_resp(StatusCode::from_u16(code).unwrap_or(StatusCode::OK), &json!({"code": code}))
+                let code: u16 = qp(query, "code")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(200);
+                json_resp(
+                    StatusCode::from_u16(code).unwrap_or(StatusCode::OK),
+                    &json!({"code": code}),
+                )
             }
             "json2k" => {
                 // A ~2 KB JSON document, the benchmark's page.
                 let items: Vec<Value> = (0..12)
                     .map(|i| json!({"id": format!("00000000-0000-4000-8000-{i:012}"), "name": format!("table_{i}"), "type": "Regular"}))
                     .collect();
-                json_resp(StatusCode::OK, &json!({"data": items, "paging": {"total": 12}}))
+                json_resp(
+                    StatusCode::OK,
+                    &json!({"data": items, "paging": {"total": 12}}),
+                )
             }
             _ => om_error(StatusCode::NOT_FOUND, "no such test route"),
         }
@@ -332,25 +389,40 @@ impl Emulator {
         if by_name {
             let key = key.trim_matches('"');
             c.iter()
-                .find(|(_, e)| e.json["fullyQualifiedName"].as_str() == Some(key) || e.json["name"].as_str() == Some(key))
+                .find(|(_, e)| {
+                    e.json["fullyQualifiedName"].as_str() == Some(key)
+                        || e.json["name"].as_str() == Some(key)
+                })
                 .map(|(id, _)| id.clone())
         } else {
             c.contains_key(key).then(|| key.to_string())
         }
     }
 
-    fn collection(&self, coll: &str, method: Method, tail: &[&str], query: &str, body: &Bytes) -> Response<EmuBody> {
+    fn collection(
+        &self,
+        coll: &str,
+        method: Method,
+        tail: &[&str],
+        query: &str,
+        body: &Bytes,
+    ) -> Response<EmuBody> {
         let mut st = self.state.lock().expect("state");
         if method != Method::GET {
             if let Some(code) = st.fail_writes_with {
-                return om_error(StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), "emulated failure");
+                return om_error(
+                    StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                    "emulated failure",
+                );
             }
         }
         let parse = |b: &Bytes| serde_json::from_slice::<Value>(b);
         match (method, tail) {
             (Method::GET, []) => {
                 let include_deleted = qp(query, "include").as_deref() == Some("all");
-                let limit: usize = qp(query, "limit").and_then(|v| v.parse().ok()).unwrap_or(10);
+                let limit: usize = qp(query, "limit")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(10);
                 let after = qp(query, "after");
                 let all: Vec<(String, Value)> = st
                     .collections
@@ -365,7 +437,12 @@ impl Emulator {
                 let start = after
                     .and_then(|a| all.iter().position(|(id, _)| *id == a).map(|p| p + 1))
                     .unwrap_or(0);
-                let page: Vec<Value> = all.iter().skip(start).take(limit).map(|(_, v)| v.clone()).collect();
+                let page: Vec<Value> = all
+                    .iter()
+                    .skip(start)
+                    .take(limit)
+                    .map(|(_, v)| v.clone())
+                    .collect();
                 let mut paging = json!({"total": all.len()});
                 if start + limit < all.len() {
                     paging["after"] = json!(all[start + limit - 1].0);
@@ -377,13 +454,22 @@ impl Emulator {
                     return om_error(StatusCode::BAD_REQUEST, "Unable to process JSON");
                 };
                 let Some(name) = v["name"].as_str().map(str::to_string) else {
-                    return om_error(StatusCode::BAD_REQUEST, "[query param name must not be null]");
+                    return om_error(
+                        StatusCode::BAD_REQUEST,
+                        "[query param name must not be null]",
+                    );
                 };
                 let existing = self.find(&st, coll, &name, true);
                 match (m, existing) {
-                    (Method::POST, Some(_)) => om_error(StatusCode::CONFLICT, "Entity already exists"),
+                    (Method::POST, Some(_)) => {
+                        om_error(StatusCode::CONFLICT, "Entity already exists")
+                    }
                     (_, Some(id)) => {
-                        let e = st.collections.get_mut(coll).and_then(|c| c.get_mut(&id)).expect("entity");
+                        let e = st
+                            .collections
+                            .get_mut(coll)
+                            .and_then(|c| c.get_mut(&id))
+                            .expect("entity");
                         let old = e.json.clone();
                         let version = old["version"].as_f64().unwrap_or(0.1) + 0.1;
                         e.history.push(old.to_string());
@@ -395,10 +481,14 @@ impl Emulator {
                         st.counter += 1;
                         let id = format!("00000000-0000-4000-8000-{:012x}", st.counter);
                         finish_entity(&mut v, &id, coll, 0.1);
-                        st.collections
-                            .entry(coll.to_string())
-                            .or_default()
-                            .insert(id, Entity { json: v.clone(), history: vec![], deleted: false });
+                        st.collections.entry(coll.to_string()).or_default().insert(
+                            id,
+                            Entity {
+                                json: v.clone(),
+                                history: vec![],
+                                deleted: false,
+                            },
+                        );
                         json_resp(StatusCode::CREATED, &v)
                     }
                 }
@@ -417,7 +507,9 @@ impl Emulator {
                     None => om_error(StatusCode::NOT_FOUND, "entity not found"),
                 }
             }
-            (Method::POST, [action, id]) if matches!(*action, "deploy" | "trigger" | "toggleIngestion" | "kill") => {
+            (Method::POST, [action, id])
+                if matches!(*action, "deploy" | "trigger" | "toggleIngestion" | "kill") =>
+            {
                 match st.collections.get(coll).and_then(|c| c.get(*id)) {
                     Some(e) => json_resp(StatusCode::OK, &e.json.clone()),
                     None => om_error(StatusCode::NOT_FOUND, "entity not found"),
@@ -430,21 +522,38 @@ impl Emulator {
                     [] => return om_error(StatusCode::NOT_FOUND, "HTTP 404 Not Found"),
                 };
                 let Some(id) = self.find(&st, coll, key, by_name) else {
-                    return om_error(StatusCode::NOT_FOUND, &format!("{coll} instance for {key} not found"));
+                    return om_error(
+                        StatusCode::NOT_FOUND,
+                        &format!("{coll} instance for {key} not found"),
+                    );
                 };
-                let entity = st.collections.get_mut(coll).and_then(|c| c.get_mut(&id)).expect("entity");
+                let entity = st
+                    .collections
+                    .get_mut(coll)
+                    .and_then(|c| c.get_mut(&id))
+                    .expect("entity");
                 match (m, after) {
                     (Method::GET, []) => json_resp(StatusCode::OK, &entity.json),
                     (Method::GET, ["versions"]) => {
                         let mut versions: Vec<Value> = vec![json!(entity.json.to_string())];
                         versions.extend(entity.history.iter().rev().map(|s| json!(s)));
-                        json_resp(StatusCode::OK, &json!({"entityType": coll, "versions": versions}))
+                        json_resp(
+                            StatusCode::OK,
+                            &json!({"entityType": coll, "versions": versions}),
+                        )
                     }
                     (Method::GET, ["versions", v]) => {
                         let want: f64 = v.parse().unwrap_or(-1.0);
                         let cur = std::iter::once(entity.json.clone())
-                            .chain(entity.history.iter().filter_map(|s| serde_json::from_str(s).ok()))
-                            .find(|e: &Value| (e["version"].as_f64().unwrap_or(0.0) - want).abs() < 1e-9);
+                            .chain(
+                                entity
+                                    .history
+                                    .iter()
+                                    .filter_map(|s| serde_json::from_str(s).ok()),
+                            )
+                            .find(|e: &Value| {
+                                (e["version"].as_f64().unwrap_or(0.0) - want).abs() < 1e-9
+                            });
                         match cur {
                             Some(e) => json_resp(StatusCode::OK, &e),
                             None => om_error(StatusCode::NOT_FOUND, "version not found"),
@@ -452,7 +561,10 @@ impl Emulator {
                     }
                     (Method::PATCH, []) => {
                         let Ok(patch) = serde_json::from_slice::<json_patch::Patch>(body) else {
-                            return om_error(StatusCode::BAD_REQUEST, "Unable to process JSON patch");
+                            return om_error(
+                                StatusCode::BAD_REQUEST,
+                                "Unable to process JSON patch",
+                            );
                         };
                         let mut doc = entity.json.clone();
                         if json_patch::patch(&mut doc, &patch).is_err() {
@@ -483,7 +595,10 @@ impl Emulator {
                         }
                         json_resp(StatusCode::OK, &gone)
                     }
-                    _ => om_error(StatusCode::METHOD_NOT_ALLOWED, "HTTP 405 Method Not Allowed"),
+                    _ => om_error(
+                        StatusCode::METHOD_NOT_ALLOWED,
+                        "HTTP 405 Method Not Allowed",
+                    ),
                 }
             }
         }

@@ -65,10 +65,15 @@ pub fn config_for(upstream: &str) -> Config {
 
 /// Starts a gateway with `config`.
 pub async fn start_gateway(config: Config) -> Gw {
-    let app = om_secrets_proxy::build_app(config).await.expect("build_app");
+    let app = om_secrets_proxy::build_app(config)
+        .await
+        .expect("build_app");
     let api = TcpListener::bind("127.0.0.1:0").await.expect("bind api");
     let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
-    let (api_addr, admin_addr) = (api.local_addr().expect("addr"), admin.local_addr().expect("addr"));
+    let (api_addr, admin_addr) = (
+        api.local_addr().expect("addr"),
+        admin.local_addr().expect("addr"),
+    );
     let (tx, rx) = oneshot::channel::<()>();
     let done = tokio::spawn(app.serve(api, admin, async move {
         let _ = rx.await;
@@ -103,9 +108,8 @@ pub struct Answer {
 
 impl Answer {
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body))
-        })
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
     }
 
     pub fn text(&self) -> String {
