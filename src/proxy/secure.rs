@@ -466,7 +466,6 @@ impl Gateway {
 
         // rewrite_request
         let mut plan = Plan::default();
-        let mut root = None;
         let mut lock = None;
         let forward_body = if is_write(&parts.method) {
             match self.read_json_body(&parts.headers, incoming).await? {
@@ -476,7 +475,6 @@ impl Gateway {
                         lock = Some(self.entity_lock(r).lock_owned().await);
                     }
                     plan = p;
-                    root = r;
                     parts.headers.remove(header::CONTENT_ENCODING);
                     let bytes = Bytes::from(doc.to_string());
                     parts
@@ -542,7 +540,6 @@ impl Gateway {
         for (field, id, op) in &plan.audit {
             tracing::info!(target: "omsp::audit", sub, kind = %m.rule.kind, field = %field, secret_id = %id, op, outcome = if ok { "ok" } else { "undone" }, "secret");
         }
-        let _ = root;
 
         // rewrite_response
         let action = self.action_for(caller, m.rule);

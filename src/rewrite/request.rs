@@ -144,7 +144,11 @@ impl WriteCtx<'_> {
                     }
                     Value::Null
                 }
-                FieldValue::Fernet(_) => unreachable_fernet()?,
+                FieldValue::Fernet(_) => {
+                    return Err(GatewayError::Internal(
+                        "fernet value left after decryption".into(),
+                    ))
+                }
             };
             *slot = replacement;
         }

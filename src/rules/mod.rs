@@ -22,9 +22,13 @@ use jsonpath::{Seg, Step, Trie};
 #[serde(deny_unknown_fields)]
 struct RawRule {
     kind: String,
+    /// Documentation only: the inventory's name for the kind.
     #[serde(default)]
+    #[allow(dead_code)]
     inventory_kind: Option<String>,
+    /// Documentation only.
     #[serde(default)]
+    #[allow(dead_code)]
     description: Option<String>,
     collection: String,
     root: String,
@@ -450,7 +454,6 @@ fn compile_rule(file: &Path, text: &str) -> Result<Rule, Vec<Problem>> {
     let raw: RawRule =
         serde_json::from_str(text).map_err(|e| vec![problem(Some(e.line()), e.to_string())])?;
     let mut problems = Vec::new();
-    let _ = (&raw.inventory_kind, &raw.description);
 
     let collection_segs: Vec<String> = match NormPath::parse(&raw.collection) {
         Ok(p) if raw.collection.starts_with("/api/") && !p.segments.is_empty() => p.segments,
