@@ -180,9 +180,3 @@ impl WriteCtx<'_> {
             .map(|s| Value::String(s.to_string())))
     }
 }
-
-fn unreachable_fernet() -> Result<Value, GatewayError> {
-    Err(GatewayError::Internal(
-        "fernet value left after decryption".into(),
-    ))
-}
