@@ -71,7 +71,7 @@ pub async fn build_app(config: Config) -> Result<App, StartError> {
     {
         tracing::warn!("fernet.key is OpenMetadata's PUBLIC default key: anyone can decrypt these tokens; set your own FERNET_KEY");
     }
-    let store = secrets::open_store(&config, &fernet)
+    let store = secrets::open_store(&config, &fernet, metrics.clone())
         .await
         .map_err(StartError)?;
     let auth = auth::Auth::new(&config.auth, upstream.clone(), true)

@@ -188,9 +188,56 @@ fn main() -> ExitCode {
             eprintln!("migrate: not implemented yet");
             ExitCode::from(2)
         }
-        Command::Fernet { .. } => {
-            eprintln!("fernet: not available in this build");
-            ExitCode::from(2)
+        Command::Fernet { op } => fernet_command(op),
+    }
+}
+
+/// `fernet generate-key | encrypt | decrypt`: encrypt/decrypt read the value from stdin.
+fn fernet_command(op: FernetOp) -> ExitCode {
+    use om_secrets_proxy::secrets::fernet::FernetKeys;
+    use std::io::Read;
+    let config = match op {
+        FernetOp::GenerateKey => {
+            println!("{}", FernetKeys::generate_key());
+            return ExitCode::SUCCESS;
+        }
+        FernetOp::Encrypt { ref config } | FernetOp::Decrypt { ref config } => config.clone(),
+    };
+    let cfg = match load(config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let keys = match FernetKeys::new(&cfg.fernet.keys) {
+        Ok(k) if !k.is_empty() => k,
+        Ok(_) => {
+            eprintln!("fernet.key: no key configured (set FERNET_KEY)");
+            return ExitCode::from(1);
+        }
+        Err(e) => {
+            eprintln!("fernet.key: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let mut input = String::new();
+    if std::io::stdin().read_to_string(&mut input).is_err() {
+        eprintln!("cannot read stdin");
+        return ExitCode::from(1);
+    }
+    // One trailing newline (from echo or a heredoc) is not part of the value.
+    let input = input.strip_suffix('\n').unwrap_or(&input);
+    let input = input.strip_suffix('\r').unwrap_or(input);
+    let out = match op {
+        FernetOp::Encrypt { .. } => keys.encrypt(input).map_err(|e| e.to_string()),
+        _ => keys.decrypt(input.trim()).map_err(|e| e.to_string()),
+    };
+    match out {
+        Ok(v) => {
+            println!("{v}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(1)
         }
     }
 }

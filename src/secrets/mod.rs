@@ -3,9 +3,12 @@
 //! Only an explicit not-found is "absent" (`Ok(None)` from `get`); every other failure is
 //! a [`StoreError`], so a store outage is never mistaken for a missing secret.
 
+pub mod aws;
+pub mod cache;
 pub mod embedded;
 pub mod fernet;
 pub mod memory;
+pub mod openbao;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -57,22 +60,59 @@ pub trait SecretStore: Send + Sync {
     fn name(&self) -> &'static str;
 }
 
-/// Opens the configured provider's store.
+/// Opens the configured provider's store, behind retries, a write rate limit and the read
+/// cache. Makes no call to a cloud service.
 pub async fn open_store(
     config: &crate::config::Config,
     keys: &fernet::FernetKeys,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
 ) -> Result<std::sync::Arc<dyn SecretStore>, String> {
     use crate::config::Provider;
-    match config.secrets.provider {
-        Provider::Embedded => Ok(std::sync::Arc::new(embedded::EmbeddedStore::open(
-            &config.secrets.embedded_path,
-            keys,
-        )?)),
+    use std::sync::Arc;
+    let sm = &config.secrets;
+    let backend: Arc<dyn SecretStore> = match sm.provider {
+        Provider::Embedded => Arc::new(embedded::EmbeddedStore::open(&sm.embedded_path, keys)?),
         // `db` keeps nothing outside OpenMetadata: values travel as Fernet tokens.
-        Provider::Db => Ok(std::sync::Arc::new(memory::MemoryStore::new())),
-        other => Err(format!(
-            "secrets_manager.provider: {} is not available in this build yet (use embedded or db)",
-            other.name()
+        Provider::Db => Arc::new(memory::MemoryStore::new()),
+        Provider::ManagedAws | Provider::Aws => Arc::new(aws::SecretsManagerStore::new(
+            &aws::sdk_config(sm).await,
+            sm.tags.clone(),
         )),
-    }
+        Provider::ManagedAwsSsm | Provider::AwsSsm => Arc::new(aws::SsmStore::new(
+            &aws::sdk_config(sm).await,
+            sm.tags.clone(),
+        )),
+        Provider::ManagedOpenbao | Provider::Openbao => {
+            let address = sm
+                .bao_address
+                .clone()
+                .ok_or("secrets_manager.parameters.address: must be set for OpenBao")?;
+            let token = sm
+                .bao_token
+                .clone()
+                .ok_or("secrets_manager.parameters.token: must be set for OpenBao")?;
+            let client = crate::proxy::upstream::Upstream::new(&crate::config::UpstreamConfig {
+                url: address,
+                base_path: String::new(),
+                ca_file: config.upstream.ca_file.clone(),
+                timeout: std::time::Duration::from_secs(10),
+                service_token: None,
+                pool_idle_per_host: 16,
+            })
+            .map_err(|e| format!("openbao client: {e}"))?;
+            Arc::new(openbao::OpenBaoStore::new(client, &token, &sm.bao_mount)?)
+        }
+    };
+    let resilient: Arc<dyn SecretStore> = Arc::new(cache::Resilient::new(
+        backend,
+        sm.retry_max,
+        sm.write_rate_per_sec,
+    ));
+    Ok(Arc::new(cache::CachedStore::new(
+        resilient,
+        sm.cache_ttl,
+        sm.cache_stale,
+        sm.cache_max_entries,
+        metrics,
+    )))
 }

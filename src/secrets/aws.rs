@@ -1,0 +1,385 @@
+//! AWS Secrets Manager (one secret per field, named by its id) and SSM Parameter Store
+//! (SecureString parameters named by their id), through the AWS SDK on a rustls/ring client.
+//! Credentials come from static keys in the config, else the default chain (env, profile,
+//! web identity / IRSA, ECS, IMDS). Nothing is called at start-up.
+
+use std::time::Duration;
+
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
+use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
+
+use super::{SecretStore, StoreError, StoreFuture};
+use crate::config::SecretsConfig;
+
+const DESCRIPTION: &str = "OpenMetadata connection secret, stored by om-secrets-proxy";
+
+/// The SDK config shared by both clients. Retries are the gateway's own (bounded, jittered).
+pub async fn sdk_config(cfg: &SecretsConfig) -> SdkConfig {
+    let http = aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
+        .build_https();
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .http_client(http)
+        .retry_config(RetryConfig::disabled())
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(3))
+                .operation_attempt_timeout(Duration::from_secs(10))
+                .build(),
+        );
+    if let Some(r) = &cfg.region {
+        loader = loader.region(Region::new(r.clone()));
+    }
+    if let Some(e) = &cfg.endpoint_url {
+        loader = loader.endpoint_url(e.clone());
+    }
+    if let (Some(a), Some(s)) = (&cfg.access_key_id, &cfg.secret_access_key) {
+        loader = loader.credentials_provider(aws_credential_types::Credentials::new(
+            a.clone(),
+            s.clone(),
+            None,
+            None,
+            "om-secrets-proxy-config",
+        ));
+    }
+    loader.load().await
+}
+
+/// Maps an SDK error to the store taxonomy; `not_found` codes become `Ok(None)` upstream.
+fn map_err<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> (Option<String>, StoreError) {
+    match e {
+        SdkError::ServiceError(se) => {
+            let code = se.err().code().unwrap_or("Unknown").to_string();
+            let d = format!("aws: {code}");
+            let err = match code.as_str() {
+                "AccessDeniedException"
+                | "AccessDenied"
+                | "UnrecognizedClientException"
+                | "InvalidSignatureException"
+                | "ExpiredTokenException"
+                | "UnauthorizedOperation" => StoreError::AccessDenied(d),
+                "ThrottlingException"
+                | "TooManyRequestsException"
+                | "Throttling"
+                | "LimitExceededException"
+                | "TooManyUpdates"
+                | "RequestLimitExceeded" => StoreError::Throttled(d),
+                "InternalServiceError"
+                | "InternalServerError"
+                | "ServiceUnavailable"
+                | "InternalFailure" => StoreError::Unavailable(d),
+                _ => StoreError::Invalid(d),
+            };
+            (Some(code), err)
+        }
+        SdkError::TimeoutError(_) => (None, StoreError::Unavailable("aws: timeout".into())),
+        SdkError::DispatchFailure(_) => {
+            (None, StoreError::Unavailable("aws: cannot connect".into()))
+        }
+        SdkError::ResponseError(_) => (
+            None,
+            StoreError::Unavailable("aws: unreadable answer".into()),
+        ),
+        SdkError::ConstructionFailure(_) => (
+            None,
+            StoreError::Invalid(
+                "aws: request could not be built (region or credentials missing?)".into(),
+            ),
+        ),
+        _ => (None, StoreError::Unavailable("aws: request failed".into())),
+    }
+}
+
+// === Secrets Manager ===
+
+pub struct SecretsManagerStore {
+    client: aws_sdk_secretsmanager::Client,
+    tags: Vec<(String, String)>,
+}
+
+impl SecretsManagerStore {
+    pub fn new(sdk: &SdkConfig, tags: Vec<(String, String)>) -> SecretsManagerStore {
+        SecretsManagerStore {
+            client: aws_sdk_secretsmanager::Client::new(sdk),
+            tags,
+        }
+    }
+}
+
+impl SecretStore for SecretsManagerStore {
+    fn get<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<String>> {
+        Box::pin(async move {
+            match self.client.get_secret_value().secret_id(id).send().await {
+                Ok(out) => Ok(out.secret_string().map(str::to_string)),
+                Err(e) => match map_err(&e) {
+                    (Some(c), _) if c == "ResourceNotFoundException" => Ok(None),
+                    (_, err) => Err(err),
+                },
+            }
+        })
+    }
+
+    fn put<'a>(&'a self, id: &'a str, value: &'a str) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let tags: Vec<aws_sdk_secretsmanager::types::Tag> = self
+                .tags
+                .iter()
+                .map(|(k, v)| {
+                    aws_sdk_secretsmanager::types::Tag::builder()
+                        .key(k)
+                        .value(v)
+                        .build()
+                })
+                .collect();
+            let created = self
+                .client
+                .create_secret()
+                .name(id)
+                .description(DESCRIPTION)
+                .secret_string(value)
+                .set_tags((!tags.is_empty()).then_some(tags))
+                .send()
+                .await;
+            match created {
+                Ok(_) => Ok(()),
+                Err(e) => match map_err(&e) {
+                    (Some(c), _) if c == "ResourceExistsException" => self
+                        .client
+                        .put_secret_value()
+                        .secret_id(id)
+                        .secret_string(value)
+                        .send()
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| map_err(&e).1),
+                    (_, err) => Err(err),
+                },
+            }
+        })
+    }
+
+    fn delete<'a>(&'a self, id: &'a str) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            match self
+                .client
+                .delete_secret()
+                .secret_id(id)
+                .force_delete_without_recovery(true)
+                .send()
+                .await
+            {
+                Ok(_) => Ok(()),
+                Err(e) => match map_err(&e) {
+                    (Some(c), _) if c == "ResourceNotFoundException" => Ok(()),
+                    (_, err) => Err(err),
+                },
+            }
+        })
+    }
+
+    fn list<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, Vec<String>> {
+        Box::pin(async move {
+            use aws_sdk_secretsmanager::types::{Filter, FilterNameStringType};
+            let filter = Filter::builder()
+                .key(FilterNameStringType::Name)
+                .values(prefix)
+                .build();
+            let mut out = Vec::new();
+            let mut token: Option<String> = None;
+            loop {
+                let page = self
+                    .client
+                    .list_secrets()
+                    .filters(filter.clone())
+                    .set_next_token(token.clone())
+                    .max_results(100)
+                    .send()
+                    .await
+                    .map_err(|e| map_err(&e).1)?;
+                out.extend(
+                    page.secret_list()
+                        .iter()
+                        .filter_map(|s| s.name())
+                        .filter(|n| n.starts_with(prefix))
+                        .map(str::to_string),
+                );
+                token = page.next_token().map(str::to_string);
+                if token.is_none() {
+                    break;
+                }
+            }
+            out.sort();
+            out.dedup();
+            Ok(out)
+        })
+    }
+
+    fn health(&self) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            self.client
+                .list_secrets()
+                .max_results(1)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| map_err(&e).1)
+        })
+    }
+
+    fn name(&self) -> &'static str {
+        "aws-secrets-manager"
+    }
+}
+
+// === SSM Parameter Store ===
+
+pub struct SsmStore {
+    client: aws_sdk_ssm::Client,
+    tags: Vec<(String, String)>,
+}
+
+impl SsmStore {
+    pub fn new(sdk: &SdkConfig, tags: Vec<(String, String)>) -> SsmStore {
+        SsmStore {
+            client: aws_sdk_ssm::Client::new(sdk),
+            tags,
+        }
+    }
+}
+
+impl SecretStore for SsmStore {
+    fn get<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<String>> {
+        Box::pin(async move {
+            match self
+                .client
+                .get_parameter()
+                .name(id)
+                .with_decryption(true)
+                .send()
+                .await
+            {
+                Ok(out) => Ok(out.parameter().and_then(|p| p.value()).map(str::to_string)),
+                Err(e) => match map_err(&e) {
+                    (Some(c), _) if c == "ParameterNotFound" => Ok(None),
+                    (_, err) => Err(err),
+                },
+            }
+        })
+    }
+
+    fn put<'a>(&'a self, id: &'a str, value: &'a str) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            use aws_sdk_ssm::types::{ParameterTier, ParameterType, Tag};
+            let tier = if value.len() > 4096 {
+                ParameterTier::Advanced
+            } else {
+                ParameterTier::Standard
+            };
+            let tags: Vec<Tag> = self
+                .tags
+                .iter()
+                .filter_map(|(k, v)| Tag::builder().key(k).value(v).build().ok())
+                .collect();
+            // Create with tags; AWS refuses tags together with Overwrite, so an existing
+            // parameter is overwritten without them.
+            let created = self
+                .client
+                .put_parameter()
+                .name(id)
+                .value(value)
+                .r#type(ParameterType::SecureString)
+                .tier(tier.clone())
+                .description(DESCRIPTION)
+                .set_tags((!tags.is_empty()).then_some(tags))
+                .send()
+                .await;
+            match created {
+                Ok(_) => Ok(()),
+                Err(e) => match map_err(&e) {
+                    (Some(c), _) if c == "ParameterAlreadyExists" => self
+                        .client
+                        .put_parameter()
+                        .name(id)
+                        .value(value)
+                        .r#type(ParameterType::SecureString)
+                        .tier(tier)
+                        .overwrite(true)
+                        .send()
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| map_err(&e).1),
+                    (_, err) => Err(err),
+                },
+            }
+        })
+    }
+
+    fn delete<'a>(&'a self, id: &'a str) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            match self.client.delete_parameter().name(id).send().await {
+                Ok(_) => Ok(()),
+                Err(e) => match map_err(&e) {
+                    (Some(c), _) if c == "ParameterNotFound" => Ok(()),
+                    (_, err) => Err(err),
+                },
+            }
+        })
+    }
+
+    fn list<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, Vec<String>> {
+        Box::pin(async move {
+            let folder = match prefix.rfind('/') {
+                Some(0) | None => "/".to_string(),
+                Some(i) => prefix[..i].to_string(),
+            };
+            let mut out = Vec::new();
+            let mut token: Option<String> = None;
+            loop {
+                let page = self
+                    .client
+                    .get_parameters_by_path()
+                    .path(&folder)
+                    .recursive(true)
+                    .with_decryption(false)
+                    .set_next_token(token.clone())
+                    .max_results(10)
+                    .send()
+                    .await
+                    .map_err(|e| map_err(&e).1)?;
+                out.extend(
+                    page.parameters()
+                        .iter()
+                        .filter_map(|p| p.name())
+                        .filter(|n| n.starts_with(prefix))
+                        .map(str::to_string),
+                );
+                token = page.next_token().map(str::to_string);
+                if token.is_none() {
+                    break;
+                }
+            }
+            out.sort();
+            out.dedup();
+            Ok(out)
+        })
+    }
+
+    fn health(&self) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            self.client
+                .describe_parameters()
+                .max_results(1)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| map_err(&e).1)
+        })
+    }
+
+    fn name(&self) -> &'static str {
+        "aws-ssm"
+    }
+}

@@ -1,0 +1,399 @@
+//! Every provider passes one conformance suite against the real server it talks to: moto for
+//! AWS Secrets Manager and SSM, `bao server -dev` for OpenBao, a temp directory for embedded.
+//! `./scripts/test.sh` starts the servers and sets OMSP_TEST_MOTO_URL / OMSP_TEST_BAO_ADDR /
+//! OMSP_TEST_BAO_TOKEN; with OMSP_REQUIRE_EXTERNAL=1 a missing server fails the test.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use om_secrets_proxy::config::Config;
+use om_secrets_proxy::metrics::Metrics;
+use om_secrets_proxy::secrets::embedded::EmbeddedStore;
+use om_secrets_proxy::secrets::fernet::FernetKeys;
+use om_secrets_proxy::secrets::{open_store, SecretStore};
+
+fn external(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(v) if !v.is_empty() => Some(v),
+        _ => {
+            assert!(
+                std::env::var_os("OMSP_REQUIRE_EXTERNAL").is_none(),
+                "{var} is not set: run ./scripts/test.sh"
+            );
+            eprintln!("skipping: {var} is not set (run ./scripts/test.sh)");
+            None
+        }
+    }
+}
+
+fn unique() -> String {
+    format!("t{:016x}", fastrand::u64(..))
+}
+
+/// The shared suite. `max_len` is the largest value the provider takes.
+async fn conformance(store: &dyn SecretStore, max_len: usize) {
+    let root = format!("/omsp-test/{}", unique());
+    let a = format!("{root}/database/svc/authtype/password");
+    let b = format!("{root}/database/svc/sslconfig/sslkey");
+    let other = format!("{root}/database/svc2/authtype/password");
+    store.health().await.expect("health");
+
+    assert_eq!(store.get(&a).await.unwrap(), None, "absent is Ok(None)");
+    store.put(&a, "first").await.unwrap();
+    assert_eq!(store.get(&a).await.unwrap().as_deref(), Some("first"));
+    store.put(&a, "second").await.unwrap();
+    assert_eq!(
+        store.get(&a).await.unwrap().as_deref(),
+        Some("second"),
+        "overwrite"
+    );
+
+    let unicode = "pässwörd-✓-日本-\u{1F511}-\"quoted\"\\n";
+    store.put(&b, unicode).await.unwrap();
+    assert_eq!(store.get(&b).await.unwrap().as_deref(), Some(unicode));
+    let big: String = (0..max_len)
+        .map(|i| (b'a' + (i % 26) as u8) as char)
+        .collect();
+    store.put(&other, &big).await.unwrap();
+    assert_eq!(
+        store.get(&other).await.unwrap().as_deref(),
+        Some(big.as_str()),
+        "{max_len}-byte value"
+    );
+
+    let listed = store.list(&format!("{root}/database/svc/")).await.unwrap();
+    assert_eq!(listed, vec![a.clone(), b.clone()]);
+    let all = store.list(&format!("{root}/")).await.unwrap();
+    assert_eq!(all.len(), 3);
+
+    store.delete(&a).await.unwrap();
+    assert_eq!(store.get(&a).await.unwrap(), None);
+    store
+        .delete(&a)
+        .await
+        .expect("deleting an absent id succeeds");
+    assert_eq!(
+        store.list(&format!("{root}/database/svc/")).await.unwrap(),
+        vec![b.clone()]
+    );
+    store.delete(&b).await.unwrap();
+    store.delete(&other).await.unwrap();
+    assert!(store.list(&format!("{root}/")).await.unwrap().is_empty());
+}
+
+fn config(extra: &str) -> Config {
+    let key = FernetKeys::generate_key();
+    let text = format!("[fernet]\nkey = \"{key}\"\n{extra}");
+    Config::from_toml_str(&text, None, &|_| None).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn moto_config(provider: &str, url: &str) -> Config {
+    config(&format!(
+        "[secrets_manager]\nprovider = \"{provider}\"\ntags = [\"team:data\", \"env:test\"]\n[secrets_manager.parameters]\nregion = \"us-east-1\"\naccess_key_id = \"testing\"\nsecret_access_key = \"testing\"\nendpoint_url = \"{url}\"\n"
+    ))
+}
+
+async fn store_for(cfg: &Config) -> Arc<dyn SecretStore> {
+    let keys = FernetKeys::new(&cfg.fernet.keys).unwrap();
+    open_store(cfg, &keys, Arc::new(Metrics::default()))
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn embedded_store_passes_the_conformance_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = FernetKeys::new(&[FernetKeys::generate_key()]).unwrap();
+    let store = EmbeddedStore::open(&dir.path().join("s.db"), &keys).unwrap();
+    conformance(&store, 64 * 1024).await;
+}
+
+#[tokio::test]
+async fn aws_secrets_manager_passes_the_conformance_suite_against_moto() {
+    let Some(url) = external("OMSP_TEST_MOTO_URL") else {
+        return;
+    };
+    let cfg = moto_config("managed-aws", &url);
+    conformance(store_for(&cfg).await.as_ref(), 64 * 1024).await;
+}
+
+#[tokio::test]
+async fn aws_secrets_manager_creates_secrets_with_tags_and_a_description() {
+    let Some(url) = external("OMSP_TEST_MOTO_URL") else {
+        return;
+    };
+    let cfg = moto_config("managed-aws", &url);
+    let store = store_for(&cfg).await;
+    let id = format!("/omsp-test/{}/database/x/password", unique());
+    store.put(&id, "v").await.unwrap();
+    store.put(&id, "v2").await.unwrap();
+    let sdk = om_secrets_proxy::secrets::aws::sdk_config(&cfg.secrets).await;
+    let d = aws_sdk_secretsmanager::Client::new(&sdk)
+        .describe_secret()
+        .secret_id(&id)
+        .send()
+        .await
+        .unwrap();
+    let tags: Vec<(String, String)> = d
+        .tags()
+        .iter()
+        .map(|t| {
+            (
+                t.key().unwrap_or("").to_string(),
+                t.value().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert!(tags.contains(&("team".into(), "data".into())), "{tags:?}");
+    assert!(d.description().unwrap_or("").contains("OpenMetadata"));
+    store.delete(&id).await.unwrap();
+}
+
+#[tokio::test]
+async fn aws_ssm_passes_the_conformance_suite_against_moto() {
+    let Some(url) = external("OMSP_TEST_MOTO_URL") else {
+        return;
+    };
+    let cfg = moto_config("managed-aws-ssm", &url);
+    // SSM takes at most 8 KB (advanced tier); 64 KB cannot be stored there.
+    conformance(store_for(&cfg).await.as_ref(), 8 * 1024).await;
+}
+
+#[tokio::test]
+async fn aws_ssm_tags_a_new_parameter_and_overwrites_without_tags() {
+    let Some(url) = external("OMSP_TEST_MOTO_URL") else {
+        return;
+    };
+    let cfg = moto_config("managed-aws-ssm", &url);
+    let store = store_for(&cfg).await;
+    let id = format!("/omsp-test/{}/database/x/password", unique());
+    store.put(&id, "v").await.unwrap();
+    store.put(&id, "v2").await.unwrap();
+    assert_eq!(store.get(&id).await.unwrap().as_deref(), Some("v2"));
+    let sdk = om_secrets_proxy::secrets::aws::sdk_config(&cfg.secrets).await;
+    let t = aws_sdk_ssm::Client::new(&sdk)
+        .list_tags_for_resource()
+        .resource_type(aws_sdk_ssm::types::ResourceTypeForTagging::Parameter)
+        .resource_id(&id)
+        .send()
+        .await
+        .unwrap();
+    assert!(t
+        .tag_list()
+        .iter()
+        .any(|t| t.key() == "team" && t.value() == "data"));
+    store.delete(&id).await.unwrap();
+}
+
+#[tokio::test]
+async fn openbao_passes_the_conformance_suite_against_a_dev_server() {
+    let Some(addr) = external("OMSP_TEST_BAO_ADDR") else {
+        return;
+    };
+    let token = std::env::var("OMSP_TEST_BAO_TOKEN").unwrap_or_default();
+    let cfg = config(&format!(
+        "[secrets_manager]\nprovider = \"managed-openbao\"\n[secrets_manager.parameters]\naddress = \"{addr}\"\ntoken = \"{token}\"\n"
+    ));
+    conformance(store_for(&cfg).await.as_ref(), 64 * 1024).await;
+}
+
+#[tokio::test]
+async fn openbao_with_a_bad_token_is_access_denied_not_absent() {
+    let Some(addr) = external("OMSP_TEST_BAO_ADDR") else {
+        return;
+    };
+    let cfg = config(&format!(
+        "[secrets_manager]\nprovider = \"managed-openbao\"\nretry_max = 0\n[secrets_manager.parameters]\naddress = \"{addr}\"\ntoken = \"wrong-token\"\n"
+    ));
+    let store = store_for(&cfg).await;
+    let e = store.get("/omsp-test/x").await.unwrap_err();
+    assert!(
+        matches!(e, om_secrets_proxy::secrets::StoreError::AccessDenied(_)),
+        "{e:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_aws_endpoint_is_unavailable_not_absent() {
+    let cfg = moto_config("managed-aws", "http://127.0.0.1:1");
+    let mut cfg = cfg;
+    cfg.secrets.retry_max = 0;
+    let store = store_for(&cfg).await;
+    let e = store.get("/omsp-test/x").await.unwrap_err();
+    assert!(
+        matches!(e, om_secrets_proxy::secrets::StoreError::Unavailable(_)),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn embedded_store_keeps_every_acknowledged_write_across_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("crash.db");
+    let key = FernetKeys::generate_key();
+    let exe = std::env::current_exe().unwrap();
+    let writer = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples/embedded-writer");
+    assert!(
+        writer.exists(),
+        "{} missing: cargo test builds examples",
+        writer.display()
+    );
+    let mut acked_total = 0u64;
+    for round in 0..3 {
+        let mut child = Command::new(&writer)
+            .arg(&path)
+            .arg(&key)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<u64>();
+        let reader = std::thread::spawn(move || {
+            let mut last = None;
+            for line in BufReader::new(stdout).lines() {
+                match line {
+                    Ok(l) => {
+                        last = l.trim().parse::<u64>().ok();
+                        if let Some(n) = last {
+                            let _ = tx.send(n);
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+            last
+        });
+        // Let it acknowledge a fair number of writes (however slow the machine), then kill it
+        // mid-loop.
+        let want = 30 + round * 20;
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let mut seen = 0;
+        while seen < want && std::time::Instant::now() < deadline {
+            if rx.recv_timeout(Duration::from_millis(100)).is_ok() {
+                seen += 1;
+            }
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut stderr, &mut err).unwrap();
+        let last = reader
+            .join()
+            .unwrap()
+            .unwrap_or_else(|| panic!("round {round}: the writer acknowledged no write: {err}"));
+        acked_total = acked_total.max(last);
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let store = EmbeddedStore::open(&path, &FernetKeys::new(&[key.clone()]).unwrap())
+                .expect("reopens cleanly");
+            for n in 0..=last {
+                assert_eq!(
+                    store.get(&format!("/crash/k{n:08}")).await.unwrap(),
+                    Some(format!("value-{n}")),
+                    "acknowledged write {n} lost in round {round}"
+                );
+            }
+        });
+    }
+    assert!(
+        acked_total > 10,
+        "too few writes to mean anything: {acked_total}"
+    );
+}
+
+#[test]
+fn fernet_tokens_interoperate_with_python_cryptography() {
+    let Some(py) = external("OMSP_TEST_PYTHON") else {
+        return;
+    };
+    let key = FernetKeys::generate_key();
+    let keys = FernetKeys::new(&[key.clone()]).unwrap();
+    let value = "pässwörd with spaces & ✓";
+    // Rust -> Python
+    let token = keys.encrypt(value).unwrap();
+    let out = Command::new(&py)
+        .args([
+            "-c",
+            "import sys; from cryptography.fernet import Fernet; print(Fernet(sys.argv[1].encode()).decrypt(sys.argv[2].encode()).decode(), end='')",
+            &key,
+            token.strip_prefix("fernet:").unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), value);
+    // Python -> Rust, including OpenMetadata's standard-base64 default key.
+    for k in [key.as_str(), "jJ/9sz0g0OHxsfxOoSfdFdmk3ysNmPRnH3TUAbz3IHA="] {
+        let out = Command::new(&py)
+            .args([
+                "-c",
+                "import sys, base64; from cryptography.fernet import Fernet; k = base64.urlsafe_b64encode(base64.b64decode(sys.argv[1].replace('-', '+').replace('_', '/'))); print(Fernet(k).encrypt(sys.argv[2].encode()).decode(), end='')",
+                k,
+                value,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let py_token = String::from_utf8(out.stdout).unwrap();
+        let ours = FernetKeys::new(&[k.to_string()]).unwrap();
+        assert_eq!(ours.decrypt(&format!("fernet:{py_token}")).unwrap(), value);
+    }
+}
+
+#[test]
+fn fernet_subcommands_round_trip_through_stdin() {
+    use std::io::Write;
+    let bin = env!("CARGO_BIN_EXE_om-secrets-proxy");
+    let out = Command::new(bin)
+        .args(["fernet", "generate-key"])
+        .output()
+        .unwrap();
+    let key = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(FernetKeys::new(&[key.clone()]).is_ok());
+    let run = |op: &str, input: &str| {
+        let mut child = Command::new(bin)
+            .args(["fernet", op])
+            .env("FERNET_KEY", &key)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8(out.stdout)
+                .unwrap()
+                .trim_end()
+                .to_string(),
+        )
+    };
+    let (code, token) = run("encrypt", "my secret\n");
+    assert_eq!(code, Some(0));
+    assert!(token.starts_with("fernet:"));
+    assert_eq!(run("decrypt", &token), (Some(0), "my secret".to_string()));
+    assert_eq!(run("decrypt", "fernet:not-a-token").0, Some(1));
+}
