@@ -293,8 +293,9 @@ fn embedded_store_keeps_every_acknowledged_write_across_sigkill() {
         acked_total = acked_total.max(last);
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(async {
-            let store = EmbeddedStore::open(&path, &FernetKeys::new(&[key.clone()]).unwrap())
-                .expect("reopens cleanly");
+            let store =
+                EmbeddedStore::open(&path, &FernetKeys::new(std::slice::from_ref(&key)).unwrap())
+                    .expect("reopens cleanly");
             for n in 0..=last {
                 assert_eq!(
                     store.get(&format!("/crash/k{n:08}")).await.unwrap(),
@@ -316,7 +317,7 @@ fn fernet_tokens_interoperate_with_python_cryptography() {
         return;
     };
     let key = FernetKeys::generate_key();
-    let keys = FernetKeys::new(&[key.clone()]).unwrap();
+    let keys = FernetKeys::new(std::slice::from_ref(&key)).unwrap();
     let value = "pässwörd with spaces & ✓";
     // Rust -> Python
     let token = keys.encrypt(value).unwrap();
@@ -366,7 +367,7 @@ fn fernet_subcommands_round_trip_through_stdin() {
         .output()
         .unwrap();
     let key = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    assert!(FernetKeys::new(&[key.clone()]).is_ok());
+    assert!(FernetKeys::new(std::slice::from_ref(&key)).is_ok());
     let run = |op: &str, input: &str| {
         let mut child = Command::new(bin)
             .args(["fernet", op])
