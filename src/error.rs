@@ -21,6 +21,9 @@ pub enum GatewayError {
     UnsupportedEncoding(String),
     #[error("{0}")]
     Unprocessable(String),
+    /// Two entities whose names map to one secret id root.
+    #[error("{0}")]
+    Conflict(String),
     #[error("{0}")]
     BadGateway(String),
     #[error("{0}")]
@@ -39,6 +42,7 @@ impl GatewayError {
             GatewayError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             GatewayError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            GatewayError::Conflict(_) => StatusCode::CONFLICT,
             GatewayError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             GatewayError::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,

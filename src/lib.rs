@@ -80,13 +80,15 @@ pub async fn build_app(config: Config) -> Result<App, StartError> {
         upstream: upstream.clone(),
         metrics: metrics.clone(),
         max_body_bytes: config.server.max_body_bytes,
-        rules: std::sync::RwLock::new(Arc::new(rules)),
+        live: std::sync::RwLock::new(Arc::new(proxy::Live {
+            rules,
+            policy: config.policy,
+        })),
         ids: rules::ids::IdBuilder::new(&config.secrets.prefix, &config.secrets.cluster_name),
         store: store.clone(),
         fernet,
         provider: config.secrets.provider,
         wrap_references: config.fernet.wrap_references,
-        policy: config.policy,
         service_token: config.upstream.service_token.clone(),
         entity_locks: Default::default(),
         auth: Some(auth),
@@ -155,8 +157,52 @@ impl App {
             shutdown.await;
             let _ = tx.send(true);
         };
+        let reload_task = tokio::spawn(reload_on_sighup(
+            self.gateway.clone(),
+            self.config.source.clone(),
+        ));
         tokio::join!(api_task, trigger);
         admin_task.abort();
+        reload_task.abort();
+    }
+}
+
+/// Re-reads the config file and the rule files; on success swaps in the new rules and read
+/// policy at once. Keys that need a restart (listeners, provider, upstream) keep their
+/// running values. On any problem the running rules stay and the problems are returned.
+pub fn reload(gateway: &Gateway, source: Option<&std::path::Path>) -> Result<usize, Vec<String>> {
+    let cfg = Config::load(source).map_err(|e| e.0)?;
+    let rules = rules::RuleSet::load(&cfg.rules.dir, &cfg.rules.safety_net_keys)
+        .map_err(|p| p.iter().map(|p| p.to_string()).collect::<Vec<_>>())?;
+    let n = rules.rules.len();
+    gateway.replace_live(proxy::Live {
+        rules,
+        policy: cfg.policy,
+    });
+    Ok(n)
+}
+
+async fn reload_on_sighup(gateway: Arc<Gateway>, source: Option<std::path::PathBuf>) {
+    #[cfg(unix)]
+    {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            match reload(&gateway, source.as_deref()) {
+                Ok(n) => tracing::info!(rule_files = n, "SIGHUP: rules and policy reloaded"),
+                Err(problems) => {
+                    for p in problems {
+                        tracing::error!(problem = %p, "SIGHUP: reload refused; the running rules stay");
+                    }
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (gateway, source);
     }
 }
 

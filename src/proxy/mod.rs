@@ -48,18 +48,24 @@ pub struct Gateway {
     pub upstream: Upstream,
     pub metrics: Arc<Metrics>,
     pub max_body_bytes: usize,
-    /// Swapped whole on SIGHUP; requests in flight keep the set they started with.
-    pub rules: RwLock<Arc<RuleSet>>,
+    /// Rules and read policy, swapped whole on SIGHUP; requests in flight keep what they
+    /// started with.
+    pub live: RwLock<Arc<Live>>,
     pub ids: IdBuilder,
     pub store: Arc<dyn SecretStore>,
     pub fernet: FernetKeys,
     pub provider: Provider,
     pub wrap_references: bool,
-    pub policy: PolicyConfig,
     pub service_token: Option<String>,
     /// One lock per entity id root, so store and upstream agree on the last writer.
     pub entity_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     pub auth: Option<crate::auth::Auth>,
+}
+
+/// What SIGHUP reloads.
+pub struct Live {
+    pub rules: RuleSet,
+    pub policy: PolicyConfig,
 }
 
 /// Per-request facts gathered along the pipeline, for the log line and metrics.
@@ -122,12 +128,12 @@ impl Gateway {
         // 2. identify
         let (caller, sub) = self.identify(req.headers()).await;
         // 3. route
-        let rules = self.current_rules();
-        if let Some(m) = rules.match_request(req.method(), &norm) {
+        let live = self.live();
+        if let Some(m) = live.rules.match_request(req.method(), &norm) {
             ctx.route_class = "ruled";
             // 4-7 for ruled routes
             return self
-                .ruled(&rules, m, req, conn, request_id, caller, &sub)
+                .ruled(&live, m, req, conn, request_id, caller, &sub)
                 .await;
         }
         ctx.route_class = "passthrough";
@@ -137,7 +143,7 @@ impl Gateway {
         let upstream_req =
             self.upstream_request(parts, body::stream(incoming), conn, request_id)?;
         let resp = self.upstream.send(upstream_req).await?;
-        let action = crate::policy::decide(caller, &self.policy, &Default::default());
+        let action = crate::policy::decide(caller, &live.policy, &Default::default());
         self.rewrite_answer(resp, None, action).await
     }
 
@@ -146,6 +152,23 @@ impl Gateway {
         match &self.auth {
             Some(auth) => auth.identify(headers).await,
             None => (CallerClass::Anonymous, "anonymous".to_string()),
+        }
+    }
+
+    /// The rules and policy in force now.
+    pub fn live(&self) -> Arc<Live> {
+        match self.live.read() {
+            Ok(l) => l.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Swaps in new rules and policy (SIGHUP). Requests in flight keep the old ones.
+    pub fn replace_live(&self, live: Live) {
+        let live = Arc::new(live);
+        match self.live.write() {
+            Ok(mut l) => *l = live,
+            Err(p) => *p.into_inner() = live,
         }
     }
 

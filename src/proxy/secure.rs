@@ -3,7 +3,6 @@
 //! changes are undone when the upstream refuses a write.
 
 use std::io::Read;
-use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
@@ -11,7 +10,7 @@ use hyper::body::Incoming;
 use serde_json::Value;
 
 use super::body::{self, collect_limited, full, Body, CollectError};
-use super::{ConnInfo, Gateway};
+use super::{ConnInfo, Gateway, Live};
 use crate::config::ReadAction;
 use crate::error::GatewayError;
 use crate::policy::{decide, CallerClass};
@@ -116,18 +115,6 @@ fn pointer_steps(doc: &Value, pointer: &str) -> Result<Vec<Step>, GatewayError> 
 }
 
 impl Gateway {
-    pub(super) fn current_rules(&self) -> Arc<RuleSet> {
-        match self.rules.read() {
-            Ok(r) => r.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
-    }
-
-    /// The read action for this caller on this rule.
-    fn action_for(&self, caller: CallerClass, rule: &Rule) -> ReadAction {
-        decide(caller, &self.policy, &rule.policy)
-    }
-
     /// Reads a request body that must be inspected: limited, decoded, strictly parsed.
     async fn read_json_body(
         &self,
@@ -243,6 +230,7 @@ impl Gateway {
                 };
                 let ctx = self.write_ctx(rules, m.rule, &name, None);
                 ctx.rewrite(&[], &mut doc, &mut plan).await?;
+                plan.owner = Some((ctx.root.clone(), format!("{}:{name}", m.rule.kind)));
                 Ok((doc, plan, Some(ctx.root)))
             }
             Op::Patch => {
@@ -258,6 +246,7 @@ impl Gateway {
                     .unwrap_or_default()
                     .to_string();
                 let ctx = self.write_ctx(rules, m.rule, &name, Some(&existing));
+                plan.owner = Some((ctx.root.clone(), format!("{}:{name}", m.rule.kind)));
                 let merge = headers
                     .get(header::CONTENT_TYPE)
                     .and_then(|v| v.to_str().ok())
@@ -402,6 +391,33 @@ impl Gateway {
         Ok(())
     }
 
+    /// Refuses a write whose id root already holds another entity's secrets (names like
+    /// `a b`, `a.b` and `a_b`, or a pipeline service and an ingestion pipeline both named
+    /// `x`, map to one root); claims an unclaimed root as part of the plan.
+    async fn claim_root(&self, plan: &mut Plan) -> Result<(), GatewayError> {
+        if !self.provider.is_managed() || plan.puts.is_empty() {
+            return Ok(());
+        }
+        let Some((root, owner)) = plan.owner.clone() else {
+            return Ok(());
+        };
+        let marker = crate::rewrite::request::owner_marker(&root);
+        match self.store.get(&marker).await {
+            Ok(Some(o)) if o == owner => Ok(()),
+            Ok(Some(_)) => Err(GatewayError::Conflict(format!(
+                "secret ids under {root} already belong to another entity whose name maps to the same id; rename this entity"
+            ))),
+            Ok(None) => {
+                plan.puts.insert(0, (marker, owner));
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, detail = e.detail(), "store read failed");
+                Err(GatewayError::StoreUnavailable("the secrets store is unreachable; nothing was forwarded".into()))
+            }
+        }
+    }
+
     /// Writes the plan's values; on failure undoes what was written. Returns the undo log.
     async fn apply_plan(&self, plan: &Plan) -> Result<Vec<(String, Option<String>)>, GatewayError> {
         let mut undo: Vec<(String, Option<String>)> = Vec::new();
@@ -447,7 +463,7 @@ impl Gateway {
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn ruled(
         &self,
-        rules: &RuleSet,
+        live: &Live,
         m: RouteMatch<'_>,
         req: Request<Incoming>,
         conn: ConnInfo,
@@ -455,6 +471,7 @@ impl Gateway {
         caller: CallerClass,
         sub: &str,
     ) -> Result<Response<Body>, GatewayError> {
+        let rules = &live.rules;
         let (mut parts, incoming) = req.into_parts();
         // No partial or compressed answers escape rewriting.
         parts.headers.remove(header::RANGE);
@@ -501,6 +518,7 @@ impl Gateway {
         } else {
             None
         };
+        self.claim_root(&mut plan).await?;
         let undo = self.apply_plan(&plan).await?;
 
         // forward
@@ -542,7 +560,7 @@ impl Gateway {
         }
 
         // rewrite_response
-        let action = self.action_for(caller, m.rule);
+        let action = decide(caller, &live.policy, &m.rule.policy);
         let response_at: &[String] = m.route.map(|r| r.response_at.as_slice()).unwrap_or(&[]);
         self.rewrite_answer(resp, Some((rules, m.rule, response_at)), action)
             .await

@@ -22,6 +22,14 @@ pub struct Plan {
     pub deletes: Vec<String>,
     /// (JSONPath, id, operation) for the audit log.
     pub audit: Vec<(String, String, &'static str)>,
+    /// (id root, owner): who the secrets under the root belong to (`<kind>:<entity name>`).
+    pub owner: Option<(String, String)>,
+}
+
+/// The marker that records which entity owns an id root. `.` never occurs in a field part,
+/// so it cannot meet a real secret id.
+pub fn owner_marker(root: &str) -> String {
+    format!("{root}/.owner")
 }
 
 /// Everything the write table needs.
