@@ -42,6 +42,15 @@ pub struct App {
 
 /// Builds everything a running gateway needs from a validated config.
 pub async fn build_app(config: Config) -> Result<App, StartError> {
+    build_app_with_store(config, None).await
+}
+
+/// As [`build_app`], with the store backend given instead of opened from the config (tests
+/// use an in-memory store that can be switched off). The cache and retries still wrap it.
+pub async fn build_app_with_store(
+    config: Config,
+    backend: Option<Arc<dyn secrets::SecretStore>>,
+) -> Result<App, StartError> {
     let metrics = Arc::new(Metrics::default());
     let upstream =
         Upstream::new(&config.upstream).map_err(|e| StartError(format!("upstream: {e}")))?;
@@ -71,9 +80,12 @@ pub async fn build_app(config: Config) -> Result<App, StartError> {
     {
         tracing::warn!("fernet.key is OpenMetadata's PUBLIC default key: anyone can decrypt these tokens; set your own FERNET_KEY");
     }
-    let store = secrets::open_store(&config, &fernet, metrics.clone())
-        .await
-        .map_err(StartError)?;
+    let store = match backend {
+        Some(b) => secrets::wrap_store(b, &config, metrics.clone()),
+        None => secrets::open_store(&config, &fernet, metrics.clone())
+            .await
+            .map_err(StartError)?,
+    };
     let auth = auth::Auth::new(&config.auth, upstream.clone(), true)
         .map_err(|e| StartError(format!("auth: {e}")))?;
     let gateway = Arc::new(Gateway {
@@ -92,6 +104,7 @@ pub async fn build_app(config: Config) -> Result<App, StartError> {
         service_token: config.upstream.service_token.clone(),
         entity_locks: Default::default(),
         auth: Some(auth),
+        permissions: Default::default(),
     });
     let admin = Arc::new(admin::Admin {
         upstream,

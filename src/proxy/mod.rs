@@ -60,6 +60,8 @@ pub struct Gateway {
     /// One lock per entity id root, so store and upstream agree on the last writer.
     pub entity_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     pub auth: Option<crate::auth::Auth>,
+    /// ViewAll answers of the upstream's permission API, by (token, resource, entity) hash.
+    pub permissions: Mutex<HashMap<u64, (bool, Instant)>>,
 }
 
 /// What SIGHUP reloads.
@@ -144,7 +146,7 @@ impl Gateway {
             self.upstream_request(parts, body::stream(incoming), conn, request_id)?;
         let resp = self.upstream.send(upstream_req).await?;
         let action = crate::policy::decide(caller, &live.policy, &Default::default());
-        self.rewrite_answer(resp, None, action).await
+        self.rewrite_answer(resp, None, action, None).await
     }
 
     /// The caller's class from a verified JWT only; anything unverifiable is anonymous.

@@ -16,6 +16,7 @@ use crate::error::GatewayError;
 use crate::policy::{decide, CallerClass};
 use crate::rewrite::json::parse_strict;
 use crate::rewrite::request::{Plan, WriteCtx};
+use crate::rewrite::response::Permit;
 use crate::rewrite::response::{mask_references, may_hold_references, ReadCtx};
 use crate::rules::jsonpath::Step;
 use crate::rules::{Op, RouteMatch, Rule, RuleSet};
@@ -473,6 +474,12 @@ impl Gateway {
     ) -> Result<Response<Body>, GatewayError> {
         let rules = &live.rules;
         let (mut parts, incoming) = req.into_parts();
+        let caller_auth = parts.headers.get(header::AUTHORIZATION).cloned();
+        // HEAD answers exactly like GET: the upstream is asked with GET so the rewritten
+        // length is the one announced (hyper sends no body for HEAD).
+        if parts.method == Method::HEAD {
+            parts.method = Method::GET;
+        }
         // No partial or compressed answers escape rewriting.
         parts.headers.remove(header::RANGE);
         parts.headers.remove(header::IF_RANGE);
@@ -562,8 +569,23 @@ impl Gateway {
         // rewrite_response
         let action = decide(caller, &live.policy, &m.rule.policy);
         let response_at: &[String] = m.route.map(|r| r.response_at.as_slice()).unwrap_or(&[]);
-        self.rewrite_answer(resp, Some((rules, m.rule, response_at)), action)
-            .await
+        let permit =
+            (action == ReadAction::Resolve && live.policy.bot_requires_view_all).then(|| ViewAll {
+                gw: self,
+                auth: caller_auth.clone(),
+                resource: if m.rule.kind == "botUser" {
+                    "user".to_string()
+                } else {
+                    m.rule.kind.clone()
+                },
+            });
+        self.rewrite_answer(
+            resp,
+            Some((rules, m.rule, response_at)),
+            action,
+            permit.as_ref().map(|p| p as &dyn Permit),
+        )
+        .await
     }
 
     /// Rewrites an answer: per rule when one applies; the safety net always, for callers
@@ -573,6 +595,7 @@ impl Gateway {
         resp: Response<Incoming>,
         rule: Option<(&RuleSet, &Rule, &[String])>,
         action: ReadAction,
+        permit: Option<&dyn Permit>,
     ) -> Result<Response<Body>, GatewayError> {
         let (mut parts, incoming) = resp.into_parts();
         super::headers::strip_hop_by_hop(&mut parts.headers);
@@ -584,7 +607,8 @@ impl Gateway {
                 ct.to_ascii_lowercase().contains("json")
                     || ct.to_ascii_lowercase().starts_with("text/")
             });
-        if !json_like && rule.is_none() {
+        // Unruled answers stream unless the safety net must read them.
+        if rule.is_none() && (!json_like || action == ReadAction::Resolve) {
             return Ok(Response::from_parts(parts, body::stream(incoming)));
         }
         let raw = match collect_limited(incoming, self.max_body_bytes).await {
@@ -625,6 +649,7 @@ impl Gateway {
                 fernet: &self.fernet,
                 store: self.store.as_ref(),
                 response_at: at,
+                permit,
             };
             degraded = ctx.rewrite(&mut doc).await?;
             if action == ReadAction::Resolve {
@@ -652,6 +677,76 @@ impl Gateway {
             parts.status = StatusCode::OK;
         }
         Ok(Response::from_parts(parts, full(bytes)))
+    }
+}
+
+/// Asks the upstream's permission API, with the caller's own token, whether the caller has
+/// `ViewAll` on an entity; answers are cached for 30 s per (token, resource, entity).
+struct ViewAll<'a> {
+    gw: &'a Gateway,
+    auth: Option<HeaderValue>,
+    resource: String,
+}
+
+const PERMISSION_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+
+impl Permit for ViewAll<'_> {
+    fn allows<'a>(
+        &'a self,
+        fqn: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + 'a>> {
+        Box::pin(async move {
+            let Some(auth) = &self.auth else { return false };
+            let key = {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                (auth.as_bytes(), &self.resource, fqn).hash(&mut h);
+                h.finish()
+            };
+            if let Ok(c) = self.gw.permissions.lock() {
+                if let Some((ok, at)) = c.get(&key) {
+                    if at.elapsed() < PERMISSION_TTL {
+                        return *ok;
+                    }
+                }
+            }
+            let path = format!(
+                "/api/v1/permissions/{}/name/{}",
+                encode_segment(&self.resource),
+                encode_segment(fqn)
+            );
+            let Ok(uri) = self.gw.upstream.uri_for(&path) else {
+                return false;
+            };
+            let mut req = Request::new(body::empty());
+            *req.uri_mut() = uri;
+            req.headers_mut()
+                .insert(header::AUTHORIZATION, auth.clone());
+            let ok = match self.gw.upstream.send(req).await {
+                Ok(resp) if resp.status().is_success() => {
+                    match collect_limited(resp.into_body(), 1 << 20).await {
+                        Ok(b) => serde_json::from_slice::<Value>(&b)
+                            .ok()
+                            .and_then(|v| v.get("permissions").and_then(Value::as_array).cloned())
+                            .is_some_and(|ps| {
+                                ps.iter().any(|p| {
+                                    p.get("operation").and_then(Value::as_str) == Some("ViewAll")
+                                        && p.get("access").and_then(Value::as_str) == Some("allow")
+                                })
+                            }),
+                        Err(_) => false,
+                    }
+                }
+                _ => false,
+            };
+            if let Ok(mut c) = self.gw.permissions.lock() {
+                if c.len() > 10_000 {
+                    c.clear();
+                }
+                c.insert(key, (ok, std::time::Instant::now()));
+            }
+            ok
+        })
     }
 }
 

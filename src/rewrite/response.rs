@@ -12,6 +12,14 @@ use crate::rules::{Rule, RuleSet};
 use crate::secrets::fernet::{FernetKeys, PREFIX as FERNET_PREFIX};
 use crate::secrets::SecretStore;
 
+/// Whether a resolving caller may see the values of one entity (the upstream's `ViewAll`).
+pub trait Permit: Sync {
+    fn allows<'a>(
+        &'a self,
+        fqn: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + 'a>>;
+}
+
 pub struct ReadCtx<'a> {
     pub rules: &'a RuleSet,
     pub rule: &'a Rule,
@@ -20,6 +28,8 @@ pub struct ReadCtx<'a> {
     pub store: &'a dyn SecretStore,
     /// The answer is the entity's subtree at these keys (user token routes).
     pub response_at: &'a [String],
+    /// When set, resolving needs the upstream's permission per entity (deny by default).
+    pub permit: Option<&'a dyn Permit>,
 }
 
 /// Fields masked because resolving them failed (reported in a response header).
@@ -35,21 +45,22 @@ impl ReadCtx<'_> {
             .iter()
             .map(|k| Step::Key(k.clone()))
             .collect();
+        let mut skip: Vec<&str> = Vec::new();
         if let Some(items) = doc.get_mut("data").and_then(Value::as_array_mut) {
+            skip.push("data");
             for item in items.iter_mut() {
-                self.rewrite_entity(&at, item, true, &mut degraded).await?;
+                self.rewrite_entity(&at, item, true, &[], &mut degraded)
+                    .await?;
             }
         }
         if let Some(versions) = doc.get_mut("versions").and_then(Value::as_array_mut) {
+            skip.push("versions");
             for v in versions.iter_mut() {
                 match v {
                     Value::String(s) => {
                         if let Ok(mut inner) = serde_json::from_str::<Value>(s) {
-                            self.rewrite_entity(&at, &mut inner, true, &mut degraded)
+                            self.rewrite_entity(&at, &mut inner, true, &[], &mut degraded)
                                 .await?;
-                            if self.action != ReadAction::Resolve {
-                                mask_references(&mut inner);
-                            }
                             *s = inner.to_string();
                         } else if self.action != ReadAction::Resolve
                             && (s.contains(REFERENCE_PREFIX) || s.contains(FERNET_PREFIX))
@@ -57,14 +68,15 @@ impl ReadCtx<'_> {
                             *s = MASK.to_string();
                         }
                     }
-                    other => self.rewrite_entity(&at, other, true, &mut degraded).await?,
+                    other => {
+                        self.rewrite_entity(&at, other, true, &[], &mut degraded)
+                            .await?
+                    }
                 }
             }
         }
-        self.rewrite_entity(&at, doc, false, &mut degraded).await?;
-        if self.action != ReadAction::Resolve {
-            mask_references(doc);
-        }
+        self.rewrite_entity(&at, doc, false, &skip, &mut degraded)
+            .await?;
         Ok(degraded)
     }
 
@@ -73,32 +85,67 @@ impl ReadCtx<'_> {
         at: &[Step],
         doc: &mut Value,
         in_list: bool,
+        skip_top: &[&str],
         degraded: &mut Degraded,
     ) -> Result<(), GatewayError> {
+        let mut action = self.action;
+        if action == ReadAction::Resolve {
+            if let Some(permit) = self.permit {
+                let fqn = doc
+                    .get("fullyQualifiedName")
+                    .or_else(|| doc.get("name"))
+                    .and_then(Value::as_str)
+                    .map(str::to_string);
+                let allowed = match &fqn {
+                    Some(f) => permit.allows(f).await,
+                    None => false,
+                };
+                if !allowed {
+                    action = ReadAction::Mask;
+                }
+            }
+        }
         let found = self.rules.find_secrets_under(self.rule, at, doc);
-        for f in found {
-            let rel = &f.steps[at.len()..];
+        // Read every secret field first: the safety net below masks any reference or token
+        // left anywhere else, then each secret field gets what this caller may see.
+        let originals: Vec<(Vec<Step>, String)> = found
+            .into_iter()
+            .filter_map(|f| {
+                let s = crate::rules::jsonpath::get(doc, &f.steps[at.len()..])?
+                    .as_str()?
+                    .to_string();
+                (!s.is_empty()).then_some((f.steps, s))
+            })
+            .collect();
+        if self.action != ReadAction::Resolve || action != self.action {
+            match &mut *doc {
+                Value::Object(m) => {
+                    for (k, v) in m.iter_mut() {
+                        if !skip_top.contains(&k.as_str()) {
+                            mask_references(v);
+                        }
+                    }
+                }
+                other => mask_references(other),
+            }
+        }
+        for (steps, s) in originals {
+            let rel = &steps[at.len()..];
             let Some(slot) = get_mut(doc, rel) else {
                 continue;
             };
-            let Some(s) = slot.as_str().map(str::to_string) else {
-                continue;
-            };
-            if s.is_empty() {
-                continue;
-            }
-            let shown = match self.action {
+            let shown = match action {
                 ReadAction::Mask => MASK.to_string(),
                 ReadAction::Reference => self.as_reference(&s),
                 ReadAction::Resolve => match self.resolve(&s).await {
                     Ok(Some(v)) => v,
                     Ok(None) => {
-                        degraded.push(render(&f.steps));
+                        degraded.push(render(&steps));
                         MASK.to_string()
                     }
                     Err(e) => {
                         if in_list || self.rule.policy.mask_on_resolve_failure {
-                            degraded.push(render(&f.steps));
+                            degraded.push(render(&steps));
                             MASK.to_string()
                         } else {
                             return Err(e);

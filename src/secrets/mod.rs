@@ -103,16 +103,27 @@ pub async fn open_store(
             Arc::new(openbao::OpenBaoStore::new(client, &token, &sm.bao_mount)?)
         }
     };
+    Ok(wrap_store(backend, config, metrics))
+}
+
+/// Puts retries, the write rate limit and the read cache in front of a backend.
+pub fn wrap_store(
+    backend: std::sync::Arc<dyn SecretStore>,
+    config: &crate::config::Config,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+) -> std::sync::Arc<dyn SecretStore> {
+    use std::sync::Arc;
+    let sm = &config.secrets;
     let resilient: Arc<dyn SecretStore> = Arc::new(cache::Resilient::new(
         backend,
         sm.retry_max,
         sm.write_rate_per_sec,
     ));
-    Ok(Arc::new(cache::CachedStore::new(
+    Arc::new(cache::CachedStore::new(
         resilient,
         sm.cache_ttl,
         sm.cache_stale,
         sm.cache_max_entries,
         metrics,
-    )))
+    ))
 }

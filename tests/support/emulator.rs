@@ -49,6 +49,8 @@ struct State {
     fail_writes_with: Option<u16>,
     counter: u64,
     not_recording: bool,
+    force_gzip: bool,
+    view_all: std::collections::BTreeSet<String>,
 }
 
 /// A running emulator.
@@ -226,7 +228,80 @@ impl Emulator {
         body
     }
 
+    /// Answers every JSON request gzip-compressed, whatever the request asked for (a
+    /// misbehaving upstream).
+    pub fn set_force_gzip(&self, on: bool) {
+        self.state.lock().expect("state").force_gzip = on;
+    }
+
+    /// Lets the permission API grant ViewAll on the entity with this fully qualified name.
+    pub fn grant_view_all(&self, fqn: &str) {
+        self.state
+            .lock()
+            .expect("state")
+            .view_all
+            .insert(fqn.to_string());
+    }
+
     async fn handle(&self, req: Request<Incoming>) -> Response<EmuBody> {
+        let range = req
+            .headers()
+            .get(http::header::RANGE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let resp = self.handle_inner(req).await;
+        let is_json = resp
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+        if !is_json {
+            return resp;
+        }
+        let (mut parts, body) = resp.into_parts();
+        let mut bytes = body
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .unwrap_or_default();
+        // Range requests are honoured, as Jetty does for static answers.
+        if let Some(r) = range.as_deref().and_then(|r| r.strip_prefix("bytes=")) {
+            if let Some((a, b)) = r.split_once('-') {
+                let start: usize = a.parse().unwrap_or(0).min(bytes.len());
+                let end: usize = b
+                    .parse::<usize>()
+                    .map(|e| e + 1)
+                    .unwrap_or(bytes.len())
+                    .min(bytes.len())
+                    .max(start);
+                let total = bytes.len();
+                bytes = bytes.slice(start..end);
+                parts.status = StatusCode::PARTIAL_CONTENT;
+                parts.headers.insert(
+                    http::header::CONTENT_RANGE,
+                    format!("bytes {start}-{}/{total}", end.saturating_sub(1))
+                        .parse()
+                        .expect("range"),
+                );
+            }
+        }
+        if self.state.lock().expect("state").force_gzip {
+            use std::io::Write;
+            let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            enc.write_all(&bytes).expect("gzip");
+            bytes = Bytes::from(enc.finish().expect("gzip"));
+            parts.headers.insert(
+                http::header::CONTENT_ENCODING,
+                http::HeaderValue::from_static("gzip"),
+            );
+        }
+        parts
+            .headers
+            .insert("etag", http::HeaderValue::from_static("\"emulator-etag\""));
+        parts.headers.remove(http::header::CONTENT_LENGTH);
+        Response::from_parts(parts, Full::new(bytes).boxed())
+    }
+
+    async fn handle_inner(&self, req: Request<Incoming>) -> Response<EmuBody> {
         let (parts, body) = req.into_parts();
         let path_and_query = parts
             .uri
@@ -304,6 +379,15 @@ impl Emulator {
             }
             (Method::GET, ["system", "health"]) => {
                 json_resp(StatusCode::OK, &json!({"healthy": true}))
+            }
+            (Method::GET, ["permissions", resource, "name", fqn]) => {
+                let allowed = self.state.lock().expect("state").view_all.contains(*fqn);
+                json_resp(
+                    StatusCode::OK,
+                    &json!({"resource": resource, "permissions": [
+                        {"operation": "ViewAll", "access": if allowed { "allow" } else { "deny" }},
+                        {"operation": "ViewBasic", "access": "allow"}]}),
+                )
             }
             (m, ["services", kind, tail @ ..])
                 if SERVICE_COLLECTIONS.contains(kind) || *kind == "ingestionPipelines" =>

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod emulator;
+pub mod jwt;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -65,7 +66,15 @@ pub fn config_for(upstream: &str) -> Config {
 
 /// Starts a gateway with `config`.
 pub async fn start_gateway(config: Config) -> Gw {
-    let app = om_secrets_proxy::build_app(config)
+    start_gateway_with_store(config, None).await
+}
+
+/// Starts a gateway whose store backend is given (e.g. a switchable in-memory store).
+pub async fn start_gateway_with_store(
+    config: Config,
+    store: Option<Arc<dyn om_secrets_proxy::secrets::SecretStore>>,
+) -> Gw {
+    let app = om_secrets_proxy::build_app_with_store(config, store)
         .await
         .expect("build_app");
     let api = TcpListener::bind("127.0.0.1:0").await.expect("bind api");
