@@ -22,7 +22,9 @@ async fn main() {
                 "connection": {"config": {"type": "Mysql", "username": "om", "hostPort": "db:3306"}}}),
         );
     }
-    emu.seed_bench_services(50);
+    if std::env::var_os("OM_EMULATOR_NO_BENCH_SEED").is_none() {
+        emu.seed_bench_services(50);
+    }
     if std::env::var_os("OM_EMULATOR_RECORD").is_none() {
         emu.set_recording(false);
     }
