@@ -156,6 +156,39 @@ impl Gateway {
             .map_err(GatewayError::BadRequest)
     }
 
+    /// The service a test-connection workflow names, for filling its masked fields.
+    async fn workflow_service(
+        &self,
+        doc: &Value,
+        caller_auth: Option<&HeaderValue>,
+    ) -> Result<Option<(String, Option<Value>)>, GatewayError> {
+        let req = doc.get("request");
+        let (Some(name), Some(kind)) = (
+            req.and_then(|r| r.get("serviceName"))
+                .and_then(Value::as_str),
+            req.and_then(|r| r.get("serviceType"))
+                .and_then(Value::as_str),
+        ) else {
+            return Ok(None);
+        };
+        let kind = kind.to_ascii_lowercase();
+        let root = self.ids.root(&format!("{kind}/{{name}}"), name);
+        let service = if self.provider.is_managed() {
+            None
+        } else {
+            self.fetch_path(
+                &format!(
+                    "/api/v1/services/{kind}Services/name/{}",
+                    encode_segment(name)
+                ),
+                caller_auth,
+            )
+            .await?
+            .and_then(|s| s.pointer("/connection/config").cloned())
+        };
+        Ok(Some((root, service)))
+    }
+
     /// GET of the entity a PATCH/DELETE names, with the service token (or the caller's).
     async fn fetch_entity(
         &self,
@@ -169,8 +202,18 @@ impl Gateway {
         } else {
             return Ok(None);
         };
+        self.fetch_path(&format!("{path}?include=all"), caller_auth)
+            .await
+    }
+
+    /// A JSON GET of the upstream with the service token (or the caller's); `None` unless 2xx.
+    async fn fetch_path(
+        &self,
+        path: &str,
+        caller_auth: Option<&HeaderValue>,
+    ) -> Result<Option<Value>, GatewayError> {
         let mut req = Request::new(body::empty());
-        *req.uri_mut() = self.upstream.uri_for(&format!("{path}?include=all"))?;
+        *req.uri_mut() = self.upstream.uri_for(path)?;
         if let Some(t) = &self.service_token {
             if let Ok(v) = HeaderValue::from_str(&format!("Bearer {t}")) {
                 req.headers_mut().insert(header::AUTHORIZATION, v);
@@ -205,6 +248,7 @@ impl Gateway {
             wrap_references: self.wrap_references,
             store: self.store.as_ref(),
             existing,
+            mask_source: None,
         }
     }
 
@@ -229,7 +273,23 @@ impl Gateway {
                         "request body has secret fields but no \"name\"".into(),
                     ));
                 };
-                let ctx = self.write_ctx(rules, m.rule, &name, None);
+                let service = if m.rule.kind == "workflow" {
+                    self.workflow_service(&doc, headers.get(header::AUTHORIZATION))
+                        .await?
+                } else {
+                    None
+                };
+                let mut ctx = self.write_ctx(rules, m.rule, &name, None);
+                if let Some((service_root, config)) = &service {
+                    ctx.mask_source = Some(crate::rewrite::request::MaskSource {
+                        base: ["request", "connection", "config"]
+                            .iter()
+                            .map(|k| Step::Key(k.to_string()))
+                            .collect(),
+                        service_root: service_root.clone(),
+                        service_config: config.as_ref(),
+                    });
+                }
                 ctx.rewrite(&[], &mut doc, &mut plan).await?;
                 plan.owner = Some((ctx.root.clone(), format!("{}:{name}", m.rule.kind)));
                 Ok((doc, plan, Some(ctx.root)))

@@ -45,6 +45,19 @@ pub struct WriteCtx<'a> {
     pub store: &'a dyn SecretStore,
     /// The entity as the upstream has it now, when known (masks fall back to it).
     pub existing: Option<&'a Value>,
+    /// Where masks may also be filled from: a test-connection workflow for an existing
+    /// service carries that service's masked fields (OpenMetadata fills them the same way).
+    pub mask_source: Option<MaskSource<'a>>,
+}
+
+/// The service a test-connection workflow names.
+pub struct MaskSource<'a> {
+    /// Steps of the workflow's connection config (`request.connection.config`).
+    pub base: Vec<Step>,
+    /// The service's id root, e.g. `/openmetadata/database/mysql-prod`.
+    pub service_root: String,
+    /// The service's `connection.config` as the upstream holds it (non-managed providers).
+    pub service_config: Option<&'a Value>,
 }
 
 impl WriteCtx<'_> {
@@ -166,25 +179,44 @@ impl WriteCtx<'_> {
     /// What a mask stands for: the stored secret's reference (managed), or the value the
     /// upstream already holds (db and non-managed providers).
     async fn kept_for_mask(&self, steps: &[Step], id: &str) -> Result<Option<Value>, GatewayError> {
+        let from_service = self
+            .mask_source
+            .as_ref()
+            .filter(|m| steps.len() > m.base.len() && steps[..m.base.len()] == m.base[..])
+            .map(|m| (m, &steps[m.base.len()..]));
         if self.provider.is_managed() {
-            return match self.store.get(id).await {
-                Ok(Some(_)) => Ok(Some(self.forwarded_reference(id)?)),
-                Ok(None) => Ok(None),
-                Err(e) => {
-                    tracing::warn!(error = %e, detail = e.detail(), "store read failed");
-                    Err(GatewayError::StoreUnavailable(
-                        "the secrets store is unreachable; nothing was forwarded".into(),
-                    ))
+            if self.stored(id).await? {
+                return Ok(Some(self.forwarded_reference(id)?));
+            }
+            if let Some((m, rel)) = from_service {
+                let sid = self.ids.id(&m.service_root, rel);
+                if self.stored(&sid).await? {
+                    return Ok(Some(self.forwarded_reference(&sid)?));
                 }
-            };
+            }
+            return Ok(None);
         }
-        Ok(self
-            .existing
-            .and_then(|e| get(e, steps))
-            .and_then(Value::as_str)
-            .filter(|s| {
-                s.starts_with(REFERENCE_PREFIX) || s.starts_with(crate::secrets::fernet::PREFIX)
-            })
-            .map(|s| Value::String(s.to_string())))
+        let held = |doc: Option<&Value>, at: &[Step]| {
+            doc.and_then(|e| get(e, at))
+                .and_then(Value::as_str)
+                .filter(|s| {
+                    s.starts_with(REFERENCE_PREFIX) || s.starts_with(crate::secrets::fernet::PREFIX)
+                })
+                .map(|s| Value::String(s.to_string()))
+        };
+        Ok(held(self.existing, steps)
+            .or_else(|| from_service.and_then(|(m, rel)| held(m.service_config, rel))))
+    }
+
+    async fn stored(&self, id: &str) -> Result<bool, GatewayError> {
+        match self.store.get(id).await {
+            Ok(v) => Ok(v.is_some()),
+            Err(e) => {
+                tracing::warn!(error = %e, detail = e.detail(), "store read failed");
+                Err(GatewayError::StoreUnavailable(
+                    "the secrets store is unreachable; nothing was forwarded".into(),
+                ))
+            }
+        }
     }
 }

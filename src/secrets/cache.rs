@@ -206,16 +206,25 @@ pub struct Resilient {
 }
 
 impl Resilient {
-    pub fn new(inner: Arc<dyn SecretStore>, retries: u32, writes_per_sec: f64) -> Resilient {
+    /// `writes_per_sec: None`: writes are not rate-limited.
+    pub fn new(
+        inner: Arc<dyn SecretStore>,
+        retries: u32,
+        writes_per_sec: Option<f64>,
+    ) -> Resilient {
+        let rate = writes_per_sec.unwrap_or(0.0);
         Resilient {
             inner,
             retries,
-            rate: writes_per_sec,
-            bucket: tokio::sync::Mutex::new((writes_per_sec.max(1.0), Instant::now())),
+            rate,
+            bucket: tokio::sync::Mutex::new((rate.max(1.0), Instant::now())),
         }
     }
 
     async fn write_token(&self) {
+        if self.rate <= 0.0 {
+            return;
+        }
         let mut b = self.bucket.lock().await;
         loop {
             let now = Instant::now();
@@ -418,7 +427,7 @@ mod tests {
     async fn transient_errors_are_retried_a_bounded_number_of_times() {
         let mem = Arc::new(MemoryStore::new());
         mem.set_down(true);
-        let r = Resilient::new(mem.clone(), 2, 50.0);
+        let r = Resilient::new(mem.clone(), 2, Some(50.0));
         let before = mem.calls.load(Ordering::SeqCst);
         assert!(r.get("/a").await.is_err());
         assert_eq!(mem.calls.load(Ordering::SeqCst) - before, 3);
@@ -427,7 +436,7 @@ mod tests {
     #[tokio::test]
     async fn the_token_bucket_spaces_out_writes() {
         let mem = Arc::new(MemoryStore::new());
-        let r = Resilient::new(mem, 0, 20.0);
+        let r = Resilient::new(mem, 0, Some(20.0));
         let start = Instant::now();
         for i in 0..30 {
             r.put(&format!("/k{i}"), "v").await.unwrap();

@@ -106,7 +106,7 @@ pub async fn open_store(
     Ok(wrap_store(backend, config, metrics))
 }
 
-/// Puts retries, the write rate limit and the read cache in front of a backend.
+/// Puts retries, the write rate limit (AWS providers) and the read cache in front of a backend.
 pub fn wrap_store(
     backend: std::sync::Arc<dyn SecretStore>,
     config: &crate::config::Config,
@@ -114,11 +114,17 @@ pub fn wrap_store(
 ) -> std::sync::Arc<dyn SecretStore> {
     use std::sync::Arc;
     let sm = &config.secrets;
-    let resilient: Arc<dyn SecretStore> = Arc::new(cache::Resilient::new(
-        backend,
-        sm.retry_max,
-        sm.write_rate_per_sec,
-    ));
+    // The write quota is AWS's (50 writes/s per region, shared by every client); local and
+    // OpenBao stores are not rate-limited.
+    use crate::config::Provider;
+    let rate = match sm.provider {
+        Provider::ManagedAws | Provider::Aws | Provider::ManagedAwsSsm | Provider::AwsSsm => {
+            Some(sm.write_rate_per_sec)
+        }
+        _ => None,
+    };
+    let resilient: Arc<dyn SecretStore> =
+        Arc::new(cache::Resilient::new(backend, sm.retry_max, rate));
     Arc::new(cache::CachedStore::new(
         resilient,
         sm.cache_ttl,

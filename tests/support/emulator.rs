@@ -361,7 +361,13 @@ impl Emulator {
         let Some(rest) = path.strip_prefix("/api/v1/") else {
             return om_error(StatusCode::NOT_FOUND, "HTTP 404 Not Found");
         };
-        let segs: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+        // Jersey decodes each path segment before matching.
+        let decoded: Vec<String> = rest
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .map(pct_decode)
+            .collect();
+        let segs: Vec<&str> = decoded.iter().map(String::as_str).collect();
         // Jersey answers HEAD wherever GET is routed.
         let method = if parts.method == Method::HEAD {
             Method::GET
@@ -731,6 +737,24 @@ fn finish_entity(v: &mut Value, id: &str, coll: &str, version: f64) {
     v["updatedBy"] = json!("admin");
     v["href"] = json!(format!("http://localhost:8585/api/v1/{coll}/{id}"));
     v["deleted"] = json!(false);
+}
+
+fn pct_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).to_string()
 }
 
 fn qp(query: &str, name: &str) -> Option<String> {
