@@ -481,30 +481,32 @@ impl Gateway {
 
     /// Writes the plan's values; on failure undoes what was written. Returns the undo log.
     async fn apply_plan(&self, plan: &Plan) -> Result<Vec<(String, Option<String>)>, GatewayError> {
-        let mut undo: Vec<(String, Option<String>)> = Vec::new();
-        for (id, value) in &plan.puts {
-            let previous = match self.store.get(id).await {
-                Ok(p) => p,
-                Err(e) => {
-                    self.rollback(&undo).await;
-                    tracing::warn!(error = %e, detail = e.detail(), "store read failed before write");
-                    return Err(GatewayError::StoreUnavailable(
-                        "the secrets store is unreachable; nothing was forwarded".into(),
-                    ));
-                }
-            };
-            if let Err(e) = self.store.put(id, value).await {
-                self.rollback(&undo).await;
-                tracing::warn!(error = %e, detail = e.detail(), "store write failed");
-                return Err(GatewayError::StoreUnavailable(
-                    "the secrets store is unreachable; nothing was forwarded".into(),
-                ));
-            }
-            self.metrics
-                .secrets_written
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            undo.push((id.clone(), previous));
+        let unavailable = || {
+            GatewayError::StoreUnavailable(
+                "the secrets store is unreachable; nothing was forwarded".into(),
+            )
+        };
+        if plan.puts.is_empty() {
+            return Ok(Vec::new());
         }
+        let mut undo: Vec<(String, Option<String>)> = Vec::with_capacity(plan.puts.len());
+        for (id, _) in &plan.puts {
+            match self.store.get(id).await {
+                Ok(previous) => undo.push((id.clone(), previous)),
+                Err(e) => {
+                    tracing::warn!(error = %e, detail = e.detail(), "store read failed before write");
+                    return Err(unavailable());
+                }
+            }
+        }
+        if let Err(e) = self.store.put_many(&plan.puts).await {
+            tracing::warn!(error = %e, detail = e.detail(), "store write failed");
+            self.rollback(&undo).await;
+            return Err(unavailable());
+        }
+        self.metrics
+            .secrets_written
+            .fetch_add(plan.puts.len() as u64, std::sync::atomic::Ordering::Relaxed);
         Ok(undo)
     }
 

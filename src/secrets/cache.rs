@@ -168,6 +168,27 @@ impl SecretStore for CachedStore {
         })
     }
 
+    fn put_many<'a>(&'a self, items: &'a [(String, String)]) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            self.metrics.store_calls.fetch_add(1, Ordering::Relaxed);
+            match self.inner.put_many(items).await {
+                Ok(()) => {
+                    for (id, value) in items {
+                        self.insert(id, Some(value.clone()));
+                    }
+                    Ok(())
+                }
+                Err(e) => {
+                    self.metrics.store_errors.fetch_add(1, Ordering::Relaxed);
+                    for (id, _) in items {
+                        self.invalidate(id);
+                    }
+                    Err(e)
+                }
+            }
+        })
+    }
+
     fn delete<'a>(&'a self, id: &'a str) -> StoreFuture<'a, ()> {
         Box::pin(async move {
             self.metrics.store_calls.fetch_add(1, Ordering::Relaxed);
@@ -280,6 +301,21 @@ impl SecretStore for Resilient {
             self.retry(|| {
                 let (inner, id, value) = (inner.clone(), id.clone(), value.clone());
                 Box::pin(async move { inner.put(&id, &value).await })
+            })
+            .await
+        })
+    }
+
+    fn put_many<'a>(&'a self, items: &'a [(String, String)]) -> StoreFuture<'a, ()> {
+        let inner = self.inner.clone();
+        let items = items.to_vec();
+        Box::pin(async move {
+            for _ in &items {
+                self.write_token().await;
+            }
+            self.retry(|| {
+                let (inner, items) = (inner.clone(), items.clone());
+                Box::pin(async move { inner.put_many(&items).await })
             })
             .await
         })

@@ -95,12 +95,15 @@ impl EmbeddedStore {
         })
     }
 
-    fn put_sync(&self, id: &str, value: &str) -> Result<(), StoreError> {
-        let enc = self.keys.encrypt(value).map_err(unavailable)?;
+    /// Writes every item in one durable transaction: all or nothing.
+    fn put_sync(&self, items: &[(&str, &str)]) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(unavailable)?;
         {
             let mut table = txn.open_table(SECRETS).map_err(unavailable)?;
-            table.insert(id, enc.as_str()).map_err(unavailable)?;
+            for (id, value) in items {
+                let enc = self.keys.encrypt(value).map_err(unavailable)?;
+                table.insert(*id, enc.as_str()).map_err(unavailable)?;
+            }
         }
         txn.commit().map_err(unavailable)
     }
@@ -134,7 +137,16 @@ impl SecretStore for EmbeddedStore {
         Box::pin(async move { self.get_sync(id) })
     }
     fn put<'a>(&'a self, id: &'a str, value: &'a str) -> StoreFuture<'a, ()> {
-        Box::pin(async move { self.put_sync(id, value) })
+        Box::pin(async move { self.put_sync(&[(id, value)]) })
+    }
+    fn put_many<'a>(&'a self, items: &'a [(String, String)]) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let refs: Vec<(&str, &str)> = items
+                .iter()
+                .map(|(i, v)| (i.as_str(), v.as_str()))
+                .collect();
+            self.put_sync(&refs)
+        })
     }
     fn delete<'a>(&'a self, id: &'a str) -> StoreFuture<'a, ()> {
         Box::pin(async move { self.delete_sync(id) })

@@ -51,6 +51,16 @@ pub trait SecretStore: Send + Sync {
     fn get<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<String>>;
     /// Creates or updates `id`.
     fn put<'a>(&'a self, id: &'a str, value: &'a str) -> StoreFuture<'a, ()>;
+    /// Creates or updates several ids. On an error some may have been written: callers
+    /// restore every item. Stores that can write them in one transaction do.
+    fn put_many<'a>(&'a self, items: &'a [(String, String)]) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            for (id, value) in items {
+                self.put(id, value).await?;
+            }
+            Ok(())
+        })
+    }
     /// Deletes `id`; deleting an absent id succeeds.
     fn delete<'a>(&'a self, id: &'a str) -> StoreFuture<'a, ()>;
     /// Every id that starts with `prefix`, sorted.
