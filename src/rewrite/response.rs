@@ -210,11 +210,36 @@ pub fn mask_references(v: &mut Value) {
     }
 }
 
-/// Whether a raw body could hold something the safety net masks (a cheap byte scan).
+/// Whether a raw body could hold something the safety net masks (a fast byte scan; `\u`
+/// catches escaped spellings such as "\u0073ecret:").
 pub fn may_hold_references(body: &[u8]) -> bool {
-    fn contains(h: &[u8], n: &[u8]) -> bool {
-        h.windows(n.len()).any(|w| w == n)
+    use memchr::memmem;
+    memmem::find(body, b"\"secret:").is_some()
+        || memmem::find(body, b"\"fernet:").is_some()
+        || memmem::find(body, b"\\u").is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_byte_scan_sees_references_tokens_and_escaped_spellings() {
+        assert!(may_hold_references(br#"{"a":"secret:/x"}"#));
+        assert!(may_hold_references(br#"{"a":"fernet:gAAA"}"#));
+        assert!(may_hold_references(br#"{"a":"\u0073ecret:/x"}"#));
+        assert!(!may_hold_references(
+            br#"{"a":"secrets: are fine","b":"fernet"}"#
+        ));
     }
-    // `\u` catches escaped spellings such as "\u0073ecret:".
-    contains(body, b"\"secret:") || contains(body, b"\"fernet:") || contains(body, b"\\u")
+
+    #[test]
+    fn the_safety_net_masks_references_anywhere() {
+        let mut v = serde_json::json!({"x": ["secret:/a", {"y": "fernet:t"}], "z": "secret"});
+        mask_references(&mut v);
+        assert_eq!(
+            v,
+            serde_json::json!({"x": ["*********", {"y": "*********"}], "z": "secret"})
+        );
+    }
 }
