@@ -855,3 +855,69 @@ async fn concurrent_writers_leave_store_and_upstream_agreeing_on_the_last_one() 
         Some(last.as_str())
     );
 }
+
+#[tokio::test]
+async fn method_override_headers_never_reach_the_upstream() {
+    let (emu, gw, _mem) = mem_stack().await;
+    let id = created(&gw, "patchy", "p0").await;
+    emu.clear_recorded();
+    let a = send(
+        &client(),
+        Method::POST,
+        &gw.url(&format!("{DB}/{id}")),
+        &[("x-http-method-override", "PATCH"), ("x-http-method", "PATCH"), ("x-method-override", "PATCH")],
+        json!([{"op": "replace", "path": "/connection/config/authType/password", "value": "override-value"}]).to_string(),
+    )
+    .await;
+    assert!(a.status >= 400);
+    for r in emu.recorded() {
+        assert!(r.headers.get("x-http-method-override").is_none());
+        assert!(r.headers.get("x-http-method").is_none());
+        assert!(r.headers.get("x-method-override").is_none());
+    }
+}
+
+#[tokio::test]
+async fn a_plaintext_secret_on_an_action_route_is_refused() {
+    let (emu, gw, _mem) = mem_stack().await;
+    emu.clear_recorded();
+    let body =
+        json!({"id": "x", "connection": {"config": {"authType": {"password": "action-value"}}}});
+    let a = call(
+        &gw,
+        Method::PUT,
+        &format!("{DB}/restore"),
+        "application/json",
+        body.to_string(),
+    )
+    .await;
+    assert_eq!(a.status, 400, "{}", a.text());
+    assert!(emu.recorded().is_empty());
+}
+
+#[tokio::test]
+async fn hard_delete_is_read_the_way_jersey_reads_it() {
+    let (_emu, gw, mem) = mem_stack().await;
+    let id = created(&gw, "patchy", "p0").await;
+    // Jersey takes the first value: this is a soft delete.
+    call(
+        &gw,
+        Method::DELETE,
+        &format!("{DB}/{id}?hardDelete=false&hardDelete=true"),
+        "application/json",
+        String::new(),
+    )
+    .await;
+    assert!(mem.get(ID_PW).await.unwrap().is_some());
+    // Jersey's boolean is case-insensitive.
+    let a = call(
+        &gw,
+        Method::DELETE,
+        &format!("{DB}/{id}?hardDelete=TRUE"),
+        "application/json",
+        String::new(),
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    assert_eq!(mem.get(ID_PW).await.unwrap(), None);
+}

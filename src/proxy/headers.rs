@@ -12,6 +12,10 @@ const HOP_BY_HOP: &[&str] = &[
     "proxy-connection",
     "proxy-authenticate",
     "proxy-authorization",
+    // Method overrides: the upstream must see the method the gateway judged.
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
 ];
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");

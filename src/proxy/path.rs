@@ -105,18 +105,19 @@ pub fn percent_decode(s: &str) -> Result<String, PathError> {
     String::from_utf8(out).map_err(|_| PathError::NotUtf8)
 }
 
-/// Decodes a query component (`+` is a space).
+/// The first value of a query parameter, decoded (`+` is a space), as Jersey reads it.
 pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
     let q = query?;
-    let mut found = None;
     for pair in q.split('&') {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let k = percent_decode(&k.replace('+', " ")).ok()?;
+        let Ok(k) = percent_decode(&k.replace('+', " ")) else {
+            continue;
+        };
         if k == name {
-            found = percent_decode(&v.replace('+', " ")).ok();
+            return percent_decode(&v.replace('+', " ")).ok();
         }
     }
-    found
+    None
 }
 
 #[cfg(test)]
@@ -183,5 +184,9 @@ mod tests {
             Some("true")
         );
         assert_eq!(query_param(None, "x"), None);
+        assert_eq!(
+            query_param(Some("hardDelete=false&hardDelete=true"), "hardDelete").as_deref(),
+            Some("false")
+        );
     }
 }

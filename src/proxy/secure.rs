@@ -409,7 +409,24 @@ impl Gateway {
                     .retain(|d| !put_ids.contains(&d) && !kept.contains(d));
                 Ok((doc, plan, Some(ctx.root)))
             }
-            _ => Ok((doc, plan, None)),
+            _ => {
+                // Any other ruled write (actions, unknown sub-routes) may carry references but
+                // never a value: refuse rather than forward one.
+                for f in rules.find_secrets(m.rule, &doc) {
+                    let v = crate::rules::jsonpath::get(&doc, &f.steps);
+                    if matches!(
+                        v.and_then(crate::rewrite::classify),
+                        Some(crate::rewrite::FieldValue::Plain(_))
+                            | Some(crate::rewrite::FieldValue::Fernet(_))
+                    ) {
+                        return Err(GatewayError::BadRequest(format!(
+                            "{}: secret values are not accepted on this route",
+                            crate::rules::jsonpath::render(&f.steps)
+                        )));
+                    }
+                }
+                Ok((doc, plan, None))
+            }
         }
     }
 
@@ -575,7 +592,8 @@ impl Gateway {
         };
         let hard_delete = parts.method == Method::DELETE
             && m.op() == Op::Delete
-            && super::path::query_param(parts.uri.query(), "hardDelete").as_deref() == Some("true");
+            && super::path::query_param(parts.uri.query(), "hardDelete")
+                .is_some_and(|v| v.eq_ignore_ascii_case("true"));
         let delete_root = if hard_delete {
             self.fetch_entity(&m, parts.headers.get(header::AUTHORIZATION))
                 .await?
