@@ -52,6 +52,8 @@ wait_for "$OMSP_TEST_MOTO_URL/moto-api/"
 
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
+# The crash-safety test runs the examples/embedded-writer binary.
+cargo build --examples
 cargo test --all-targets 2>&1 | tee build/test.log
 # One closing line over every test binary.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i == "passed;") p += $(i-1); if ($i == "failed;") f += $(i-1) } }

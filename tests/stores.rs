@@ -228,23 +228,37 @@ async fn an_unreachable_aws_endpoint_is_unavailable_not_absent() {
     );
 }
 
+/// An example binary built by cargo: `examples/NAME`, or the hashed name `cargo test
+/// --all-targets` gives it (`examples/NAME_WITH_UNDERSCORES-<hash>`).
+fn example_binary(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap().join("examples");
+    let plain = dir.join(name);
+    if plain.is_file() {
+        return plain;
+    }
+    let prefix = format!("{}-", name.replace('-', "_"));
+    std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| {
+            let f = p.file_name().unwrap().to_string_lossy().to_string();
+            f.starts_with(&prefix) && p.extension().is_none() && p.is_file()
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "{name} not built in {}: run cargo build --examples",
+                dir.display()
+            )
+        })
+}
+
 #[test]
 fn embedded_store_keeps_every_acknowledged_write_across_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("crash.db");
     let key = FernetKeys::generate_key();
-    let exe = std::env::current_exe().unwrap();
-    let writer = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples/embedded-writer");
-    assert!(
-        writer.exists(),
-        "{} missing: cargo test builds examples",
-        writer.display()
-    );
+    let writer = example_binary("embedded-writer");
     let mut acked_total = 0u64;
     for round in 0..3 {
         let mut child = Command::new(&writer)
