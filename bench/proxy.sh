@@ -25,7 +25,7 @@ port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); 
 wait_port() { for _ in $(seq 1 100); do (echo > /dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done; return 1; }
 
 EMU_PORT=$(port); GW_PORT=$(port); ADMIN_PORT=$(port); NGINX_PORT=$(port)
-$EMU 127.0.0.1:$EMU_PORT 2>/dev/null & PIDS+=($!)
+$EMU 127.0.0.1:$EMU_PORT 2>/dev/null & EMU_PID=$!; PIDS+=($EMU_PID)
 wait_port $EMU_PORT
 OMSP_LISTEN=127.0.0.1:$GW_PORT OMSP_ADMIN_LISTEN=127.0.0.1:$ADMIN_PORT OMSP_UPSTREAM=http://127.0.0.1:$EMU_PORT \
   OMSP_LOG_LEVEL=warn OMSP_EMBEDDED_PATH=$WORK/secrets.db $BIN serve 2>$WORK/gw.log & GW_PID=$!; PIDS+=($GW_PID)
@@ -52,29 +52,41 @@ http {
   }
 }
 NGX
-  nginx -p $WORK/nginx -c $WORK/nginx/nginx.conf & PIDS+=($!)
+  nginx -p $WORK/nginx -c $WORK/nginx/nginx.conf & NGINX_PID=$!; PIDS+=($NGINX_PID)
   wait_port $NGINX_PORT
 fi
 
-run() { # name url -> "rps p50_ms p99_ms"
+# CPU time (clock ticks, user and system) of a process and its children, and of the whole machine.
+ticks() { local u=0 s=0 a b; for q in $1 $(pgrep -P $1 || true); do
+  read -r a b < <(awk '{print $14" "$15}' /proc/$q/stat); u=$((u+a)); s=$((s+b)); done; echo "$u $s"; }
+busy() { awk '/^cpu / {print $2+$3+$4+$7+$8}' /proc/stat; }
+
+run() { # name url pid -> "rps p50_ms p99_ms non2xx proxy_user_us proxy_sys_us machine_us" (CPU per request)
   wrk -t2 -c$CONNS -d2s "$2" >/dev/null 2>&1 || true   # warm-up
+  local before after m0 m1
+  before=$(ticks $3); m0=$(busy)
   wrk -t2 -c$CONNS -d$DURATION --latency "$2" > $WORK/$1.txt
-  python3 - "$WORK/$1.txt" <<'PY'
+  after=$(ticks $3); m1=$(busy)
+  python3 - "$WORK/$1.txt" "$before" "$after" "$m0" "$m1" "$(getconf CLK_TCK)" <<'PY'
 import re, sys
 t = open(sys.argv[1]).read()
+(u0, s0), (u1, s1) = (map(int, x.split()) for x in sys.argv[2:4])
+m0, m1, hz = int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
 def ms(v):
     m = re.match(r"([\d.]+)(us|ms|s)", v); x = float(m.group(1))
     return x / 1000 if m.group(2) == "us" else x * 1000 if m.group(2) == "s" else x
 rps = float(re.search(r"Requests/sec:\s+([\d.]+)", t).group(1))
 p50 = ms(re.search(r"^\s+50%\s+(\S+)", t, re.M).group(1)); p99 = ms(re.search(r"^\s+99%\s+(\S+)", t, re.M).group(1))
 err = re.search(r"Non-2xx or 3xx responses: (\d+)", t)
-print(f"{rps:.0f} {p50:.3f} {p99:.3f} {err.group(1) if err else 0}")
+n = int(re.search(r"(\d+) requests in", t).group(1))
+us = lambda ticks: ticks * 1e6 / hz / n
+print(f"{rps:.0f} {p50:.3f} {p99:.3f} {err.group(1) if err else 0} {us(u1-u0):.1f} {us(s1-s0):.1f} {us(m1-m0):.1f}")
 PY
 }
 
-DIRECT=$(run direct http://127.0.0.1:$EMU_PORT$TARGET)
-GW=$(run gateway http://127.0.0.1:$GW_PORT$TARGET)
-if [ $HAVE_NGINX = 1 ]; then NGINX=$(run nginx http://127.0.0.1:$NGINX_PORT$TARGET); else NGINX=""; fi
+DIRECT=$(run direct http://127.0.0.1:$EMU_PORT$TARGET $EMU_PID)
+GW=$(run gateway http://127.0.0.1:$GW_PORT$TARGET $GW_PID)
+if [ $HAVE_NGINX = 1 ]; then NGINX=$(run nginx http://127.0.0.1:$NGINX_PORT$TARGET $NGINX_PID); else NGINX=""; fi
 
 # Peak RSS with 1,000 idle keep-alive connections (each has made one request).
 python3 - $GW_PORT <<'PY' &
@@ -99,17 +111,23 @@ import sys
 direct, gw, ngx, rss, open_conns, conns, target = sys.argv[1:]
 rows = [("direct (emulator)", direct), ("nginx proxy_pass", ngx), ("om-secrets-proxy", gw)]
 print(f"\nPass-through, GET {target}, {conns} connections, wrk -t2")
-print(f"{'target':<20}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'non-2xx':>9}{'vs nginx':>10}")
+print(f"{'target':<20}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'non-2xx':>9}{'vs nginx':>10}"
+      f"{'proxy CPU us/req':>20}{'machine us/req':>16}")
 base = float(ngx.split()[0]) if ngx else None
 for name, r in rows:
     if not r:
         print(f"{name:<20}{'(nginx not installed)':>40}"); continue
-    rps, p50, p99, err = r.split()
+    rps, p50, p99, err, pu, ps, mach = r.split()
     ratio = f"{float(rps)/base:.2f}x" if base else "-"
-    print(f"{name:<20}{float(rps):>10.0f}{float(p50):>10.3f}{float(p99):>10.3f}{err:>9}{ratio:>10}")
+    cpu = "-" if name.startswith("direct") else f"{pu} usr + {ps} sys"
+    print(f"{name:<20}{float(rps):>10.0f}{float(p50):>10.3f}{float(p99):>10.3f}{err:>9}{ratio:>10}{cpu:>20}{mach:>16}")
 if base:
     g, n = gw.split(), ngx.split()
     print(f"\ngateway/nginx throughput: {float(g[0])/float(n[0]):.2f}x (target >= 1.2x)")
     print(f"gateway p99 {g[2]} ms vs nginx p99 {n[2]} ms (target: gateway <= nginx)")
+    # With both cores saturated, throughput is 1 / (machine CPU per request). A proxy that spent
+    # no user-space CPU at all would still pay its kernel (socket) share.
+    bound = float(n[6]) / (float(g[6]) - float(g[4]))
+    print(f"upper bound for any proxy with the gateway's kernel cost and zero user-space CPU: {bound:.2f}x nginx")
 print(f"gateway peak RSS with {open_conns} idle keep-alive connections: {int(rss)/1024:.1f} MiB (target <= 64 MiB)")
 PY

@@ -81,7 +81,9 @@ impl Gateway {
         let started = Instant::now();
         let request_id = headers::request_id(req.headers());
         let method = req.method().clone();
-        let path_for_log = req.uri().path().to_string();
+        // The path is kept for the access line only when that line is written.
+        let path_for_log = tracing::enabled!(target: "omsp::access", tracing::Level::INFO)
+            .then(|| req.uri().path().to_string());
         let mut ctx = RequestCtx {
             route_class: "passthrough",
         };
@@ -107,7 +109,7 @@ impl Gateway {
         tracing::info!(
             target: "omsp::access",
             method = %method,
-            path = %path_for_log,
+            path = path_for_log.as_deref().unwrap_or(""),
             route_class = ctx.route_class,
             status = resp.status().as_u16(),
             latency_ms = latency.as_secs_f64() * 1000.0,

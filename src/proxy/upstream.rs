@@ -64,7 +64,12 @@ impl Upstream {
 
     /// The upstream URI for a client's path and query (forwarded as they came).
     pub fn uri_for(&self, path_and_query: &str) -> Result<Uri, GatewayError> {
-        let pq = format!("{}{}", self.base_path, path_and_query);
+        let pq = if self.base_path.is_empty() {
+            http::uri::PathAndQuery::try_from(path_and_query)
+        } else {
+            http::uri::PathAndQuery::try_from(format!("{}{}", self.base_path, path_and_query))
+        }
+        .map_err(|_| GatewayError::BadRequest("request target cannot be forwarded".into()))?;
         Uri::builder()
             .scheme(self.scheme.clone())
             .authority(self.authority.clone())
