@@ -15,6 +15,10 @@ use crate::proxy::body::{full, Body};
 pub enum GatewayError {
     #[error("{0}")]
     BadRequest(String),
+    /// A method OpenMetadata's API does not use (extension methods, lower-case spellings,
+    /// TRACE, CONNECT): refused, so no upstream can read it as a write the gateway did not judge.
+    #[error("{0}")]
+    MethodNotAllowed(String),
     #[error("{0}")]
     PayloadTooLarge(String),
     #[error("{0}")]
@@ -39,6 +43,7 @@ impl GatewayError {
     pub fn status(&self) -> StatusCode {
         match self {
             GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            GatewayError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             GatewayError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -63,7 +68,14 @@ impl GatewayError {
         if let GatewayError::Internal(detail) = &self {
             tracing::error!(detail = %detail, "internal error");
         }
-        error_response(self.status(), &self.public_message())
+        let mut resp = error_response(self.status(), &self.public_message());
+        if matches!(self, GatewayError::MethodNotAllowed(_)) {
+            resp.headers_mut().insert(
+                header::ALLOW,
+                header::HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+            );
+        }
+        resp
     }
 }
 

@@ -8,6 +8,7 @@ pub mod config;
 pub mod error;
 pub mod explain;
 pub mod metrics;
+pub mod migrate;
 pub mod policy;
 pub mod proxy;
 pub mod rewrite;

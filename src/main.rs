@@ -184,12 +184,65 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Migrate { .. } => {
-            eprintln!("migrate: not implemented yet");
-            ExitCode::from(2)
-        }
+        Command::Migrate { config, dry_run } => migrate_command(config, dry_run),
         Command::Fernet { op } => fernet_command(op),
     }
+}
+
+/// `migrate [--dry-run]`: a line per field moved and per failure on stdout, then a summary;
+/// exit 0 when nothing failed, 1 otherwise.
+fn migrate_command(config: Option<PathBuf>, dry_run: bool) -> ExitCode {
+    let cfg = match load(config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    init_logging(&cfg);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    rt.block_on(async move {
+        let app = match om_secrets_proxy::build_app(cfg).await {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(1);
+            }
+        };
+        let mut print = |line: String| println!("{line}");
+        match app.gateway.migrate(dry_run, &mut print).await {
+            Ok(s) => {
+                println!(
+                    "migrate{}: {} entities read, {} fields {}, {} already references, {} failed",
+                    if dry_run {
+                        " (dry run, nothing written)"
+                    } else {
+                        ""
+                    },
+                    s.entities,
+                    s.moved,
+                    if dry_run { "to move" } else { "moved" },
+                    s.already,
+                    s.failures
+                );
+                if s.failures == 0 {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                }
+            }
+            Err(e) => {
+                eprintln!("migrate: {}", e.public_message());
+                ExitCode::from(1)
+            }
+        }
+    })
 }
 
 /// `fernet generate-key | encrypt | decrypt`: encrypt/decrypt read the value from stdin.

@@ -13,7 +13,7 @@
 pub mod body;
 pub mod headers;
 pub mod path;
-mod secure;
+pub(crate) mod secure;
 pub mod upstream;
 
 use std::collections::HashMap;
@@ -62,6 +62,22 @@ pub struct Gateway {
     pub auth: Option<crate::auth::Auth>,
     /// ViewAll answers of the upstream's permission API, by (token, resource, entity) hash.
     pub permissions: Mutex<HashMap<u64, (bool, Instant)>>,
+}
+
+/// The methods OpenMetadata's API answers. Anything else (extension methods, lower-case
+/// spellings some servers fold to upper case, TRACE, CONNECT) is refused with 405.
+fn method_allowed(m: &http::Method) -> bool {
+    use http::Method;
+    [
+        Method::GET,
+        Method::HEAD,
+        Method::POST,
+        Method::PUT,
+        Method::PATCH,
+        Method::DELETE,
+        Method::OPTIONS,
+    ]
+    .contains(m)
 }
 
 /// What SIGHUP reloads.
@@ -127,6 +143,12 @@ impl Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<Response<Body>, GatewayError> {
         // 1. normalise
+        if !method_allowed(req.method()) {
+            return Err(GatewayError::MethodNotAllowed(
+                "method not allowed: OpenMetadata's API uses GET, HEAD, POST, PUT, PATCH, DELETE and OPTIONS"
+                    .into(),
+            ));
+        }
         let norm = NormPath::parse(req.uri().path())
             .map_err(|e| GatewayError::BadRequest(e.to_string()))?;
         // 2. identify

@@ -207,7 +207,7 @@ impl Gateway {
     }
 
     /// A JSON GET of the upstream with the service token (or the caller's); `None` unless 2xx.
-    async fn fetch_path(
+    pub(crate) async fn fetch_path(
         &self,
         path: &str,
         caller_auth: Option<&HeaderValue>,
@@ -264,6 +264,12 @@ impl Gateway {
         match m.op() {
             Op::Create => {
                 let mut doc = doc;
+                if !doc.is_object() {
+                    return Err(GatewayError::BadRequest(
+                        "request body must be a JSON object".into(),
+                    ));
+                }
+                refuse_bad_shape(rules, m.rule, &doc)?;
                 let found = rules.find_secrets(m.rule, &doc);
                 if found.is_empty() {
                     return Ok((doc, plan, None));
@@ -314,6 +320,7 @@ impl Gateway {
                     .is_some_and(|ct| ct.to_ascii_lowercase().contains("merge-patch"));
                 let mut doc = doc;
                 if merge || doc.is_object() {
+                    refuse_bad_shape(rules, m.rule, &doc)?;
                     ctx.rewrite(&[], &mut doc, &mut plan).await?;
                     return Ok((doc, plan, Some(ctx.root)));
                 }
@@ -398,6 +405,7 @@ impl Gateway {
                         })?;
                     }
                 }
+                refuse_bad_shape(rules, m.rule, &working)?;
                 // A replaced secret that got a new value in the same request is not deleted.
                 let put_ids: Vec<&String> = plan.puts.iter().map(|(id, _)| id).collect();
                 let kept: Vec<String> = rules
@@ -412,6 +420,7 @@ impl Gateway {
             _ => {
                 // Any other ruled write (actions, unknown sub-routes) may carry references but
                 // never a value: refuse rather than forward one.
+                refuse_bad_shape(rules, m.rule, &doc)?;
                 for f in rules.find_secrets(m.rule, &doc) {
                     let v = crate::rules::jsonpath::get(&doc, &f.steps);
                     if matches!(
@@ -472,7 +481,7 @@ impl Gateway {
     /// Refuses a write whose id root already holds another entity's secrets (names like
     /// `a b`, `a.b` and `a_b`, or a pipeline service and an ingestion pipeline both named
     /// `x`, map to one root); claims an unclaimed root as part of the plan.
-    async fn claim_root(&self, plan: &mut Plan) -> Result<(), GatewayError> {
+    pub(crate) async fn claim_root(&self, plan: &mut Plan) -> Result<(), GatewayError> {
         if !self.provider.is_managed() || plan.puts.is_empty() {
             return Ok(());
         }
@@ -497,7 +506,10 @@ impl Gateway {
     }
 
     /// Writes the plan's values; on failure undoes what was written. Returns the undo log.
-    async fn apply_plan(&self, plan: &Plan) -> Result<Vec<(String, Option<String>)>, GatewayError> {
+    pub(crate) async fn apply_plan(
+        &self,
+        plan: &Plan,
+    ) -> Result<Vec<(String, Option<String>)>, GatewayError> {
         let unavailable = || {
             GatewayError::StoreUnavailable(
                 "the secrets store is unreachable; nothing was forwarded".into(),
@@ -527,7 +539,7 @@ impl Gateway {
         Ok(undo)
     }
 
-    async fn rollback(&self, undo: &[(String, Option<String>)]) {
+    pub(crate) async fn rollback(&self, undo: &[(String, Option<String>)]) {
         for (id, previous) in undo.iter().rev() {
             let r = match previous {
                 Some(v) => self.store.put(id, v).await,
@@ -831,7 +843,7 @@ impl Permit for ViewAll<'_> {
 }
 
 /// Percent-encodes one path segment for the gateway's own upstream reads.
-fn encode_segment(s: &str) -> String {
+pub(crate) fn encode_segment(s: &str) -> String {
     let mut out = String::new();
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
@@ -841,4 +853,15 @@ fn encode_segment(s: &str) -> String {
         }
     }
     out
+}
+
+/// A 400 when a scalar stands where an object leading to a secret field belongs (see
+/// [`RuleSet::shape_error`]). The message names the field, never its value.
+fn refuse_bad_shape(rules: &RuleSet, rule: &Rule, doc: &Value) -> Result<(), GatewayError> {
+    match rules.shape_error(rule, doc) {
+        Some(at) => Err(GatewayError::BadRequest(format!(
+            "{at} must be an object: it leads to secret fields"
+        ))),
+        None => Ok(()),
+    }
 }

@@ -98,9 +98,15 @@ impl WriteCtx<'_> {
             let Some(slot) = get_mut(value, rel) else {
                 continue;
             };
-            let Some(kind) = classify(slot) else { continue };
-            let id = self.ids.id(&self.root, self.rule.field_steps(&f.steps));
             let field = render(&f.steps);
+            let Some(kind) = classify(slot) else {
+                // An object or array where a secret string belongs: OpenMetadata would quote
+                // it back in its error, so it is never forwarded.
+                return Err(GatewayError::BadRequest(format!(
+                    "{field}: a secret field must hold a string, not an object or array"
+                )));
+            };
+            let id = self.ids.id(&self.root, self.rule.field_steps(&f.steps));
             let kind = match kind {
                 FieldValue::Fernet(token) => match self.fernet.decrypt(&token) {
                     Ok(plain) => match classify(&Value::String(plain.clone())) {

@@ -125,6 +125,8 @@ pub struct Rule {
     pub field_base: Vec<String>,
     pub secret_paths: Vec<String>,
     pub secret_types: Vec<Vec<String>>,
+    /// The compiled form of each secret path (same order as `secret_paths`).
+    secret_segs: Vec<Vec<Seg>>,
     pub known_types: HashSet<String>,
     trie: Trie,
     safety_net: Vec<Vec<String>>,
@@ -350,13 +352,35 @@ impl RuleSet {
             Value::Object(m) => {
                 for (k, child) in m {
                     steps.push(Step::Key(k.clone()));
-                    if child.is_string() && self.safety_keys.contains(&norm_key(k)) {
-                        out.push(Found {
-                            steps: steps.clone(),
-                            rule_path: None,
-                        });
-                    } else {
-                        self.net_walk(child, steps, out);
+                    let named = self.safety_keys.contains(&norm_key(k));
+                    match child {
+                        // A number or boolean counts too: OpenMetadata's deserializer turns
+                        // it into the string it stores.
+                        Value::String(_) | Value::Number(_) | Value::Bool(_) if named => {
+                            out.push(Found {
+                                steps: steps.clone(),
+                                rule_path: None,
+                            });
+                        }
+                        // Every scalar in an array under a secret-looking name is one.
+                        Value::Array(items) if named => {
+                            for (i, item) in items.iter().enumerate() {
+                                steps.push(Step::Index(i));
+                                if matches!(
+                                    item,
+                                    Value::String(_) | Value::Number(_) | Value::Bool(_)
+                                ) {
+                                    out.push(Found {
+                                        steps: steps.clone(),
+                                        rule_path: None,
+                                    });
+                                } else {
+                                    self.net_walk(item, steps, out);
+                                }
+                                steps.pop();
+                            }
+                        }
+                        _ => self.net_walk(child, steps, out),
                     }
                     steps.pop();
                 }
@@ -370,6 +394,51 @@ impl RuleSet {
             }
             _ => {}
         }
+    }
+
+    /// Where a write's body holds a string, number or boolean in place of an object or array
+    /// that leads to a secret field: `"connection": "..."`, `"config": "..."`,
+    /// `"authType": "..."`. OpenMetadata would refuse such a body, but only after reading it,
+    /// and its deserializer quotes the offending string in the error it returns and logs; so
+    /// the gateway refuses it first (400) and nothing is forwarded.
+    ///
+    /// Checked: the objects that carry the document's type (`connection.config`,
+    /// `sourceConfig.config`, `request.connection.config`, `authenticationMechanism`) and
+    /// their parents, always; and every step of each secret path that applies to the
+    /// document's declared type (paths without types always apply; with no readable type,
+    /// typed paths are skipped, so a union member of another type is never refused).
+    /// Keys in [`STRING_UNION_KEYS`] may hold a string: their unions admit one.
+    pub fn shape_error(&self, rule: &Rule, doc: &Value) -> Option<String> {
+        let locations = type_locations(rule);
+        for loc in &locations {
+            let mut cur = doc;
+            for (depth, key) in loc[..loc.len() - 1].iter().enumerate() {
+                match cur.get(key.as_str()) {
+                    Some(v @ Value::Object(_)) => cur = v,
+                    Some(Value::Null) | None => break,
+                    Some(_) => return Some(loc[..=depth].join(".")),
+                }
+            }
+        }
+        let doc_type = locations.iter().find_map(|loc| {
+            let steps: Vec<Step> = loc.iter().map(|k| Step::Key(k.clone())).collect();
+            jsonpath::get(doc, &steps)
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        });
+        for (segs, types) in rule.secret_segs.iter().zip(&rule.secret_types) {
+            let applies = types.is_empty()
+                || doc_type
+                    .as_deref()
+                    .is_some_and(|t| types.iter().any(|g| type_matches(g, t)));
+            if applies {
+                let mut at = Vec::new();
+                if let Some(bad) = shape_walk(doc, segs, &mut at) {
+                    return Some(bad);
+                }
+            }
+        }
+        None
     }
 
     /// Secret locations inside `value`, a subtree that sits at `at` (steps from the entity
@@ -392,7 +461,10 @@ impl RuleSet {
                 if at.len() >= base_steps.len() && at[..base_steps.len()] == base_steps[..] {
                     // The value lies inside a safety-net subtree.
                     let mut cur = at.to_vec();
-                    if let (Some(Step::Key(k)), true) = (at.last(), value.is_string()) {
+                    if let (Some(Step::Key(k)), true) = (
+                        at.last(),
+                        matches!(value, Value::String(_) | Value::Number(_) | Value::Bool(_)),
+                    ) {
                         if at.len() > base_steps.len() && self.safety_keys.contains(&norm_key(k)) {
                             found.push(Found {
                                 steps: cur.clone(),
@@ -554,12 +626,17 @@ fn compile_rule(file: &Path, text: &str) -> Result<Rule, Vec<Problem>> {
     let mut trie = Trie::default();
     let mut secret_paths = Vec::new();
     let mut secret_types = Vec::new();
+    let mut secret_segs = Vec::new();
     for (i, s) in raw.secrets.iter().enumerate() {
         match jsonpath::compile(&s.path) {
             Ok(segs) => {
                 trie.insert(&segs, i);
+                secret_segs.push(segs);
             }
-            Err(e) => problems.push(problem(line_of(text, &format!("{:?}", s.path)), e)),
+            Err(e) => {
+                problems.push(problem(line_of(text, &format!("{:?}", s.path)), e));
+                secret_segs.push(Vec::new());
+            }
         }
         secret_paths.push(s.path.clone());
         secret_types.push(s.types.clone());
@@ -610,6 +687,7 @@ fn compile_rule(file: &Path, text: &str) -> Result<Rule, Vec<Problem>> {
         field_base,
         secret_paths,
         secret_types,
+        secret_segs,
         known_types: raw.known_types.into_iter().collect(),
         trie,
         safety_net,
@@ -632,6 +710,88 @@ impl Rule {
             &steps[self.field_base.len()..]
         } else {
             steps
+        }
+    }
+}
+
+/// Keys whose value is a union that admits a plain string beside objects holding secrets:
+/// OpenMetadata's `gcpConfig` (GCP credential values, or the path of a credentials file).
+pub const STRING_UNION_KEYS: &[&str] = &["gcpConfig"];
+
+/// Where a document of this rule's kind declares the type its secret groups are keyed by.
+fn type_locations(rule: &Rule) -> Vec<Vec<String>> {
+    let own = |keys: &[&str]| keys.iter().map(|k| k.to_string()).collect::<Vec<_>>();
+    if rule.field_base.is_empty() {
+        // Ingestion pipelines and automations workflows.
+        vec![
+            own(&["sourceConfig", "config", "type"]),
+            own(&["request", "connection", "config", "type"]),
+        ]
+    } else if rule.field_base.last().map(String::as_str) == Some("authenticationMechanism") {
+        let mut l = rule.field_base.clone();
+        l.push("authType".into());
+        vec![l]
+    } else {
+        let mut l = rule.field_base.clone();
+        l.push("type".into());
+        vec![l]
+    }
+}
+
+/// Does a secret's type group name the document's type? Groups are a service's connection
+/// type (`Mysql`), a workflow's `<Kind>Connection/<type>`, or a bot's `<authType>AuthMechanism`.
+fn type_matches(group: &str, doc_type: &str) -> bool {
+    group == doc_type
+        || group
+            .strip_suffix(doc_type)
+            .is_some_and(|head| head.ends_with('/'))
+        || group
+            .strip_suffix("AuthMechanism")
+            .is_some_and(|head| head.eq_ignore_ascii_case(doc_type))
+}
+
+/// Follows `segs` through `v`; the first interior step holding a scalar is the answer.
+fn shape_walk(v: &Value, segs: &[Seg], at: &mut Vec<String>) -> Option<String> {
+    let (seg, rest) = segs.split_first()?;
+    match v {
+        Value::Null => None,
+        Value::Object(map) => match seg {
+            Seg::Key(k) => map.get(k).and_then(|child| {
+                at.push(k.clone());
+                let r = shape_walk(child, rest, at);
+                at.pop();
+                r
+            }),
+            Seg::AnyKey => map.iter().find_map(|(k, child)| {
+                at.push(k.clone());
+                let r = shape_walk(child, rest, at);
+                at.pop();
+                r
+            }),
+            Seg::Index(_) | Seg::AnyIndex => None,
+        },
+        Value::Array(items) => match seg {
+            Seg::Index(i) => items.get(*i).and_then(|child| {
+                at.push(i.to_string());
+                let r = shape_walk(child, rest, at);
+                at.pop();
+                r
+            }),
+            Seg::AnyIndex => items.iter().enumerate().find_map(|(i, child)| {
+                at.push(i.to_string());
+                let r = shape_walk(child, rest, at);
+                at.pop();
+                r
+            }),
+            Seg::Key(_) | Seg::AnyKey => None,
+        },
+        _ => {
+            let last = at.last().map(String::as_str).unwrap_or("");
+            if STRING_UNION_KEYS.contains(&last) && v.is_string() {
+                None
+            } else {
+                Some(at.join("."))
+            }
         }
     }
 }
