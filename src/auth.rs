@@ -135,6 +135,15 @@ impl Auth {
                 }
             }
         }
+        // A token not valid yet is no token (a minute of leeway for clock skew).
+        match claims.get("nbf") {
+            None | Some(Value::Null) => {}
+            Some(n) => {
+                if n.as_u64()? > now + 60 {
+                    return None;
+                }
+            }
+        }
         Some(claims)
     }
 

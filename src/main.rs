@@ -75,8 +75,24 @@ fn load(config: Option<PathBuf>) -> Result<Config, ExitCode> {
     })
 }
 
+/// Libraries that may log request or response details at debug/trace (HTTP/2 frames, AWS
+/// SDK bodies). A bare level such as `debug` or `trace` applies to the gateway's own modules;
+/// these stay at `info` unless a directive names them explicitly.
+const LIBRARY_CAPS: &str = "hyper=info,hyper_util=info,h2=info,rustls=info,tokio_rustls=info,\
+hyper_rustls=info,aws_config=info,aws_smithy_runtime=info,aws_smithy_runtime_api=info,\
+aws_smithy_http_client=info,aws_smithy_types=info,aws_sdk_secretsmanager=info,aws_sdk_ssm=info,\
+aws_sigv4=info,aws_credential_types=info,redb=info";
+
+fn filter_directives(level: &str) -> String {
+    if level.contains('=') || level.contains(',') {
+        level.to_string()
+    } else {
+        format!("{level},{LIBRARY_CAPS}")
+    }
+}
+
 fn init_logging(cfg: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&cfg.logging.level)
+    let filter = tracing_subscriber::EnvFilter::try_new(filter_directives(&cfg.logging.level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -292,5 +308,20 @@ fn fernet_command(op: FernetOp) -> ExitCode {
             eprintln!("{e}");
             ExitCode::from(1)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bare_level_keeps_libraries_at_info_and_explicit_directives_are_kept() {
+        let f = filter_directives("trace");
+        assert!(f.starts_with("trace,"));
+        assert!(f.contains("h2=info") && f.contains("aws_smithy_runtime=info"));
+        assert!(tracing_subscriber::EnvFilter::try_new(&f).is_ok());
+        assert_eq!(filter_directives("h2=trace"), "h2=trace");
+        assert_eq!(filter_directives("debug,hyper=trace"), "debug,hyper=trace");
     }
 }

@@ -80,6 +80,17 @@ fn callers() -> Vec<(&'static str, Option<String>, Sees)> {
         ("anonymous", None, Sees::Mask),
         ("expired bot", Some(jwt::expired_bot()), Sees::Mask),
         (
+            "bot not valid yet",
+            Some(jwt::not_yet_valid_bot()),
+            Sees::Mask,
+        ),
+        (
+            "bot token without exp",
+            Some(jwt::never_expiring_bot()),
+            Sees::Value,
+        ),
+        ("isBot as a string", Some(jwt::string_is_bot()), Sees::Mask),
+        (
             "bot signed with the wrong key",
             Some(jwt::wrong_key_bot()),
             Sees::Mask,

@@ -69,6 +69,28 @@ pub fn expired_bot() -> String {
     rs256("key1", Some("k1"), &c)
 }
 
+pub fn not_yet_valid_bot() -> String {
+    let mut c = claims("ingestion-bot", true);
+    c["nbf"] = json!(now() + 3600);
+    rs256("key1", Some("k1"), &c)
+}
+
+/// OpenMetadata's bot tokens may never expire: no `exp` claim at all.
+pub fn never_expiring_bot() -> String {
+    let mut c = claims("ingestion-bot", true);
+    if let Some(m) = c.as_object_mut() {
+        m.remove("exp");
+    }
+    rs256("key1", Some("k1"), &c)
+}
+
+/// `isBot` as the string "true" is not the boolean the claim must be.
+pub fn string_is_bot() -> String {
+    let mut c = claims("ingestion-bot", true);
+    c["isBot"] = json!("true");
+    rs256("key1", Some("k1"), &c)
+}
+
 pub fn wrong_key_bot() -> String {
     rs256("key2", Some("k1"), &claims("ingestion-bot", true))
 }
