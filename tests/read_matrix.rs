@@ -153,7 +153,8 @@ async fn matrix(emu: &Emulator, gw: &Gw, user_sees: Sees) {
     assert_eq!(created.status, 201, "{}", created.text());
     let id = created.json()["id"].as_str().unwrap().to_string();
     for (who, token, mut sees) in callers() {
-        if who == "user" {
+        // A validly signed token whose isBot is not the boolean true is a user's.
+        if who == "user" || who == "isBot as a string" {
             sees = user_sees;
         }
         let t = token.as_deref();
