@@ -14,7 +14,7 @@ TARGET=${PATH_UNDER_TEST:-/__test/json2k}
 command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk" >&2; exit 1; }
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-cargo build --release --quiet --bin om-secrets-proxy --example om-emulator
+cargo build --release --quiet --bin om-secrets-proxy --example om-emulator --example bare-proxy
 BIN=target/release/om-secrets-proxy
 EMU=target/release/examples/om-emulator
 WORK=$(mktemp -d)
@@ -24,12 +24,15 @@ trap cleanup EXIT
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 1 100); do (echo > /dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done; return 1; }
 
-EMU_PORT=$(port); GW_PORT=$(port); ADMIN_PORT=$(port); NGINX_PORT=$(port)
+EMU_PORT=$(port); GW_PORT=$(port); ADMIN_PORT=$(port); NGINX_PORT=$(port); BARE_PORT=$(port)
 $EMU 127.0.0.1:$EMU_PORT 2>/dev/null & EMU_PID=$!; PIDS+=($EMU_PID)
 wait_port $EMU_PORT
 OMSP_LISTEN=127.0.0.1:$GW_PORT OMSP_ADMIN_LISTEN=127.0.0.1:$ADMIN_PORT OMSP_UPSTREAM=http://127.0.0.1:$EMU_PORT \
   OMSP_LOG_LEVEL=warn OMSP_EMBEDDED_PATH=$WORK/secrets.db $BIN serve 2>$WORK/gw.log & GW_PID=$!; PIDS+=($GW_PID)
 wait_port $GW_PORT
+# The floor of the gateway's HTTP stack: hyper server + pooled client, nothing in between.
+target/release/examples/bare-proxy 127.0.0.1:$BARE_PORT http://127.0.0.1:$EMU_PORT & BARE_PID=$!; PIDS+=($BARE_PID)
+wait_port $BARE_PORT
 
 HAVE_NGINX=0
 if command -v nginx >/dev/null; then
@@ -86,6 +89,7 @@ PY
 
 DIRECT=$(run direct http://127.0.0.1:$EMU_PORT$TARGET $EMU_PID)
 GW=$(run gateway http://127.0.0.1:$GW_PORT$TARGET $GW_PID)
+BARE=$(run bare http://127.0.0.1:$BARE_PORT$TARGET $BARE_PID)
 if [ $HAVE_NGINX = 1 ]; then NGINX=$(run nginx http://127.0.0.1:$NGINX_PORT$TARGET $NGINX_PID); else NGINX=""; fi
 
 # Peak RSS with 1,000 idle keep-alive connections (each has made one request).
@@ -106,10 +110,11 @@ RSS_KB=$(awk '/VmHWM/ {print $2}' /proc/$GW_PID/status)
 OPEN=$(curl -s http://127.0.0.1:$ADMIN_PORT/metrics | awk '/^omsp_open_connections / {print $2}')
 rm -f /tmp/omsp-idle-ready; wait $IDLE_PID || true
 
-python3 - "$DIRECT" "$GW" "$NGINX" "$RSS_KB" "$OPEN" "$CONNS" "$TARGET" <<'PY'
+python3 - "$DIRECT" "$GW" "$NGINX" "$RSS_KB" "$OPEN" "$CONNS" "$TARGET" "$BARE" <<'PY'
 import sys
-direct, gw, ngx, rss, open_conns, conns, target = sys.argv[1:]
-rows = [("direct (emulator)", direct), ("nginx proxy_pass", ngx), ("om-secrets-proxy", gw)]
+direct, gw, ngx, rss, open_conns, conns, target, bare = sys.argv[1:]
+rows = [("direct (emulator)", direct), ("nginx proxy_pass", ngx), ("bare hyper proxy", bare),
+        ("om-secrets-proxy", gw)]
 print(f"\nPass-through, GET {target}, {conns} connections, wrk -t2")
 print(f"{'target':<20}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'non-2xx':>9}{'vs nginx':>10}"
       f"{'proxy CPU us/req':>20}{'machine us/req':>16}")
