@@ -70,6 +70,15 @@ impl Auth {
     /// The caller's class and subject (`anonymous` when unverified).
     pub async fn identify(&self, headers: &HeaderMap) -> (CallerClass, String) {
         let anon = (CallerClass::Anonymous, "anonymous".to_string());
+        // Two Authorization headers could be read differently upstream: neither counts.
+        if headers
+            .get_all(header::AUTHORIZATION)
+            .iter()
+            .nth(1)
+            .is_some()
+        {
+            return anon;
+        }
         let Some(token) = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())

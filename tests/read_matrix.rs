@@ -643,3 +643,37 @@ async fn with_view_all_required_a_bot_resolves_only_granted_entities() {
         "asked with the caller's own token"
     );
 }
+
+#[tokio::test]
+async fn two_authorization_headers_make_no_identity() {
+    let emu = Emulator::start().await;
+    let mut cfg = config_for(&emu.url());
+    cfg.auth.public_key_files = vec![jwt::fixture("key1.pkcs1.pub.pem")];
+    let gw = start_gateway(cfg).await;
+    req(
+        &gw,
+        Method::POST,
+        DB,
+        None,
+        mysql("twice", PASSWORD).to_string(),
+    )
+    .await;
+    let path = gw.url(&format!("{DB}/name/twice"));
+    let one = bearer(&jwt::bot());
+    let a = send(
+        &client(),
+        Method::GET,
+        &path,
+        &[("authorization", one.as_str())],
+        Bytes::new(),
+    )
+    .await;
+    check("one bot token", &a, Sees::Value, "twice");
+    // The upstream may read the other one: neither counts, the caller is anonymous.
+    let user = bearer(&jwt::user());
+    for pair in [[one.as_str(), one.as_str()], [user.as_str(), one.as_str()]] {
+        let h = [("authorization", pair[0]), ("authorization", pair[1])];
+        let a = send(&client(), Method::GET, &path, &h, Bytes::new()).await;
+        check("two authorization headers", &a, Sees::Mask, "twice");
+    }
+}
