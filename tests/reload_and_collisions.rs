@@ -15,14 +15,6 @@ fn mysql(name: &str, password: &str) -> Value {
            "connection": {"config": {"type": "Mysql", "username": "om", "authType": {"password": password}}}})
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn password_upstream_got(emu: &Emulator, name: &str) -> Option<String> {
     emu.entity("services/databaseServices", name).and_then(|e| {
         e["connection"]["config"]["authType"]["password"]
@@ -51,15 +43,7 @@ async fn sighup_reloads_rules_and_a_bad_reload_keeps_the_old_ones() {
         .spawn()
         .unwrap();
     let url = format!("http://127.0.0.1:{api}/api/v1/services/databaseServices");
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", api))
-            .await
-            .is_ok()
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_port(api).await;
     let c = client();
     // No database rule yet: the request passes through untouched.
     send(
