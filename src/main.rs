@@ -106,47 +106,23 @@ fn init_logging(cfg: &Config) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { config } => {
-            let cfg = match load(config) {
-                Ok(c) => c,
-                Err(code) => return code,
-            };
-            init_logging(&cfg);
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
+        Command::Serve { config } => with_app(config, |app| async move {
+            let (api, admin) = match app.bind().await {
+                Ok(l) => l,
                 Err(e) => {
-                    eprintln!("cannot start the runtime: {e}");
+                    eprintln!("{e}");
                     return ExitCode::from(1);
                 }
             };
-            rt.block_on(async move {
-                let app = match om_secrets_proxy::build_app(cfg).await {
-                    Ok(a) => a,
-                    Err(e) => {
-                        eprintln!("{e}");
-                        return ExitCode::from(1);
-                    }
-                };
-                let (api, admin) = match app.bind().await {
-                    Ok(l) => l,
-                    Err(e) => {
-                        eprintln!("{e}");
-                        return ExitCode::from(1);
-                    }
-                };
-                tracing::info!(
-                    api = %api.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-                    admin = %admin.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-                    "om-secrets-proxy listening"
-                );
-                app.serve(api, admin, om_secrets_proxy::shutdown_signal())
-                    .await;
-                ExitCode::SUCCESS
-            })
-        }
+            tracing::info!(
+                api = %api.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+                admin = %admin.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+                "om-secrets-proxy listening"
+            );
+            app.serve(api, admin, om_secrets_proxy::shutdown_signal())
+                .await;
+            ExitCode::SUCCESS
+        }),
         Command::Check { config } => match om_secrets_proxy::check(config.as_deref()) {
             Ok(summary) => {
                 println!("{summary}");
@@ -205,9 +181,13 @@ fn main() -> ExitCode {
     }
 }
 
-/// `migrate [--dry-run]`: a line per field moved and per failure on stdout, then a summary;
-/// exit 0 when nothing failed, 1 otherwise.
-fn migrate_command(config: Option<PathBuf>, dry_run: bool) -> ExitCode {
+/// Loads the config, starts logging and the runtime, builds the app and runs `f` on it:
+/// the start-up `serve` and `migrate` share. Any failure is printed and exits 1.
+fn with_app<F, Fut>(config: Option<PathBuf>, f: F) -> ExitCode
+where
+    F: FnOnce(om_secrets_proxy::App) -> Fut,
+    Fut: std::future::Future<Output = ExitCode>,
+{
     let cfg = match load(config) {
         Ok(c) => c,
         Err(code) => return code,
@@ -224,13 +204,20 @@ fn migrate_command(config: Option<PathBuf>, dry_run: bool) -> ExitCode {
         }
     };
     rt.block_on(async move {
-        let app = match om_secrets_proxy::build_app(cfg).await {
-            Ok(a) => a,
+        match om_secrets_proxy::build_app(cfg).await {
+            Ok(app) => f(app).await,
             Err(e) => {
                 eprintln!("{e}");
-                return ExitCode::from(1);
+                ExitCode::from(1)
             }
-        };
+        }
+    })
+}
+
+/// `migrate [--dry-run]`: a line per field moved and per failure on stdout, then a summary;
+/// exit 0 when nothing failed, 1 otherwise.
+fn migrate_command(config: Option<PathBuf>, dry_run: bool) -> ExitCode {
+    with_app(config, |app| async move {
         let mut print = |line: String| println!("{line}");
         match app.gateway.migrate(dry_run, &mut print).await {
             Ok(s) => {

@@ -23,7 +23,7 @@ use serde_json::Value;
 use crate::error::GatewayError;
 use crate::proxy::body;
 use crate::proxy::Gateway;
-use crate::rewrite::request::Plan;
+use crate::rewrite::request::{forwarded_reference, Plan};
 use crate::rewrite::{classify, FieldValue};
 use crate::rules::jsonpath::{render, Step};
 use crate::rules::Rule;
@@ -232,18 +232,13 @@ impl Gateway {
         // 6. patch
         let mut ops = Vec::with_capacity(moves.len());
         for m in &moves {
-            let reference = format!("{}{}", crate::rewrite::REFERENCE_PREFIX, m.id);
-            let forwarded = if self.wrap_references {
-                match self.fernet.encrypt(&reference) {
-                    Ok(t) => t,
-                    Err(e) => {
-                        self.rollback(&undo).await;
-                        fail(summary, format!("cannot wrap a reference: {e}"));
-                        return;
-                    }
+            let forwarded = match forwarded_reference(&self.fernet, self.wrap_references, &m.id) {
+                Ok(r) => r,
+                Err(e) => {
+                    self.rollback(&undo).await;
+                    fail(summary, e.public_message());
+                    return;
                 }
-            } else {
-                reference
             };
             ops.push(
                 serde_json::json!({"op": "replace", "path": pointer(&m.steps), "value": forwarded}),

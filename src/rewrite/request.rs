@@ -26,6 +26,21 @@ pub struct Plan {
     pub owner: Option<(String, String)>,
 }
 
+/// What the upstream receives for a secret id: `secret:<id>`, Fernet-wrapped when `wrap`.
+pub fn forwarded_reference(
+    fernet: &FernetKeys,
+    wrap: bool,
+    id: &str,
+) -> Result<String, GatewayError> {
+    let r = format!("{REFERENCE_PREFIX}{id}");
+    if wrap {
+        return fernet
+            .encrypt(&r)
+            .map_err(|e| GatewayError::Internal(e.to_string()));
+    }
+    Ok(r)
+}
+
 /// The marker that records which entity owns an id root. `.` never occurs in a field part,
 /// so it cannot meet a real secret id.
 pub fn owner_marker(root: &str) -> String {
@@ -63,15 +78,7 @@ pub struct MaskSource<'a> {
 impl WriteCtx<'_> {
     /// What the upstream receives for a reference.
     fn forwarded_reference(&self, id: &str) -> Result<Value, GatewayError> {
-        let r = format!("{REFERENCE_PREFIX}{id}");
-        if self.wrap_references {
-            return self
-                .fernet
-                .encrypt(&r)
-                .map(Value::String)
-                .map_err(|e| GatewayError::Internal(e.to_string()));
-        }
-        Ok(Value::String(r))
+        forwarded_reference(self.fernet, self.wrap_references, id).map(Value::String)
     }
 
     /// Is a caller-typed reference inside this entity's scope?
