@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use criterion::Criterion;
 use http::Method;
-use om_secrets_proxy::proxy::path::NormPath;
+use om_secrets_proxy::http::path::NormPath;
 use om_secrets_proxy::rules::RuleSet;
 use serde_json::{json, Value};
 

@@ -7,9 +7,9 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::error::error_response;
+use crate::http::body::{empty, full, Body};
+use crate::http::upstream::Upstream;
 use crate::metrics::Metrics;
-use crate::proxy::body::{empty, full, Body};
-use crate::proxy::upstream::Upstream;
 use crate::secrets::SecretStore;
 
 pub struct Admin {

@@ -13,9 +13,9 @@ use http::{header, HeaderMap, Request};
 use ring::signature::{RsaPublicKeyComponents, RSA_PKCS1_2048_8192_SHA256};
 use serde_json::Value;
 
+use crate::http::body::{collect_limited, empty};
+use crate::http::upstream::Upstream;
 use crate::policy::CallerClass;
-use crate::proxy::body::{collect_limited, empty};
-use crate::proxy::upstream::Upstream;
 
 const JWKS_REFETCH: Duration = Duration::from_secs(30);
 

@@ -8,7 +8,7 @@
 use bytes::Bytes;
 use http::{header, Response, StatusCode};
 
-use crate::proxy::body::{full, Body};
+use crate::http::body::{full, Body};
 
 /// Everything that can stop a request inside the gateway.
 #[derive(Debug, thiserror::Error)]

@@ -4,8 +4,8 @@ use http::Method;
 use serde_json::Value;
 
 use crate::config::Config;
+use crate::http::path::NormPath;
 use crate::policy::{decide, CallerClass};
-use crate::proxy::path::NormPath;
 use crate::rules::ids::IdBuilder;
 use crate::rules::jsonpath::render;
 use crate::rules::RuleSet;

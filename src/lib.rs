@@ -7,6 +7,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod explain;
+pub mod http;
 pub mod metrics;
 pub mod migrate;
 pub mod policy;
@@ -24,8 +25,8 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 
 use crate::config::Config;
+use crate::http::upstream::Upstream;
 use crate::metrics::Metrics;
-use crate::proxy::upstream::Upstream;
 use crate::proxy::Gateway;
 
 /// A start-up failure, with a message naming the file or key and the problem.

@@ -21,7 +21,7 @@ use http::{header, HeaderValue, Method, Request};
 use serde_json::Value;
 
 use crate::error::GatewayError;
-use crate::proxy::body;
+use crate::http::body;
 use crate::proxy::Gateway;
 use crate::rewrite::request::{forwarded_reference, Plan};
 use crate::rewrite::{classify, FieldValue};

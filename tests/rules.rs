@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use http::Method;
-use om_secrets_proxy::proxy::path::NormPath;
+use om_secrets_proxy::http::path::NormPath;
 use om_secrets_proxy::rules::jsonpath::{render, Step};
 use om_secrets_proxy::rules::RuleSet;
 use serde_json::{json, Value};

@@ -10,11 +10,8 @@
 //!
 //! Routes without rules stream through unbuffered in both directions.
 
-pub mod body;
 pub mod headers;
-pub mod path;
 pub(crate) mod secure;
-pub mod upstream;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -26,15 +23,15 @@ use hyper::body::Incoming;
 
 use crate::config::{PolicyConfig, Provider};
 use crate::error::GatewayError;
+use crate::http::body::{self, Body};
+use crate::http::path::NormPath;
+use crate::http::upstream::Upstream;
 use crate::metrics::Metrics;
 use crate::policy::CallerClass;
 use crate::rules::ids::IdBuilder;
 use crate::rules::RuleSet;
 use crate::secrets::fernet::FernetKeys;
 use crate::secrets::SecretStore;
-use body::Body;
-use path::NormPath;
-use upstream::Upstream;
 
 /// What the server knows about the client connection.
 #[derive(Clone, Copy, Debug)]

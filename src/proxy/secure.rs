@@ -9,10 +9,10 @@ use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode
 use hyper::body::Incoming;
 use serde_json::Value;
 
-use super::body::{self, collect_limited, full, Body, CollectError};
 use super::{ConnInfo, Gateway, Live};
 use crate::config::ReadAction;
 use crate::error::GatewayError;
+use crate::http::body::{self, collect_limited, full, Body, CollectError};
 use crate::policy::{decide, CallerClass};
 use crate::rewrite::json::parse_strict;
 use crate::rewrite::request::{Plan, WriteCtx};
@@ -604,7 +604,7 @@ impl Gateway {
         };
         let hard_delete = parts.method == Method::DELETE
             && m.op() == Op::Delete
-            && super::path::query_param(parts.uri.query(), "hardDelete")
+            && crate::http::path::query_param(parts.uri.query(), "hardDelete")
                 .is_some_and(|v| v.eq_ignore_ascii_case("true"));
         let delete_root = if hard_delete {
             self.fetch_entity(&m, parts.headers.get(header::AUTHORIZATION))

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::config::ReadAction;
-use crate::proxy::path::NormPath;
+use crate::http::path::NormPath;
 use jsonpath::{Seg, Step, Trie};
 
 // === raw format ===

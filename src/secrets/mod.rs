@@ -101,7 +101,7 @@ pub async fn open_store(
                 .bao_token
                 .clone()
                 .ok_or("secrets_manager.parameters.token: must be set for OpenBao")?;
-            let client = crate::proxy::upstream::Upstream::new(&crate::config::UpstreamConfig {
+            let client = crate::http::upstream::Upstream::new(&crate::config::UpstreamConfig {
                 url: address,
                 base_path: String::new(),
                 ca_file: config.upstream.ca_file.clone(),

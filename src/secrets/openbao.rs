@@ -6,8 +6,8 @@ use http::{header, HeaderValue, Method, Request, StatusCode};
 use serde_json::{json, Value};
 
 use super::{SecretStore, StoreError, StoreFuture};
-use crate::proxy::body::{collect_limited, empty, full};
-use crate::proxy::upstream::Upstream;
+use crate::http::body::{collect_limited, empty, full};
+use crate::http::upstream::Upstream;
 
 pub struct OpenBaoStore {
     client: Upstream,
@@ -185,7 +185,7 @@ impl SecretStore for OpenBaoStore {
             self.list_folder(folder, &mut raw).await?;
             let mut out: Vec<String> = raw
                 .into_iter()
-                .map(|k| format!("/{}", crate::proxy::path::percent_decode(&k).unwrap_or(k)))
+                .map(|k| format!("/{}", crate::http::path::percent_decode(&k).unwrap_or(k)))
                 .filter(|k| k.starts_with(prefix))
                 .collect();
             out.sort();
