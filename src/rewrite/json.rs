@@ -1,10 +1,15 @@
 //! A strict JSON reader for inspected bodies: duplicate object keys and absurd nesting are
 //! refused (a duplicate key could make the gateway and the upstream read different values).
+//! Numbers keep their exact text (serde_json's `arbitrary_precision`), so a value the gateway
+//! re-serialises carries `12345678901234567890123` as it came, never as a rounded float.
 
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
 pub const MAX_DEPTH: usize = 64;
+
+/// serde_json's private map key for a number under `arbitrary_precision`.
+const NUMBER_TOKEN: &str = "$serde_json::private::Number";
 
 struct Strict(usize);
 
@@ -52,10 +57,23 @@ impl<'de> Visitor<'de> for Strict {
         Ok(Value::Array(out))
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let Some(first) = map.next_key::<String>()? else {
+            return Ok(Value::Object(Map::new()));
+        };
+        // With `arbitrary_precision`, serde_json hands a number over as a one-entry map under
+        // this private key, its value the number's exact text.
+        if first == NUMBER_TOKEN {
+            let text: String = map.next_value()?;
+            return serde_json::from_str::<serde_json::Number>(&text)
+                .map(Value::Number)
+                .map_err(de::Error::custom);
+        }
         if self.0 >= MAX_DEPTH {
             return Err(de::Error::custom("nesting is too deep"));
         }
         let mut out = Map::new();
+        let v = map.next_value_seed(Strict(self.0 + 1))?;
+        out.insert(first, v);
         while let Some(k) = map.next_key::<String>()? {
             if out.contains_key(&k) {
                 return Err(de::Error::custom("duplicate object key"));
@@ -112,6 +130,20 @@ mod tests {
     fn ordinary_json_parses_in_order() {
         let v = parse_strict(br#"{"b":1,"a":[true,null,"x"]}"#).unwrap();
         assert_eq!(v.to_string(), r#"{"b":1,"a":[true,null,"x"]}"#);
+    }
+
+    #[test]
+    fn numbers_keep_their_exact_text() {
+        let text = r#"{"big":12345678901234567890123,"neg":-0.000000000000000000001,"e":1e+400,"f":1.50,"i":-7}"#;
+        let v = parse_strict(text.as_bytes()).unwrap();
+        assert_eq!(v.to_string(), text);
+    }
+
+    #[test]
+    fn the_private_number_key_holding_no_number_is_refused() {
+        // serde_json cannot tell this key from its own number encoding; a value that is not
+        // a number's text is refused rather than kept as an object the upstream reads apart.
+        assert!(parse_strict(br#"{"$serde_json::private::Number":"hunter2"}"#).is_err());
     }
 
     #[test]

@@ -1,0 +1,319 @@
+//! PATCH bodies judged by the entity they produce: the media type decides how the body is read
+//! (exactly, parameters ignored as Jersey ignores them), the caller's whole patch is applied
+//! locally to the entity as the upstream holds it (RFC 6902 / RFC 7386), and what goes upstream
+//! is a JSON Patch computed from that entity to the stripped result. The caller's own op
+//! values are never forwarded.
+
+use http::{header, HeaderMap};
+use json_patch::{Patch, PatchOperation};
+use serde_json::Value;
+
+use crate::error::GatewayError;
+use crate::rules::jsonpath::Step;
+
+/// What a body's `Content-Type` says it is (type and subtype only, lower-cased).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Media {
+    /// `application/json-patch+json`: an RFC 6902 array of operations.
+    JsonPatch,
+    /// `application/merge-patch+json`: an RFC 7386 object.
+    MergePatch,
+    /// `application/json` (or `+json` types other than the two above).
+    Json,
+    /// No Content-Type.
+    Missing,
+    /// Anything else.
+    Other,
+}
+
+impl Media {
+    pub(crate) fn of(headers: &HeaderMap) -> Media {
+        let Some(v) = headers.get(header::CONTENT_TYPE) else {
+            return Media::Missing;
+        };
+        let Ok(v) = v.to_str() else {
+            return Media::Other;
+        };
+        let essence = v.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        match essence.as_str() {
+            "application/json-patch+json" => Media::JsonPatch,
+            "application/merge-patch+json" => Media::MergePatch,
+            "application/json" => Media::Json,
+            e if e.starts_with("application/") && e.ends_with("+json") => Media::Json,
+            _ => Media::Other,
+        }
+    }
+}
+
+/// A parsed PATCH body.
+#[derive(Debug, Clone)]
+pub(crate) enum PatchBody {
+    Json(Patch),
+    Merge(Value),
+}
+
+impl PatchBody {
+    /// Reads a PATCH body by its declared media type: a JSON Patch must be an array of
+    /// well-formed operations, a merge patch an object; any other type is 415.
+    pub(crate) fn parse(media: Media, doc: Value) -> Result<PatchBody, GatewayError> {
+        match media {
+            Media::JsonPatch => {
+                if !doc.is_array() {
+                    return Err(GatewayError::BadRequest(
+                        "an application/json-patch+json body must be an array of operations"
+                            .into(),
+                    ));
+                }
+                serde_json::from_value::<Patch>(doc).map(PatchBody::Json).map_err(|_| {
+                    GatewayError::BadRequest(
+                        "malformed JSON Patch: each operation needs a known \"op\", a \"path\" \
+                         that is a JSON Pointer, and \"value\" or \"from\" where RFC 6902 asks"
+                            .into(),
+                    )
+                })
+            }
+            Media::MergePatch => {
+                if !doc.is_object() {
+                    return Err(GatewayError::BadRequest(
+                        "an application/merge-patch+json body must be a JSON object".into(),
+                    ));
+                }
+                Ok(PatchBody::Merge(doc))
+            }
+            _ => Err(GatewayError::UnsupportedMediaType(
+                "PATCH takes application/json-patch+json or application/merge-patch+json".into(),
+            )),
+        }
+    }
+}
+
+/// Where the secrets of a document are, for a given rule (given by the caller as a function so
+/// this module stays free of rule details).
+pub(crate) type SecretLocations<'a> = &'a dyn Fn(&Value) -> Vec<Vec<Step>>;
+
+/// Applies `body` to a copy of `current`. A `test` op that compares anything holding or
+/// inside a secret field, or that follows a `move`/`copy` out of one, is refused with one
+/// fixed answer (422) whatever the value, so no guess can be confirmed.
+pub(crate) fn apply(
+    current: &Value,
+    body: &PatchBody,
+    secrets: SecretLocations<'_>,
+) -> Result<Value, GatewayError> {
+    let mut doc = current.clone();
+    match body {
+        PatchBody::Merge(m) => {
+            json_patch::merge(&mut doc, m);
+            Ok(doc)
+        }
+        PatchBody::Json(patch) => {
+            let origin = secrets(current);
+            let mut moved_secret = false;
+            for (n, op) in patch.0.iter().enumerate() {
+                match op {
+                    PatchOperation::Test(t) => {
+                        let at = steps_of(&doc, t.path.as_str());
+                        let mut spots = secrets(&doc);
+                        spots.extend(origin.iter().cloned());
+                        let touches = moved_secret
+                            || spots.iter().any(|s| related(s, &at))
+                            || !secrets_in_value(&at, &t.value, secrets).is_empty();
+                        if touches {
+                            return Err(GatewayError::Unprocessable(
+                                "JSON Patch test operations may not compare secret fields".into(),
+                            ));
+                        }
+                    }
+                    PatchOperation::Move(m) => {
+                        let from = steps_of(&doc, m.from.as_str());
+                        moved_secret |= origin.iter().any(|s| related(s, &from));
+                    }
+                    PatchOperation::Copy(c) => {
+                        let from = steps_of(&doc, c.from.as_str());
+                        moved_secret |= origin.iter().any(|s| related(s, &from));
+                    }
+                    _ => {}
+                }
+                json_patch::patch(&mut doc, std::slice::from_ref(op)).map_err(|e| {
+                    GatewayError::BadRequest(format!(
+                        "JSON Patch operation {n} cannot be applied to the entity: {}",
+                        e.kind
+                    ))
+                })?;
+            }
+            Ok(doc)
+        }
+    }
+}
+
+/// Secret locations inside a value that would sit at `at`: the rule's finder run on a document
+/// holding only that value.
+fn secrets_in_value(at: &[Step], value: &Value, secrets: SecretLocations<'_>) -> Vec<Vec<Step>> {
+    let mut wrapped = value.clone();
+    for step in at.iter().rev() {
+        wrapped = match step {
+            Step::Key(k) => {
+                let mut m = serde_json::Map::new();
+                m.insert(k.clone(), wrapped);
+                Value::Object(m)
+            }
+            Step::Index(i) => {
+                let mut a = vec![Value::Null; *i];
+                a.push(wrapped);
+                Value::Array(a)
+            }
+        };
+    }
+    secrets(&wrapped)
+}
+
+/// One is an ancestor of (or the same as) the other.
+fn related(a: &[Step], b: &[Step]) -> bool {
+    let n = a.len().min(b.len());
+    a[..n] == b[..n]
+}
+
+/// A JSON Pointer as steps, reading numeric tokens as indexes where `doc` has an array.
+pub(crate) fn steps_of(doc: &Value, pointer: &str) -> Vec<Step> {
+    let Ok(p) = jsonptr::Pointer::parse(pointer) else {
+        return Vec::new();
+    };
+    let mut cur = Some(doc);
+    let mut steps = Vec::new();
+    for tok in p.tokens() {
+        let t = tok.decoded();
+        let step = match cur {
+            Some(Value::Array(a)) => match t.parse::<usize>() {
+                Ok(i) => Step::Index(i),
+                Err(_) if t == "-" => Step::Index(a.len()),
+                Err(_) => Step::Key(t.to_string()),
+            },
+            _ => Step::Key(t.to_string()),
+        };
+        cur = cur.and_then(|v| match (&step, v) {
+            (Step::Key(k), Value::Object(m)) => m.get(k),
+            (Step::Index(i), Value::Array(a)) => a.get(*i),
+            _ => None,
+        });
+        steps.push(step);
+    }
+    steps
+}
+
+/// The JSON Patch that turns `from` into `to`.
+pub(crate) fn diff(from: &Value, to: &Value) -> Value {
+    serde_json::to_value(json_patch::diff(from, to)).unwrap_or_else(|_| Value::Array(Vec::new()))
+}
+
+/// Applies a patch the gateway built itself (to check what the upstream will hold).
+pub(crate) fn apply_own(doc: &mut Value, ops: &Value) -> Result<(), GatewayError> {
+    let patch: Patch = serde_json::from_value(ops.clone())
+        .map_err(|_| GatewayError::Internal("the gateway built a malformed patch".into()))?;
+    json_patch::patch(doc, &patch.0)
+        .map_err(|_| GatewayError::Internal("the gateway built a patch that does not apply".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn media(ct: &str) -> Media {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_TYPE, ct.parse().unwrap());
+        Media::of(&h)
+    }
+
+    #[test]
+    fn media_types_are_compared_without_parameters() {
+        assert_eq!(
+            media("application/json-patch+json; profile=merge-patch"),
+            Media::JsonPatch
+        );
+        assert_eq!(media("Application/Merge-Patch+JSON;charset=utf-8"), Media::MergePatch);
+        assert_eq!(media("text/plain; x=merge-patch"), Media::Other);
+        assert_eq!(media("application/json"), Media::Json);
+    }
+
+    #[test]
+    fn a_body_that_does_not_match_its_type_is_400_and_other_types_415() {
+        assert!(matches!(
+            PatchBody::parse(Media::JsonPatch, json!({"a": 1})),
+            Err(GatewayError::BadRequest(_))
+        ));
+        assert!(matches!(
+            PatchBody::parse(Media::MergePatch, json!([])),
+            Err(GatewayError::BadRequest(_))
+        ));
+        assert!(matches!(
+            PatchBody::parse(Media::Json, json!([])),
+            Err(GatewayError::UnsupportedMediaType(_))
+        ));
+    }
+
+    fn pw_secrets(doc: &Value) -> Vec<Vec<Step>> {
+        let mut out = Vec::new();
+        if doc.pointer("/c/password").is_some() {
+            out.push(vec![Step::Key("c".into()), Step::Key("password".into())]);
+        }
+        out
+    }
+
+    #[test]
+    fn move_and_copy_are_applied_as_rfc_6902_says() {
+        let cur = json!({"c": {"password": "secret:/x"}, "d": "x"});
+        let body = PatchBody::parse(
+            Media::JsonPatch,
+            json!([{"op":"add","path":"/e","value":"p"},{"op":"move","from":"/e","path":"/c/password"}]),
+        )
+        .unwrap();
+        let out = apply(&cur, &body, &pw_secrets).unwrap();
+        assert_eq!(out, json!({"c": {"password": "p"}, "d": "x"}));
+    }
+
+    #[test]
+    fn test_ops_on_secrets_get_one_answer_whatever_the_guess() {
+        let cur = json!({"c": {"password": "hunter2"}});
+        for guess in ["hunter2", "wrong"] {
+            for path in ["/c/password", "/c", ""] {
+                let body = PatchBody::parse(
+                    Media::JsonPatch,
+                    json!([{"op":"test","path": path,"value": guess}]),
+                )
+                .unwrap();
+                assert!(matches!(
+                    apply(&cur, &body, &pw_secrets),
+                    Err(GatewayError::Unprocessable(_))
+                ));
+            }
+        }
+        // After a move out of a secret, the moved copy cannot be tested either.
+        let body = PatchBody::parse(
+            Media::JsonPatch,
+            json!([{"op":"move","from":"/c/password","path":"/d"},{"op":"test","path":"/d","value":"hunter2"}]),
+        )
+        .unwrap();
+        assert!(matches!(
+            apply(&cur, &body, &pw_secrets),
+            Err(GatewayError::Unprocessable(_))
+        ));
+    }
+
+    #[test]
+    fn test_ops_elsewhere_are_evaluated_locally() {
+        let cur = json!({"c": {"password": "x"}, "d": 1});
+        let ok = PatchBody::parse(Media::JsonPatch, json!([{"op":"test","path":"/d","value":1}])).unwrap();
+        assert!(apply(&cur, &ok, &pw_secrets).is_ok());
+        let bad = PatchBody::parse(Media::JsonPatch, json!([{"op":"test","path":"/d","value":2}])).unwrap();
+        assert!(matches!(apply(&cur, &bad, &pw_secrets), Err(GatewayError::BadRequest(_))));
+    }
+
+    #[test]
+    fn the_diff_turns_the_current_document_into_the_result() {
+        let cur = json!({"a": [1, 2], "b": {"c": "x"}, "n": 12345678901234567890123u128.to_string()});
+        let to = json!({"a": [0, 1, 2], "b": {}, "n": cur["n"].clone(), "z": null});
+        let ops = diff(&cur, &to);
+        let mut doc = cur.clone();
+        apply_own(&mut doc, &ops).unwrap();
+        assert_eq!(doc, to);
+    }
+}
