@@ -23,6 +23,9 @@ pub enum GatewayError {
     PayloadTooLarge(String),
     #[error("{0}")]
     UnsupportedEncoding(String),
+    /// A body whose media type the route does not take.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
     #[error("{0}")]
     Unprocessable(String),
     /// Two entities whose names map to one secret id root.
@@ -45,7 +48,9 @@ impl GatewayError {
             GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
             GatewayError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            GatewayError::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            GatewayError::UnsupportedEncoding(_) | GatewayError::UnsupportedMediaType(_) => {
+                StatusCode::UNSUPPORTED_MEDIA_TYPE
+            }
             GatewayError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             GatewayError::Conflict(_) => StatusCode::CONFLICT,
             GatewayError::BadGateway(_) => StatusCode::BAD_GATEWAY,
@@ -76,6 +81,28 @@ impl GatewayError {
             );
         }
         resp
+    }
+}
+
+impl From<crate::secrets::StoreError> for GatewayError {
+    /// A store failure is never taken for "absent": nothing is forwarded (503). The detail is
+    /// logged (it never holds a value); the caller gets a fixed message.
+    fn from(e: crate::secrets::StoreError) -> GatewayError {
+        tracing::warn!(error = %e, detail = e.detail(), "secret store call failed");
+        GatewayError::StoreUnavailable(
+            "the secrets store is unreachable; nothing was forwarded".into(),
+        )
+    }
+}
+
+impl From<crate::secrets::transaction::TxnError> for GatewayError {
+    fn from(e: crate::secrets::transaction::TxnError) -> GatewayError {
+        match e {
+            crate::secrets::transaction::TxnError::Conflict(_) => {
+                GatewayError::Conflict(e.to_string())
+            }
+            crate::secrets::transaction::TxnError::Store(s) => s.into(),
+        }
     }
 }
 

@@ -90,24 +90,22 @@ pub async fn build_app_with_store(
     };
     let auth = auth::Auth::new(&config.auth, upstream.clone(), true)
         .map_err(|e| StartError(format!("auth: {e}")))?;
-    let gateway = Arc::new(Gateway {
+    let gateway = Arc::new(Gateway::new(proxy::GatewayParts {
         upstream: upstream.clone(),
         metrics: metrics.clone(),
         max_body_bytes: config.server.max_body_bytes,
-        live: std::sync::RwLock::new(Arc::new(proxy::Live {
+        live: proxy::Live {
             rules,
             policy: config.policy,
-        })),
+        },
         ids: rules::ids::IdBuilder::new(&config.secrets.prefix, &config.secrets.cluster_name),
         store: store.clone(),
         fernet,
-        provider: config.secrets.provider,
+        managed: config.secrets.provider.is_managed(),
         wrap_references: config.fernet.wrap_references,
         service_token: config.upstream.service_token.clone(),
-        entity_locks: Default::default(),
         auth: Some(auth),
-        permissions: Default::default(),
-    });
+    }));
     let admin = Arc::new(admin::Admin {
         upstream,
         metrics,

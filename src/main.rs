@@ -219,7 +219,12 @@ where
 fn migrate_command(config: Option<PathBuf>, dry_run: bool) -> ExitCode {
     with_app(config, |app| async move {
         let mut print = |line: String| println!("{line}");
-        match app.gateway.migrate(dry_run, &mut print).await {
+        let live = app.gateway.live();
+        let run = match om_secrets_proxy::migrate::migrator(&app.gateway, &live.rules) {
+            Ok(m) => m.run(dry_run, &mut print).await,
+            Err(e) => Err(e),
+        };
+        match run {
             Ok(s) => {
                 println!(
                     "migrate{}: {} entities read, {} fields {}, {} already references, {} failed",

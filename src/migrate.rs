@@ -2,17 +2,16 @@
 //! configured store, the way OpenMetadata's own migration did, but with a dry run and without
 //! stopping at the first entity that fails (its #12941).
 //!
-//! For every ruled entity kind except automations workflows (short-lived test runs), in order:
-//! 1. `list`     – page through the collection upstream with the service token (`include=all`;
-//!    bot users' credentials come from `/users/auth-mechanism/{id}`);
-//! 2. `classify` – each secret field: a plain value or a `fernet:` token that decrypts to one
-//!    is moved; a `secret:` reference (bare or Fernet-wrapped) is already migrated; a mask means
-//!    the token cannot read secrets (a failure: the service token must be a bot's);
-//! 3. `plan`     – the secret id of each field, exactly as the write path builds it;
-//! 4. in a dry run, report and stop here;
-//! 5. `store`    – claim the id root (collisions are refused) and write all values of the entity
-//!    in one store transaction;
-//! 6. `patch`    – one JSON Patch upstream replacing each value with its reference; when the
+//! A migration is the write path with an empty request: for every ruled entity kind that keeps
+//! secrets (automations workflows are short-lived test runs and are skipped), in order:
+//! 1. `list`  – page through the collection upstream with the service token (`include=all`;
+//!    a kind's `credentials_route` supplies fields the list does not carry, e.g. bot JWTs);
+//! 2. `strip` – the entity is stripped exactly as a write of it would be: plain values and
+//!    `fernet:` tokens that open to one move to the store under the write path's ids,
+//!    references stay; a mask means the token cannot read secrets (a failure);
+//! 3. in a dry run, report and stop here;
+//! 4. `store` – one store transaction per entity (claiming its id root);
+//! 5. `patch` – one JSON Patch upstream from the entity to the stripped entity; when the
 //!    upstream refuses it, the store writes are undone.
 //!
 //! Output: one line per field moved (or to move) and per failure, never a value; then a summary.
@@ -22,11 +21,16 @@ use serde_json::Value;
 
 use crate::error::GatewayError;
 use crate::http::body;
-use crate::proxy::Gateway;
-use crate::rewrite::request::{forwarded_reference, Plan};
+use crate::http::upstream::{encode_segment, Upstream};
+use crate::rewrite::patch;
+use crate::rewrite::strip::{AuditOp, Stripper};
 use crate::rewrite::{classify, FieldValue};
-use crate::rules::jsonpath::{render, Step};
-use crate::rules::Rule;
+use crate::rules::ids::IdBuilder;
+use crate::rules::jsonpath::{get, render};
+use crate::rules::{Rule, RuleSet};
+use crate::secrets::fernet::FernetKeys;
+use crate::secrets::transaction::StoreTxn;
+use crate::secrets::SecretStore;
 
 /// Entities fetched per page.
 const PAGE: usize = 100;
@@ -40,80 +44,69 @@ pub struct Summary {
     pub failures: usize,
 }
 
-/// One field to move.
-struct Move {
-    steps: Vec<Step>,
-    id: String,
-    value: String,
+/// A migration over the upstream, the store, the rules and the id builder.
+pub struct Migrator<'a> {
+    pub upstream: &'a Upstream,
+    pub store: &'a dyn SecretStore,
+    pub rules: &'a RuleSet,
+    pub ids: &'a IdBuilder,
+    pub fernet: &'a FernetKeys,
+    pub wrap_references: bool,
+    pub max_body_bytes: usize,
+    /// `Bearer <service token>`: only bots read secrets in clear.
+    pub service_auth: HeaderValue,
 }
 
-impl Gateway {
+/// One entity's outcome.
+enum Outcome {
+    Moved(Vec<String>),
+    Nothing,
+}
+
+impl Migrator<'_> {
     /// Runs the migration; `out` receives each report line.
-    pub async fn migrate(
+    pub async fn run(
         &self,
         dry_run: bool,
         out: &mut dyn FnMut(String),
     ) -> Result<Summary, GatewayError> {
-        if !self.provider.is_managed() {
-            return Err(GatewayError::BadRequest(
-                "migrate moves secrets into a managed store (embedded, managed-aws, managed-aws-ssm, managed-openbao); \
-                 this provider keeps them in OpenMetadata"
-                    .into(),
-            ));
-        }
-        if self.service_token.is_none() {
-            return Err(GatewayError::BadRequest(
-                "migrate needs upstream.service_token (OMSP_SERVICE_TOKEN): a bot's JWT, since only bots read secrets in clear"
-                    .into(),
-            ));
-        }
-        let live = self.live();
         let mut summary = Summary::default();
-        for rule in live.rules.rules.iter().filter(|r| r.kind != "workflow") {
-            let bots =
-                rule.field_base.first().map(String::as_str) == Some("authenticationMechanism");
+        for rule in self.rules.rules.iter().filter(|r| r.migrate) {
             let mut after: Option<String> = None;
             loop {
                 let mut path = format!("{}?limit={PAGE}&include=all", rule.collection);
-                if bots {
-                    path.push_str("&isBot=true");
+                if let Some(q) = &rule.list_query {
+                    path.push('&');
+                    path.push_str(q);
                 }
                 if let Some(a) = &after {
                     path.push_str("&after=");
-                    path.push_str(&crate::proxy::secure::encode_segment(a));
+                    path.push_str(&encode_segment(a));
                 }
-                let page = self.fetch_path(&path, None).await?.ok_or_else(|| {
+                let page = self.get(&path).await?.ok_or_else(|| {
                     GatewayError::BadGateway(format!(
                         "listing {} failed: OpenMetadata refused or did not answer",
                         rule.collection
                     ))
                 })?;
-                let entities = page["data"].as_array().cloned().unwrap_or_default();
-                for mut entity in entities {
-                    if bots {
-                        if entity.get("isBot").and_then(Value::as_bool) != Some(true) {
-                            continue;
-                        }
-                        let Some(id) = entity.get("id").and_then(Value::as_str) else {
-                            continue;
-                        };
-                        let am = self
-                            .fetch_path(
-                                &format!(
-                                    "{}/auth-mechanism/{}",
-                                    rule.collection,
-                                    crate::proxy::secure::encode_segment(id)
-                                ),
-                                None,
-                            )
-                            .await?;
-                        if let Some(am) = am {
-                            entity["authenticationMechanism"] = am;
+                for entity in page["data"].as_array().cloned().unwrap_or_default() {
+                    summary.entities += 1;
+                    let label = format!(
+                        "{} {:?}",
+                        rule.kind,
+                        entity
+                            .get("name")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                    );
+                    match self.entity(rule, entity, dry_run, &mut summary).await {
+                        Ok(Outcome::Moved(lines)) => lines.into_iter().for_each(&mut *out),
+                        Ok(Outcome::Nothing) => {}
+                        Err(why) => {
+                            summary.failures += 1;
+                            out(format!("failed {label}: {why}"));
                         }
                     }
-                    summary.entities += 1;
-                    self.migrate_entity(rule, &entity, dry_run, &mut summary, out)
-                        .await;
                 }
                 after = page["paging"]["after"].as_str().map(str::to_string);
                 if after.is_none() {
@@ -124,145 +117,116 @@ impl Gateway {
         Ok(summary)
     }
 
-    async fn migrate_entity(
+    async fn get(&self, path: &str) -> Result<Option<Value>, GatewayError> {
+        self.upstream
+            .get_json(path, Some(&self.service_auth), self.max_body_bytes)
+            .await
+    }
+
+    /// Completes an entity from its kind's credentials route (bot users' JWTs).
+    async fn complete(&self, rule: &Rule, entity: &mut Value) -> Result<(), String> {
+        let Some(route) = &rule.credentials_route else {
+            return Ok(());
+        };
+        let id = entity
+            .get("id")
+            .and_then(Value::as_str)
+            .ok_or("the entity has no id")?;
+        let path = format!(
+            "{}{}",
+            rule.collection,
+            route.replace("{id}", &encode_segment(id))
+        );
+        let field = rule.field_base.first().cloned().unwrap_or_default();
+        if let Some(v) = self.get(&path).await.map_err(|e| e.public_message())? {
+            entity[field] = v;
+        }
+        Ok(())
+    }
+
+    async fn entity(
         &self,
         rule: &Rule,
-        entity: &Value,
+        mut entity: Value,
         dry_run: bool,
         summary: &mut Summary,
-        out: &mut dyn FnMut(String),
-    ) {
+    ) -> Result<Outcome, String> {
+        self.complete(rule, &mut entity).await?;
         let name = entity
             .get("name")
             .and_then(Value::as_str)
-            .unwrap_or_default();
-        let label = format!("{} {name:?}", rule.kind);
-        let mut fail = |summary: &mut Summary, why: String| {
-            summary.failures += 1;
-            out(format!("failed {label}: {why}"));
-        };
-        let Some(id) = entity.get("id").and_then(Value::as_str) else {
-            fail(summary, "the entity has no id".into());
-            return;
-        };
-        // 2-3. classify and plan
-        let live = self.live();
-        let root = self.ids.root(&rule.root_template, name);
-        let mut moves = Vec::new();
-        for f in live.rules.find_secrets(rule, entity) {
-            let Some(v) = crate::rules::jsonpath::get(entity, &f.steps) else {
-                continue;
-            };
-            let field = render(&f.steps);
-            let value = match classify(v) {
-                Some(FieldValue::Plain(p)) => p,
-                Some(FieldValue::Fernet(token)) => match self.fernet.decrypt(&token) {
-                    Ok(p) if p.starts_with(crate::rewrite::REFERENCE_PREFIX) => {
-                        summary.already += 1;
-                        continue;
-                    }
-                    Ok(p) => p,
-                    Err(_) => {
-                        fail(
-                            summary,
-                            format!("{field}: its fernet: value cannot be decrypted with the configured keys"),
-                        );
-                        return;
-                    }
-                },
-                Some(FieldValue::Reference(_)) => {
-                    summary.already += 1;
-                    continue;
-                }
-                Some(FieldValue::Mask) => {
-                    fail(
-                        summary,
-                        format!("{field}: OpenMetadata answered with a mask; the service token must be a bot's"),
-                    );
-                    return;
-                }
-                Some(FieldValue::Clear) | None => continue,
-            };
-            let sid = self.ids.id(&root, rule.field_steps(&f.steps));
-            moves.push(Move {
-                steps: f.steps,
-                id: sid,
-                value,
-            });
-        }
-        if moves.is_empty() {
-            return;
-        }
-        let verb = if dry_run { "would move" } else { "moved" };
-        let report = |out: &mut dyn FnMut(String), moves: &[Move]| {
-            for m in moves {
-                out(format!(
-                    "{verb} {label} {} -> secret:{}",
-                    render(&m.steps),
-                    m.id
+            .unwrap_or_default()
+            .to_string();
+        let id = entity
+            .get("id")
+            .and_then(Value::as_str)
+            .ok_or("the entity has no id")?
+            .to_string();
+        for f in self.rules.find_secrets(rule, &entity) {
+            if get(&entity, &f.steps).and_then(classify) == Some(FieldValue::Mask) {
+                return Err(format!(
+                    "{}: OpenMetadata answered with a mask; the service token must be a bot's",
+                    render(&f.steps)
                 ));
             }
-        };
-        // 4. dry run
-        if dry_run {
-            summary.moved += moves.len();
-            report(out, &moves);
-            return;
         }
-        // 5. store
-        let mut plan = Plan {
-            puts: moves
-                .iter()
-                .map(|m| (m.id.clone(), m.value.clone()))
-                .collect(),
-            owner: Some((root.clone(), format!("{}:{name}", rule.kind))),
-            ..Plan::default()
+        let stripper = Stripper {
+            rules: self.rules,
+            rule,
+            ids: self.ids,
+            root: self.ids.root(&rule.root_template, &name),
+            owner: format!("{}:{name}", rule.kind),
+            managed: true,
+            fernet: self.fernet,
+            wrap_references: self.wrap_references,
+            store: self.store,
+            mask_source: None,
         };
-        if let Err(e) = self.claim_root(&mut plan).await {
-            fail(summary, e.public_message());
-            return;
-        }
-        let undo = match self.apply_plan(&plan).await {
-            Ok(u) => u,
-            Err(e) => {
-                fail(summary, e.public_message());
-                return;
-            }
-        };
-        // 6. patch
-        let mut ops = Vec::with_capacity(moves.len());
-        for m in &moves {
-            let forwarded = match forwarded_reference(&self.fernet, self.wrap_references, &m.id) {
-                Ok(r) => r,
-                Err(e) => {
-                    self.rollback(&undo).await;
-                    fail(summary, e.public_message());
-                    return;
+        let mut result = entity.clone();
+        let stripped = stripper
+            .strip(&mut result, Some(&entity))
+            .await
+            .map_err(|e| e.public_message())?;
+        let label = format!("{} {name:?}", rule.kind);
+        let verb = if dry_run { "would move" } else { "moved" };
+        let mut lines = Vec::new();
+        let mut moved = 0;
+        for a in &stripped.audit {
+            match a.op {
+                AuditOp::Put | AuditOp::Rekey => {
+                    moved += 1;
+                    lines.push(format!(
+                        "{verb} {label} {} -> secret:{}",
+                        a.field, a.secret_id
+                    ));
                 }
-            };
-            ops.push(
-                serde_json::json!({"op": "replace", "path": pointer(&m.steps), "value": forwarded}),
-            );
-        }
-        match self.patch_upstream(rule, id, &Value::Array(ops)).await {
-            Ok(()) => {
-                summary.moved += moves.len();
-                report(out, &moves);
-            }
-            Err(why) => {
-                self.rollback(&undo).await;
-                fail(summary, why);
+                AuditOp::Reference | AuditOp::Keep => summary.already += 1,
+                _ => {}
             }
         }
+        if moved == 0 {
+            return Ok(Outcome::Nothing);
+        }
+        if !dry_run {
+            let txn = StoreTxn::begin(self.store, &stripped.plan)
+                .await
+                .map_err(|e| GatewayError::from(e).public_message())?;
+            let ops = patch::diff(&entity, &result);
+            match self.patch_upstream(rule, &id, &ops).await {
+                Ok(()) => txn.commit().await,
+                Err(why) => {
+                    txn.rollback().await;
+                    return Err(why);
+                }
+            }
+        }
+        summary.moved += moved;
+        Ok(Outcome::Moved(lines))
     }
 
     /// One JSON Patch of an entity upstream, with the service token; the reason when refused.
     async fn patch_upstream(&self, rule: &Rule, id: &str, ops: &Value) -> Result<(), String> {
-        let path = format!(
-            "{}/{}",
-            rule.collection,
-            crate::proxy::secure::encode_segment(id)
-        );
+        let path = format!("{}/{}", rule.collection, encode_segment(id));
         let mut req = Request::new(body::full(ops.to_string()));
         *req.method_mut() = Method::PATCH;
         *req.uri_mut() = self.upstream.uri_for(&path).map_err(|e| e.to_string())?;
@@ -270,11 +234,8 @@ impl Gateway {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json-patch+json"),
         );
-        if let Some(t) = &self.service_token {
-            if let Ok(v) = HeaderValue::from_str(&format!("Bearer {t}")) {
-                req.headers_mut().insert(header::AUTHORIZATION, v);
-            }
-        }
+        req.headers_mut()
+            .insert(header::AUTHORIZATION, self.service_auth.clone());
         let resp = self
             .upstream
             .send(req)
@@ -291,30 +252,33 @@ impl Gateway {
     }
 }
 
-/// The RFC 6901 pointer of a location.
-fn pointer(steps: &[Step]) -> String {
-    let mut p = String::new();
-    for s in steps {
-        p.push('/');
-        match s {
-            Step::Key(k) => p.push_str(&k.replace('~', "~0").replace('/', "~1")),
-            Step::Index(i) => p.push_str(&i.to_string()),
-        }
+/// The migrator of a built app; refuses providers that keep secrets in OpenMetadata and a
+/// missing service token.
+pub fn migrator<'a>(
+    gateway: &'a crate::proxy::Gateway,
+    rules: &'a RuleSet,
+) -> Result<Migrator<'a>, GatewayError> {
+    if !gateway.managed {
+        return Err(GatewayError::BadRequest(
+            "migrate moves secrets into a managed store (embedded, managed-aws, managed-aws-ssm, managed-openbao); \
+             this provider keeps them in OpenMetadata"
+                .into(),
+        ));
     }
-    p
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pointers_escape_tilde_and_slash() {
-        let steps = vec![
-            Step::Key("connection".into()),
-            Step::Key("a/b~c".into()),
-            Step::Index(3),
-        ];
-        assert_eq!(pointer(&steps), "/connection/a~1b~0c/3");
-    }
+    let Some(service_auth) = gateway.service_auth.clone() else {
+        return Err(GatewayError::BadRequest(
+            "migrate needs upstream.service_token (OMSP_SERVICE_TOKEN): a bot's JWT, since only bots read secrets in clear"
+                .into(),
+        ));
+    };
+    Ok(Migrator {
+        upstream: &gateway.upstream,
+        store: gateway.store.as_ref(),
+        rules,
+        ids: &gateway.ids,
+        fernet: &gateway.fernet,
+        wrap_references: gateway.wrap_references,
+        max_body_bytes: gateway.max_body_bytes,
+        service_auth,
+    })
 }

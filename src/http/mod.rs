@@ -2,5 +2,6 @@
 //! pooled upstream client (`upstream`). Nothing here knows about rules, secrets or policy.
 
 pub mod body;
+pub mod encoding;
 pub mod path;
 pub mod upstream;

@@ -104,4 +104,40 @@ impl Upstream {
     pub fn timeout(&self) -> Duration {
         self.timeout
     }
+
+    /// A JSON GET with the given `Authorization` (the gateway's own reads); `None` unless the
+    /// upstream answers 2xx with JSON of at most `limit` bytes.
+    pub async fn get_json(
+        &self,
+        path: &str,
+        authorization: Option<&HeaderValue>,
+        limit: usize,
+    ) -> Result<Option<serde_json::Value>, GatewayError> {
+        let mut req = Request::new(super::body::empty());
+        *req.uri_mut() = self.uri_for(path)?;
+        if let Some(a) = authorization {
+            req.headers_mut().insert(header::AUTHORIZATION, a.clone());
+        }
+        let resp = self.send(req).await?;
+        if !resp.status().is_success() {
+            return Ok(None);
+        }
+        let bytes = super::body::collect_limited(resp.into_body(), limit)
+            .await
+            .map_err(|_| GatewayError::BadGateway("upstream entity could not be read".into()))?;
+        Ok(serde_json::from_slice(&bytes).ok())
+    }
+}
+
+/// Percent-encodes one path segment for the gateway's own upstream calls.
+pub fn encode_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }

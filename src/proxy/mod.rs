@@ -1,44 +1,45 @@
-//! The proxy pipeline. Every request goes through the same named steps, in order:
+//! The proxy pipeline. Every request goes through the same named phases, in order:
 //!
-//! 1. `normalise`  – read the path the way the upstream could (400 when it cannot be read safely);
-//! 2. `identify`   – the caller's class from a verified JWT only;
-//! 3. `route`      – the rule (entity kind, route) the path and method match, if any;
-//! 4. `rewrite_request` – on ruled writes, secrets go to the store and references go upstream;
-//! 5. `forward`    – one pooled upstream client; hop-by-hop headers dropped, X-Forwarded-* set;
-//! 6. `rewrite_response` – secret fields resolved, referenced or masked per caller;
-//! 7. `audit`      – one log line per request (and one per secret operation), never a value.
-//!
-//! Routes without rules stream through unbuffered in both directions.
+//! 1. `identify`      – the caller's class from a verified JWT only (`RequestCtx::caller`);
+//! 2. `route`         – the path read the way the upstream could, then the rule (entity kind,
+//!    route) it matches, if any; unruled requests stream through both ways (phase 5 and 6 only);
+//! 3. `prepare_write` – ruled requests: the body is judged by the entity it produces, its
+//!    secrets become references, and the store changes are planned (`write.rs`);
+//! 4. `store`         – the planned changes as one store transaction (`secrets::transaction`);
+//! 5. `forward`       – one pooled upstream client; hop-by-hop headers dropped, X-Forwarded-*
+//!    set (`forward.rs`); a refused write rolls the store back, an accepted one commits;
+//! 6. `rewrite_answer`– secret fields resolved, referenced or masked per caller (`read.rs`);
+//! 7. `audit`         – one access line per request and one line per secret operation
+//!    (`audit.rs`), never a value.
 
+mod audit;
+mod context;
+mod forward;
 pub mod headers;
-pub(crate) mod secure;
+mod read;
+mod write;
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
-use http::{header, HeaderValue, Request, Response};
+use http::{header, HeaderValue, Method, Request, Response};
 use hyper::body::Incoming;
 
-use crate::config::{PolicyConfig, Provider};
+use crate::config::PolicyConfig;
 use crate::error::GatewayError;
 use crate::http::body::{self, Body};
 use crate::http::path::NormPath;
 use crate::http::upstream::Upstream;
 use crate::metrics::Metrics;
-use crate::policy::CallerClass;
+use crate::policy::decide;
 use crate::rules::ids::IdBuilder;
-use crate::rules::RuleSet;
+use crate::rules::{RouteMatch, RuleSet};
 use crate::secrets::fernet::FernetKeys;
+use crate::secrets::transaction::{EntityLocks, StoreTxn};
 use crate::secrets::SecretStore;
-
-/// What the server knows about the client connection.
-#[derive(Clone, Copy, Debug)]
-pub struct ConnInfo {
-    pub remote: SocketAddr,
-    pub https: bool,
-}
+use context::RequestCtx;
+pub use context::{Caller, ConnInfo};
+pub use read::X_MASKED_FIELDS;
 
 /// Everything a request needs, shared by all connections.
 pub struct Gateway {
@@ -47,24 +48,46 @@ pub struct Gateway {
     pub max_body_bytes: usize,
     /// Rules and read policy, swapped whole on SIGHUP; requests in flight keep what they
     /// started with.
-    pub live: RwLock<Arc<Live>>,
+    live: RwLock<Arc<Live>>,
     pub ids: IdBuilder,
     pub store: Arc<dyn SecretStore>,
     pub fernet: FernetKeys,
-    pub provider: Provider,
+    /// Values go to the store (managed providers) rather than travelling as Fernet tokens.
+    pub managed: bool,
     pub wrap_references: bool,
-    pub service_token: Option<String>,
+    /// `Bearer <service token>`, for the gateway's own upstream reads.
+    pub service_auth: Option<HeaderValue>,
     /// One lock per entity id root, so store and upstream agree on the last writer.
-    pub entity_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    pub entity_locks: EntityLocks,
     pub auth: Option<crate::auth::Auth>,
     /// ViewAll answers of the upstream's permission API, by (token, resource, entity) hash.
-    pub permissions: Mutex<HashMap<u64, (bool, Instant)>>,
+    permissions: Mutex<std::collections::HashMap<u64, (bool, Instant)>>,
+}
+
+/// What SIGHUP reloads.
+pub struct Live {
+    pub rules: RuleSet,
+    pub policy: PolicyConfig,
+}
+
+/// The parts of a [`Gateway`] that are not derived from others.
+pub struct GatewayParts {
+    pub upstream: Upstream,
+    pub metrics: Arc<Metrics>,
+    pub max_body_bytes: usize,
+    pub live: Live,
+    pub ids: IdBuilder,
+    pub store: Arc<dyn SecretStore>,
+    pub fernet: FernetKeys,
+    pub managed: bool,
+    pub wrap_references: bool,
+    pub service_token: Option<String>,
+    pub auth: Option<crate::auth::Auth>,
 }
 
 /// The methods OpenMetadata's API answers. Anything else (extension methods, lower-case
 /// spellings some servers fold to upper case, TRACE, CONNECT) is refused with 405.
-fn method_allowed(m: &http::Method) -> bool {
-    use http::Method;
+fn method_allowed(m: &Method) -> bool {
     [
         Method::GET,
         Method::HEAD,
@@ -77,30 +100,33 @@ fn method_allowed(m: &http::Method) -> bool {
     .contains(m)
 }
 
-/// What SIGHUP reloads.
-pub struct Live {
-    pub rules: RuleSet,
-    pub policy: PolicyConfig,
-}
-
-/// Per-request facts gathered along the pipeline, for the log line and metrics.
-struct RequestCtx {
-    route_class: &'static str,
-}
-
 impl Gateway {
+    pub fn new(p: GatewayParts) -> Gateway {
+        Gateway {
+            upstream: p.upstream,
+            metrics: p.metrics,
+            max_body_bytes: p.max_body_bytes,
+            live: RwLock::new(Arc::new(p.live)),
+            ids: p.ids,
+            store: p.store,
+            fernet: p.fernet,
+            managed: p.managed,
+            wrap_references: p.wrap_references,
+            service_auth: p
+                .service_token
+                .and_then(|t| HeaderValue::from_str(&format!("Bearer {t}")).ok()),
+            entity_locks: EntityLocks::default(),
+            auth: p.auth,
+            permissions: Default::default(),
+        }
+    }
+
     /// Runs the pipeline and turns any error into a response (the one place that does).
     pub async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
         let started = Instant::now();
-        let request_id = headers::request_id(req.headers());
+        let mut ctx = RequestCtx::new(&req, conn);
         let method = req.method().clone();
-        // The path is kept for the access line only when that line is written.
-        let path_for_log = tracing::enabled!(target: "omsp::access", tracing::Level::INFO)
-            .then(|| req.uri().path().to_string());
-        let mut ctx = RequestCtx {
-            route_class: "passthrough",
-        };
-        let mut resp = match self.pipeline(req, conn, &request_id, &mut ctx).await {
+        let mut resp = match self.pipeline(req, &mut ctx).await {
             Ok(r) => r,
             Err(e) => {
                 if matches!(
@@ -115,67 +141,113 @@ impl Gateway {
             }
         };
         resp.headers_mut()
-            .insert(headers::X_REQUEST_ID.clone(), request_id.clone());
+            .insert(headers::X_REQUEST_ID.clone(), ctx.request_id.clone());
         let latency = started.elapsed();
         self.metrics
             .record_request(ctx.route_class, resp.status().as_u16(), latency);
-        tracing::info!(
-            target: "omsp::access",
-            method = %method,
-            path = path_for_log.as_deref().unwrap_or(""),
-            route_class = ctx.route_class,
-            status = resp.status().as_u16(),
-            latency_ms = latency.as_secs_f64() * 1000.0,
-            request_id = request_id.to_str().unwrap_or(""),
-            "request"
-        );
+        audit::access(&ctx, &method, resp.status().as_u16(), latency);
         resp
     }
 
     async fn pipeline(
         &self,
         req: Request<Incoming>,
-        conn: ConnInfo,
-        request_id: &HeaderValue,
         ctx: &mut RequestCtx,
     ) -> Result<Response<Body>, GatewayError> {
-        // 1. normalise
         if !method_allowed(req.method()) {
             return Err(GatewayError::MethodNotAllowed(
                 "method not allowed: OpenMetadata's API uses GET, HEAD, POST, PUT, PATCH, DELETE and OPTIONS"
                     .into(),
             ));
         }
+        // A path the upstream could read another way is refused before anything else.
         let norm = NormPath::parse(req.uri().path())
             .map_err(|e| GatewayError::BadRequest(e.to_string()))?;
-        // 2. identify
-        let (caller, sub) = self.identify(req.headers()).await;
-        // 3. route
+        // 1. identify
+        ctx.caller = self.identify(req.headers()).await;
+        // 2. route
         let live = self.live();
         if let Some(m) = live.rules.match_request(req.method(), &norm) {
             ctx.route_class = "ruled";
-            // 4-7 for ruled routes
-            return self
-                .ruled(&live, m, req, conn, request_id, caller, &sub)
-                .await;
+            return self.ruled(&live, m, req, ctx).await;
         }
-        ctx.route_class = "passthrough";
-
-        // 5. forward (unruled: streamed both ways; JSON answers pass the safety net)
+        // 5-6 for unruled routes: streamed both ways; JSON answers pass the safety net.
         let (parts, incoming) = req.into_parts();
-        let upstream_req =
-            self.upstream_request(parts, body::stream(incoming), conn, request_id)?;
+        let upstream_req = self.upstream_request(parts, body::stream(incoming), ctx)?;
         let resp = self.upstream.send(upstream_req).await?;
-        let action = crate::policy::decide(caller, &live.policy, &Default::default());
+        let action = decide(ctx.caller.class, &live.policy, &Default::default());
         self.rewrite_answer(resp, None, action, None).await
     }
 
-    /// The caller's class from a verified JWT only; anything unverifiable is anonymous.
-    async fn identify(&self, headers: &http::HeaderMap) -> (CallerClass, String) {
-        match &self.auth {
-            Some(auth) => auth.identify(headers).await,
-            None => (CallerClass::Anonymous, "anonymous".to_string()),
+    /// Phases 3 to 7 of a ruled request.
+    async fn ruled(
+        &self,
+        live: &Live,
+        m: RouteMatch<'_>,
+        req: Request<Incoming>,
+        ctx: &mut RequestCtx,
+    ) -> Result<Response<Body>, GatewayError> {
+        let (mut parts, incoming) = req.into_parts();
+        let caller_auth = parts.headers.get(header::AUTHORIZATION).cloned();
+        read::ask_for_whole_answers(&mut parts);
+        // 3. prepare write
+        let write = self
+            .prepare_write(&live.rules, &m, &mut parts, incoming)
+            .await?;
+        // 4. store
+        let txn = StoreTxn::begin(self.store.as_ref(), &write.plan).await?;
+        self.metrics
+            .secrets_written
+            .fetch_add(txn.written() as u64, std::sync::atomic::Ordering::Relaxed);
+        // 5. forward
+        let resp = match self.upstream_request(parts, write.body, ctx) {
+            Ok(r) => self.upstream.send(r).await,
+            Err(e) => Err(e),
+        };
+        let resp = match resp {
+            Ok(r) => r,
+            Err(e) => {
+                txn.rollback().await;
+                return Err(e);
+            }
+        };
+        let accepted = resp.status().is_success();
+        if accepted {
+            txn.commit().await;
+        } else {
+            txn.rollback().await;
         }
+        drop(write.lock);
+        // 7. audit (secret operations; the access line is written by `handle`)
+        audit::secret_ops(&ctx.caller.sub, &m.rule.kind, &write.audit, accepted);
+        // 6. rewrite answer
+        let action = decide(ctx.caller.class, &live.policy, &m.rule.policy);
+        let permit = self.view_all_permit(action, live, &m, caller_auth);
+        self.rewrite_answer(
+            resp,
+            Some(read::Scope {
+                rules: &live.rules,
+                rule: m.rule,
+                response_at: m.route.map(|r| r.response_at.as_slice()).unwrap_or(&[]),
+            }),
+            action,
+            permit
+                .as_ref()
+                .map(|p| p as &dyn crate::rewrite::response::Permit),
+        )
+        .await
+    }
+
+    /// The caller's class from a verified JWT only; anything unverifiable is anonymous.
+    async fn identify(&self, headers: &http::HeaderMap) -> Caller {
+        let (class, sub) = match &self.auth {
+            Some(auth) => auth.identify(headers).await,
+            None => (
+                crate::policy::CallerClass::Anonymous,
+                "anonymous".to_string(),
+            ),
+        };
+        Caller { class, sub }
     }
 
     /// The rules and policy in force now.
@@ -193,48 +265,5 @@ impl Gateway {
             Ok(mut l) => *l = live,
             Err(p) => *p.into_inner() = live,
         }
-    }
-
-    fn entity_lock(&self, root: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = match self.entity_locks.lock() {
-            Ok(l) => l,
-            Err(p) => p.into_inner(),
-        };
-        if locks.len() > 10_000 {
-            locks.retain(|_, l| Arc::strong_count(l) > 1);
-        }
-        locks.entry(root.to_string()).or_default().clone()
-    }
-
-    /// Builds the upstream request: same method, path and query; hop-by-hop headers out,
-    /// forwarding headers in.
-    fn upstream_request(
-        &self,
-        parts: http::request::Parts,
-        body: Body,
-        conn: ConnInfo,
-        request_id: &HeaderValue,
-    ) -> Result<Request<Body>, GatewayError> {
-        let pq = parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/");
-        let uri = self.upstream.uri_for(pq)?;
-        let host = parts
-            .headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_string)
-            .or_else(|| parts.uri.authority().map(|a| a.to_string()));
-        let mut headers = parts.headers;
-        headers::strip_hop_by_hop(&mut headers);
-        headers::set_forwarded(&mut headers, conn.remote.ip(), conn.https, host.as_deref());
-        headers.insert(headers::X_REQUEST_ID.clone(), request_id.clone());
-        let mut req = Request::new(body);
-        *req.method_mut() = parts.method;
-        *req.uri_mut() = uri;
-        *req.headers_mut() = headers;
-        Ok(req)
     }
 }

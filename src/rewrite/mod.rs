@@ -1,9 +1,14 @@
-//! Body rewriting: secrets out of requests (`request`), and per-caller views of answers
-//! (`response`). Both work on parsed JSON; `json` holds the strict parser.
+//! Body rewriting: secrets out of written entities (`strip`, applied to the entity a write
+//! produces: `patch` computes it for PATCH, `spans` edits create bodies byte-exactly), the
+//! write invariant checked on what leaves (`guard`), and per-caller views of answers
+//! (`response`). `json` holds the strict parser.
 
+pub mod guard;
 pub mod json;
-pub mod request;
+pub mod patch;
 pub mod response;
+pub mod spans;
+pub mod strip;
 
 use serde_json::Value;
 

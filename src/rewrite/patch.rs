@@ -34,7 +34,12 @@ impl Media {
         let Ok(v) = v.to_str() else {
             return Media::Other;
         };
-        let essence = v.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        let essence = v
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
         match essence.as_str() {
             "application/json-patch+json" => Media::JsonPatch,
             "application/merge-patch+json" => Media::MergePatch,
@@ -60,17 +65,18 @@ impl PatchBody {
             Media::JsonPatch => {
                 if !doc.is_array() {
                     return Err(GatewayError::BadRequest(
-                        "an application/json-patch+json body must be an array of operations"
-                            .into(),
+                        "an application/json-patch+json body must be an array of operations".into(),
                     ));
                 }
-                serde_json::from_value::<Patch>(doc).map(PatchBody::Json).map_err(|_| {
-                    GatewayError::BadRequest(
+                serde_json::from_value::<Patch>(doc)
+                    .map(PatchBody::Json)
+                    .map_err(|_| {
+                        GatewayError::BadRequest(
                         "malformed JSON Patch: each operation needs a known \"op\", a \"path\" \
                          that is a JSON Pointer, and \"value\" or \"from\" where RFC 6902 asks"
                             .into(),
                     )
-                })
+                    })
             }
             Media::MergePatch => {
                 if !doc.is_object() {
@@ -229,7 +235,10 @@ mod tests {
             media("application/json-patch+json; profile=merge-patch"),
             Media::JsonPatch
         );
-        assert_eq!(media("Application/Merge-Patch+JSON;charset=utf-8"), Media::MergePatch);
+        assert_eq!(
+            media("Application/Merge-Patch+JSON;charset=utf-8"),
+            Media::MergePatch
+        );
         assert_eq!(media("text/plain; x=merge-patch"), Media::Other);
         assert_eq!(media("application/json"), Media::Json);
     }
@@ -301,15 +310,27 @@ mod tests {
     #[test]
     fn test_ops_elsewhere_are_evaluated_locally() {
         let cur = json!({"c": {"password": "x"}, "d": 1});
-        let ok = PatchBody::parse(Media::JsonPatch, json!([{"op":"test","path":"/d","value":1}])).unwrap();
+        let ok = PatchBody::parse(
+            Media::JsonPatch,
+            json!([{"op":"test","path":"/d","value":1}]),
+        )
+        .unwrap();
         assert!(apply(&cur, &ok, &pw_secrets).is_ok());
-        let bad = PatchBody::parse(Media::JsonPatch, json!([{"op":"test","path":"/d","value":2}])).unwrap();
-        assert!(matches!(apply(&cur, &bad, &pw_secrets), Err(GatewayError::BadRequest(_))));
+        let bad = PatchBody::parse(
+            Media::JsonPatch,
+            json!([{"op":"test","path":"/d","value":2}]),
+        )
+        .unwrap();
+        assert!(matches!(
+            apply(&cur, &bad, &pw_secrets),
+            Err(GatewayError::BadRequest(_))
+        ));
     }
 
     #[test]
     fn the_diff_turns_the_current_document_into_the_result() {
-        let cur = json!({"a": [1, 2], "b": {"c": "x"}, "n": 12345678901234567890123u128.to_string()});
+        let cur =
+            json!({"a": [1, 2], "b": {"c": "x"}, "n": 12345678901234567890123u128.to_string()});
         let to = json!({"a": [0, 1, 2], "b": {}, "n": cur["n"].clone(), "z": null});
         let ops = diff(&cur, &to);
         let mut doc = cur.clone();

@@ -253,7 +253,10 @@ mod tests {
         )
         .unwrap();
         let expected = br#"{ "b" : 12345678901234567890123, "x":"caf\u00e9\/", "connection":{"config":{"password":"secret:/x","port":-1.5E+3}} ,"a":[1,{"k":"v"}]}"#;
-        assert_eq!(String::from_utf8(out).unwrap(), String::from_utf8(expected.to_vec()).unwrap());
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            String::from_utf8(expected.to_vec()).unwrap()
+        );
     }
 
     #[test]
@@ -267,7 +270,10 @@ mod tests {
             ],
         )
         .unwrap();
-        assert_eq!(out, br#"{"serv\u0065rs":[{"key":"r0"},{"key":null}]}"#.to_vec());
+        assert_eq!(
+            out,
+            br#"{"serv\u0065rs":[{"key":"r0"},{"key":null}]}"#.to_vec()
+        );
     }
 
     #[test]

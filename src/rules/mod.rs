@@ -43,6 +43,30 @@ struct RawRule {
     policy: Option<RawPolicy>,
     #[serde(default)]
     allowed_reference_prefixes: Vec<String>,
+    /// The resource name of OpenMetadata's permission API for this kind (default: `kind`).
+    #[serde(default)]
+    permission_resource: Option<String>,
+    /// The `fields` query the gateway asks for when it reads an entity it must patch.
+    #[serde(default)]
+    entity_fields: Option<String>,
+    /// Masks in a write stand for the secrets of the service the body names
+    /// (`request.serviceName` / `request.serviceType`): test-connection workflows.
+    #[serde(default)]
+    masks_from_service: bool,
+    /// `migrate` moves this kind's secrets (default true; false for short-lived kinds).
+    #[serde(default = "yes")]
+    migrate: bool,
+    /// Extra query for listing the kind (`isBot=true` for bot users).
+    #[serde(default)]
+    list_query: Option<String>,
+    /// A route under the collection (`/auth-mechanism/{id}`) that answers the subtree at
+    /// `field_base` which lists leave out.
+    #[serde(default)]
+    credentials_route: Option<String>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Deserialize)]
@@ -88,6 +112,10 @@ pub enum Op {
     Delete,
     /// Any other ruled route: the request is forwarded, the answer rewritten.
     Action,
+    /// CSV import (`text/plain` bodies): forwarded as they are, the answer rewritten.
+    Import,
+    /// CSV export: the answer is text, not an entity.
+    Export,
 }
 
 #[derive(Debug, Clone)]
@@ -133,6 +161,12 @@ pub struct Rule {
     pub routes: Vec<Route>,
     pub policy: PolicyOverride,
     pub allowed_reference_prefixes: Vec<String>,
+    pub permission_resource: String,
+    pub entity_fields: Option<String>,
+    pub masks_from_service: bool,
+    pub migrate: bool,
+    pub list_query: Option<String>,
+    pub credentials_route: Option<String>,
 }
 
 /// A secret location found in a document.
@@ -344,6 +378,14 @@ impl RuleSet {
         }
         found.sort_by(|a, b| a.steps.cmp(&b.steps));
         found.dedup_by(|a, b| a.steps == b.steps);
+        found
+    }
+
+    /// Every scalar under a secret-looking key name anywhere in `doc` (bodies of routes that
+    /// carry no entity).
+    pub fn find_by_name(&self, doc: &Value) -> Vec<Found> {
+        let mut found = Vec::new();
+        self.net_walk(doc, &mut Vec::new(), &mut found);
         found
     }
 
@@ -583,10 +625,12 @@ fn compile_rule(file: &Path, text: &str) -> Result<Rule, Vec<Problem>> {
             "patch" => Op::Patch,
             "delete" => Op::Delete,
             "action" => Op::Action,
+            "import" => Op::Import,
+            "export" => Op::Export,
             other => {
                 problems.push(problem(
                     line,
-                    format!("route {:?}: op {other:?} is not one of read, create, patch, delete, action", r.path),
+                    format!("route {:?}: op {other:?} is not one of read, create, patch, delete, action, import, export", r.path),
                 ));
                 Op::Action
             }
@@ -679,7 +723,7 @@ fn compile_rule(file: &Path, text: &str) -> Result<Rule, Vec<Problem>> {
         return Err(problems);
     }
     Ok(Rule {
-        kind: raw.kind,
+        kind: raw.kind.clone(),
         file: file.to_path_buf(),
         collection: raw.collection,
         collection_segs,
@@ -694,6 +738,12 @@ fn compile_rule(file: &Path, text: &str) -> Result<Rule, Vec<Problem>> {
         routes,
         policy,
         allowed_reference_prefixes: raw.allowed_reference_prefixes,
+        permission_resource: raw.permission_resource.unwrap_or_else(|| raw.kind.clone()),
+        entity_fields: raw.entity_fields,
+        masks_from_service: raw.masks_from_service,
+        migrate: raw.migrate,
+        list_query: raw.list_query,
+        credentials_route: raw.credentials_route,
     })
 }
 

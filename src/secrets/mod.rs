@@ -9,6 +9,7 @@ pub mod embedded;
 pub mod fernet;
 pub mod memory;
 pub mod openbao;
+pub mod transaction;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -1,0 +1,55 @@
+//! Content-Encoding of bodies the gateway must read: gzip, deflate (zlib or raw), br.
+
+use std::io::Read;
+
+use bytes::Bytes;
+use http::{header, HeaderMap};
+
+/// Decodes a request or response body by its Content-Encoding.
+pub fn decode(headers: &HeaderMap, bytes: Bytes, limit: usize) -> Result<Bytes, DecodeError> {
+    let Some(enc) = headers.get(header::CONTENT_ENCODING) else {
+        return Ok(bytes);
+    };
+    let enc = enc
+        .to_str()
+        .map_err(|_| DecodeError::Unsupported)?
+        .trim()
+        .to_ascii_lowercase();
+    let mut out = Vec::new();
+    let res = match enc.as_str() {
+        "" | "identity" => return Ok(bytes),
+        "gzip" | "x-gzip" => flate2::read::GzDecoder::new(&bytes[..])
+            .take(limit as u64 + 1)
+            .read_to_end(&mut out),
+        "deflate" => {
+            // RFC 9110 deflate is zlib; some senders use raw deflate.
+            let r = flate2::read::ZlibDecoder::new(&bytes[..])
+                .take(limit as u64 + 1)
+                .read_to_end(&mut out);
+            if r.is_err() {
+                out.clear();
+                flate2::read::DeflateDecoder::new(&bytes[..])
+                    .take(limit as u64 + 1)
+                    .read_to_end(&mut out)
+            } else {
+                r
+            }
+        }
+        "br" => brotli_decompressor::Decompressor::new(&bytes[..], 4096)
+            .take(limit as u64 + 1)
+            .read_to_end(&mut out),
+        _ => return Err(DecodeError::Unsupported),
+    };
+    res.map_err(|_| DecodeError::Corrupt)?;
+    if out.len() > limit {
+        return Err(DecodeError::TooLarge);
+    }
+    Ok(Bytes::from(out))
+}
+
+#[derive(Debug)]
+pub enum DecodeError {
+    Unsupported,
+    Corrupt,
+    TooLarge,
+}

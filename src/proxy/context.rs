@@ -1,0 +1,50 @@
+//! What one request carries through the pipeline.
+
+use std::net::SocketAddr;
+
+use http::{HeaderValue, Request};
+
+use super::headers;
+use crate::policy::CallerClass;
+
+/// What the server knows about the client connection.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnInfo {
+    pub remote: SocketAddr,
+    pub https: bool,
+}
+
+/// The caller, as far as a verified token says.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub class: CallerClass,
+    /// The token's `sub` (for audit lines), or `anonymous`.
+    pub sub: String,
+}
+
+/// Per-request facts gathered along the pipeline.
+pub(crate) struct RequestCtx {
+    pub request_id: HeaderValue,
+    pub conn: ConnInfo,
+    pub caller: Caller,
+    /// `ruled` or `passthrough`, for the access line and metrics.
+    pub route_class: &'static str,
+    /// The path, kept only when the access line is written.
+    pub path_for_log: Option<String>,
+}
+
+impl RequestCtx {
+    pub fn new<B>(req: &Request<B>, conn: ConnInfo) -> RequestCtx {
+        RequestCtx {
+            request_id: headers::request_id(req.headers()),
+            conn,
+            caller: Caller {
+                class: CallerClass::Anonymous,
+                sub: "anonymous".to_string(),
+            },
+            route_class: "passthrough",
+            path_for_log: tracing::enabled!(target: "omsp::access", tracing::Level::INFO)
+                .then(|| req.uri().path().to_string()),
+        }
+    }
+}

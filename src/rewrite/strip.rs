@@ -1,0 +1,469 @@
+//! The write table of the contract, applied to the entity as OpenMetadata will hold it: every
+//! secret field's value is classified and replaced by what the upstream may see, and the store
+//! changes this needs are collected in a [`Plan`] that the store transaction carries out before
+//! anything is forwarded.
+//!
+//! Judging the resulting entity, not the request's operations, is what makes moved, copied and
+//! re-ordered secrets safe: wherever a value ends up, the field it ends up in gets it.
+
+use std::collections::BTreeSet;
+
+use serde_json::Value;
+
+use super::{classify, FieldValue, REFERENCE_PREFIX};
+use crate::error::GatewayError;
+use crate::rules::ids::IdBuilder;
+use crate::rules::jsonpath::{get, get_mut, render, Step};
+use crate::rules::{Rule, RuleSet};
+use crate::secrets::fernet::{FernetKeys, PREFIX as FERNET_PREFIX};
+use crate::secrets::transaction::{Claim, Plan};
+use crate::secrets::SecretStore;
+
+/// What happened to one secret field, for the audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    /// The field's JSONPath.
+    pub field: String,
+    pub secret_id: String,
+    pub op: AuditOp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditOp {
+    /// A value was stored.
+    Put,
+    /// A value was Fernet-encrypted in place (db and non-managed providers).
+    Encrypt,
+    /// A reference was kept.
+    Reference,
+    /// A mask kept the stored secret.
+    Keep,
+    /// A reference that moved to another field was re-keyed to that field's own id.
+    Rekey,
+    /// A secret was deleted.
+    Delete,
+}
+
+impl AuditOp {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditOp::Put => "put",
+            AuditOp::Encrypt => "encrypt",
+            AuditOp::Reference => "reference",
+            AuditOp::Keep => "keep",
+            AuditOp::Rekey => "rekey",
+            AuditOp::Delete => "delete",
+        }
+    }
+}
+
+/// What a reference or a value becomes upstream: `secret:<id>`, Fernet-wrapped when `wrap`.
+pub fn forwarded_reference(
+    fernet: &FernetKeys,
+    wrap: bool,
+    id: &str,
+) -> Result<String, GatewayError> {
+    let r = format!("{REFERENCE_PREFIX}{id}");
+    if wrap {
+        return fernet
+            .encrypt(&r)
+            .map_err(|e| GatewayError::Internal(e.to_string()));
+    }
+    Ok(r)
+}
+
+/// The service a test-connection workflow names, whose secrets its masks stand for.
+pub struct MaskSource {
+    /// Steps of the workflow's connection config (`request.connection.config`).
+    pub base: Vec<Step>,
+    /// The service's id root, e.g. `/openmetadata/database/mysql-prod`.
+    pub service_root: String,
+    /// The service's `connection.config` as the upstream holds it (non-managed providers).
+    pub service_config: Option<Value>,
+}
+
+/// Everything the write table needs for one entity.
+pub struct Stripper<'a> {
+    pub rules: &'a RuleSet,
+    pub rule: &'a Rule,
+    pub ids: &'a IdBuilder,
+    /// The entity's id root, e.g. `/openmetadata/database/mysql-test`.
+    pub root: String,
+    /// Who owns the root (recorded when the first secret is stored under it).
+    pub owner: String,
+    /// Values go to the store (managed providers) rather than travelling as Fernet tokens.
+    pub managed: bool,
+    pub fernet: &'a FernetKeys,
+    pub wrap_references: bool,
+    pub store: &'a dyn SecretStore,
+    pub mask_source: Option<MaskSource>,
+}
+
+/// The result of stripping one entity.
+#[derive(Debug, Default)]
+pub struct Stripped {
+    pub plan: Plan,
+    /// The new value of every secret field that changed, by location (for byte-exact edits).
+    pub edits: Vec<(Vec<Step>, Value)>,
+    pub audit: Vec<AuditEntry>,
+    /// Secret fields left as they were because nothing better can be put there: a mask stored
+    /// upstream by an old bug with nothing behind it, or a Fernet token no configured key opens.
+    pub left: Vec<String>,
+}
+
+/// What a mask stands for.
+enum Kept {
+    /// A reference, judged like one the caller sent.
+    Reference(String),
+    /// The named service's secret (workflows): its value is copied to the field's own id.
+    Copy(String),
+    /// A value the upstream holds (db and non-managed providers), forwarded as it is.
+    Verbatim(String),
+}
+
+/// A value read from the store for a re-keyed reference: (source id, field id).
+struct Rekey {
+    from: String,
+    to: String,
+}
+
+impl Stripper<'_> {
+    /// What the upstream receives for a reference to `id`.
+    fn reference(&self, id: &str) -> Result<Value, GatewayError> {
+        forwarded_reference(self.fernet, self.wrap_references, id).map(Value::String)
+    }
+
+    fn own(&self, id: &str) -> bool {
+        id.len() > self.root.len() + 1
+            && id.starts_with(self.root.as_str())
+            && id.as_bytes()[self.root.len()] == b'/'
+    }
+
+    fn granted(&self, id: &str) -> bool {
+        self.rule
+            .allowed_reference_prefixes
+            .iter()
+            .any(|p| id.starts_with(p.as_str()))
+    }
+
+    /// Rewrites every secret field of `doc` (the entity as the upstream will hold it).
+    /// `current` is the entity as the upstream holds it now, when known: masks fall back to
+    /// it, and ids it referred to that `doc` no longer does are deleted after the write.
+    pub async fn strip(
+        &self,
+        doc: &mut Value,
+        current: Option<&Value>,
+    ) -> Result<Stripped, GatewayError> {
+        let mut out = Stripped::default();
+        let mut rekeys: Vec<Rekey> = Vec::new();
+        let mut cleared: Vec<String> = Vec::new();
+        for f in self.rules.find_secrets(self.rule, doc) {
+            let Some(slot) = get(doc, &f.steps) else {
+                continue;
+            };
+            let field = render(&f.steps);
+            let id = self.ids.id(&self.root, self.rule.field_steps(&f.steps));
+            let held = current.and_then(|c| get(c, &f.steps));
+            let untouched = held == Some(slot);
+            let Some(kind) = classify(slot) else {
+                return Err(GatewayError::BadRequest(format!(
+                    "{field}: a secret field must hold a string, not an object or array"
+                )));
+            };
+            let kind = match self.open_fernet(kind, &field, untouched)? {
+                Some(k) => k,
+                None => {
+                    out.left.push(field);
+                    continue;
+                }
+            };
+            let mut via_mask = false;
+            let kind = match kind {
+                FieldValue::Mask => match self.mask(&f.steps, &id, held).await? {
+                    Some(Kept::Reference(r)) => {
+                        via_mask = true;
+                        FieldValue::Reference(r)
+                    }
+                    Some(Kept::Copy(from)) => {
+                        rekeys.push(Rekey {
+                            from,
+                            to: id.clone(),
+                        });
+                        let value = self.reference(&id)?;
+                        set(doc, &f.steps, value, &mut out.edits);
+                        out.audit.push(AuditEntry {
+                            field,
+                            secret_id: id,
+                            op: AuditOp::Keep,
+                        });
+                        continue;
+                    }
+                    Some(Kept::Verbatim(v)) => {
+                        set(doc, &f.steps, Value::String(v), &mut out.edits);
+                        out.audit.push(AuditEntry {
+                            field,
+                            secret_id: id,
+                            op: AuditOp::Keep,
+                        });
+                        continue;
+                    }
+                    None if untouched => {
+                        out.left.push(field);
+                        continue;
+                    }
+                    None => {
+                        return Err(GatewayError::Unprocessable(format!(
+                            "{field}: a masked value was sent but no secret is stored for it"
+                        )))
+                    }
+                },
+                k => k,
+            };
+            let (value, op, audit_id) = match kind {
+                FieldValue::Plain(plain) if self.managed => {
+                    out.plan.puts.push((id.clone(), plain));
+                    (self.reference(&id)?, AuditOp::Put, id.clone())
+                }
+                FieldValue::Plain(plain) => {
+                    let token = self
+                        .fernet
+                        .encrypt(&plain)
+                        .map_err(|e| GatewayError::Internal(e.to_string()))?;
+                    (Value::String(token), AuditOp::Encrypt, id.clone())
+                }
+                FieldValue::Reference(r) => {
+                    check_reference_syntax(&r, self.managed, &field)?;
+                    if !self.managed {
+                        let v = Value::String(format!("{REFERENCE_PREFIX}{r}"));
+                        (v, AuditOp::Reference, r)
+                    } else if r == id || self.granted(&r) {
+                        (self.reference(&r)?, AuditOp::Reference, r)
+                    } else if self.own(&r) {
+                        rekeys.push(Rekey {
+                            from: r,
+                            to: id.clone(),
+                        });
+                        (self.reference(&id)?, AuditOp::Rekey, id.clone())
+                    } else {
+                        return Err(GatewayError::Unprocessable(format!(
+                            "{field}: the reference is outside this entity's secrets ({}/...)",
+                            self.root
+                        )));
+                    }
+                }
+                FieldValue::Clear => {
+                    cleared.push(id.clone());
+                    (Value::Null, AuditOp::Delete, id.clone())
+                }
+                FieldValue::Mask | FieldValue::Fernet(_) => {
+                    return Err(GatewayError::Internal("unresolved secret field".into()))
+                }
+            };
+            set(doc, &f.steps, value, &mut out.edits);
+            let op = if via_mask && op == AuditOp::Reference {
+                AuditOp::Keep
+            } else {
+                op
+            };
+            if op != AuditOp::Delete || self.managed {
+                out.audit.push(AuditEntry {
+                    field,
+                    secret_id: audit_id,
+                    op,
+                });
+            }
+        }
+        self.read_rekeys(&rekeys, &mut out.plan).await?;
+        if self.managed {
+            self.plan_deletes(doc, current, cleared, &mut out);
+            if !out.plan.puts.is_empty() {
+                out.plan.claim = Some(Claim {
+                    root: self.root.clone(),
+                    owner: self.owner.clone(),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// A `fernet:` value opened with the configured keys: its plain value or the reference it
+    /// wraps. `None`: no key opens it and it is what the upstream already holds (left as is).
+    fn open_fernet(
+        &self,
+        kind: FieldValue,
+        field: &str,
+        untouched: bool,
+    ) -> Result<Option<FieldValue>, GatewayError> {
+        let FieldValue::Fernet(token) = kind else {
+            return Ok(Some(kind));
+        };
+        match self.fernet.decrypt(&token) {
+            Ok(plain) => Ok(Some(match classify(&Value::String(plain.clone())) {
+                Some(FieldValue::Reference(r)) => FieldValue::Reference(r),
+                _ => FieldValue::Plain(plain),
+            })),
+            Err(_) if untouched => Ok(None),
+            Err(_) => Err(GatewayError::BadRequest(format!(
+                "{field}: the fernet: value cannot be decrypted with the configured keys"
+            ))),
+        }
+    }
+
+    /// What a mask at `steps` stands for: the reference the upstream holds there, the secret
+    /// stored under the field's id, or (workflows) the named service's; with db and
+    /// non-managed providers, the token or reference the upstream holds, kept verbatim.
+    async fn mask(
+        &self,
+        steps: &[Step],
+        id: &str,
+        held: Option<&Value>,
+    ) -> Result<Option<Kept>, GatewayError> {
+        let from_service = self
+            .mask_source
+            .as_ref()
+            .filter(|m| steps.len() > m.base.len() && steps[..m.base.len()] == m.base[..])
+            .map(|m| (m, &steps[m.base.len()..]));
+        if !self.managed {
+            let verbatim = |v: Option<&Value>| {
+                v.and_then(Value::as_str)
+                    .filter(|s| s.starts_with(REFERENCE_PREFIX) || s.starts_with(FERNET_PREFIX))
+                    .map(|s| Kept::Verbatim(s.to_string()))
+            };
+            return Ok(verbatim(held).or_else(|| {
+                from_service.and_then(|(m, rel)| {
+                    verbatim(m.service_config.as_ref().and_then(|c| get(c, rel)))
+                })
+            }));
+        }
+        let held_kind = held
+            .and_then(classify)
+            .and_then(|k| self.open_fernet(k, "", true).ok().flatten());
+        if let Some(FieldValue::Reference(r)) = held_kind {
+            return Ok(Some(Kept::Reference(r)));
+        }
+        if self.stored(id).await? {
+            return Ok(Some(Kept::Reference(id.to_string())));
+        }
+        if let Some((m, rel)) = from_service {
+            let sid = self.ids.id(&m.service_root, rel);
+            if self.stored(&sid).await? {
+                return Ok(Some(Kept::Copy(sid)));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn stored(&self, id: &str) -> Result<bool, GatewayError> {
+        Ok(self.store.get(id).await?.is_some())
+    }
+
+    /// Reads the value behind every re-keyed reference before anything is written, so a
+    /// field that gets a new value and a reference that moved away from it both end right.
+    async fn read_rekeys(&self, rekeys: &[Rekey], plan: &mut Plan) -> Result<(), GatewayError> {
+        for r in rekeys {
+            match self.store.get(&r.from).await? {
+                Some(v) => plan.puts.push((r.to.clone(), v)),
+                None => {
+                    return Err(GatewayError::Unprocessable(format!(
+                        "a reference names a secret that does not exist ({})",
+                        r.from
+                    )))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Ids this entity referred to (or cleared) that nothing refers to after the write.
+    fn plan_deletes(
+        &self,
+        doc: &Value,
+        current: Option<&Value>,
+        cleared: Vec<String>,
+        out: &mut Stripped,
+    ) {
+        let after = self.own_references(doc);
+        let written: BTreeSet<&String> = out.plan.puts.iter().map(|(id, _)| id).collect();
+        let mut gone: BTreeSet<String> = cleared.into_iter().collect();
+        if let Some(c) = current {
+            gone.extend(self.own_references(c));
+        }
+        out.plan.deletes = gone
+            .into_iter()
+            .filter(|id| !after.contains(id) && !written.contains(id) && self.own(id))
+            .collect();
+    }
+
+    /// The ids inside this entity's root that anything in it refers to (a reference moved
+    /// to a field that is not a secret still keeps its id alive).
+    fn own_references(&self, doc: &Value) -> BTreeSet<String> {
+        let mut ids = BTreeSet::new();
+        let mut stack = vec![doc];
+        while let Some(v) = stack.pop() {
+            match v {
+                Value::String(s) => {
+                    let opened;
+                    let s = if s.starts_with(FERNET_PREFIX) {
+                        match self.fernet.decrypt(s) {
+                            Ok(p) => {
+                                opened = p;
+                                opened.as_str()
+                            }
+                            Err(_) => continue,
+                        }
+                    } else {
+                        s.as_str()
+                    };
+                    if let Some(r) = s.strip_prefix(REFERENCE_PREFIX) {
+                        if self.own(r) {
+                            ids.insert(r.to_string());
+                        }
+                    }
+                }
+                Value::Array(a) => stack.extend(a.iter()),
+                Value::Object(m) => stack.extend(m.values()),
+                _ => {}
+            }
+        }
+        ids
+    }
+}
+
+/// Puts `value` at `steps` and records the edit when it changes anything.
+fn set(doc: &mut Value, steps: &[Step], value: Value, edits: &mut Vec<(Vec<Step>, Value)>) {
+    if let Some(slot) = get_mut(doc, steps) {
+        if *slot != value {
+            *slot = value.clone();
+            edits.push((steps.to_vec(), value));
+        }
+    }
+}
+
+/// Refuses a reference the gateway could not have built: empty, `.` or `..` segments, control
+/// characters; with a managed provider, also characters outside the id alphabet.
+pub fn check_reference_syntax(id: &str, managed: bool, field: &str) -> Result<(), GatewayError> {
+    let bad = |why: &str| {
+        Err(GatewayError::Unprocessable(format!(
+            "{field}: the reference is not a secret id ({why})"
+        )))
+    };
+    let Some(rest) = id.strip_prefix('/') else {
+        return bad("it must start with '/'");
+    };
+    for seg in rest.split('/') {
+        if seg.is_empty() || seg == "." || seg == ".." {
+            return bad("empty, '.' and '..' segments are not allowed");
+        }
+        if seg.chars().any(char::is_control) {
+            return bad("control characters are not allowed");
+        }
+        if managed
+            && !seg
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+        {
+            return bad("ids hold only a-z, 0-9, '_', '-' and '/'");
+        }
+    }
+    Ok(())
+}
