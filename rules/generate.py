@@ -1,19 +1,34 @@
 #!/usr/bin/env python3
-"""Generates the shipped rule files from OpenMetadata's secret-field inventory.
+"""Generates the shipped rule files from OpenMetadata's secret-field inventories.
 
-    python3 rules/generate.py [INVENTORY_JSON] [OUT_DIR]
+    python3 rules/generate.py [--data-dir DIR] [--out DIR] [INVENTORY_JSON ...]
 
-Defaults: ../shared/data/openmetadata-secret-fields.json and rules/. Re-run it when a newer
-inventory arrives; the files it writes are the rules the gateway ships. Each secret path keeps
-the connection types (inventory groups) it was found under, for `explain`.
+With no INVENTORY_JSON, reads every supported version's inventory from the data directory
+(`--data-dir`, else $OMSP_INVENTORY_DIR, else ../shared/data next to the repository):
+DEFAULT_INVENTORIES below. The rules are the union of the inventories, so that one rule set
+serves every supported OpenMetadata version: a path that is a secret in any of them is a secret
+path; each path keeps the connection types (inventory groups) it was found under in any of
+them, for `explain`; `known_types` is the union of the types. The output does not depend on
+the order of the arguments, and a re-run on the same inventories writes the same bytes.
+
+To support the next OpenMetadata version: add its inventory to DEFAULT_INVENTORIES (or pass
+every inventory on the command line), re-run, and commit the rule files it writes.
 """
+import argparse
 import json
 import os
+import re
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-INVENTORY = sys.argv[1] if len(sys.argv) > 1 else os.path.join(HERE, "..", "..", "shared", "data", "openmetadata-secret-fields.json")
-OUT = sys.argv[2] if len(sys.argv) > 2 else HERE
+REPO = os.path.dirname(HERE)
+
+# One inventory per supported OpenMetadata version (file names inside the data directory).
+DEFAULT_INVENTORIES = [
+    "openmetadata-secret-fields-1.9.17.6.json",
+    "openmetadata-secret-fields-1.13.6.3.json",
+    "openmetadata-secret-fields.json",  # 2.0.7
+]
 
 ENTITY_ROUTES = [
     {"methods": ["GET"], "path": "", "op": "read"},
@@ -63,42 +78,163 @@ KINDS = {
 
 FILE_NAMES = {"user (bot user)": "botUser"}
 
+# Inventory kinds that hold no secret and get no rule file (bots keep theirs on their user).
+NO_RULE = {"bot"}
 
-def main():
-    inv = json.load(open(INVENTORY))
-    collections = inv["_meta"]["collections"]
-    only_in_entity = inv["_meta"].get("createVsEntityDiff", {})
-    written = []
-    for kind, (root, base, net, extra) in KINDS.items():
-        groups = inv.get(kind, {})
-        secrets = {}
-        types = sorted(g for g in groups if g != "_common")
-        for group, entries in groups.items():
+
+class Inventory:
+    """One version's inventory: its ingestion package version and its secret paths."""
+
+    def __init__(self, path, data):
+        self.path = path
+        self.data = data
+        self.meta = data["_meta"]
+        self.version = package_version(self.meta.get("source", ""), path)
+
+    def kinds(self):
+        return [k for k in self.data if k != "_meta"]
+
+    def groups(self, kind):
+        return self.data.get(kind, {})
+
+    def only_in_entity(self, kind):
+        return self.meta.get("createVsEntityDiff", {}).get(kind, {}).get("onlyInEntity", [])
+
+
+def package_version(source, path):
+    """`2.0.7.0` from `openmetadata-ingestion 2.0.7.0 generated ...`."""
+    m = re.search(r"openmetadata-ingestion (\d+(?:\.\d+)*)", source)
+    if not m:
+        sys.exit(f"{path}: _meta.source names no openmetadata-ingestion version: {source!r}")
+    return m.group(1)
+
+
+def version_key(version):
+    return tuple(int(p) for p in version.split("."))
+
+
+def server_version(package):
+    """The OpenMetadata server line an ingestion package belongs to: `1.9.17.6` -> `1.9`."""
+    return ".".join(package.split(".")[:2])
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("inventories", nargs="*", metavar="INVENTORY_JSON",
+                   help="inventory files (default: DEFAULT_INVENTORIES in the data directory)")
+    p.add_argument("--data-dir", default=os.environ.get("OMSP_INVENTORY_DIR")
+                   or os.path.normpath(os.path.join(REPO, "..", "shared", "data")),
+                   help="where the default inventories are (env OMSP_INVENTORY_DIR)")
+    p.add_argument("--out", default=HERE, help="where the rule files go (default: rules/)")
+    return p.parse_args(argv)
+
+
+def load_inventories(paths):
+    """Every inventory, oldest version first (the order of the arguments does not matter)."""
+    invs = []
+    for path in paths:
+        try:
+            with open(path) as f:
+                invs.append(Inventory(path, json.load(f)))
+        except OSError as e:
+            sys.exit(f"{path}: {e.strerror} (inventories elsewhere: --data-dir DIR or OMSP_INVENTORY_DIR)")
+    invs.sort(key=lambda inv: version_key(inv.version))
+    seen = set()
+    for inv in invs:
+        if inv.version in seen:
+            sys.exit(f"{inv.path}: a second inventory for openmetadata-ingestion {inv.version}")
+        seen.add(inv.version)
+    return invs
+
+
+def check_kinds(invs):
+    """Refuses an inventory kind with secrets that no rule would cover (a new kind needs a
+    KINDS entry: its root, field base, safety net and routes)."""
+    for inv in invs:
+        for kind in inv.kinds():
+            has_paths = any(inv.groups(kind).values())
+            if kind not in KINDS and kind not in NO_RULE and has_paths:
+                sys.exit(f"{inv.path}: kind {kind!r} has secret paths but no KINDS entry")
+            if kind in NO_RULE and has_paths:
+                sys.exit(f"{inv.path}: kind {kind!r} now has secret paths; give it a KINDS entry")
+
+
+def collection(kind, invs):
+    """The kind's REST collection; every inventory that names it must agree."""
+    names = {inv.meta["collections"][kind] for inv in invs if kind in inv.meta["collections"]}
+    if len(names) != 1:
+        sys.exit(f"kind {kind!r}: the inventories name collections {sorted(names)}")
+    return names.pop()
+
+
+def type_order(types):
+    """Types in alphabetical order, ignoring case (as the inventories list their groups)."""
+    return sorted(types, key=lambda t: (t.casefold(), t))
+
+
+def known_types(kind, invs):
+    """Every connection type (inventory group) of the kind in any version."""
+    return sorted({g for inv in invs for g in inv.groups(kind) if g != "_common"})
+
+
+def secret_paths(kind, invs):
+    """The union of the kind's secret paths, each with every type it was found under, sorted."""
+    types = {}
+    for inv in invs:
+        for group, entries in inv.groups(kind).items():
             for e in entries:
-                s = secrets.setdefault(e["path"], {"path": e["path"], "types": []})
+                found_under = types.setdefault(e["path"], set())
                 if group != "_common":
-                    s["types"].append(group)
-        for p in only_in_entity.get(kind, {}).get("onlyInEntity", []):
-            secrets.setdefault(p, {"path": p, "types": []})
-        rule = {
-            "kind": FILE_NAMES.get(kind, kind),
-            "inventory_kind": kind,
-            "collection": collections[kind],
-            "root": root + "/{name}",
-            "field_base": base,
-            "safety_net": net,
-            "known_types": types,
-            "routes": ENTITY_ROUTES + extra,
-            "secrets": [secrets[p] for p in sorted(secrets)],
-        }
-        name = FILE_NAMES.get(kind, kind) + ".json"
-        with open(os.path.join(OUT, name), "w") as f:
-            json.dump(rule, f, indent=1, sort_keys=False)
-            f.write("\n")
-        written.append((name, len(rule["secrets"])))
-    for name, n in written:
-        print(f"{name}: {n} secret paths")
+                    found_under.add(group)
+        for p in inv.only_in_entity(kind):
+            types.setdefault(p, set())
+    return [{"path": p, "types": type_order(types[p])} for p in sorted(types)]
+
+
+def description(invs):
+    servers = ", ".join(server_version(inv.version) for inv in invs)
+    packages = ", ".join(inv.version for inv in invs)
+    return (f"Generated by rules/generate.py for OpenMetadata {servers} "
+            f"(inventories of openmetadata-ingestion {packages}); edits are overwritten by a re-run.")
+
+
+def build_rule(kind, invs):
+    root, base, net, extra = KINDS[kind]
+    return {
+        "kind": FILE_NAMES.get(kind, kind),
+        "inventory_kind": kind,
+        "description": description(invs),
+        "collection": collection(kind, invs),
+        "root": root + "/{name}",
+        "field_base": base,
+        "safety_net": net,
+        "known_types": known_types(kind, invs),
+        "routes": ENTITY_ROUTES + extra,
+        "secrets": secret_paths(kind, invs),
+    }
+
+
+def write_rule(out, rule):
+    name = rule["kind"] + ".json"
+    with open(os.path.join(out, name), "w") as f:
+        json.dump(rule, f, indent=1, sort_keys=False)
+        f.write("\n")
+    return name
+
+
+def main(argv):
+    args = parse_args(argv)
+    paths = args.inventories or [os.path.join(args.data_dir, n) for n in DEFAULT_INVENTORIES]
+    invs = load_inventories(paths)
+    check_kinds(invs)
+    for kind in KINDS:
+        if not any(kind in inv.meta["collections"] for inv in invs):
+            print(f"{kind}: in no inventory, not written")
+            continue
+        rule = build_rule(kind, invs)
+        name = write_rule(args.out, rule)
+        print(f"{name}: {len(rule['secrets'])} secret paths, {len(rule['known_types'])} types")
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

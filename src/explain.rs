@@ -8,7 +8,8 @@ use crate::http::path::NormPath;
 use crate::policy::{decide, CallerClass};
 use crate::rules::ids::IdBuilder;
 use crate::rules::jsonpath::render;
-use crate::rules::RuleSet;
+use crate::rules::{Found, Rule, RuleSet};
+use crate::version::supported_range;
 
 /// The explanation as text; `Err` for input the gateway itself would refuse.
 pub fn explain(
@@ -59,7 +60,7 @@ pub fn explain(
             .and_then(Value::as_str)
         {
             if !m.rule.known_types.is_empty() && !m.rule.known_types.contains(t) {
-                out.push_str(&format!("connection type {t:?} is not in the inventory: only the name-based safety net applies\n"));
+                out.push_str(&unknown_type_note(m.rule, t, &found));
             }
         }
         out.push_str(&format!("secrets in body: {}\n", found.len()));
@@ -96,4 +97,31 @@ pub fn explain(
         decide(CallerClass::Anonymous, p, &m.rule.policy).name(),
     ));
     Ok(out)
+}
+
+/// What applies to a connection type no supported version's inventory knows: every rule path
+/// (paths apply whatever the declared type), then the name-based safety net; each with the
+/// locations of `found` it accounts for.
+fn unknown_type_note(rule: &Rule, t: &str, found: &[Found]) -> String {
+    let matched = |by_rule: bool| {
+        let at: Vec<String> = found
+            .iter()
+            .filter(|f| f.rule_path.is_some() == by_rule)
+            .map(|f| render(&f.steps))
+            .collect();
+        match at.len() {
+            0 => "none matched".to_string(),
+            n => format!("{n} matched: {}", at.join(", ")),
+        }
+    };
+    format!(
+        "connection type {t:?} is in no inventory of the supported OpenMetadata versions ({}); what still applies to it:\n  \
+         rule paths (all {} of the rule's secret paths, whatever the type): {}\n  \
+         name-based safety net (rules.safety_net_keys under {}): {}\n",
+        supported_range(),
+        rule.secret_paths.len(),
+        matched(true),
+        rule.safety_net_paths().join(", "),
+        matched(false),
+    )
 }

@@ -17,6 +17,7 @@ pub mod rules;
 pub mod secrets;
 pub mod server;
 pub mod tls;
+mod version;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -174,8 +175,10 @@ impl App {
             self.gateway.clone(),
             self.config.source.clone(),
         ));
+        let version_task = tokio::spawn(version::log_upstream_version(self.admin.upstream.clone()));
         tokio::join!(api_task, trigger);
         admin_task.abort();
+        version_task.abort();
         reload_task.abort();
     }
 }

@@ -214,9 +214,12 @@ const KINDS: &[Kind] = &[
     },
 ];
 
+/// The 2.0 inventory, from `$OMSP_INVENTORY_DIR` or `../shared/data`.
 fn inventory() -> Value {
-    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/data/openmetadata-secret-fields.json");
+    let dir = std::env::var_os("OMSP_INVENTORY_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data"));
+    let p = dir.join("openmetadata-secret-fields.json");
     serde_json::from_str(&std::fs::read_to_string(p).expect("inventory")).expect("json")
 }
 
@@ -1012,10 +1015,11 @@ async fn a_string_where_a_union_admits_one_is_kept_and_scalars_under_secret_name
         "/var/secrets/gcp.json"
     );
     // A number under a secret-looking name of an unknown type is a secret too (the
-    // upstream would store its digits), and so is each scalar of an array there.
+    // upstream would store its digits), and so is each scalar of an array there (under a
+    // name no rule path holds: a rule path's location must hold a string).
     emu.clear_recorded();
     let odd = json!({"name": "odd", "serviceType": "CustomDatabase", "connection": {"config": {
-        "type": "NotInTheRules", "apiKey": 918273645, "token": ["tok-a", 42]}}});
+        "type": "NotInTheRules", "apiKey": 918273645, "refreshToken": ["tok-a", 42]}}});
     let a = call(&gw, Method::PUT, DB, "application/json", odd.to_string()).await;
     assert!(a.status < 300, "{}", a.text());
     let rec = &emu.recorded()[0].body;
@@ -1023,7 +1027,10 @@ async fn a_string_where_a_union_admits_one_is_kept_and_scalars_under_secret_name
     let fwd: Value = serde_json::from_slice(rec).expect("json");
     let cfg = &fwd["connection"]["config"];
     assert_eq!(cfg["apiKey"], "secret:/openmetadata/database/odd/apikey");
-    assert_eq!(cfg["token"][0], "secret:/openmetadata/database/odd/token/0");
+    assert_eq!(
+        cfg["refreshToken"][0],
+        "secret:/openmetadata/database/odd/refreshtoken/0"
+    );
     assert_eq!(
         mem.get("/openmetadata/database/odd/apikey")
             .await
@@ -1032,7 +1039,7 @@ async fn a_string_where_a_union_admits_one_is_kept_and_scalars_under_secret_name
         Some("918273645")
     );
     assert_eq!(
-        mem.get("/openmetadata/database/odd/token/1")
+        mem.get("/openmetadata/database/odd/refreshtoken/1")
             .await
             .unwrap()
             .as_deref(),

@@ -748,6 +748,14 @@ fn compile_rule(file: &Path, text: &str) -> Result<Rule, Vec<Problem>> {
 }
 
 impl Rule {
+    /// The subtrees the name-based safety net searches, as JSONPath (`$.connection.config`).
+    pub(crate) fn safety_net_paths(&self) -> Vec<String> {
+        self.safety_net
+            .iter()
+            .map(|keys| jsonpath::render(&keys.iter().cloned().map(Step::Key).collect::<Vec<_>>()))
+            .collect()
+    }
+
     /// Steps relative to the field base (the id's field parts).
     pub fn field_steps<'s>(&self, steps: &'s [Step]) -> &'s [Step] {
         let base_matches = self.field_base.len() <= steps.len()

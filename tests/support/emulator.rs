@@ -51,6 +51,8 @@ struct State {
     not_recording: bool,
     force_gzip: bool,
     view_all: std::collections::BTreeSet<String>,
+    /// What `/system/version` answers (default 2.0.7).
+    version: Option<String>,
 }
 
 /// A running emulator.
@@ -187,6 +189,11 @@ impl Emulator {
                 }),
             );
         }
+    }
+
+    /// The OpenMetadata version `/system/version` answers.
+    pub fn set_version(&self, version: &str) {
+        self.state.lock().expect("state").version = Some(version.into());
     }
 
     pub fn set_jwks(&self, jwks: Value) {
@@ -341,9 +348,16 @@ impl Emulator {
             .await
             .map(|c| c.to_bytes())
             .unwrap_or_default();
+        // The gateway's own start-up version question is not a forwarded request.
+        let own_question = path == "/api/v1/system/version"
+            && parts
+                .headers
+                .get(http::header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|ua| ua.starts_with("om-secrets-proxy/"));
         {
             let mut st = self.state.lock().expect("state");
-            if !st.not_recording {
+            if !st.not_recording && !own_question {
                 st.recorded.push(Recorded {
                     method: parts.method.clone(),
                     path_and_query: path_and_query.clone(),
@@ -375,10 +389,14 @@ impl Emulator {
             parts.method.clone()
         };
         match (method, segs.as_slice()) {
-            (Method::GET, ["system", "version"]) => json_resp(
-                StatusCode::OK,
-                &json!({"version": "2.0.7", "revision": "emulator", "timestamp": 1}),
-            ),
+            (Method::GET, ["system", "version"]) => {
+                let v = self.state.lock().expect("state").version.clone();
+                let v = v.unwrap_or_else(|| "2.0.7".into());
+                json_resp(
+                    StatusCode::OK,
+                    &json!({"version": v, "revision": "emulator", "timestamp": 1}),
+                )
+            }
             (Method::GET, ["system", "config", "jwks"]) => {
                 let jwks = self.state.lock().expect("state").jwks.clone();
                 json_resp(StatusCode::OK, &jwks)
