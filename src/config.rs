@@ -97,29 +97,11 @@ impl Default for RawRules {
     }
 }
 
-/// Key names treated as secrets inside connection configs even where no rule names them.
-/// Compared after lower-casing and dropping `_` and `-`.
-pub const DEFAULT_SAFETY_NET_KEYS: &[&str] = &[
-    "password",
-    "passwd",
-    "secret",
-    "token",
-    "privateKey",
-    "apiKey",
-    "credentials",
-    "sslKey",
-    "clientSecret",
-    "secretKey",
-    "accessToken",
-    "refreshToken",
-    "secretAccessKey",
-    "awsSecretAccessKey",
-    "sessionToken",
-    "passphrase",
-    "privateKeyPassphrase",
-    "jwtToken",
-    "personalAccessToken",
-];
+/// Exact key names the safety net treats as secrets on top of its built-in name policy
+/// (`rules::names`: names containing `password`, `secret`, `credential`, ... or ending in
+/// `token`, `apiKey`, ...; checked against every field of OpenMetadata 2.0.7). None by default:
+/// the built-in policy already covers every secret field name OpenMetadata declares.
+pub const DEFAULT_SAFETY_NET_KEYS: &[&str] = &[];
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]

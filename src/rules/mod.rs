@@ -4,6 +4,7 @@
 
 pub mod ids;
 pub mod jsonpath;
+mod names;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -198,6 +199,7 @@ impl std::fmt::Display for Problem {
 #[derive(Debug, Clone, Default)]
 pub struct RuleSet {
     pub rules: Vec<Rule>,
+    /// `rules.safety_net_keys`, normalised: exact names the safety net adds to [`names`].
     safety_keys: HashSet<String>,
 }
 
@@ -221,13 +223,6 @@ impl RouteMatch<'_> {
     pub fn op(&self) -> Op {
         self.route.map(|r| r.op).unwrap_or(Op::Action)
     }
-}
-
-fn norm_key(k: &str) -> String {
-    k.chars()
-        .filter(|c| *c != '_' && *c != '-')
-        .flat_map(|c| c.to_lowercase())
-        .collect()
 }
 
 fn line_of(text: &str, needle: &str) -> Option<usize> {
@@ -309,7 +304,7 @@ impl RuleSet {
         }
         Ok(RuleSet {
             rules,
-            safety_keys: safety_net_keys.iter().map(|k| norm_key(k)).collect(),
+            safety_keys: safety_net_keys.iter().map(|k| names::norm_key(k)).collect(),
         })
     }
 
@@ -367,13 +362,11 @@ impl RuleSet {
                 rule_path: Some(n),
             })
             .collect();
-        if !self.safety_keys.is_empty() {
-            for base in &rule.safety_net {
-                let steps: Vec<Step> = base.iter().map(|k| Step::Key(k.clone())).collect();
-                if let Some(sub) = jsonpath::get(doc, &steps) {
-                    let mut cur = steps.clone();
-                    self.net_walk(sub, &mut cur, &mut found);
-                }
+        for base in &rule.safety_net {
+            let steps: Vec<Step> = base.iter().map(|k| Step::Key(k.clone())).collect();
+            if let Some(sub) = jsonpath::get(doc, &steps) {
+                let mut cur = steps.clone();
+                self.net_walk(sub, &mut cur, &mut found);
             }
         }
         found.sort_by(|a, b| a.steps.cmp(&b.steps));
@@ -389,12 +382,18 @@ impl RuleSet {
         found
     }
 
+    /// Whether the safety net treats a member named `key` as a secret: the name policy of
+    /// [`names`] plus the configured `rules.safety_net_keys`.
+    pub fn is_secret_key(&self, key: &str) -> bool {
+        names::is_secret_name(&names::norm_key(key), &self.safety_keys)
+    }
+
     fn net_walk(&self, v: &Value, steps: &mut Vec<Step>, out: &mut Vec<Found>) {
         match v {
             Value::Object(m) => {
                 for (k, child) in m {
                     steps.push(Step::Key(k.clone()));
-                    let named = self.safety_keys.contains(&norm_key(k));
+                    let named = self.is_secret_key(k);
                     match child {
                         // A number or boolean counts too: OpenMetadata's deserializer turns
                         // it into the string it stores.
@@ -497,30 +496,28 @@ impl RuleSet {
                 });
             }
         }
-        if !self.safety_keys.is_empty() {
-            for base in &rule.safety_net {
-                let base_steps: Vec<Step> = base.iter().map(|k| Step::Key(k.clone())).collect();
-                if at.len() >= base_steps.len() && at[..base_steps.len()] == base_steps[..] {
-                    // The value lies inside a safety-net subtree.
-                    let mut cur = at.to_vec();
-                    if let (Some(Step::Key(k)), true) = (
-                        at.last(),
-                        matches!(value, Value::String(_) | Value::Number(_) | Value::Bool(_)),
-                    ) {
-                        if at.len() > base_steps.len() && self.safety_keys.contains(&norm_key(k)) {
-                            found.push(Found {
-                                steps: cur.clone(),
-                                rule_path: None,
-                            });
-                        }
+        for base in &rule.safety_net {
+            let base_steps: Vec<Step> = base.iter().map(|k| Step::Key(k.clone())).collect();
+            if at.len() >= base_steps.len() && at[..base_steps.len()] == base_steps[..] {
+                // The value lies inside a safety-net subtree.
+                let mut cur = at.to_vec();
+                if let (Some(Step::Key(k)), true) = (
+                    at.last(),
+                    matches!(value, Value::String(_) | Value::Number(_) | Value::Bool(_)),
+                ) {
+                    if at.len() > base_steps.len() && self.is_secret_key(k) {
+                        found.push(Found {
+                            steps: cur.clone(),
+                            rule_path: None,
+                        });
                     }
-                    self.net_walk(value, &mut cur, &mut found);
-                } else if base_steps.len() > at.len() && base_steps[..at.len()] == at[..] {
-                    // The value contains a safety-net subtree.
-                    if let Some(sub) = jsonpath::get(value, &base_steps[at.len()..]) {
-                        let mut cur = base_steps.clone();
-                        self.net_walk(sub, &mut cur, &mut found);
-                    }
+                }
+                self.net_walk(value, &mut cur, &mut found);
+            } else if base_steps.len() > at.len() && base_steps[..at.len()] == at[..] {
+                // The value contains a safety-net subtree.
+                if let Some(sub) = jsonpath::get(value, &base_steps[at.len()..]) {
+                    let mut cur = base_steps.clone();
+                    self.net_walk(sub, &mut cur, &mut found);
                 }
             }
         }

@@ -1,0 +1,214 @@
+//! The safety net's name policy: which member names hold a secret wherever they appear inside
+//! a rule's `safety_net` subtrees, even where no rule names the path (unknown connectors,
+//! free-form maps such as `connectionOptions`, fields OpenMetadata adds later).
+//!
+//! The patterns are checked against every field name of OpenMetadata 2.0.7's models
+//! (`tests/data/om-2.0.7-field-names.json`, made by `rules/extract_field_names.py`) by
+//! `tests/safety_net_names.rs`: every secret field name is caught and no plain scalar field is.
+//! Names are compared normalised ([`norm_key`]): `sasl_Password`, `SASL-PASSWORD` and
+//! `saslPassword` are one name.
+
+use std::collections::HashSet;
+
+/// A name holding one of these anywhere is a secret.
+const CONTAINS: &[&str] = &["password", "passwd", "passphrase", "secret", "credential"];
+
+/// A name ending in one of these, or in its plural, is a secret (`secretkey` is already covered
+/// by `secret`). Only endings: `tokenEndpoint`, `tokenType`, `JWTTokenExpiry`, `privateKeyId`,
+/// `privateKeyPath` and `apiKeyId` are plain fields.
+const ENDS_WITH: &[&str] = &["token", "apikey", "privatekey", "accesskey"];
+
+/// Secret fields of OpenMetadata 2.0.7 (`CustomSecretStr`) that no pattern above matches and
+/// whose name is never a plain field there. Broader patterns would catch plain fields:
+/// `clientCertificate`, `rootCertificate` (Qlik: file paths), `clientCertPath`.
+const EXACT: &[&str] = &[
+    "authstring",
+    "basicauthuserinfo",
+    "cacertificate",
+    "cacertvalue",
+    "clientcertvalue",
+    "idpx509certificate",
+    "jwt",
+    "privatekeyvalue",
+    "proxyauthentication",
+    "spx509certificate",
+    "sslcertificate",
+    "sslkey",
+];
+
+/// Words that contain a pattern but name something else; dropped before the patterns are
+/// tried. `secretsManagerProvider` and `secretsManagerLoader` are enums of the
+/// OpenMetadata server connection; a `secretsManagerPassword` would still be caught.
+const NOT_SECRET_WORDS: &[&str] = &["secretsmanager"];
+
+/// Plain fields of OpenMetadata 2.0.7 that a pattern matches, each never a secret there:
+/// - `gitcredentials`: Looker's repository credentials, an object (walked into, so the
+///   `token` inside is still caught) or a local repository path;
+/// - `useawscredentials`: a boolean switch of the search indexing pipeline;
+/// - `signingsecret`: the Slack application's signing secret, which OpenMetadata keeps in
+///   clear (not `format: password`) because its server verifies Slack's requests with it.
+const NOT_SECRET: &[&str] = &["gitcredentials", "useawscredentials", "signingsecret"];
+
+/// The form names are compared in: lower-cased, `_` and `-` dropped.
+pub(crate) fn norm_key(k: &str) -> String {
+    k.chars()
+        .filter(|c| *c != '_' && *c != '-')
+        .flat_map(|c| c.to_lowercase())
+        .collect()
+}
+
+/// Whether a member whose normalised name is `normalised` holds a secret: one of the
+/// configured `extra_exact` names (`rules.safety_net_keys`, normalised), one of the built-in
+/// exact names, or a name that matches a pattern and is not a known plain field.
+pub(crate) fn is_secret_name(normalised: &str, extra_exact: &HashSet<String>) -> bool {
+    if extra_exact.contains(normalised) || EXACT.contains(&normalised) {
+        return true;
+    }
+    if NOT_SECRET.contains(&normalised) {
+        return false;
+    }
+    let mut name = std::borrow::Cow::Borrowed(normalised);
+    for word in NOT_SECRET_WORDS {
+        if name.contains(word) {
+            name = std::borrow::Cow::Owned(name.replace(word, " "));
+        }
+    }
+    let singular = name.strip_suffix('s').unwrap_or(&name);
+    CONTAINS.iter().any(|p| name.contains(p)) || ENDS_WITH.iter().any(|p| singular.ends_with(p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secret(name: &str) -> bool {
+        is_secret_name(&norm_key(name), &HashSet::new())
+    }
+
+    #[test]
+    fn names_are_compared_lower_cased_without_underscores_or_dashes() {
+        assert_eq!(norm_key("SASL_Pass-word"), "saslpassword");
+    }
+
+    #[test]
+    fn a_name_containing_password_is_secret() {
+        assert!(secret("keyStorePassword"));
+    }
+
+    #[test]
+    fn a_free_form_option_named_like_a_password_is_secret() {
+        assert!(secret("sslpassword"));
+    }
+
+    #[test]
+    fn a_name_containing_passwd_is_secret() {
+        assert!(secret("db_passwd"));
+    }
+
+    #[test]
+    fn a_name_containing_passphrase_is_secret() {
+        assert!(secret("snowflakePrivatekeyPassphrase"));
+    }
+
+    #[test]
+    fn a_name_containing_secret_is_secret() {
+        assert!(secret("personalAccessTokenSecret"));
+    }
+
+    #[test]
+    fn a_name_containing_credential_is_secret() {
+        assert!(secret("credentials"));
+    }
+
+    #[test]
+    fn a_name_ending_in_token_is_secret() {
+        assert!(secret("dbtCloudAuthToken"));
+    }
+
+    #[test]
+    fn a_name_ending_in_tokens_is_secret() {
+        assert!(secret("apiTokens"));
+    }
+
+    #[test]
+    fn a_name_starting_with_token_is_not_secret() {
+        assert!(!secret("tokenEndpoint"));
+    }
+
+    #[test]
+    fn a_token_expiry_is_not_secret() {
+        assert!(!secret("JWTTokenExpiry"));
+    }
+
+    #[test]
+    fn a_name_ending_in_api_key_is_secret() {
+        assert!(secret("api_key"));
+    }
+
+    #[test]
+    fn an_api_key_id_is_not_secret() {
+        assert!(!secret("apiKeyId"));
+    }
+
+    #[test]
+    fn a_name_ending_in_private_key_is_secret() {
+        assert!(secret("spPrivateKey"));
+    }
+
+    #[test]
+    fn a_private_key_path_is_not_secret() {
+        assert!(!secret("privateKeyPath"));
+    }
+
+    #[test]
+    fn a_name_ending_in_access_key_is_secret() {
+        assert!(secret("storageAccessKey"));
+    }
+
+    #[test]
+    fn a_built_in_exact_name_is_secret() {
+        assert!(secret("sslKey"));
+    }
+
+    #[test]
+    fn a_certificate_path_is_not_secret() {
+        assert!(!secret("clientCertificate"));
+    }
+
+    #[test]
+    fn the_secrets_manager_settings_are_not_secret() {
+        assert!(!secret("secretsManagerProvider"));
+    }
+
+    #[test]
+    fn a_password_of_the_secrets_manager_is_secret() {
+        assert!(secret("secretsManagerPassword"));
+    }
+
+    #[test]
+    fn a_switch_for_aws_credentials_is_not_secret() {
+        assert!(!secret("useAwsCredentials"));
+    }
+
+    #[test]
+    fn looker_git_credentials_are_not_secret() {
+        assert!(!secret("gitCredentials"));
+    }
+
+    #[test]
+    fn a_plain_name_is_not_secret() {
+        assert!(!secret("hostPort"));
+    }
+
+    #[test]
+    fn a_configured_exact_name_is_secret() {
+        let extra: HashSet<String> = [norm_key("hostPort")].into_iter().collect();
+        assert!(is_secret_name("hostport", &extra));
+    }
+
+    #[test]
+    fn a_configured_exact_name_overrides_a_known_plain_field() {
+        let extra: HashSet<String> = [norm_key("signingSecret")].into_iter().collect();
+        assert!(is_secret_name("signingsecret", &extra));
+    }
+}
