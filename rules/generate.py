@@ -44,6 +44,35 @@ ENTITY_ROUTES = [
     {"methods": ["PUT"], "path": "/restore", "op": "action"},
 ]
 
+# Routes every ruled collection has besides the entity routes (OpenMetadata 2.0's EntityResource);
+# listed first, so `/name/{fqn}/export` is not read as an entity named `<fqn>/export`.
+COLLECTION_ROUTES = [
+    {"methods": ["PUT"], "path": "/name/{name}/import", "op": "import"},
+    {"methods": ["PUT"], "path": "/name/{name}/importAsync", "op": "import"},
+    {"methods": ["GET"], "path": "/name/{name}/export", "op": "export"},
+    {"methods": ["GET"], "path": "/name/{name}/exportAsync", "op": "export"},
+    {"methods": ["DELETE"], "path": "/async/{id}", "op": "delete"},
+    {"methods": ["DELETE"], "path": "/name/{fqn}/async", "op": "delete"},
+]
+
+# Service collections: the `fields` the gateway asks for when it reads an entity to patch
+# (OpenMetadata's resource FIELDS); a server that refuses them is asked again without.
+SERVICE_FIELDS = "pipelines,owners,tags,domains,followers"
+KIND_FIELDS = {
+    "pipelineService": "pipelines,owners,domains,followers",
+    "metadataService": "pipelines,owners,tags,followers",
+}
+
+# Entity-kind knowledge beyond roots and paths, read by the gateway as typed rule keys.
+KIND_EXTRAS = {
+    "workflow": {"migrate": False, "masks_from_service": True},
+    "user (bot user)": {
+        "list_query": "isBot=true",
+        "credentials_route": "/auth-mechanism/{id}",
+        "permission_resource": "user",
+    },
+}
+
 KINDS = {
     # kind: (root type, field base, safety-net subtrees, extra routes)
     "databaseService": ("database", "$.connection.config", ["$.connection.config"], []),
@@ -198,20 +227,32 @@ def description(invs):
             f"(inventories of openmetadata-ingestion {packages}); edits are overwritten by a re-run.")
 
 
+def kind_keys(kind, base):
+    """Typed per-kind keys: migration, listing, permission resource, entity fields."""
+    keys = dict(KIND_EXTRAS.get(kind, {}))
+    if base == "$.connection.config":
+        keys["entity_fields"] = KIND_FIELDS.get(kind, SERVICE_FIELDS)
+    return keys
+
+
 def build_rule(kind, invs):
     root, base, net, extra = KINDS[kind]
-    return {
+    rule = {
         "kind": FILE_NAMES.get(kind, kind),
         "inventory_kind": kind,
         "description": description(invs),
         "collection": collection(kind, invs),
         "root": root + "/{name}",
+    }
+    rule.update(kind_keys(kind, base))
+    rule.update({
         "field_base": base,
         "safety_net": net,
         "known_types": known_types(kind, invs),
-        "routes": ENTITY_ROUTES + extra,
+        "routes": COLLECTION_ROUTES + extra + ENTITY_ROUTES,
         "secrets": secret_paths(kind, invs),
-    }
+    })
+    return rule
 
 
 def write_rule(out, rule):

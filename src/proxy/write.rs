@@ -381,7 +381,9 @@ impl Gateway {
         }))
     }
 
-    /// GET of the entity a PATCH/DELETE names, with the service token.
+    /// GET of the entity a PATCH/DELETE names, with the service token: with the kind's
+    /// `entity_fields` (asked again without them if the server refuses), completed from its
+    /// `credentials_route` (bot users' authentication mechanism).
     async fn fetch_entity(&self, m: &RouteMatch<'_>) -> Result<Option<Value>, GatewayError> {
         let path = if let Some(fqn) = m.param("fqn") {
             format!("{}/name/{}", m.rule.collection, encode_segment(fqn))
@@ -390,18 +392,42 @@ impl Gateway {
         } else {
             return Ok(None);
         };
-        let mut query = String::from("?include=all");
+        let auth = self.service_auth.as_ref();
+        let limit = self.max_body_bytes;
+        let mut entity = None;
         if let Some(fields) = &m.rule.entity_fields {
-            query.push_str("&fields=");
-            query.push_str(&encode_segment(fields).replace("%2C", ","));
+            let q = format!(
+                "{path}?include=all&fields={}",
+                encode_segment(fields).replace("%2C", ",")
+            );
+            entity = self.upstream.get_json(&q, auth, limit).await?;
         }
-        self.upstream
-            .get_json(
-                &format!("{path}{query}"),
-                self.service_auth.as_ref(),
-                self.max_body_bytes,
-            )
-            .await
+        if entity.is_none() {
+            entity = self
+                .upstream
+                .get_json(&format!("{path}?include=all"), auth, limit)
+                .await?;
+        }
+        let Some(mut entity) = entity else {
+            return Ok(None);
+        };
+        if let (Some(route), Some(id)) = (
+            &m.rule.credentials_route,
+            entity.get("id").and_then(Value::as_str),
+        ) {
+            let cpath = format!(
+                "{}{}",
+                m.rule.collection,
+                route.replace("{id}", &encode_segment(id))
+            );
+            if let (Some(v), Some(field)) = (
+                self.upstream.get_json(&cpath, auth, limit).await?,
+                m.rule.field_base.first(),
+            ) {
+                entity[field.as_str()] = v;
+            }
+        }
+        Ok(Some(entity))
     }
 
     fn forward_bytes(
