@@ -225,9 +225,14 @@ impl Migrator<'_> {
     }
 
     /// One JSON Patch of an entity upstream, with the service token; the reason when refused.
-    async fn patch_upstream(&self, rule: &Rule, id: &str, ops: &Value) -> Result<(), String> {
+    async fn patch_upstream(
+        &self,
+        rule: &Rule,
+        id: &str,
+        ops: &json_patch::Patch,
+    ) -> Result<(), String> {
         let path = format!("{}/{}", rule.collection, encode_segment(id));
-        let mut req = Request::new(body::full(ops.to_string()));
+        let mut req = Request::new(body::full(patch::to_bytes(ops)));
         *req.method_mut() = Method::PATCH;
         *req.uri_mut() = self.upstream.uri_for(&path).map_err(|e| e.to_string())?;
         req.headers_mut().insert(

@@ -68,7 +68,9 @@ impl PatchBody {
                         "an application/json-patch+json body must be an array of operations".into(),
                     ));
                 }
-                serde_json::from_value::<Patch>(doc)
+                // From text, not from the Value: serde_json's Value deserializer refuses
+                // numbers beyond u64 under `arbitrary_precision`.
+                serde_json::from_str::<Patch>(&doc.to_string())
                     .map(PatchBody::Json)
                     .map_err(|_| {
                         GatewayError::BadRequest(
@@ -139,7 +141,7 @@ pub(crate) fn apply(
                     }
                     _ => {}
                 }
-                json_patch::patch(&mut doc, std::slice::from_ref(op)).map_err(|e| {
+                json_patch::patch_unsafe(&mut doc, std::slice::from_ref(op)).map_err(|e| {
                     GatewayError::BadRequest(format!(
                         "JSON Patch operation {n} cannot be applied to the entity: {}",
                         e.kind
@@ -206,16 +208,19 @@ pub(crate) fn steps_of(doc: &Value, pointer: &str) -> Vec<Step> {
 }
 
 /// The JSON Patch that turns `from` into `to`.
-pub(crate) fn diff(from: &Value, to: &Value) -> Value {
-    serde_json::to_value(json_patch::diff(from, to)).unwrap_or_else(|_| Value::Array(Vec::new()))
+pub(crate) fn diff(from: &Value, to: &Value) -> Patch {
+    json_patch::diff(from, to)
 }
 
 /// Applies a patch the gateway built itself (to check what the upstream will hold).
-pub(crate) fn apply_own(doc: &mut Value, ops: &Value) -> Result<(), GatewayError> {
-    let patch: Patch = serde_json::from_value(ops.clone())
-        .map_err(|_| GatewayError::Internal("the gateway built a malformed patch".into()))?;
-    json_patch::patch(doc, &patch.0)
+pub(crate) fn apply_own(doc: &mut Value, ops: &Patch) -> Result<(), GatewayError> {
+    json_patch::patch_unsafe(doc, &ops.0)
         .map_err(|_| GatewayError::Internal("the gateway built a patch that does not apply".into()))
+}
+
+/// A patch as the bytes forwarded upstream.
+pub(crate) fn to_bytes(ops: &Patch) -> Vec<u8> {
+    serde_json::to_vec(ops).unwrap_or_else(|_| b"[]".to_vec())
 }
 
 #[cfg(test)]

@@ -675,7 +675,7 @@ impl Emulator {
                             );
                         };
                         let mut doc = entity.json.clone();
-                        if json_patch::patch(&mut doc, &patch).is_err() {
+                        if json_patch::patch_unsafe(&mut doc, &patch).is_err() {
                             return om_error(StatusCode::BAD_REQUEST, "JSON patch failed");
                         }
                         let version = entity.json["version"].as_f64().unwrap_or(0.1) + 0.1;
