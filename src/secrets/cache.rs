@@ -371,7 +371,10 @@ impl SecretStore for CachedStore {
     fn get<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<String>> {
         Box::pin(async move {
             if let Some(v) = self.shared.fresh(id) {
-                self.shared.metrics.cache_hits.fetch_add(1, Ordering::Relaxed);
+                self.shared
+                    .metrics
+                    .cache_hits
+                    .fetch_add(1, Ordering::Relaxed);
                 return Ok(v);
             }
             self.fetch(id).await
@@ -711,7 +714,13 @@ mod tests {
     async fn a_hit_past_the_bound_answers_at_once_while_one_refresh_runs() {
         let store = GatedStore::new();
         store.mem.put("/a", "old").await.unwrap();
-        let c = refreshing(store.clone(), MINUTE, MINUTE, 100, Duration::from_millis(50));
+        let c = refreshing(
+            store.clone(),
+            MINUTE,
+            MINUTE,
+            100,
+            Duration::from_millis(50),
+        );
         assert_eq!(c.get("/a").await.unwrap().as_deref(), Some("old"));
         assert_eq!(store.reads(), 1);
         store.mem.put("/a", "new").await.unwrap();
@@ -738,13 +747,16 @@ mod tests {
     async fn a_refresh_never_overwrites_this_replicas_own_newer_write() {
         let store = GatedStore::new();
         store.mem.put("/a", "old").await.unwrap();
-        let c = refreshing(store.clone(), MINUTE, MINUTE, 100, Duration::from_millis(200));
+        let c = refreshing(
+            store.clone(),
+            MINUTE,
+            MINUTE,
+            100,
+            Duration::from_millis(200),
+        );
         c.get("/a").await.unwrap();
         let closed = store.gate.write().await;
-        assert!(
-            eventually(|| c.refreshing("/a")).await,
-            "a refresh starts"
-        );
+        assert!(eventually(|| c.refreshing("/a")).await, "a refresh starts");
         assert_eq!(store.reads(), 2);
         // The held refresh has read "old"; this replica now writes "mine".
         c.put("/a", "mine").await.unwrap();
@@ -764,7 +776,13 @@ mod tests {
     async fn a_delete_is_not_undone_by_a_refresh_that_read_the_old_value() {
         let store = GatedStore::new();
         store.mem.put("/a", "old").await.unwrap();
-        let c = refreshing(store.clone(), MINUTE, MINUTE, 100, Duration::from_millis(50));
+        let c = refreshing(
+            store.clone(),
+            MINUTE,
+            MINUTE,
+            100,
+            Duration::from_millis(50),
+        );
         c.get("/a").await.unwrap();
         let closed = store.gate.write().await;
         assert!(eventually(|| c.refreshing("/a")).await);
