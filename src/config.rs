@@ -114,6 +114,7 @@ struct RawSecretsManager {
     cache_ttl_secs: i64,
     cache_max_entries: i64,
     cache_stale_secs: i64,
+    cache_refresh_secs: i64,
     write_rate_per_sec: f64,
     retry_max: i64,
 }
@@ -129,6 +130,7 @@ impl Default for RawSecretsManager {
             cache_ttl_secs: 300,
             cache_max_entries: 10_000,
             cache_stale_secs: 3_600,
+            cache_refresh_secs: 10,
             write_rate_per_sec: 10.0,
             retry_max: 3,
         }
@@ -344,6 +346,8 @@ pub struct SecretsConfig {
     pub cache_ttl: Duration,
     pub cache_max_entries: usize,
     pub cache_stale: Duration,
+    /// Cached values are re-read in the background once this old (zero: never).
+    pub cache_refresh: Duration,
     pub write_rate_per_sec: f64,
     pub retry_max: u32,
 }
@@ -787,6 +791,12 @@ fn validate(raw: RawConfig, source: Option<PathBuf>, label: &str) -> Result<Conf
             "must not be negative".into(),
         );
     }
+    if sm.cache_refresh_secs < 0 {
+        err(
+            "secrets_manager.cache_refresh_secs",
+            "must not be negative".into(),
+        );
+    }
     if !(sm.write_rate_per_sec > 0.0 && sm.write_rate_per_sec <= 50.0) {
         err(
             "secrets_manager.write_rate_per_sec",
@@ -957,6 +967,7 @@ fn validate(raw: RawConfig, source: Option<PathBuf>, label: &str) -> Result<Conf
             cache_ttl: Duration::from_secs(sm.cache_ttl_secs.max(0) as u64),
             cache_max_entries: sm.cache_max_entries.max(0) as usize,
             cache_stale: Duration::from_secs(sm.cache_stale_secs.max(0) as u64),
+            cache_refresh: Duration::from_secs(sm.cache_refresh_secs.max(0) as u64),
             write_rate_per_sec: sm.write_rate_per_sec,
             retry_max: sm.retry_max.clamp(0, 10) as u32,
         },

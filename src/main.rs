@@ -45,6 +45,17 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Ask a running gateway's admin port for /healthz: exit 0 when it answers 200, 1 otherwise
+    /// (a container HEALTHCHECK).
+    Healthcheck {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The admin listener, host:port [default: the config's server.admin_listen]
+        #[arg(long)]
+        addr: Option<std::net::SocketAddr>,
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+    },
     /// Fernet helpers (OpenMetadata's token format).
     Fernet {
         #[command(subcommand)]
@@ -177,7 +188,35 @@ fn main() -> ExitCode {
             }
         }
         Command::Migrate { config, dry_run } => migrate_command(config, dry_run),
+        Command::Healthcheck {
+            config,
+            addr,
+            timeout_ms,
+        } => healthcheck_command(config, addr, timeout_ms),
         Command::Fernet { op } => fernet_command(op),
+    }
+}
+
+/// `healthcheck`: quiet on success, one line on stderr on failure.
+fn healthcheck_command(
+    config: Option<PathBuf>,
+    addr: Option<std::net::SocketAddr>,
+    timeout_ms: u64,
+) -> ExitCode {
+    let addr = match addr {
+        Some(a) => a,
+        None => match load(config) {
+            Ok(cfg) => cfg.server.admin_listen,
+            Err(code) => return code,
+        },
+    };
+    let timeout = std::time::Duration::from_millis(timeout_ms.max(1));
+    match om_secrets_proxy::admin::probe_healthz(addr, timeout) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("healthcheck: {e}");
+            ExitCode::from(1)
+        }
     }
 }
 

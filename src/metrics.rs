@@ -23,6 +23,7 @@ pub struct Metrics {
     pub upstream_errors: AtomicU64,
     pub cache_hits: AtomicU64,
     pub cache_misses: AtomicU64,
+    pub cache_refreshes: AtomicU64,
     pub store_calls: AtomicU64,
     pub store_errors: AtomicU64,
     pub secrets_written: AtomicU64,
@@ -42,6 +43,7 @@ impl Default for Metrics {
             upstream_errors: AtomicU64::new(0),
             cache_hits: AtomicU64::new(0),
             cache_misses: AtomicU64::new(0),
+            cache_refreshes: AtomicU64::new(0),
             store_calls: AtomicU64::new(0),
             store_errors: AtomicU64::new(0),
             secrets_written: AtomicU64::new(0),
@@ -102,7 +104,7 @@ impl Metrics {
             self.latency_sum_us.load(Ordering::Relaxed) as f64 / 1e6
         );
         let _ = writeln!(s, "omsp_request_duration_seconds_count {count}");
-        let gauges: [(&str, &str, &str, i64); 9] = [
+        let gauges: [(&str, &str, &str, i64); 10] = [
             (
                 "omsp_open_connections",
                 "gauge",
@@ -126,6 +128,12 @@ impl Metrics {
                 "counter",
                 "Secret reads the cache could not answer.",
                 self.cache_misses.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "omsp_secret_cache_refreshes_total",
+                "counter",
+                "Background re-reads of cached secrets (keeps replicas' caches within the refresh bound).",
+                self.cache_refreshes.load(Ordering::Relaxed) as i64,
             ),
             (
                 "omsp_secret_store_calls_total",

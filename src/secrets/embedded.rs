@@ -30,6 +30,20 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(format!("embedded store: {e}"))
 }
 
+/// The embedded store is one process's: redb takes an exclusive lock on the file, and a
+/// second process (another replica, or `migrate` beside a running gateway) is told so plainly.
+fn open_error(path: &Path, e: redb::DatabaseError) -> String {
+    match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => format!(
+            "{}: the embedded store is already open in another process; it serves one gateway \
+             process only (stop the other one, or, to run several replicas, use a shared store: \
+             managed-aws, managed-aws-ssm or managed-openbao)",
+            path.display()
+        ),
+        e => format!("{}: cannot open the embedded store: {e}", path.display()),
+    }
+}
+
 impl EmbeddedStore {
     /// Opens (or creates) the store. `keys` empty: use or create `<path>.key`.
     pub fn open(path: &Path, keys: &FernetKeys) -> Result<EmbeddedStore, String> {
@@ -59,8 +73,7 @@ impl EmbeddedStore {
             keys.clone()
         };
         let existed = path.exists();
-        let db = Database::create(path)
-            .map_err(|e| format!("{}: cannot open the embedded store: {e}", path.display()))?;
+        let db = Database::create(path).map_err(|e| open_error(path, e))?;
         if !existed {
             restrict(path);
         }
@@ -165,6 +178,19 @@ impl SecretStore for EmbeddedStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_second_open_of_one_file_is_refused_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let keys = FernetKeys::new(&[FernetKeys::generate_key()]).unwrap();
+        let _first = EmbeddedStore::open(&path, &keys).unwrap();
+        let Err(e) = EmbeddedStore::open(&path, &keys) else {
+            panic!("opened twice");
+        };
+        assert!(e.starts_with(&path.display().to_string()), "{e}");
+        assert!(e.contains("already open in another process"), "{e}");
+    }
 
     #[tokio::test]
     async fn values_round_trip_and_are_encrypted_at_rest() {

@@ -136,11 +136,11 @@ pub fn wrap_store(
     };
     let resilient: Arc<dyn SecretStore> =
         Arc::new(cache::Resilient::new(backend, sm.retry_max, rate));
-    Arc::new(cache::CachedStore::new(
-        resilient,
-        sm.cache_ttl,
-        sm.cache_stale,
-        sm.cache_max_entries,
-        metrics,
-    ))
+    let settings = cache::CacheSettings {
+        ttl: sm.cache_ttl,
+        stale: sm.cache_stale,
+        max_entries: sm.cache_max_entries,
+        refresh: sm.cache_refresh,
+    };
+    Arc::new(cache::CachedStore::new(resilient, settings, metrics))
 }

@@ -3,6 +3,7 @@
 
 pub mod emulator;
 pub mod jwt;
+pub mod process;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
