@@ -720,7 +720,10 @@ impl AzureKeyVault {
 #[derive(Clone)]
 struct GVersion {
     data: Vec<u8>,
+    /// The checksum the client sent, if any.
     crc: Option<u64>,
+    /// The checksum computed when the version was written (what `:access` reports).
+    stored_crc: u32,
     state: &'static str,
     created: u64,
 }
@@ -991,7 +994,8 @@ impl GState {
         let Some(sec) = self.secrets.get_mut(&(p.to_string(), s.to_string())) else {
             return g_error(404, "NOT_FOUND", &format!("Secret [projects/{p}/secrets/{s}] not found."));
         };
-        sec.versions.push(GVersion { data, crc, state: "ENABLED", created: now() });
+        let stored_crc = crc32c(&data);
+        sec.versions.push(GVersion { data, crc, stored_crc, state: "ENABLED", created: now() });
         let n = sec.versions.len();
         reply(200, &GState::version_json(p, s, n, &sec.versions[n - 1]))
     }
@@ -1017,7 +1021,7 @@ impl GState {
             Some("access") if ver.state != "ENABLED" => g_error(400, "FAILED_PRECONDITION", &format!("Secret Version [projects/{p}/secrets/{s}/versions/{}] is in {} state.", i + 1, ver.state)),
             Some("access") => reply(200, &json!({"name": format!("projects/{p}/secrets/{s}/versions/{}", i + 1),
                 "payload": {"data": base64::engine::general_purpose::STANDARD.encode(&ver.data),
-                            "dataCrc32c": crc32c(&ver.data).to_string()}})),
+                            "dataCrc32c": ver.stored_crc.to_string()}})),
             _ => g_error(404, "NOT_FOUND", "No such route."),
         }
     }
