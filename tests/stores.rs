@@ -463,7 +463,10 @@ async fn azure_key_vault_names_and_tags_secrets_as_openmetadata_and_purges_on_de
     assert_eq!(az.version_count(name), 2, "setSecret is the update");
     store.delete(id).await.unwrap();
     assert!(az.tags(name).is_none());
-    assert!(az.deleted_names().is_empty(), "purged after the soft delete");
+    assert!(
+        az.deleted_names().is_empty(),
+        "purged after the soft delete"
+    );
 }
 
 #[tokio::test]
@@ -501,7 +504,10 @@ async fn azure_key_vault_refuses_a_name_that_holds_another_ids_secret() {
         .unwrap_err();
     assert!(matches!(e, StoreError::Invalid(_)), "{e:?}");
     assert_eq!(
-        store.get("/openmetadata/database/ab/password").await.unwrap(),
+        store
+            .get("/openmetadata/database/ab/password")
+            .await
+            .unwrap(),
         None
     );
     assert_eq!(
@@ -600,12 +606,15 @@ async fn gcp_secret_manager_names_labels_and_versions_as_openmetadata() {
     let id = "/openmetadata/database/mysql-test/authtype/password";
     store.put(id, "v1").await.unwrap();
     store.put(id, "v2").await.unwrap();
-    let (labels, annotations, versions) = sm
-        .secret("omsp-test", "openmetadata_database_mysqltest_authtype_password")
+    let meta = sm
+        .secret(
+            "omsp-test",
+            "openmetadata_database_mysqltest_authtype_password",
+        )
         .expect("stored under OpenMetadata's name");
-    assert_eq!(labels["team"], "data");
-    assert_eq!(annotations["omsp-secret-id"], id);
-    assert_eq!(versions, 2, "a new version per write");
+    assert_eq!(meta.labels["team"], "data");
+    assert_eq!(meta.annotations["omsp-secret-id"], id);
+    assert_eq!(meta.versions, 2, "a new version per write");
     assert_eq!(store.get(id).await.unwrap().as_deref(), Some("v2"));
 }
 
@@ -675,7 +684,10 @@ async fn kubernetes_secrets_are_named_labelled_and_keyed_as_openmetadata() {
     store.put(id, "v1").await.unwrap();
     store.put(id, "v2").await.unwrap();
     let s = k
-        .secret("omsp-test", "openmetadata-database-my-service-authtype-password")
+        .secret(
+            "omsp-test",
+            "openmetadata-database-my-service-authtype-password",
+        )
         .expect("stored under sanitizeSecretName's name");
     let labels = &s["metadata"]["labels"];
     assert_eq!(labels["app"], "openmetadata");

@@ -80,7 +80,11 @@ fn pct_decode(s: &str, plus: bool) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() + 1 && s.is_char_boundary(i + 1) && s.get(i + 1..i + 3).is_some() {
+        if b[i] == b'%'
+            && i + 2 < b.len() + 1
+            && s.is_char_boundary(i + 1)
+            && s.get(i + 1..i + 3).is_some()
+        {
             if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
                 out.push(v);
                 i += 3;
@@ -135,9 +139,8 @@ pub fn make_pki() -> Pki {
         .push(rcgen::DnType::CommonName, "vendor emulator test CA");
     let ca = ca_params.self_signed(&ca_key).expect("ca");
     let key = KeyPair::generate().expect("key");
-    let mut params =
-        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-            .expect("params");
+    let mut params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+        .expect("params");
     params
         .distinguished_name
         .push(rcgen::DnType::CommonName, "localhost");
@@ -151,12 +154,11 @@ pub fn make_pki() -> Pki {
 
 fn tls_acceptor(pki: &Pki) -> tokio_rustls::TlsAcceptor {
     use rustls_pki_types::pem::PemObject;
-    let certs: Vec<_> =
-        rustls_pki_types::CertificateDer::pem_slice_iter(pki.cert_pem.as_bytes())
-            .collect::<Result<_, _>>()
-            .expect("cert pem");
-    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(pki.key_pem.as_bytes())
-        .expect("key pem");
+    let certs: Vec<_> = rustls_pki_types::CertificateDer::pem_slice_iter(pki.cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .expect("cert pem");
+    let key =
+        rustls_pki_types::PrivateKeyDer::from_pem_slice(pki.key_pem.as_bytes()).expect("key pem");
     let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
@@ -171,7 +173,11 @@ fn tls_acceptor(pki: &Pki) -> tokio_rustls::TlsAcceptor {
 
 async fn to_req(req: Request<Incoming>) -> Req {
     let (parts, body) = req.into_parts();
-    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     Req {
         method: parts.method,
         path: pct_decode(parts.uri.path(), false),
@@ -248,7 +254,11 @@ pub fn rfc3339(secs: u64) -> String {
 }
 
 fn new_token(prefix: &str) -> String {
-    format!("{prefix}-{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
+    format!(
+        "{prefix}-{:016x}{:016x}",
+        fastrand::u64(..),
+        fastrand::u64(..)
+    )
 }
 
 /// State every emulator shares: accepted tokens, counters, forced failures.
@@ -404,10 +414,17 @@ impl AzState {
         if r.path == "/metadata/identity/oauth2/token" {
             return self.imds(&r);
         }
-        self.common.requests.push((r.method.clone(), r.path.clone()));
+        self.common
+            .requests
+            .push((r.method.clone(), r.path.clone()));
         let authorized = r.bearer().is_some_and(|t| self.common.tokens.contains(t));
         if !authorized {
-            let mut resp = az_error(401, "Unauthorized", "AKV10000: Request is missing a Bearer or PoP token.", None);
+            let mut resp = az_error(
+                401,
+                "Unauthorized",
+                "AKV10000: Request is missing a Bearer or PoP token.",
+                None,
+            );
             let challenge = format!(
                 "Bearer authorization=\"{}/{}\", resource=\"https://vault.azure.net\"",
                 self.base, self.tenant
@@ -417,7 +434,12 @@ impl AzState {
             return resp;
         }
         if r.q("api-version").is_none_or(str::is_empty) {
-            return az_error(400, "BadParameter", "The api-version query parameter is missing or not supported.", None);
+            return az_error(
+                400,
+                "BadParameter",
+                "The api-version query parameter is missing or not supported.",
+                None,
+            );
         }
         if let Some(status) = self.common.forced_failure() {
             return az_error(status, "Throttled", "Forced failure.", None);
@@ -436,7 +458,12 @@ impl AzState {
             (Method::DELETE, ["secrets", name]) => self.delete(name),
             (Method::GET, ["deletedsecrets", name]) => match self.secrets.get(*name) {
                 Some(s) if s.deleted.is_some() => reply(200, &self.deleted_bundle(name, s)),
-                _ => az_error(404, "DeletedSecretNotFound", &format!("Deleted Secret not found: {name}"), None),
+                _ => az_error(
+                    404,
+                    "DeletedSecretNotFound",
+                    &format!("Deleted Secret not found: {name}"),
+                    None,
+                ),
             },
             (Method::DELETE, ["deletedsecrets", name]) => self.purge(name),
             (Method::POST, ["deletedsecrets", name, "recover"]) => self.recover(name),
@@ -459,7 +486,12 @@ impl AzState {
 
     fn set(&mut self, name: &str, r: &Req) -> Response<Full<Bytes>> {
         if !valid_kv_name(name) {
-            return az_error(400, "BadParameter", "The request URI contains an invalid name.", None);
+            return az_error(
+                400,
+                "BadParameter",
+                "The request URI contains an invalid name.",
+                None,
+            );
         }
         let Some(body) = r.json() else {
             return az_error(400, "BadParameter", "The request body is not JSON.", None);
@@ -471,8 +503,17 @@ impl AzState {
             return az_error(400, "BadParameter", "Secret value is too large.", None);
         }
         let tags = body["tags"].as_object().cloned().unwrap_or_default();
-        if tags.len() > 15 || tags.values().any(|v| v.as_str().is_none_or(|s| s.len() > 256)) {
-            return az_error(400, "BadParameter", "Tags are invalid: at most 15, values up to 256 characters.", None);
+        if tags.len() > 15
+            || tags
+                .values()
+                .any(|v| v.as_str().is_none_or(|s| s.len() > 256))
+        {
+            return az_error(
+                400,
+                "BadParameter",
+                "Tags are invalid: at most 15, values up to 256 characters.",
+                None,
+            );
         }
         if self.secrets.get(name).is_some_and(|s| s.deleted.is_some()) {
             return az_error(
@@ -497,7 +538,10 @@ impl AzState {
         s.versions.push(version);
         s.tags = tags;
         let s = s.clone();
-        reply(200, &self.bundle(name, &s, s.versions.last().expect("pushed"), true))
+        reply(
+            200,
+            &self.bundle(name, &s, s.versions.last().expect("pushed"), true),
+        )
     }
 
     fn get(&self, name: &str, version: Option<&str>) -> Response<Full<Bytes>> {
@@ -509,7 +553,12 @@ impl AzState {
             Some(id) => s.versions.iter().find(|v| v.id == id),
         };
         match v {
-            Some(v) if !v.enabled => az_error(403, "Forbidden", "Operation get is not allowed on a disabled secret.", Some("SecretDisabled")),
+            Some(v) if !v.enabled => az_error(
+                403,
+                "Forbidden",
+                "Operation get is not allowed on a disabled secret.",
+                Some("SecretDisabled"),
+            ),
             Some(v) => reply(200, &self.bundle(name, s, v, true)),
             None => Self::not_found(name),
         }
@@ -555,10 +604,17 @@ impl AzState {
     }
 
     fn list(&self, r: &Req) -> Response<Full<Bytes>> {
-        let max: usize = r.q("maxresults").and_then(|m| m.parse().ok()).unwrap_or(25).clamp(1, 25);
+        let max: usize = r
+            .q("maxresults")
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(25)
+            .clamp(1, 25);
         let skip: usize = r.q("$skiptoken").and_then(|m| m.parse().ok()).unwrap_or(0);
-        let live: Vec<(&String, &AzSecret)> =
-            self.secrets.iter().filter(|(_, s)| s.deleted.is_none()).collect();
+        let live: Vec<(&String, &AzSecret)> = self
+            .secrets
+            .iter()
+            .filter(|(_, s)| s.deleted.is_none())
+            .collect();
         let items: Vec<Value> = live
             .iter()
             .skip(skip)
@@ -573,7 +629,11 @@ impl AzState {
             })
             .collect();
         let next = (skip + max < live.len()).then(|| {
-            format!("{}/secrets?api-version=7.4&$skiptoken={}&maxresults={max}", self.base, skip + max)
+            format!(
+                "{}/secrets?api-version=7.4&$skiptoken={}&maxresults={max}",
+                self.base,
+                skip + max
+            )
         });
         reply(200, &json!({"value": items, "nextLink": next}))
     }
@@ -596,8 +656,13 @@ impl AzState {
     }
 
     fn purge(&mut self, name: &str) -> Response<Full<Bytes>> {
-        if !self.secrets.get(name).is_some_and(|s| s.deleted.is_some()) {
-            return az_error(404, "DeletedSecretNotFound", &format!("Deleted Secret not found: {name}"), None);
+        if self.secrets.get(name).is_none_or(|s| s.deleted.is_none()) {
+            return az_error(
+                404,
+                "DeletedSecretNotFound",
+                &format!("Deleted Secret not found: {name}"),
+                None,
+            );
         }
         if !self.purge_allowed {
             return az_error(403, "Forbidden", "The user, group or application does not have secrets purge permission on key vault.", Some("ForbiddenByPolicy"));
@@ -608,11 +673,24 @@ impl AzState {
 
     fn recover(&mut self, name: &str) -> Response<Full<Bytes>> {
         let Some(s) = self.secrets.get_mut(name).filter(|s| s.deleted.is_some()) else {
-            return az_error(404, "DeletedSecretNotFound", &format!("Deleted Secret not found: {name}"), None);
+            return az_error(
+                404,
+                "DeletedSecretNotFound",
+                &format!("Deleted Secret not found: {name}"),
+                None,
+            );
         };
         s.deleted = None;
         let s = s.clone();
-        reply(200, &self.bundle(name, &s, s.versions.last().expect("a secret has a version"), false))
+        reply(
+            200,
+            &self.bundle(
+                name,
+                &s,
+                s.versions.last().expect("a secret has a version"),
+                false,
+            ),
+        )
     }
 }
 
@@ -631,8 +709,16 @@ impl AzureKeyVault {
             ..Default::default()
         }));
         let s = state.clone();
-        serve(listener, Arc::new(move |r| s.lock().expect("state").handle(r)), pki.as_ref());
-        AzureKeyVault { url, ca_pem: pki.map(|p| p.ca_pem), state }
+        serve(
+            listener,
+            Arc::new(move |r| s.lock().expect("state").handle(r)),
+            pki.as_ref(),
+        );
+        AzureKeyVault {
+            url,
+            ca_pem: pki.map(|p| p.ca_pem),
+            state,
+        }
     }
 
     pub async fn start() -> AzureKeyVault {
@@ -654,7 +740,9 @@ impl AzureKeyVault {
 
     /// A workload identity: `client_id` may present `assertion` instead of a secret.
     pub fn add_federated(&self, client_id: &str, assertion: &str) {
-        self.st().federated.insert(client_id.into(), assertion.into());
+        self.st()
+            .federated
+            .insert(client_id.into(), assertion.into());
     }
 
     /// A token the vault accepts without asking Entra ID (the SDK check's static token).
@@ -689,7 +777,12 @@ impl AzureKeyVault {
 
     /// Names of deleted, not yet purged secrets.
     pub fn deleted_names(&self) -> Vec<String> {
-        self.st().secrets.iter().filter(|(_, s)| s.deleted.is_some()).map(|(n, _)| n.clone()).collect()
+        self.st()
+            .secrets
+            .iter()
+            .filter(|(_, s)| s.deleted.is_some())
+            .map(|(n, _)| n.clone())
+            .collect()
     }
 
     /// Tags of the live secret `name`.
@@ -697,8 +790,20 @@ impl AzureKeyVault {
         self.st().live(name).map(|s| s.tags.clone())
     }
 
+    /// The latest value of the live secret `name`.
+    pub fn value(&self, name: &str) -> Option<String> {
+        self.st()
+            .live(name)
+            .and_then(|s| s.versions.last())
+            .map(|v| v.value.clone())
+    }
+
     pub fn version_count(&self, name: &str) -> usize {
-        self.st().secrets.get(name).map(|s| s.versions.len()).unwrap_or(0)
+        self.st()
+            .secrets
+            .get(name)
+            .map(|s| s.versions.len())
+            .unwrap_or(0)
     }
 
     /// Writes a secret directly (as another writer would).
@@ -707,7 +812,13 @@ impl AzureKeyVault {
         st.secrets.insert(
             name.into(),
             AzSecret {
-                versions: vec![AzVersion { id: "seed".into(), value: value.into(), created: now(), content_type: None, enabled: true }],
+                versions: vec![AzVersion {
+                    id: "seed".into(),
+                    value: value.into(),
+                    created: now(),
+                    content_type: None,
+                    enabled: true,
+                }],
                 tags: tags.as_object().cloned().unwrap_or_default(),
                 deleted: None,
             },
@@ -748,6 +859,13 @@ struct GState {
     refresh_tokens: HashSet<String>,
 }
 
+/// A Secret Manager secret's labels, annotations and number of versions.
+pub struct SecretMeta {
+    pub labels: Map<String, Value>,
+    pub annotations: Map<String, Value>,
+    pub versions: usize,
+}
+
 /// Google Secret Manager v1 plus the OAuth token endpoint and the metadata server.
 #[derive(Clone)]
 pub struct SecretManager {
@@ -756,7 +874,10 @@ pub struct SecretManager {
 }
 
 fn g_error(code: u16, status: &str, message: &str) -> Response<Full<Bytes>> {
-    reply(code, &json!({"error": {"code": code, "message": message, "status": status}}))
+    reply(
+        code,
+        &json!({"error": {"code": code, "message": message, "status": status}}),
+    )
 }
 
 pub fn crc32c(data: &[u8]) -> u32 {
@@ -764,7 +885,11 @@ pub fn crc32c(data: &[u8]) -> u32 {
     for b in data {
         c ^= u32::from(*b);
         for _ in 0..8 {
-            c = if c & 1 != 0 { 0x82F6_3B78 ^ (c >> 1) } else { c >> 1 };
+            c = if c & 1 != 0 {
+                0x82F6_3B78 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
         }
     }
     !c
@@ -773,11 +898,14 @@ pub fn crc32c(data: &[u8]) -> u32 {
 fn valid_label_key(k: &str) -> bool {
     (1..=63).contains(&k.len())
         && k.starts_with(|c: char| c.is_ascii_lowercase())
-        && k.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+        && k.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
 }
 
 fn valid_label_value(v: &str) -> bool {
-    v.len() <= 63 && v.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+    v.len() <= 63
+        && v.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
 }
 
 fn valid_annotation_key(k: &str) -> bool {
@@ -785,7 +913,8 @@ fn valid_annotation_key(k: &str) -> bool {
     (1..=63).contains(&b.len())
         && b[0].is_ascii_alphanumeric()
         && b[b.len() - 1].is_ascii_alphanumeric()
-        && k.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        && k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
 }
 
 impl GState {
@@ -814,15 +943,23 @@ impl GState {
             Some("urn:ietf:params:oauth:grant-type:jwt-bearer") => {
                 f.get("assertion").is_some_and(|a| self.assertion_ok(a))
             }
-            Some("refresh_token") => f.get("refresh_token").is_some_and(|t| self.refresh_tokens.contains(t)),
+            Some("refresh_token") => f
+                .get("refresh_token")
+                .is_some_and(|t| self.refresh_tokens.contains(t)),
             _ => false,
         };
         if !ok {
-            return reply(400, &json!({"error": "invalid_grant", "error_description": "Invalid JWT Signature."}));
+            return reply(
+                400,
+                &json!({"error": "invalid_grant", "error_description": "Invalid JWT Signature."}),
+            );
         }
         let t = new_token("ya29");
         self.common.tokens.insert(t.clone());
-        reply(200, &json!({"access_token": t, "expires_in": 3599, "token_type": "Bearer"}))
+        reply(
+            200,
+            &json!({"access_token": t, "expires_in": 3599, "token_type": "Bearer"}),
+        )
     }
 
     fn assertion_ok(&self, jwt: &str) -> bool {
@@ -830,16 +967,26 @@ impl GState {
         if parts.len() != 3 {
             return false;
         }
-        let dec = |p: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(p).ok();
+        let dec = |p: &str| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(p)
+                .ok()
+        };
         let (Some(h), Some(c), Some(sig)) = (dec(parts[0]), dec(parts[1]), dec(parts[2])) else {
             return false;
         };
-        let (Ok(h), Ok(c)) = (serde_json::from_slice::<Value>(&h), serde_json::from_slice::<Value>(&c)) else {
+        let (Ok(h), Ok(c)) = (
+            serde_json::from_slice::<Value>(&h),
+            serde_json::from_slice::<Value>(&c),
+        ) else {
             return false;
         };
         let claims_ok = h["alg"] == "RS256"
             && c["aud"].as_str() == Some(format!("{}/token", self.base).as_str())
-            && c["scope"].as_str().is_some_and(|s| s.split(' ').any(|x| x == "https://www.googleapis.com/auth/cloud-platform"))
+            && c["scope"].as_str().is_some_and(|s| {
+                s.split(' ')
+                    .any(|x| x == "https://www.googleapis.com/auth/cloud-platform")
+            })
             && c["exp"].as_u64().is_some_and(|e| e > now())
             && c["iat"].as_u64().is_some_and(|i| i <= now() + 60);
         let Some(key) = c["iss"].as_str().and_then(|i| self.service_accounts.get(i)) else {
@@ -847,9 +994,12 @@ impl GState {
         };
         let signed = format!("{}.{}", parts[0], parts[1]);
         claims_ok
-            && ring::signature::UnparsedPublicKey::new(&ring::signature::RSA_PKCS1_2048_8192_SHA256, key)
-                .verify(signed.as_bytes(), &sig)
-                .is_ok()
+            && ring::signature::UnparsedPublicKey::new(
+                &ring::signature::RSA_PKCS1_2048_8192_SHA256,
+                key,
+            )
+            .verify(signed.as_bytes(), &sig)
+            .is_ok()
     }
 
     fn handle(&mut self, r: Req) -> Response<Full<Bytes>> {
@@ -858,20 +1008,33 @@ impl GState {
         }
         if r.path == "/computeMetadata/v1/instance/service-accounts/default/token" {
             self.common.token_requests += 1;
-            if r.headers.get("metadata-flavor").and_then(|v| v.to_str().ok()) != Some("Google") {
+            if r.headers
+                .get("metadata-flavor")
+                .and_then(|v| v.to_str().ok())
+                != Some("Google")
+            {
                 return empty(403);
             }
             let t = new_token("ya29.md");
             self.common.tokens.insert(t.clone());
-            return reply(200, &json!({"access_token": t, "expires_in": 3599, "token_type": "Bearer"}));
+            return reply(
+                200,
+                &json!({"access_token": t, "expires_in": 3599, "token_type": "Bearer"}),
+            );
         }
-        self.common.requests.push((r.method.clone(), r.path.clone()));
+        self.common
+            .requests
+            .push((r.method.clone(), r.path.clone()));
         let authorized = match r.bearer() {
             Some(t) => self.common.tokens.contains(t),
             None => self.common.allow_anonymous,
         };
         if !authorized {
-            return g_error(401, "UNAUTHENTICATED", "Request had invalid authentication credentials. Expected OAuth 2 access token.");
+            return g_error(
+                401,
+                "UNAUTHENTICATED",
+                "Request had invalid authentication credentials. Expected OAuth 2 access token.",
+            );
         }
         if let Some(status) = self.common.forced_failure() {
             return g_error(status, "UNAVAILABLE", "Forced failure.");
@@ -887,39 +1050,77 @@ impl GState {
         match (r.method.clone(), parts.as_slice(), verb) {
             (Method::POST, [p, "secrets"], None) => self.create(p, &r),
             (Method::GET, [p, "secrets"], None) => self.list(p, &r),
-            (Method::GET, [p, "secrets", s], None) => self.with(p, s, |st, s0| reply(200, &st.secret_json(p, s, s0))),
+            (Method::GET, [p, "secrets", s], None) => {
+                self.with(p, s, |st, s0| reply(200, &st.secret_json(p, s, s0)))
+            }
             (Method::PATCH, [p, "secrets", s], None) => self.patch(p, s, &r),
-            (Method::DELETE, [p, "secrets", s], None) => match self.secrets.remove(&(p.to_string(), s.to_string())) {
-                Some(_) => reply(200, &json!({})),
-                None => g_error(404, "NOT_FOUND", &format!("Secret [projects/{p}/secrets/{s}] not found.")),
-            },
+            (Method::DELETE, [p, "secrets", s], None) => {
+                match self.secrets.remove(&(p.to_string(), s.to_string())) {
+                    Some(_) => reply(200, &json!({})),
+                    None => g_error(
+                        404,
+                        "NOT_FOUND",
+                        &format!("Secret [projects/{p}/secrets/{s}] not found."),
+                    ),
+                }
+            }
             (Method::POST, [p, "secrets", s], Some("addVersion")) => self.add_version(p, s, &r),
             (Method::GET, [p, "secrets", s, "versions"], None) => self.with(p, s, |_, s0| {
-                let items: Vec<Value> = s0.versions.iter().enumerate().rev()
-                    .map(|(i, v)| GState::version_json(p, s, i + 1, v)).collect();
+                let items: Vec<Value> = s0
+                    .versions
+                    .iter()
+                    .enumerate()
+                    .rev()
+                    .map(|(i, v)| GState::version_json(p, s, i + 1, v))
+                    .collect();
                 reply(200, &json!({"versions": items, "totalSize": items.len()}))
             }),
             (Method::GET, [p, "secrets", s, "versions", v], verb) => self.version(p, s, v, verb),
-            (Method::POST, [p, "secrets", s, "versions", v], Some(op @ ("disable" | "enable" | "destroy"))) => {
-                self.set_state(p, s, v, op)
-            }
+            (
+                Method::POST,
+                [p, "secrets", s, "versions", v],
+                Some(op @ ("disable" | "enable" | "destroy")),
+            ) => self.set_state(p, s, v, op),
             _ => g_error(404, "NOT_FOUND", "No such route."),
         }
     }
 
-    fn with(&self, p: &str, s: &str, f: impl FnOnce(&GState, &GSecret) -> Response<Full<Bytes>>) -> Response<Full<Bytes>> {
+    fn with(
+        &self,
+        p: &str,
+        s: &str,
+        f: impl FnOnce(&GState, &GSecret) -> Response<Full<Bytes>>,
+    ) -> Response<Full<Bytes>> {
         match self.secrets.get(&(p.to_string(), s.to_string())) {
             Some(sec) => f(self, sec),
-            None => g_error(404, "NOT_FOUND", &format!("Secret [projects/{p}/secrets/{s}] not found or has no versions.")),
+            None => g_error(
+                404,
+                "NOT_FOUND",
+                &format!("Secret [projects/{p}/secrets/{s}] not found or has no versions."),
+            ),
         }
     }
 
-    fn check_meta(labels: &Map<String, Value>, annotations: &Map<String, Value>) -> Option<&'static str> {
-        if labels.len() > 64 || labels.iter().any(|(k, v)| !valid_label_key(k) || !v.as_str().is_some_and(valid_label_value)) {
+    fn check_meta(
+        labels: &Map<String, Value>,
+        annotations: &Map<String, Value>,
+    ) -> Option<&'static str> {
+        if labels.len() > 64
+            || labels
+                .iter()
+                .any(|(k, v)| !valid_label_key(k) || !v.as_str().is_some_and(valid_label_value))
+        {
             return Some("Invalid labels.");
         }
-        let size: usize = annotations.iter().map(|(k, v)| k.len() + v.as_str().map_or(0, str::len)).sum();
-        if size > 16 * 1024 || annotations.iter().any(|(k, v)| !valid_annotation_key(k) || !v.is_string()) {
+        let size: usize = annotations
+            .iter()
+            .map(|(k, v)| k.len() + v.as_str().map_or(0, str::len))
+            .sum();
+        if size > 16 * 1024
+            || annotations
+                .iter()
+                .any(|(k, v)| !valid_annotation_key(k) || !v.is_string())
+        {
             return Some("Invalid annotations.");
         }
         None
@@ -927,8 +1128,16 @@ impl GState {
 
     fn create(&mut self, p: &str, r: &Req) -> Response<Full<Bytes>> {
         let id = r.q("secretId").unwrap_or("");
-        if !(1..=255).contains(&id.len()) || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-            return g_error(400, "INVALID_ARGUMENT", "Secret ID must be 1-255 of [a-zA-Z0-9_-].");
+        if !(1..=255).contains(&id.len())
+            || !id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return g_error(
+                400,
+                "INVALID_ARGUMENT",
+                "Secret ID must be 1-255 of [a-zA-Z0-9_-].",
+            );
         }
         let body = r.json().unwrap_or(Value::Null);
         let replication = body["replication"].clone();
@@ -942,9 +1151,19 @@ impl GState {
         }
         let key = (p.to_string(), id.to_string());
         if self.secrets.contains_key(&key) {
-            return g_error(409, "ALREADY_EXISTS", &format!("Secret [projects/{p}/secrets/{id}] already exists."));
+            return g_error(
+                409,
+                "ALREADY_EXISTS",
+                &format!("Secret [projects/{p}/secrets/{id}] already exists."),
+            );
         }
-        let s = GSecret { labels, annotations, replication, created: now(), versions: Vec::new() };
+        let s = GSecret {
+            labels,
+            annotations,
+            replication,
+            created: now(),
+            versions: Vec::new(),
+        };
         let out = self.secret_json(p, id, &s);
         self.secrets.insert(key, s);
         reply(200, &out)
@@ -955,12 +1174,18 @@ impl GState {
         let mask = r.q("updateMask").unwrap_or("").to_string();
         let key = (p.to_string(), s.to_string());
         let Some(mut sec) = self.secrets.get(&key).cloned() else {
-            return g_error(404, "NOT_FOUND", &format!("Secret [projects/{p}/secrets/{s}] not found."));
+            return g_error(
+                404,
+                "NOT_FOUND",
+                &format!("Secret [projects/{p}/secrets/{s}] not found."),
+            );
         };
         for field in mask.split(',').filter(|f| !f.is_empty()) {
             match field {
                 "labels" => sec.labels = body["labels"].as_object().cloned().unwrap_or_default(),
-                "annotations" => sec.annotations = body["annotations"].as_object().cloned().unwrap_or_default(),
+                "annotations" => {
+                    sec.annotations = body["annotations"].as_object().cloned().unwrap_or_default()
+                }
                 _ => return g_error(400, "INVALID_ARGUMENT", "Unsupported update mask."),
             }
         }
@@ -978,10 +1203,18 @@ impl GState {
             .as_str()
             .and_then(|d| base64::engine::general_purpose::STANDARD.decode(d).ok())
         else {
-            return g_error(400, "INVALID_ARGUMENT", "Payload data is required (base64).");
+            return g_error(
+                400,
+                "INVALID_ARGUMENT",
+                "Payload data is required (base64).",
+            );
         };
         if data.len() > 64 * 1024 {
-            return g_error(400, "INVALID_ARGUMENT", "Secret payload is larger than 65536 bytes.");
+            return g_error(
+                400,
+                "INVALID_ARGUMENT",
+                "Secret payload is larger than 65536 bytes.",
+            );
         }
         let crc = match &body["payload"]["dataCrc32c"] {
             Value::String(c) => c.parse::<u64>().ok(),
@@ -989,13 +1222,27 @@ impl GState {
             _ => None,
         };
         if crc.is_some_and(|c| c != u64::from(crc32c(&data))) {
-            return g_error(400, "INVALID_ARGUMENT", "Checksum mismatch: the payload's data_crc32c does not match its data.");
+            return g_error(
+                400,
+                "INVALID_ARGUMENT",
+                "Checksum mismatch: the payload's data_crc32c does not match its data.",
+            );
         }
         let Some(sec) = self.secrets.get_mut(&(p.to_string(), s.to_string())) else {
-            return g_error(404, "NOT_FOUND", &format!("Secret [projects/{p}/secrets/{s}] not found."));
+            return g_error(
+                404,
+                "NOT_FOUND",
+                &format!("Secret [projects/{p}/secrets/{s}] not found."),
+            );
         };
         let stored_crc = crc32c(&data);
-        sec.versions.push(GVersion { data, crc, stored_crc, state: "ENABLED", created: now() });
+        sec.versions.push(GVersion {
+            data,
+            crc,
+            stored_crc,
+            state: "ENABLED",
+            created: now(),
+        });
         let n = sec.versions.len();
         reply(200, &GState::version_json(p, s, n, &sec.versions[n - 1]))
     }
@@ -1004,31 +1251,57 @@ impl GState {
         if v == "latest" {
             sec.versions.iter().rposition(|x| x.state != "DESTROYED")
         } else {
-            v.parse::<usize>().ok().filter(|n| *n >= 1 && *n <= sec.versions.len()).map(|n| n - 1)
+            v.parse::<usize>()
+                .ok()
+                .filter(|n| *n >= 1 && *n <= sec.versions.len())
+                .map(|n| n - 1)
         }
     }
 
     fn version(&self, p: &str, s: &str, v: &str, verb: Option<&str>) -> Response<Full<Bytes>> {
         let Some(sec) = self.secrets.get(&(p.to_string(), s.to_string())) else {
-            return g_error(404, "NOT_FOUND", &format!("Secret [projects/{p}/secrets/{s}] not found or has no versions."));
+            return g_error(
+                404,
+                "NOT_FOUND",
+                &format!("Secret [projects/{p}/secrets/{s}] not found or has no versions."),
+            );
         };
         let Some(i) = GState::pick(sec, v) else {
-            return g_error(404, "NOT_FOUND", &format!("Secret Version [projects/{p}/secrets/{s}/versions/{v}] not found."));
+            return g_error(
+                404,
+                "NOT_FOUND",
+                &format!("Secret Version [projects/{p}/secrets/{s}/versions/{v}] not found."),
+            );
         };
         let ver = &sec.versions[i];
         match verb {
             None => reply(200, &GState::version_json(p, s, i + 1, ver)),
-            Some("access") if ver.state != "ENABLED" => g_error(400, "FAILED_PRECONDITION", &format!("Secret Version [projects/{p}/secrets/{s}/versions/{}] is in {} state.", i + 1, ver.state)),
-            Some("access") => reply(200, &json!({"name": format!("projects/{p}/secrets/{s}/versions/{}", i + 1),
+            Some("access") if ver.state != "ENABLED" => g_error(
+                400,
+                "FAILED_PRECONDITION",
+                &format!(
+                    "Secret Version [projects/{p}/secrets/{s}/versions/{}] is in {} state.",
+                    i + 1,
+                    ver.state
+                ),
+            ),
+            Some("access") => reply(
+                200,
+                &json!({"name": format!("projects/{p}/secrets/{s}/versions/{}", i + 1),
                 "payload": {"data": base64::engine::general_purpose::STANDARD.encode(&ver.data),
-                            "dataCrc32c": ver.stored_crc.to_string()}})),
+                            "dataCrc32c": ver.stored_crc.to_string()}}),
+            ),
             _ => g_error(404, "NOT_FOUND", "No such route."),
         }
     }
 
     fn set_state(&mut self, p: &str, s: &str, v: &str, op: &str) -> Response<Full<Bytes>> {
         let Some(sec) = self.secrets.get_mut(&(p.to_string(), s.to_string())) else {
-            return g_error(404, "NOT_FOUND", &format!("Secret [projects/{p}/secrets/{s}] not found."));
+            return g_error(
+                404,
+                "NOT_FOUND",
+                &format!("Secret [projects/{p}/secrets/{s}] not found."),
+            );
         };
         let Some(i) = GState::pick(sec, v) else {
             return g_error(404, "NOT_FOUND", "Secret Version not found.");
@@ -1049,10 +1322,23 @@ impl GState {
     }
 
     fn list(&self, p: &str, r: &Req) -> Response<Full<Bytes>> {
-        let size: usize = r.q("pageSize").and_then(|x| x.parse().ok()).unwrap_or(25_000).clamp(1, 25_000);
+        let size: usize = r
+            .q("pageSize")
+            .and_then(|x| x.parse().ok())
+            .unwrap_or(25_000)
+            .clamp(1, 25_000);
         let start: usize = r.q("pageToken").and_then(|x| x.parse().ok()).unwrap_or(0);
-        let all: Vec<(&(String, String), &GSecret)> = self.secrets.iter().filter(|((proj, _), _)| proj == p).collect();
-        let items: Vec<Value> = all.iter().skip(start).take(size).map(|((_, id), s)| self.secret_json(p, id, s)).collect();
+        let all: Vec<(&(String, String), &GSecret)> = self
+            .secrets
+            .iter()
+            .filter(|((proj, _), _)| proj == p)
+            .collect();
+        let items: Vec<Value> = all
+            .iter()
+            .skip(start)
+            .take(size)
+            .map(|((_, id), s)| self.secret_json(p, id, s))
+            .collect();
         let mut out = json!({"totalSize": all.len()});
         if !items.is_empty() {
             out["secrets"] = Value::Array(items);
@@ -1068,9 +1354,16 @@ impl SecretManager {
     pub async fn start_on(addr: &str) -> SecretManager {
         let (listener, a) = bind(addr).await;
         let url = format!("http://{a}");
-        let state = Arc::new(Mutex::new(GState { base: url.clone(), ..Default::default() }));
+        let state = Arc::new(Mutex::new(GState {
+            base: url.clone(),
+            ..Default::default()
+        }));
         let s = state.clone();
-        serve(listener, Arc::new(move |r| s.lock().expect("state").handle(r)), None);
+        serve(
+            listener,
+            Arc::new(move |r| s.lock().expect("state").handle(r)),
+            None,
+        );
         SecretManager { url, state }
     }
 
@@ -1089,7 +1382,9 @@ impl SecretManager {
 
     /// A service account whose JWTs (signed by the private half of `pkcs1_public_der`) buy tokens.
     pub fn add_service_account(&self, email: &str, pkcs1_public_der: Vec<u8>) {
-        self.st().service_accounts.insert(email.into(), pkcs1_public_der);
+        self.st()
+            .service_accounts
+            .insert(email.into(), pkcs1_public_der);
     }
 
     pub fn add_refresh_token(&self, token: &str) {
@@ -1112,17 +1407,37 @@ impl SecretManager {
         self.st().common.fail_next = Some((status, times));
     }
 
-    /// (labels, annotations, version count) of a secret.
-    pub fn secret(&self, project: &str, id: &str) -> Option<(Map<String, Value>, Map<String, Value>, usize)> {
+    /// What a secret carries besides its values.
+    pub fn secret(&self, project: &str, id: &str) -> Option<SecretMeta> {
         self.st()
             .secrets
             .get(&(project.to_string(), id.to_string()))
-            .map(|s| (s.labels.clone(), s.annotations.clone(), s.versions.len()))
+            .map(|s| SecretMeta {
+                labels: s.labels.clone(),
+                annotations: s.annotations.clone(),
+                versions: s.versions.len(),
+            })
+    }
+
+    /// The latest version's value of a secret.
+    pub fn latest(&self, project: &str, id: &str) -> Option<String> {
+        let st = self.st();
+        let v = st
+            .secrets
+            .get(&(project.to_string(), id.to_string()))?
+            .versions
+            .last()?
+            .clone();
+        String::from_utf8(v.data).ok()
     }
 
     /// Flips a stored byte of the latest version without fixing its checksum.
     pub fn corrupt_latest(&self, project: &str, id: &str) {
-        if let Some(s) = self.st().secrets.get_mut(&(project.to_string(), id.to_string())) {
+        if let Some(s) = self
+            .st()
+            .secrets
+            .get_mut(&(project.to_string(), id.to_string()))
+        {
             if let Some(v) = s.versions.last_mut() {
                 if let Some(b) = v.data.first_mut() {
                     *b ^= 1;
@@ -1165,7 +1480,8 @@ fn dns_subdomain(n: &str) -> bool {
     (1..=253).contains(&n.len())
         && n.split('.').all(|l| {
             !l.is_empty()
-                && l.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && l.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
                 && !l.starts_with('-')
                 && !l.ends_with('-')
         })
@@ -1196,13 +1512,20 @@ impl KState {
         let mut size = 0;
         if let Some(data) = obj["data"].as_object() {
             for (k, v) in data {
-                let Some(bytes) = v.as_str().and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok()) else {
-                    return Some(format!("Secret \"{name}\" is invalid: data[{k}]: not base64"));
+                let Some(bytes) = v
+                    .as_str()
+                    .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
+                else {
+                    return Some(format!(
+                        "Secret \"{name}\" is invalid: data[{k}]: not base64"
+                    ));
                 };
                 size += bytes.len();
             }
         }
-        (size > 1024 * 1024).then(|| format!("Secret \"{name}\" is invalid: data: Too long: must have at most 1048576 bytes"))
+        (size > 1024 * 1024).then(|| {
+            format!("Secret \"{name}\" is invalid: data: Too long: must have at most 1048576 bytes")
+        })
     }
 
     fn stamp(&mut self, obj: &mut Value, ns: &str, created: Option<Value>) {
@@ -1210,9 +1533,16 @@ impl KState {
         let m = &mut obj["metadata"];
         m["namespace"] = Value::String(ns.to_string());
         m["resourceVersion"] = Value::String(self.resource_version.to_string());
-        m["uid"] = created.as_ref().map(|c| c["uid"].clone()).unwrap_or_else(|| {
-            Value::String(format!("{:08x}-0000-4000-8000-{:012x}", fastrand::u32(..), fastrand::u64(..) & 0xffff_ffff_ffff))
-        });
+        m["uid"] = created
+            .as_ref()
+            .map(|c| c["uid"].clone())
+            .unwrap_or_else(|| {
+                Value::String(format!(
+                    "{:08x}-0000-4000-8000-{:012x}",
+                    fastrand::u32(..),
+                    fastrand::u64(..) & 0xffff_ffff_ffff
+                ))
+            });
         m["creationTimestamp"] = created
             .map(|c| c["creationTimestamp"].clone())
             .unwrap_or_else(|| Value::String(rfc3339(now())));
@@ -1223,18 +1553,25 @@ impl KState {
         }
         if let Some(sd) = obj.as_object_mut().and_then(|o| o.remove("stringData")) {
             for (k, v) in sd.as_object().into_iter().flatten() {
-                obj["data"][k] = Value::String(base64::engine::general_purpose::STANDARD.encode(v.as_str().unwrap_or("")));
+                obj["data"][k] = Value::String(
+                    base64::engine::general_purpose::STANDARD.encode(v.as_str().unwrap_or("")),
+                );
             }
         }
     }
 
     fn handle(&mut self, r: Req) -> Response<Full<Bytes>> {
-        self.common.requests.push((r.method.clone(), r.path.clone()));
+        self.common
+            .requests
+            .push((r.method.clone(), r.path.clone()));
         if !r.bearer().is_some_and(|t| self.common.tokens.contains(t)) {
             return k_status(401, "Unauthorized", "Unauthorized", None);
         }
         if r.path == "/version" {
-            return reply(200, &json!({"major": "1", "minor": "30", "gitVersion": "v1.30.0-emulator", "platform": "linux/amd64"}));
+            return reply(
+                200,
+                &json!({"major": "1", "minor": "30", "gitVersion": "v1.30.0-emulator", "platform": "linux/amd64"}),
+            );
         }
         if let Some(status) = self.common.forced_failure() {
             return k_status(status, "TooManyRequests", "Forced failure.", None);
@@ -1242,8 +1579,17 @@ impl KState {
         let parts: Vec<&str> = r.path.trim_matches('/').split('/').collect();
         let (ns, name) = match parts.as_slice() {
             ["api", "v1", "namespaces", ns, "secrets"] => (ns.to_string(), None),
-            ["api", "v1", "namespaces", ns, "secrets", name] => (ns.to_string(), Some(name.to_string())),
-            _ => return k_status(404, "NotFound", "the server could not find the requested resource", None),
+            ["api", "v1", "namespaces", ns, "secrets", name] => {
+                (ns.to_string(), Some(name.to_string()))
+            }
+            _ => {
+                return k_status(
+                    404,
+                    "NotFound",
+                    "the server could not find the requested resource",
+                    None,
+                )
+            }
         };
         let verb = match (&r.method, name.is_some()) {
             (&Method::GET, false) => "list",
@@ -1252,7 +1598,14 @@ impl KState {
             (&Method::PUT, true) => "update",
             (&Method::PATCH, true) => "patch",
             (&Method::DELETE, true) => "delete",
-            _ => return k_status(405, "MethodNotAllowed", "the server does not allow this method on the requested resource", None),
+            _ => {
+                return k_status(
+                    405,
+                    "MethodNotAllowed",
+                    "the server does not allow this method on the requested resource",
+                    None,
+                )
+            }
         };
         if self.forbidden.contains(verb) {
             return k_status(403, "Forbidden", &format!("secrets is forbidden: User \"system:serviceaccount:{ns}:gateway\" cannot {verb} resource \"secrets\" in API group \"\" in the namespace \"{ns}\""), name.as_deref());
@@ -1262,14 +1615,27 @@ impl KState {
             ("create", _) => self.create(&ns, &r),
             ("get", Some(n)) => match self.secrets.get(&(ns, n.clone())) {
                 Some(s) => reply(200, s),
-                None => k_status(404, "NotFound", &format!("secrets \"{n}\" not found"), Some(&n)),
+                None => k_status(
+                    404,
+                    "NotFound",
+                    &format!("secrets \"{n}\" not found"),
+                    Some(&n),
+                ),
             },
             ("update", Some(n)) => self.replace(&ns, &n, &r),
             ("patch", Some(n)) => self.patch(&ns, &n, &r),
             ("delete", Some(n)) => match self.secrets.remove(&(ns, n.clone())) {
-                Some(_) => reply(200, &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
-                                              "details": {"name": n, "kind": "secrets", "uid": "deleted"}})),
-                None => k_status(404, "NotFound", &format!("secrets \"{n}\" not found"), Some(&n)),
+                Some(_) => reply(
+                    200,
+                    &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                                              "details": {"name": n, "kind": "secrets", "uid": "deleted"}}),
+                ),
+                None => k_status(
+                    404,
+                    "NotFound",
+                    &format!("secrets \"{n}\" not found"),
+                    Some(&n),
+                ),
             },
             _ => k_status(405, "MethodNotAllowed", "unsupported", None),
         }
@@ -1277,9 +1643,17 @@ impl KState {
 
     fn create(&mut self, ns: &str, r: &Req) -> Response<Full<Bytes>> {
         let Some(mut obj) = r.json().filter(|o| o.is_object()) else {
-            return k_status(400, "BadRequest", "the body of the request was in an unknown format", None);
+            return k_status(
+                400,
+                "BadRequest",
+                "the body of the request was in an unknown format",
+                None,
+            );
         };
-        if obj["metadata"]["namespace"].as_str().is_some_and(|n| n != ns) {
+        if obj["metadata"]["namespace"]
+            .as_str()
+            .is_some_and(|n| n != ns)
+        {
             return k_status(400, "BadRequest", "the namespace of the provided object does not match the namespace sent on the request", None);
         }
         if let Some(m) = KState::validate(&obj) {
@@ -1287,7 +1661,12 @@ impl KState {
         }
         let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
         if self.secrets.contains_key(&(ns.to_string(), name.clone())) {
-            return k_status(409, "AlreadyExists", &format!("secrets \"{name}\" already exists"), Some(&name));
+            return k_status(
+                409,
+                "AlreadyExists",
+                &format!("secrets \"{name}\" already exists"),
+                Some(&name),
+            );
         }
         self.stamp(&mut obj, ns, None);
         self.secrets.insert((ns.to_string(), name), obj.clone());
@@ -1296,14 +1675,29 @@ impl KState {
 
     fn replace(&mut self, ns: &str, name: &str, r: &Req) -> Response<Full<Bytes>> {
         let Some(mut obj) = r.json().filter(|o| o.is_object()) else {
-            return k_status(400, "BadRequest", "the body of the request was in an unknown format", None);
+            return k_status(
+                400,
+                "BadRequest",
+                "the body of the request was in an unknown format",
+                None,
+            );
         };
         let key = (ns.to_string(), name.to_string());
         let Some(cur) = self.secrets.get(&key).cloned() else {
-            return k_status(404, "NotFound", &format!("secrets \"{name}\" not found"), Some(name));
+            return k_status(
+                404,
+                "NotFound",
+                &format!("secrets \"{name}\" not found"),
+                Some(name),
+            );
         };
         if obj["metadata"]["name"].as_str() != Some(name) {
-            return k_status(400, "BadRequest", "the name of the object does not match the name on the URL", None);
+            return k_status(
+                400,
+                "BadRequest",
+                "the name of the object does not match the name on the URL",
+                None,
+            );
         }
         if let Some(rv) = obj["metadata"]["resourceVersion"].as_str() {
             if Some(rv) != cur["metadata"]["resourceVersion"].as_str() {
@@ -1319,16 +1713,32 @@ impl KState {
     }
 
     fn patch(&mut self, ns: &str, name: &str, r: &Req) -> Response<Full<Bytes>> {
-        let ct = r.headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("");
-        if !(ct.starts_with("application/merge-patch+json") || ct.starts_with("application/strategic-merge-patch+json")) {
+        let ct = r
+            .headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if !(ct.starts_with("application/merge-patch+json")
+            || ct.starts_with("application/strategic-merge-patch+json"))
+        {
             return k_status(415, "UnsupportedMediaType", &format!("the body of the request was in an unknown format - accepted media types include: application/merge-patch+json, application/strategic-merge-patch+json (got {ct})"), None);
         }
         let key = (ns.to_string(), name.to_string());
         let Some(mut obj) = self.secrets.get(&key).cloned() else {
-            return k_status(404, "NotFound", &format!("secrets \"{name}\" not found"), Some(name));
+            return k_status(
+                404,
+                "NotFound",
+                &format!("secrets \"{name}\" not found"),
+                Some(name),
+            );
         };
         let Some(patch) = r.json() else {
-            return k_status(400, "BadRequest", "the body of the request was in an unknown format", None);
+            return k_status(
+                400,
+                "BadRequest",
+                "the body of the request was in an unknown format",
+                None,
+            );
         };
         json_patch::merge(&mut obj, &patch);
         if let Some(m) = KState::validate(&obj) {
@@ -1342,7 +1752,11 @@ impl KState {
 
     fn list(&self, ns: &str, r: &Req) -> Response<Full<Bytes>> {
         let sel = r.q("labelSelector").unwrap_or("");
-        let limit: usize = r.q("limit").and_then(|l| l.parse().ok()).filter(|l| *l > 0).unwrap_or(usize::MAX);
+        let limit: usize = r
+            .q("limit")
+            .and_then(|l| l.parse().ok())
+            .filter(|l| *l > 0)
+            .unwrap_or(usize::MAX);
         let start: usize = r.q("continue").and_then(|c| c.parse().ok()).unwrap_or(0);
         let all: Vec<&Value> = self
             .secrets
@@ -1350,20 +1764,28 @@ impl KState {
             .filter(|((n, _), s)| n == ns && selector_matches(sel, &s["metadata"]["labels"]))
             .map(|(_, s)| s)
             .collect();
-        let items: Vec<Value> = all.iter().skip(start).take(limit).map(|s| {
-            let mut s = (*s).clone();
-            if let Some(o) = s.as_object_mut() {
-                o.remove("kind");
-                o.remove("apiVersion");
-            }
-            s
-        }).collect();
+        let items: Vec<Value> = all
+            .iter()
+            .skip(start)
+            .take(limit)
+            .map(|s| {
+                let mut s = (*s).clone();
+                if let Some(o) = s.as_object_mut() {
+                    o.remove("kind");
+                    o.remove("apiVersion");
+                }
+                s
+            })
+            .collect();
         let mut meta = json!({"resourceVersion": self.resource_version.to_string()});
         if start.saturating_add(limit) < all.len() {
             meta["continue"] = Value::String((start + limit).to_string());
             meta["remainingItemCount"] = json!(all.len() - start - limit);
         }
-        reply(200, &json!({"kind": "SecretList", "apiVersion": "v1", "metadata": meta, "items": items}))
+        reply(
+            200,
+            &json!({"kind": "SecretList", "apiVersion": "v1", "metadata": meta, "items": items}),
+        )
     }
 }
 
@@ -1375,8 +1797,16 @@ impl KubeApi {
         let url = format!("{}://{a}", if tls { "https" } else { "http" });
         let state = Arc::new(Mutex::new(KState::default()));
         let s = state.clone();
-        serve(listener, Arc::new(move |r| s.lock().expect("state").handle(r)), pki.as_ref());
-        KubeApi { url, ca_pem: pki.map(|p| p.ca_pem), state }
+        serve(
+            listener,
+            Arc::new(move |r| s.lock().expect("state").handle(r)),
+            pki.as_ref(),
+        );
+        KubeApi {
+            url,
+            ca_pem: pki.map(|p| p.ca_pem),
+            state,
+        }
     }
 
     pub async fn start() -> KubeApi {
@@ -1409,7 +1839,10 @@ impl KubeApi {
     }
 
     pub fn secret(&self, namespace: &str, name: &str) -> Option<Value> {
-        self.st().secrets.get(&(namespace.to_string(), name.to_string())).cloned()
+        self.st()
+            .secrets
+            .get(&(namespace.to_string(), name.to_string()))
+            .cloned()
     }
 
     /// A kubeconfig for this server with a bearer token and the CA inline.
@@ -1417,7 +1850,12 @@ impl KubeApi {
         let ca = self
             .ca_pem
             .as_ref()
-            .map(|p| format!("    certificate-authority-data: {}\n", base64::engine::general_purpose::STANDARD.encode(p)))
+            .map(|p| {
+                format!(
+                    "    certificate-authority-data: {}\n",
+                    base64::engine::general_purpose::STANDARD.encode(p)
+                )
+            })
             .unwrap_or_default();
         format!(
             "apiVersion: v1\nkind: Config\ncurrent-context: emulator\nclusters:\n- name: emu\n  cluster:\n    server: {}\n{ca}contexts:\n- name: other\n  context:\n    cluster: nowhere\n    user: nobody\n- name: emulator\n  context:\n    cluster: emu\n    user: gateway\n    namespace: ignored\nusers:\n- name: gateway\n  user:\n    token: \"{token}\"\n",
