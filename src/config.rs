@@ -1338,4 +1338,72 @@ mod tests {
         assert!(e.to_string().contains("parameters.address"), "{e}");
         assert!(e.to_string().contains("parameters.token"), "{e}");
     }
+
+    const KEY: &str = "[fernet]\nkey = \"jJ/9sz0g0OHxsfxOoSfdFdmk3ysNmPRnH3TUAbz3IHA=\"\n";
+
+    #[test]
+    fn azure_gcp_and_kubernetes_take_openmetadatas_environment_variables() {
+        let env = |k: &str| {
+            Some(
+                match k {
+                    "OM_SM_VAULT_NAME" => "acme-vault",
+                    "OM_SM_CLIENT_ID" => "cid",
+                    "OM_SM_CLIENT_SECRET" => "csecret",
+                    "OM_SM_TENANT_ID" => "tid",
+                    "OM_SM_PROJECT_ID" => "acme-project",
+                    "GOOGLE_CLOUD_PROJECT" => "loses-to-om-sm-project-id",
+                    "OM_SM_NAMESPACE" => "om-secrets",
+                    "OM_SM_IN_CLUSTER" => "true",
+                    "SECRET_MANAGER" => "kubernetes",
+                    _ => return None,
+                }
+                .to_string(),
+            )
+        };
+        let c = Config::from_toml_str(KEY, None, &env).unwrap();
+        assert_eq!(c.secrets.provider, Provider::Kubernetes);
+        assert!(c.secrets.provider.is_managed());
+        let az = &c.secrets.azure;
+        assert_eq!(
+            az.vault_url.as_ref().unwrap().to_string(),
+            "https://acme-vault.vault.azure.net/"
+        );
+        assert_eq!(
+            (
+                az.client_id.as_deref(),
+                az.client_secret.as_deref(),
+                az.tenant_id.as_deref()
+            ),
+            (Some("cid"), Some("csecret"), Some("tid"))
+        );
+        assert_eq!(c.secrets.gcp.project_id.as_deref(), Some("acme-project"));
+        assert_eq!(c.secrets.kubernetes.namespace, "om-secrets");
+        assert!(c.secrets.kubernetes.in_cluster);
+    }
+
+    #[test]
+    fn azure_kv_is_not_managed_and_needs_a_vault() {
+        assert!(!Provider::AzureKv.is_managed());
+        assert!(Provider::ManagedAzureKv.is_managed());
+        let e = parse(&format!(
+            "{KEY}[secrets_manager]\nprovider = \"azure-kv\"\n"
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("vault_name"), "{e}");
+        let e = parse(&format!(
+            "{KEY}[secrets_manager]\nprovider = \"azure-kv\"\n[secrets_manager.parameters]\nvault_name = \"x\"\nclient_secret = \"s\"\n"
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("vault_name"), "{e}");
+        assert!(e.to_string().contains("client_secret"), "{e}");
+    }
+
+    #[test]
+    fn kubernetes_without_in_cluster_needs_an_existing_kubeconfig() {
+        let e = parse(&format!(
+            "{KEY}[secrets_manager]\nprovider = \"kubernetes\"\n[secrets_manager.parameters]\nkubeconfig_path = \"/nonexistent/kubeconfig\"\n"
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("kubeconfig_path"), "{e}");
+    }
 }

@@ -751,3 +751,23 @@ async fn kubernetes_in_cluster_uses_the_service_account_and_rereads_a_rotated_to
         Some("in cluster")
     );
 }
+
+#[tokio::test]
+async fn azure_key_vault_lists_across_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_az, cfg) = azure(dir.path()).await;
+    let store = store_for(&cfg).await;
+    for i in 0..30 {
+        store
+            .put(&format!("/openmetadata/database/many/f{i:02}"), "v")
+            .await
+            .unwrap();
+    }
+    store
+        .put("/openmetadata/database/other/f", "v")
+        .await
+        .unwrap();
+    let ids = store.list("/openmetadata/database/many/").await.unwrap();
+    assert_eq!(ids.len(), 30, "Key Vault pages by 25");
+    assert_eq!(ids[0], "/openmetadata/database/many/f00");
+}
