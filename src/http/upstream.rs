@@ -26,12 +26,18 @@ pub struct Upstream {
 
 impl Upstream {
     pub fn new(cfg: &UpstreamConfig) -> Result<Upstream, tls::TlsError> {
+        let tls_cfg = tls::client_config(cfg.ca_file.as_deref())?;
+        Ok(Upstream::with_tls(cfg, tls_cfg))
+    }
+
+    /// A client with its own TLS settings (a Kubernetes API server's CA and client
+    /// certificate, say); `cfg.ca_file` is not read.
+    pub fn with_tls(cfg: &UpstreamConfig, tls_cfg: rustls::ClientConfig) -> Upstream {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(cfg.timeout.min(Duration::from_secs(10))));
         http.set_keepalive(Some(Duration::from_secs(60)));
-        let tls_cfg = tls::client_config(cfg.ca_file.as_deref())?;
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls_cfg)
             .https_or_http()
@@ -52,14 +58,14 @@ impl Upstream {
             .unwrap_or_else(|| http::uri::Authority::from_static("127.0.0.1:8585"));
         let host_header = HeaderValue::from_str(authority.as_str())
             .unwrap_or_else(|_| HeaderValue::from_static("localhost"));
-        Ok(Upstream {
+        Upstream {
             client,
             scheme,
             authority,
             base_path: cfg.base_path.clone(),
             host_header,
             timeout: cfg.timeout,
-        })
+        }
     }
 
     /// The upstream URI for a client's path and query (forwarded as they came).
