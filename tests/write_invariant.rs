@@ -179,7 +179,10 @@ fn value_strategy(salt: u64) -> impl Strategy<Value = Value> {
         Just(json!("plain-text")),
         Just(json!(null)),
         Just(json!("")),
-        Just(json!(98765432109876543210987u128.to_string().parse::<Value>().unwrap_or(Value::Null))),
+        Just(json!(98765432109876543210987u128
+            .to_string()
+            .parse::<Value>()
+            .unwrap_or(Value::Null))),
         (10usize..40).prop_map(move |n| json!({"password": secret_value(n, salt)})),
         (10usize..40).prop_map(move |n| json!({"name": "n", "apiKey": secret_value(n, salt)})),
     ]
@@ -190,24 +193,32 @@ fn op_strategy(kind: Kind, salt: u64) -> impl Strategy<Value = Value> {
     let path = proptest::sample::select(ps.clone());
     let from = proptest::sample::select(ps);
     prop_oneof![
-        (path.clone(), value_strategy(salt)).prop_map(|(p, v)| json!({"op": "add", "path": p, "value": v})),
-        (path.clone(), value_strategy(salt)).prop_map(|(p, v)| json!({"op": "replace", "path": p, "value": v})),
-        path.clone().prop_map(|p| json!({"op": "remove", "path": p})),
+        (path.clone(), value_strategy(salt))
+            .prop_map(|(p, v)| json!({"op": "add", "path": p, "value": v})),
+        (path.clone(), value_strategy(salt))
+            .prop_map(|(p, v)| json!({"op": "replace", "path": p, "value": v})),
+        path.clone()
+            .prop_map(|p| json!({"op": "remove", "path": p})),
         (from.clone(), path.clone()).prop_map(|(f, p)| json!({"op": "move", "from": f, "path": p})),
         (from, path.clone()).prop_map(|(f, p)| json!({"op": "copy", "from": f, "path": p})),
-        (path, value_strategy(salt)).prop_map(|(p, v)| json!({"op": "test", "path": p, "value": v})),
+        (path, value_strategy(salt))
+            .prop_map(|(p, v)| json!({"op": "test", "path": p, "value": v})),
     ]
 }
 
 fn case_strategy() -> impl Strategy<Value = Case> {
-    (prop_oneof![Just(Kind::Mysql), Just(Kind::Mcp)], any::<u64>()).prop_flat_map(|(kind, salt)| {
-        (
-            Just(kind),
-            Just(vec![secret_value(0, salt), secret_value(1, salt)]),
-            proptest::collection::vec(op_strategy(kind, salt), 1..6),
-        )
-            .prop_map(|(kind, secrets, ops)| Case { kind, secrets, ops })
-    })
+    (
+        prop_oneof![Just(Kind::Mysql), Just(Kind::Mcp)],
+        any::<u64>(),
+    )
+        .prop_flat_map(|(kind, salt)| {
+            (
+                Just(kind),
+                Just(vec![secret_value(0, salt), secret_value(1, salt)]),
+                proptest::collection::vec(op_strategy(kind, salt), 1..6),
+            )
+                .prop_map(|(kind, secrets, ops)| Case { kind, secrets, ops })
+        })
 }
 
 // === running a case ===
@@ -217,8 +228,12 @@ fn leak_forms(v: &str) -> Vec<Vec<u8>> {
     vec![
         v.as_bytes().to_vec(),
         escaped.as_bytes()[1..escaped.len() - 1].to_vec(),
-        base64::engine::general_purpose::STANDARD.encode(v).into_bytes(),
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v).into_bytes(),
+        base64::engine::general_purpose::STANDARD
+            .encode(v)
+            .into_bytes(),
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(v)
+            .into_bytes(),
     ]
 }
 
@@ -228,7 +243,10 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 
 /// Every string in a document, with whether it sits at a secret location.
 fn strings(kind: Kind, doc: &Value) -> (Vec<String>, Vec<String>) {
-    let secret_ptrs: Vec<String> = secret_locations(kind, doc).iter().map(|r| pointer(r)).collect();
+    let secret_ptrs: Vec<String> = secret_locations(kind, doc)
+        .iter()
+        .map(|r| pointer(r))
+        .collect();
     let mut at_secret = Vec::new();
     let mut elsewhere = Vec::new();
     fn walk(v: &Value, at: String, secret: &[String], a: &mut Vec<String>, b: &mut Vec<String>) {
@@ -245,12 +263,24 @@ fn strings(kind: Kind, doc: &Value) -> (Vec<String>, Vec<String>) {
                 .enumerate()
                 .for_each(|(i, c)| walk(c, format!("{at}/{i}"), secret, a, b)),
             Value::Object(m) => m.iter().for_each(|(k, c)| {
-                walk(c, format!("{at}/{}", k.replace('~', "~0").replace('/', "~1")), secret, a, b)
+                walk(
+                    c,
+                    format!("{at}/{}", k.replace('~', "~0").replace('/', "~1")),
+                    secret,
+                    a,
+                    b,
+                )
             }),
             _ => {}
         }
     }
-    walk(doc, String::new(), &secret_ptrs, &mut at_secret, &mut elsewhere);
+    walk(
+        doc,
+        String::new(),
+        &secret_ptrs,
+        &mut at_secret,
+        &mut elsewhere,
+    );
     (at_secret, elsewhere)
 }
 
@@ -280,7 +310,16 @@ fn non_secret(kind: Kind, doc: &Value) -> Value {
         }
     }
     if let Some(m) = d.as_object_mut() {
-        for k in ["id", "version", "updatedAt", "updatedBy", "href", "fullyQualifiedName", "deleted", "changeDescription"] {
+        for k in [
+            "id",
+            "version",
+            "updatedAt",
+            "updatedBy",
+            "href",
+            "fullyQualifiedName",
+            "deleted",
+            "changeDescription",
+        ] {
             m.remove(k);
         }
     }
@@ -294,7 +333,11 @@ async fn resolved(kind: Kind, doc: &Value, store: &MemoryStore) -> Value {
         let p = pointer(&rel);
         if let Some(Value::String(s)) = d.pointer(&p).cloned() {
             if let Some(id) = s.strip_prefix("secret:") {
-                let v = store.get(id).await.expect("store").expect("a stored value behind every reference");
+                let v = store
+                    .get(id)
+                    .await
+                    .expect("store")
+                    .expect("a stored value behind every reference");
                 *d.pointer_mut(&p).expect("slot") = Value::String(v);
             }
         }
@@ -333,13 +376,29 @@ async fn call(gw: &Gw, m: Method, path: &str, ct: &str, body: String) -> Answer 
 
 async fn run_case(b: &Bench, case: &Case) -> Result<(), String> {
     let k = case.kind;
-    let name = format!("inv{}", b.n.fetch_add(1, std::sync::atomic::Ordering::SeqCst));
-    let created = call(&b.gw, Method::POST, k.collection(), "application/json", entity(k, &name, &case.secrets).to_string()).await;
+    let name = format!(
+        "inv{}",
+        b.n.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    );
+    let created = call(
+        &b.gw,
+        Method::POST,
+        k.collection(),
+        "application/json",
+        entity(k, &name, &case.secrets).to_string(),
+    )
+    .await;
     if created.status != 201 {
         return Err(format!("create: {} {}", created.status, created.text()));
     }
-    let id = created.json()["id"].as_str().unwrap_or_default().to_string();
-    let before = b.emu.entity(k.emu_collection(), &name).ok_or("not stored")?;
+    let id = created.json()["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let before = b
+        .emu
+        .entity(k.emu_collection(), &name)
+        .ok_or("not stored")?;
     let plain_before = resolved(k, &before, &b.mem).await;
     let store_before: BTreeMap<String, Option<String>> = {
         let mut m = BTreeMap::new();
@@ -351,10 +410,18 @@ async fn run_case(b: &Bench, case: &Case) -> Result<(), String> {
     };
     b.emu.clear_recorded();
     let ops = Value::Array(case.ops.clone());
-    let a = call(&b.gw, Method::PATCH, &format!("{}/{id}", k.collection()), "application/json-patch+json", ops.to_string()).await;
+    let a = call(
+        &b.gw,
+        Method::PATCH,
+        &format!("{}/{id}", k.collection()),
+        "application/json-patch+json",
+        ops.to_string(),
+    )
+    .await;
     let received = b.emu.everything_received();
     // The model: the patch applied to the entity with its values.
-    let patch: json_patch::Patch = serde_json::from_str(&ops.to_string()).map_err(|e| e.to_string())?;
+    let patch: json_patch::Patch =
+        serde_json::from_str(&ops.to_string()).map_err(|e| e.to_string())?;
     let mut model = plain_before.clone();
     let applies = json_patch::patch_unsafe(&mut model, &patch.0).is_ok();
     let mut refs_model = before.clone();
@@ -373,25 +440,39 @@ async fn run_case(b: &Bench, case: &Case) -> Result<(), String> {
         }
         for form in leak_forms(v) {
             if contains(&received, &form) {
-                return Err(format!("a secret value reached the upstream (status {}): {v}", a.status));
+                return Err(format!(
+                    "a secret value reached the upstream (status {}): {v}",
+                    a.status
+                ));
             }
         }
     }
-    let after = b.emu.entity(k.emu_collection(), &name).ok_or("entity gone")?;
+    let after = b
+        .emu
+        .entity(k.emu_collection(), &name)
+        .ok_or("entity gone")?;
     if a.status >= 300 {
         // Refused: nothing changed upstream or in the store.
-        if non_secret(k, &after) != non_secret(k, &before) || strings(k, &after).0 != strings(k, &before).0 {
+        if non_secret(k, &after) != non_secret(k, &before)
+            || strings(k, &after).0 != strings(k, &before).0
+        {
             return Err(format!("a refused patch ({}) changed the entity", a.status));
         }
         for (sid, v) in &store_before {
             if &b.mem.get(sid).await.expect("store") != v {
-                return Err(format!("a refused patch ({}) changed the store at {sid}", a.status));
+                return Err(format!(
+                    "a refused patch ({}) changed the store at {sid}",
+                    a.status
+                ));
             }
         }
         return Ok(());
     }
     if !applies {
-        return Err(format!("a patch the model cannot apply was accepted: {}", a.text()));
+        return Err(format!(
+            "a patch the model cannot apply was accepted: {}",
+            a.text()
+        ));
     }
     b.accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     // 1 and 2: each secret field holds its own reference and the store its value.
@@ -409,7 +490,9 @@ async fn run_case(b: &Bench, case: &Case) -> Result<(), String> {
             }
             Value::String(ref s) if s.is_empty() => {
                 if !stored_up.is_null() || stored.is_some() {
-                    return Err(format!("{p}: a cleared field must be null with nothing stored"));
+                    return Err(format!(
+                        "{p}: a cleared field must be null with nothing stored"
+                    ));
                 }
             }
             other => {
@@ -418,10 +501,14 @@ async fn run_case(b: &Bench, case: &Case) -> Result<(), String> {
                     v => v.to_string(),
                 };
                 if stored_up != json!(format!("secret:{sid}")) {
-                    return Err(format!("{p}: upstream holds {stored_up}, not its own reference {sid}"));
+                    return Err(format!(
+                        "{p}: upstream holds {stored_up}, not its own reference {sid}"
+                    ));
                 }
                 if stored.as_deref() != Some(want.as_str()) {
-                    return Err(format!("{p}: the store holds {stored:?} at {sid}, the caller meant {want}"));
+                    return Err(format!(
+                        "{p}: the store holds {stored:?} at {sid}, the caller meant {want}"
+                    ));
                 }
             }
         }
@@ -470,7 +557,13 @@ fn generated_patches_never_break_the_write_invariant() {
         b.n.load(std::sync::atomic::Ordering::SeqCst),
         b.accepted.load(std::sync::atomic::Ordering::SeqCst),
     );
-    eprintln!("write invariant: {n} generated patches, {ok} accepted, {} refused", n - ok);
+    eprintln!(
+        "write invariant: {n} generated patches, {ok} accepted, {} refused",
+        n - ok
+    );
     // The generator must reach the interesting half: patches the gateway accepts.
-    assert!(ok * 5 >= n, "only {ok} of {n} generated patches were accepted");
+    assert!(
+        ok * 5 >= n,
+        "only {ok} of {n} generated patches were accepted"
+    );
 }

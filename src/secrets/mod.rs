@@ -13,8 +13,8 @@ pub mod kubernetes;
 pub mod memory;
 pub(crate) mod names;
 pub mod openbao;
-pub mod transaction;
 pub(crate) mod rest;
+pub mod transaction;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -623,7 +623,21 @@ impl Emulator {
                     None => om_error(StatusCode::NOT_FOUND, "entity not found"),
                 }
             }
+            (Method::PUT, ["name", _, "import" | "importAsync"]) => {
+                // CSV import (text/plain): answered with a summary, as OpenMetadata does.
+                let rows = String::from_utf8_lossy(body).lines().count();
+                json_resp(
+                    StatusCode::OK,
+                    &json!({"dryRun": qp(query, "dryRun").as_deref() == Some("true"),
+                            "status": "success", "numberOfRowsProcessed": rows}),
+                )
+            }
             (m, rest) => {
+                // The asynchronous delete answers like the synchronous one here.
+                let rest = match rest {
+                    ["async", id] if m == Method::DELETE => std::slice::from_ref(id),
+                    r => r,
+                };
                 let (key, by_name, after) = match rest {
                     ["name", fqn, after @ ..] => (*fqn, true, after),
                     [id, after @ ..] => (*id, false, after),
