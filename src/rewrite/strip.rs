@@ -121,6 +121,34 @@ enum Kept {
     Verbatim(String),
 }
 
+/// What stripping collects while it walks the fields.
+#[derive(Default)]
+struct Acc {
+    out: Stripped,
+    rekeys: Vec<Rekey>,
+    cleared: Vec<String>,
+}
+
+impl Acc {
+    /// Puts the field's new value in place and audits it.
+    fn set(
+        &mut self,
+        doc: &mut Value,
+        steps: &[Step],
+        value: Value,
+        field: String,
+        secret_id: String,
+        op: AuditOp,
+    ) {
+        set(doc, steps, value, &mut self.out.edits);
+        self.out.audit.push(AuditEntry {
+            field,
+            secret_id,
+            op,
+        });
+    }
+}
+
 /// A value read from the store for a re-keyed reference: (source id, field id).
 struct Rekey {
     from: String,
@@ -154,128 +182,14 @@ impl Stripper<'_> {
         doc: &mut Value,
         current: Option<&Value>,
     ) -> Result<Stripped, GatewayError> {
-        let mut out = Stripped::default();
-        let mut rekeys: Vec<Rekey> = Vec::new();
-        let mut cleared: Vec<String> = Vec::new();
+        let mut acc = Acc::default();
         for f in self.rules.find_secrets(self.rule, doc) {
-            let Some(slot) = get(doc, &f.steps) else {
-                continue;
-            };
-            let field = render(&f.steps);
-            let id = self.ids.id(&self.root, self.rule.field_steps(&f.steps));
-            let held = current.and_then(|c| get(c, &f.steps));
-            let untouched = held == Some(slot);
-            let Some(kind) = classify(slot) else {
-                return Err(GatewayError::BadRequest(format!(
-                    "{field}: a secret field must hold a string, not an object or array"
-                )));
-            };
-            let kind = match self.open_fernet(kind, &field, untouched)? {
-                Some(k) => k,
-                None => {
-                    out.left.push(field);
-                    continue;
-                }
-            };
-            let mut via_mask = false;
-            let kind = match kind {
-                FieldValue::Mask => match self.mask(&f.steps, &id, held).await? {
-                    Some(Kept::Reference(r)) => {
-                        via_mask = true;
-                        FieldValue::Reference(r)
-                    }
-                    Some(Kept::Copy(from)) => {
-                        rekeys.push(Rekey {
-                            from,
-                            to: id.clone(),
-                        });
-                        let value = self.reference(&id)?;
-                        set(doc, &f.steps, value, &mut out.edits);
-                        out.audit.push(AuditEntry {
-                            field,
-                            secret_id: id,
-                            op: AuditOp::Keep,
-                        });
-                        continue;
-                    }
-                    Some(Kept::Verbatim(v)) => {
-                        set(doc, &f.steps, Value::String(v), &mut out.edits);
-                        out.audit.push(AuditEntry {
-                            field,
-                            secret_id: id,
-                            op: AuditOp::Keep,
-                        });
-                        continue;
-                    }
-                    None if untouched => {
-                        out.left.push(field);
-                        continue;
-                    }
-                    None => {
-                        return Err(GatewayError::Unprocessable(format!(
-                            "{field}: a masked value was sent but no secret is stored for it"
-                        )))
-                    }
-                },
-                k => k,
-            };
-            let (value, op, audit_id) = match kind {
-                FieldValue::Plain(plain) if self.managed => {
-                    out.plan.puts.push((id.clone(), plain));
-                    (self.reference(&id)?, AuditOp::Put, id.clone())
-                }
-                FieldValue::Plain(plain) => {
-                    let token = self
-                        .fernet
-                        .encrypt(&plain)
-                        .map_err(|e| GatewayError::Internal(e.to_string()))?;
-                    (Value::String(token), AuditOp::Encrypt, id.clone())
-                }
-                FieldValue::Reference(r) => {
-                    check_reference_syntax(&r, self.managed, &field)?;
-                    if !self.managed {
-                        let v = Value::String(format!("{REFERENCE_PREFIX}{r}"));
-                        (v, AuditOp::Reference, r)
-                    } else if r == id || self.granted(&r) {
-                        (self.reference(&r)?, AuditOp::Reference, r)
-                    } else if self.own(&r) {
-                        rekeys.push(Rekey {
-                            from: r,
-                            to: id.clone(),
-                        });
-                        (self.reference(&id)?, AuditOp::Rekey, id.clone())
-                    } else {
-                        return Err(GatewayError::Unprocessable(format!(
-                            "{field}: the reference is outside this entity's secrets ({}/...)",
-                            self.root
-                        )));
-                    }
-                }
-                FieldValue::Clear => {
-                    cleared.push(id.clone());
-                    (Value::Null, AuditOp::Delete, id.clone())
-                }
-                FieldValue::Mask | FieldValue::Fernet(_) => {
-                    return Err(GatewayError::Internal("unresolved secret field".into()))
-                }
-            };
-            set(doc, &f.steps, value, &mut out.edits);
-            let op = if via_mask && op == AuditOp::Reference {
-                AuditOp::Keep
-            } else {
-                op
-            };
-            if op != AuditOp::Delete || self.managed {
-                out.audit.push(AuditEntry {
-                    field,
-                    secret_id: audit_id,
-                    op,
-                });
-            }
+            self.field(doc, current, &f.steps, &mut acc).await?;
         }
-        self.read_rekeys(&rekeys, &mut out.plan).await?;
+        let mut out = acc.out;
+        self.read_rekeys(&acc.rekeys, &mut out.plan).await?;
         if self.managed {
-            self.plan_deletes(doc, current, cleared, &mut out);
+            self.plan_deletes(doc, current, acc.cleared, &mut out);
             if !out.plan.puts.is_empty() {
                 out.plan.claim = Some(Claim {
                     root: self.root.clone(),
@@ -284,6 +198,123 @@ impl Stripper<'_> {
             }
         }
         Ok(out)
+    }
+
+    /// The write table for one secret field at `steps`.
+    async fn field(
+        &self,
+        doc: &mut Value,
+        current: Option<&Value>,
+        steps: &[Step],
+        acc: &mut Acc,
+    ) -> Result<(), GatewayError> {
+        let Some(slot) = get(doc, steps) else {
+            return Ok(());
+        };
+        let field = render(steps);
+        let id = self.ids.id(&self.root, self.rule.field_steps(steps));
+        let held = current.and_then(|c| get(c, steps));
+        let untouched = held == Some(slot);
+        let Some(kind) = classify(slot) else {
+            return Err(GatewayError::BadRequest(format!(
+                "{field}: a secret field must hold a string, not an object or array"
+            )));
+        };
+        let Some(kind) = self.open_fernet(kind, &field, untouched)? else {
+            acc.out.left.push(field);
+            return Ok(());
+        };
+        let (kind, via_mask) = match kind {
+            FieldValue::Mask => match self.mask(steps, &id, held).await? {
+                Some(Kept::Reference(r)) => (FieldValue::Reference(r), true),
+                Some(kept) => {
+                    let value = match kept {
+                        Kept::Copy(from) => {
+                            acc.rekeys.push(Rekey {
+                                from,
+                                to: id.clone(),
+                            });
+                            self.reference(&id)?
+                        }
+                        Kept::Verbatim(v) | Kept::Reference(v) => Value::String(v),
+                    };
+                    acc.set(doc, steps, value, field, id, AuditOp::Keep);
+                    return Ok(());
+                }
+                None if untouched => {
+                    acc.out.left.push(field);
+                    return Ok(());
+                }
+                None => {
+                    return Err(GatewayError::Unprocessable(format!(
+                        "{field}: a masked value was sent but no secret is stored for it"
+                    )))
+                }
+            },
+            k => (k, false),
+        };
+        let (value, op, audit_id) = self.value_for(kind, &id, &field, acc)?;
+        let op = if via_mask && op == AuditOp::Reference {
+            AuditOp::Keep
+        } else {
+            op
+        };
+        if op == AuditOp::Delete && !self.managed {
+            set(doc, steps, value, &mut acc.out.edits);
+        } else {
+            acc.set(doc, steps, value, field, audit_id, op);
+        }
+        Ok(())
+    }
+
+    /// What the upstream receives for a classified value, the audit op and the id it names.
+    fn value_for(
+        &self,
+        kind: FieldValue,
+        id: &str,
+        field: &str,
+        acc: &mut Acc,
+    ) -> Result<(Value, AuditOp, String), GatewayError> {
+        Ok(match kind {
+            FieldValue::Plain(plain) if self.managed => {
+                acc.out.plan.puts.push((id.to_string(), plain));
+                (self.reference(id)?, AuditOp::Put, id.to_string())
+            }
+            FieldValue::Plain(plain) => {
+                let token = self
+                    .fernet
+                    .encrypt(&plain)
+                    .map_err(|e| GatewayError::Internal(e.to_string()))?;
+                (Value::String(token), AuditOp::Encrypt, id.to_string())
+            }
+            FieldValue::Reference(r) => {
+                check_reference_syntax(&r, self.managed, field)?;
+                if !self.managed {
+                    let v = Value::String(format!("{REFERENCE_PREFIX}{r}"));
+                    (v, AuditOp::Reference, r)
+                } else if r == id || self.granted(&r) {
+                    (self.reference(&r)?, AuditOp::Reference, r)
+                } else if self.own(&r) {
+                    acc.rekeys.push(Rekey {
+                        from: r,
+                        to: id.to_string(),
+                    });
+                    (self.reference(id)?, AuditOp::Rekey, id.to_string())
+                } else {
+                    return Err(GatewayError::Unprocessable(format!(
+                        "{field}: the reference is outside this entity's secrets ({}/...)",
+                        self.root
+                    )));
+                }
+            }
+            FieldValue::Clear => {
+                acc.cleared.push(id.to_string());
+                (Value::Null, AuditOp::Delete, id.to_string())
+            }
+            FieldValue::Mask | FieldValue::Fernet(_) => {
+                return Err(GatewayError::Internal("unresolved secret field".into()))
+            }
+        })
     }
 
     /// A `fernet:` value opened with the configured keys: its plain value or the reference it
