@@ -556,49 +556,49 @@ fn match_pattern(pattern: &[PatSeg], segs: &[String]) -> Option<Vec<(String, Str
     (i == segs.len()).then_some(params)
 }
 
-fn compile_rule(file: &Path, text: &str) -> Result<Rule, Vec<Problem>> {
-    let problem = |line: Option<usize>, message: String| Problem {
-        file: file.to_path_buf(),
-        line,
-        message,
-    };
-    let raw: RawRule =
-        serde_json::from_str(text).map_err(|e| vec![problem(Some(e.line()), e.to_string())])?;
-    let mut problems = Vec::new();
+/// One rule file being compiled: every problem is collected, with its line where known.
+struct Compiler<'a> {
+    file: &'a Path,
+    text: &'a str,
+    problems: Vec<Problem>,
+}
 
-    let collection_segs: Vec<String> = match NormPath::parse(&raw.collection) {
-        Ok(p) if raw.collection.starts_with("/api/") && !p.segments.is_empty() => p.segments,
-        _ => {
-            problems.push(problem(
-                line_of(text, "\"collection\""),
-                format!("collection {:?} must be an /api/... path", raw.collection),
-            ));
+impl Compiler<'_> {
+    fn problem(&mut self, line: Option<usize>, message: String) {
+        self.problems.push(Problem {
+            file: self.file.to_path_buf(),
+            line,
+            message,
+        });
+    }
+
+    fn line_of(&self, needle: &str) -> Option<usize> {
+        line_of(self.text, needle)
+    }
+
+    fn collection(&mut self, collection: &str) -> Vec<String> {
+        match NormPath::parse(collection) {
+            Ok(p) if collection.starts_with("/api/") && !p.segments.is_empty() => p.segments,
+            _ => {
+                let line = self.line_of("\"collection\"");
+                self.problem(
+                    line,
+                    format!("collection {collection:?} must be an /api/... path"),
+                );
+                Vec::new()
+            }
+        }
+    }
+
+    fn keys(&mut self, path: &str, what: &str, line: Option<usize>) -> Vec<String> {
+        keys_of(path).unwrap_or_else(|e| {
+            self.problem(line, format!("{what}: {e}"));
             Vec::new()
-        }
-    };
-    if !raw.root.contains("{name}") {
-        problems.push(problem(
-            line_of(text, "\"root\""),
-            format!("root {:?} must contain {{name}}", raw.root),
-        ));
+        })
     }
-    let field_base = keys_of(&raw.field_base).unwrap_or_else(|e| {
-        problems.push(problem(
-            line_of(text, "\"field_base\""),
-            format!("field_base: {e}"),
-        ));
-        Vec::new()
-    });
-    let mut safety_net = Vec::new();
-    for p in &raw.safety_net {
-        match keys_of(p) {
-            Ok(k) => safety_net.push(k),
-            Err(e) => problems.push(problem(line_of(text, p), format!("safety_net: {e}"))),
-        }
-    }
-    let mut routes = Vec::new();
-    for r in &raw.routes {
-        let line = line_of(text, &format!("\"path\": {:?}", r.path));
+
+    fn route(&mut self, r: &RawRoute) -> Route {
+        let line = self.line_of(&format!("\"path\": {:?}", r.path));
         let mut methods = Vec::new();
         for m in &r.methods {
             match m.to_ascii_uppercase().as_str() {
@@ -607,14 +607,14 @@ fn compile_rule(file: &Path, text: &str) -> Result<Rule, Vec<Problem>> {
                 "PUT" => methods.push(Method::PUT),
                 "PATCH" => methods.push(Method::PATCH),
                 "DELETE" => methods.push(Method::DELETE),
-                other => problems.push(problem(
+                other => self.problem(
                     line,
                     format!("route {:?}: unknown method {other:?}", r.path),
-                )),
+                ),
             }
         }
         if methods.is_empty() {
-            problems.push(problem(line, format!("route {:?}: no methods", r.path)));
+            self.problem(line, format!("route {:?}: no methods", r.path));
         }
         let op = match r.op.as_str() {
             "read" => Op::Read,
@@ -625,18 +625,15 @@ fn compile_rule(file: &Path, text: &str) -> Result<Rule, Vec<Problem>> {
             "import" => Op::Import,
             "export" => Op::Export,
             other => {
-                problems.push(problem(
-                    line,
-                    format!("route {:?}: op {other:?} is not one of read, create, patch, delete, action, import, export", r.path),
-                ));
+                self.problem(line, format!("route {:?}: op {other:?} is not one of read, create, patch, delete, action, import, export", r.path));
                 Op::Action
             }
         };
         if !(r.path.is_empty() || r.path.starts_with('/')) {
-            problems.push(problem(
+            self.problem(
                 line,
                 format!("route path {:?} must be empty or start with '/'", r.path),
-            ));
+            );
         }
         let pattern: Vec<PatSeg> = r
             .path
@@ -650,49 +647,51 @@ fn compile_rule(file: &Path, text: &str) -> Result<Rule, Vec<Problem>> {
             )
             .collect();
         let response_at = match &r.response_at {
-            Some(p) => keys_of(p).unwrap_or_else(|e| {
-                problems.push(problem(line, format!("response_at: {e}")));
-                Vec::new()
-            }),
+            Some(p) => self.keys(p, "response_at", line),
             None => Vec::new(),
         };
-        routes.push(Route {
+        Route {
             methods,
             pattern,
             op,
             path: r.path.clone(),
             response_at,
-        });
+        }
     }
-    let mut trie = Trie::default();
-    let mut secret_paths = Vec::new();
-    let mut secret_types = Vec::new();
-    let mut secret_segs = Vec::new();
-    for (i, s) in raw.secrets.iter().enumerate() {
-        match jsonpath::compile(&s.path) {
-            Ok(segs) => {
-                trie.insert(&segs, i);
-                secret_segs.push(segs);
-            }
-            Err(e) => {
-                problems.push(problem(line_of(text, &format!("{:?}", s.path)), e));
-                secret_segs.push(Vec::new());
+
+    fn secrets(&mut self, secrets: &[RawSecret]) -> (Trie, Vec<Vec<Seg>>) {
+        let mut trie = Trie::default();
+        let mut segs_of = Vec::new();
+        for (i, s) in secrets.iter().enumerate() {
+            match jsonpath::compile(&s.path) {
+                Ok(segs) => {
+                    trie.insert(&segs, i);
+                    segs_of.push(segs);
+                }
+                Err(e) => {
+                    let line = self.line_of(&format!("{:?}", s.path));
+                    self.problem(line, e);
+                    segs_of.push(Vec::new());
+                }
             }
         }
-        secret_paths.push(s.path.clone());
-        secret_types.push(s.types.clone());
+        (trie, segs_of)
     }
-    let mut policy = PolicyOverride::default();
-    if let Some(p) = &raw.policy {
-        let line = line_of(text, "\"policy\"");
+
+    fn policy(&mut self, raw: Option<&RawPolicy>) -> PolicyOverride {
+        let mut policy = PolicyOverride::default();
+        let Some(p) = raw else {
+            return policy;
+        };
+        let line = self.line_of("\"policy\"");
         let mut act = |v: &Option<String>, who: &str| -> Option<ReadAction> {
             let v = v.as_ref()?;
             let a = ReadAction::parse(v);
             if a.is_none() {
-                problems.push(problem(
+                self.problem(
                     line,
                     format!("policy.{who}: {v:?} is not one of resolve, reference, mask"),
-                ));
+                );
             }
             a
         };
@@ -702,22 +701,57 @@ fn compile_rule(file: &Path, text: &str) -> Result<Rule, Vec<Problem>> {
         match p.on_resolve_failure.as_deref() {
             None | Some("error") => {}
             Some("mask") => policy.mask_on_resolve_failure = true,
-            Some(other) => problems.push(problem(
+            Some(other) => self.problem(
                 line,
                 format!("policy.on_resolve_failure: {other:?} is not one of error, mask"),
-            )),
+            ),
         }
+        policy
     }
+}
+
+fn compile_rule(file: &Path, text: &str) -> Result<Rule, Vec<Problem>> {
+    let raw: RawRule = serde_json::from_str(text).map_err(|e| {
+        vec![Problem {
+            file: file.to_path_buf(),
+            line: Some(e.line()),
+            message: e.to_string(),
+        }]
+    })?;
+    let mut c = Compiler {
+        file,
+        text,
+        problems: Vec::new(),
+    };
+    let collection_segs = c.collection(&raw.collection);
+    if !raw.root.contains("{name}") {
+        let line = c.line_of("\"root\"");
+        c.problem(line, format!("root {:?} must contain {{name}}", raw.root));
+    }
+    let line = c.line_of("\"field_base\"");
+    let field_base = c.keys(&raw.field_base, "field_base", line);
+    let safety_net = raw
+        .safety_net
+        .iter()
+        .map(|p| {
+            let line = c.line_of(p);
+            c.keys(p, "safety_net", line)
+        })
+        .collect();
+    let routes = raw.routes.iter().map(|r| c.route(r)).collect();
+    let (trie, secret_segs) = c.secrets(&raw.secrets);
+    let policy = c.policy(raw.policy.as_ref());
     for p in &raw.allowed_reference_prefixes {
         if !p.starts_with('/') {
-            problems.push(problem(
-                line_of(text, p),
+            let line = c.line_of(p);
+            c.problem(
+                line,
                 format!("allowed_reference_prefixes: {p:?} must start with '/'"),
-            ));
+            );
         }
     }
-    if !problems.is_empty() {
-        return Err(problems);
+    if !c.problems.is_empty() {
+        return Err(c.problems);
     }
     Ok(Rule {
         kind: raw.kind.clone(),
@@ -726,8 +760,8 @@ fn compile_rule(file: &Path, text: &str) -> Result<Rule, Vec<Problem>> {
         collection_segs,
         root_template: raw.root,
         field_base,
-        secret_paths,
-        secret_types,
+        secret_paths: raw.secrets.iter().map(|s| s.path.clone()).collect(),
+        secret_types: raw.secrets.iter().map(|s| s.types.clone()).collect(),
         secret_segs,
         known_types: raw.known_types.into_iter().collect(),
         trie,
