@@ -49,45 +49,7 @@ pub fn explain(
         out.push_str(&format!("  {k} = {v}\n"));
     }
     if let Some(body) = body {
-        let doc: Value =
-            serde_json::from_str(body).map_err(|e| format!("the body is not JSON: {e}"))?;
-        let name = doc.get("name").and_then(Value::as_str).unwrap_or("<name>");
-        let ids = IdBuilder::new(&cfg.secrets.prefix, &cfg.secrets.cluster_name);
-        let root = ids.root(&m.rule.root_template, name);
-        let found = rules.find_secrets(m.rule, &doc);
-        if let Some(t) = doc
-            .pointer("/connection/config/type")
-            .and_then(Value::as_str)
-        {
-            if !m.rule.known_types.is_empty() && !m.rule.known_types.contains(t) {
-                out.push_str(&unknown_type_note(m.rule, t, &found));
-            }
-        }
-        out.push_str(&format!("secrets in body: {}\n", found.len()));
-        for f in &found {
-            let id = ids.id(&root, m.rule.field_steps(&f.steps));
-            let why = match f.rule_path {
-                Some(n) => {
-                    let types = &m.rule.secret_types[n];
-                    if types.is_empty() {
-                        format!("rule path {}", m.rule.secret_paths[n])
-                    } else {
-                        format!(
-                            "rule path {} (types: {})",
-                            m.rule.secret_paths[n],
-                            types.join(", ")
-                        )
-                    }
-                }
-                None => "name-based safety net".to_string(),
-            };
-            out.push_str(&format!(
-                "  {} -> secret:{}  [{}]\n",
-                render(&f.steps),
-                id,
-                why
-            ));
-        }
+        out.push_str(&secrets_in_body(cfg, rules, m.rule, body)?);
     }
     let p = &cfg.policy;
     out.push_str(&format!(
@@ -96,6 +58,56 @@ pub fn explain(
         decide(CallerClass::User, p, &m.rule.policy).name(),
         decide(CallerClass::Anonymous, p, &m.rule.policy).name(),
     ));
+    Ok(out)
+}
+
+/// The secrets a body holds, with the id each would get and why it counts as a secret.
+fn secrets_in_body(
+    cfg: &Config,
+    rules: &RuleSet,
+    rule: &Rule,
+    body: &str,
+) -> Result<String, String> {
+    let mut out = String::new();
+    let doc: Value =
+        serde_json::from_str(body).map_err(|e| format!("the body is not JSON: {e}"))?;
+    let name = doc.get("name").and_then(Value::as_str).unwrap_or("<name>");
+    let ids = IdBuilder::new(&cfg.secrets.prefix, &cfg.secrets.cluster_name);
+    let root = ids.root(&rule.root_template, name);
+    let found = rules.find_secrets(rule, &doc);
+    if let Some(t) = doc
+        .pointer("/connection/config/type")
+        .and_then(Value::as_str)
+    {
+        if !rule.known_types.is_empty() && !rule.known_types.contains(t) {
+            out.push_str(&unknown_type_note(rule, t, &found));
+        }
+    }
+    out.push_str(&format!("secrets in body: {}\n", found.len()));
+    for f in &found {
+        let id = ids.id(&root, rule.field_steps(&f.steps));
+        let why = match f.rule_path {
+            Some(n) => {
+                let types = &rule.secret_types[n];
+                if types.is_empty() {
+                    format!("rule path {}", rule.secret_paths[n])
+                } else {
+                    format!(
+                        "rule path {} (types: {})",
+                        rule.secret_paths[n],
+                        types.join(", ")
+                    )
+                }
+            }
+            None => "name-based safety net".to_string(),
+        };
+        out.push_str(&format!(
+            "  {} -> secret:{}  [{}]\n",
+            render(&f.steps),
+            id,
+            why
+        ));
+    }
     Ok(out)
 }
 
