@@ -17,12 +17,6 @@ use support::*;
 const DB: &str = "/api/v1/services/databaseServices";
 const PASSWORD: &str = "Plain-Pa55-value";
 
-fn mysql(name: &str, password: &str) -> Value {
-    json!({"name": name, "serviceType": "Mysql",
-           "connection": {"config": {"type": "Mysql", "username": "om", "hostPort": "db:3306",
-                                     "authType": {"password": password}}}})
-}
-
 fn bearer(token: &str) -> String {
     format!("Bearer {token}")
 }
@@ -223,19 +217,6 @@ fn with_provider(emu: &Emulator, toml: &str) -> Config {
     let mut cfg = Config::from_toml_str(&text, None, &|_| None).unwrap_or_else(|e| panic!("{e}"));
     cfg.secrets.embedded_path = base.secrets.embedded_path;
     cfg
-}
-
-fn external(var: &str) -> Option<String> {
-    match std::env::var(var) {
-        Ok(v) if !v.is_empty() => Some(v),
-        _ => {
-            assert!(
-                std::env::var_os("OMSP_REQUIRE_EXTERNAL").is_none(),
-                "{var} not set"
-            );
-            None
-        }
-    }
 }
 
 #[tokio::test]

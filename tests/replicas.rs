@@ -19,20 +19,6 @@ use support::*;
 /// The bound the replicas run with here (the default is 10 s).
 const BOUND: Duration = Duration::from_secs(1);
 
-fn external(var: &str) -> Option<String> {
-    match std::env::var(var) {
-        Ok(v) if !v.is_empty() => Some(v),
-        _ => {
-            assert!(
-                std::env::var_os("OMSP_REQUIRE_EXTERNAL").is_none(),
-                "{var} is not set: run ./scripts/test.sh"
-            );
-            eprintln!("skipping: {var} is not set (run ./scripts/test.sh)");
-            None
-        }
-    }
-}
-
 /// One config file both replicas read: the same store, the same Fernet key, the bound.
 /// `provider` and `parameters` are the lines of `[secrets_manager]` and its `parameters`.
 fn write_config(dir: &Path, provider: &str, parameters: &str) -> std::path::PathBuf {

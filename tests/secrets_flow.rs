@@ -12,12 +12,6 @@ use support::*;
 
 const DB: &str = "/api/v1/services/databaseServices";
 
-fn mysql(name: &str, password: &str) -> Value {
-    json!({"name": name, "serviceType": "Mysql",
-           "connection": {"config": {"type": "Mysql", "username": "om", "hostPort": "db:3306",
-                                     "authType": {"password": password}}}})
-}
-
 async fn post(gw: &Gw, path: &str, body: &Value) -> Answer {
     send(
         &client(),

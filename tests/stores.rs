@@ -12,21 +12,10 @@ use om_secrets_proxy::config::Config;
 use om_secrets_proxy::metrics::Metrics;
 use om_secrets_proxy::secrets::embedded::EmbeddedStore;
 use om_secrets_proxy::secrets::fernet::FernetKeys;
-use om_secrets_proxy::secrets::{open_store, SecretStore};
+mod support;
 
-fn external(var: &str) -> Option<String> {
-    match std::env::var(var) {
-        Ok(v) if !v.is_empty() => Some(v),
-        _ => {
-            assert!(
-                std::env::var_os("OMSP_REQUIRE_EXTERNAL").is_none(),
-                "{var} is not set: run ./scripts/test.sh"
-            );
-            eprintln!("skipping: {var} is not set (run ./scripts/test.sh)");
-            None
-        }
-    }
-}
+use om_secrets_proxy::secrets::{open_store, SecretStore};
+use support::external;
 
 fn unique() -> String {
     format!("t{:016x}", fastrand::u64(..))

@@ -19,7 +19,6 @@ mod support;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use base64::Engine;
 use http::Method;
 use om_secrets_proxy::secrets::memory::MemoryStore;
 use om_secrets_proxy::secrets::SecretStore;
@@ -223,24 +222,6 @@ fn case_strategy() -> impl Strategy<Value = Case> {
 
 // === running a case ===
 
-fn leak_forms(v: &str) -> Vec<Vec<u8>> {
-    let escaped = serde_json::to_string(v).expect("json");
-    vec![
-        v.as_bytes().to_vec(),
-        escaped.as_bytes()[1..escaped.len() - 1].to_vec(),
-        base64::engine::general_purpose::STANDARD
-            .encode(v)
-            .into_bytes(),
-        base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .encode(v)
-            .into_bytes(),
-    ]
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
-}
-
 /// Every string in a document, with whether it sits at a secret location.
 fn strings(kind: Kind, doc: &Value) -> (Vec<String>, Vec<String>) {
     let secret_ptrs: Vec<String> = secret_locations(kind, doc)
@@ -355,12 +336,7 @@ struct Bench {
 }
 
 async fn bench() -> Bench {
-    let emu = Emulator::start().await;
-    let mem = Arc::new(MemoryStore::new());
-    let mut cfg = config_for(&emu.url());
-    cfg.secrets.cache_ttl = std::time::Duration::ZERO;
-    cfg.secrets.retry_max = 0;
-    let gw = start_gateway_with_store(cfg, Some(mem.clone())).await;
+    let (emu, gw, mem) = mem_stack().await;
     Bench {
         emu,
         gw,
@@ -368,10 +344,6 @@ async fn bench() -> Bench {
         n: Default::default(),
         accepted: Default::default(),
     }
-}
-
-async fn call(gw: &Gw, m: Method, path: &str, ct: &str, body: String) -> Answer {
-    send(&client(), m, &gw.url(path), &[("content-type", ct)], body).await
 }
 
 async fn run_case(b: &Bench, case: &Case) -> Result<(), String> {

@@ -6,12 +6,9 @@
 mod support;
 
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 
-use base64::Engine;
 use bytes::Bytes;
 use http::Method;
-use om_secrets_proxy::secrets::memory::MemoryStore;
 use om_secrets_proxy::secrets::SecretStore;
 use proptest::prelude::*;
 use serde_json::{json, Value};
@@ -235,29 +232,6 @@ fn random_secret(rng: &mut fastrand::Rng) -> String {
     s
 }
 
-/// Every form in which a value could leak.
-fn leak_forms(v: &str) -> Vec<Vec<u8>> {
-    let escaped = serde_json::to_string(v).expect("json");
-    vec![
-        v.as_bytes().to_vec(),
-        escaped.as_bytes()[1..escaped.len() - 1].to_vec(),
-        base64::engine::general_purpose::STANDARD
-            .encode(v)
-            .into_bytes(),
-        base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .encode(v)
-            .into_bytes(),
-    ]
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
-}
-
-async fn call(gw: &Gw, m: Method, path: &str, ct: &str, body: String) -> Answer {
-    send(&client(), m, &gw.url(path), &[("content-type", ct)], body).await
-}
-
 /// One case: every type group of every kind through POST, PUT and PATCH.
 async fn every_type_through_every_write(emu: &Emulator, gw: &Gw, seed: u64) {
     let inv = inventory();
@@ -435,17 +409,6 @@ const ID_PW: &str = "/openmetadata/database/patchy/authtype/password";
 fn mysql(name: &str, pw: &str) -> Value {
     json!({"name": name, "serviceType": "Mysql", "description": "d",
            "connection": {"config": {"type": "Mysql", "username": "u", "authType": {"password": pw}}}})
-}
-
-async fn mem_stack() -> (Emulator, Gw, Arc<MemoryStore>) {
-    let emu = Emulator::start().await;
-    emu.set_jwks(jwt::jwks());
-    let mem = Arc::new(MemoryStore::new());
-    let mut cfg = config_for(&emu.url());
-    cfg.secrets.cache_ttl = std::time::Duration::ZERO;
-    cfg.secrets.retry_max = 0;
-    let gw = start_gateway_with_store(cfg, Some(mem.clone())).await;
-    (emu, gw, mem)
 }
 
 async fn patch(gw: &Gw, id: &str, ops: Value) -> Answer {

@@ -5,30 +5,13 @@
 
 mod support;
 
-use std::sync::Arc;
-
 use http::Method;
-use om_secrets_proxy::secrets::memory::MemoryStore;
 use om_secrets_proxy::secrets::SecretStore;
 use serde_json::{json, Value};
 use support::*;
 
 const DB: &str = "/api/v1/services/databaseServices";
 const MCP: &str = "/api/v1/services/mcpServices";
-
-async fn mem_stack() -> (Emulator, Gw, Arc<MemoryStore>) {
-    let emu = Emulator::start().await;
-    let mem = Arc::new(MemoryStore::new());
-    let mut cfg = config_for(&emu.url());
-    cfg.secrets.cache_ttl = std::time::Duration::ZERO;
-    cfg.secrets.retry_max = 0;
-    let gw = start_gateway_with_store(cfg, Some(mem.clone())).await;
-    (emu, gw, mem)
-}
-
-async fn call(gw: &Gw, m: Method, path: &str, ct: &str, body: impl Into<bytes::Bytes>) -> Answer {
-    send(&client(), m, &gw.url(path), &[("content-type", ct)], body).await
-}
 
 async fn json_patch(gw: &Gw, path: &str, ops: Value) -> Answer {
     call(
@@ -39,10 +22,6 @@ async fn json_patch(gw: &Gw, path: &str, ops: Value) -> Answer {
         ops.to_string(),
     )
     .await
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
 }
 
 async fn mysql(gw: &Gw, name: &str, pw: &str) -> String {

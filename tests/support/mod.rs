@@ -190,3 +190,69 @@ pub async fn wait_for_port(port: u16) {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// A real server's address from the environment `./scripts/test.sh` sets; `None` (the test
+/// skips) when it is unset, unless `OMSP_REQUIRE_EXTERNAL` says every server must be there.
+pub fn external(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(v) if !v.is_empty() => Some(v),
+        _ => {
+            assert!(
+                std::env::var_os("OMSP_REQUIRE_EXTERNAL").is_none(),
+                "{var} is not set: run ./scripts/test.sh"
+            );
+            eprintln!("skipping: {var} is not set (run ./scripts/test.sh)");
+            None
+        }
+    }
+}
+
+/// A MySQL database service's create body with one password.
+pub fn mysql(name: &str, password: &str) -> serde_json::Value {
+    serde_json::json!({"name": name, "serviceType": "Mysql",
+           "connection": {"config": {"type": "Mysql", "username": "om", "hostPort": "db:3306",
+                                     "authType": {"password": password}}}})
+}
+
+/// The emulator and a gateway whose store is an in-memory one the test can inspect (no read
+/// cache, no retries).
+pub async fn mem_stack() -> (
+    Emulator,
+    Gw,
+    Arc<om_secrets_proxy::secrets::memory::MemoryStore>,
+) {
+    let emu = Emulator::start().await;
+    emu.set_jwks(jwt::jwks());
+    let mem = Arc::new(om_secrets_proxy::secrets::memory::MemoryStore::new());
+    let mut cfg = config_for(&emu.url());
+    cfg.secrets.cache_ttl = std::time::Duration::ZERO;
+    cfg.secrets.retry_max = 0;
+    let gw = start_gateway_with_store(cfg, Some(mem.clone())).await;
+    (emu, gw, mem)
+}
+
+/// One request to the gateway with a Content-Type.
+pub async fn call(gw: &Gw, m: Method, path: &str, ct: &str, body: impl Into<Bytes>) -> Answer {
+    send(&client(), m, &gw.url(path), &[("content-type", ct)], body).await
+}
+
+/// Whether `needle` occurs in `hay`.
+pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Every form in which a value could leak: raw, JSON-escaped, base64 (standard and URL-safe).
+pub fn leak_forms(v: &str) -> Vec<Vec<u8>> {
+    use base64::Engine;
+    let escaped = serde_json::to_string(v).expect("json");
+    vec![
+        v.as_bytes().to_vec(),
+        escaped.as_bytes()[1..escaped.len() - 1].to_vec(),
+        base64::engine::general_purpose::STANDARD
+            .encode(v)
+            .into_bytes(),
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(v)
+            .into_bytes(),
+    ]
+}
