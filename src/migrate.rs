@@ -171,7 +171,12 @@ impl Migrator<'_> {
             }
         }
         let at = crate::rewrite::owner::locate_existing(
-            self.store, self.ids, self.fernet, rule, &entity, true,
+            self.store,
+            self.ids,
+            self.fernet,
+            rule,
+            &entity,
+            true,
         )
         .await
         .map_err(|e| e.public_message())?;

@@ -25,8 +25,8 @@ use crate::http::encoding::{decode, DecodeError};
 use crate::http::upstream::encode_segment;
 use crate::rewrite::guard::Guard;
 use crate::rewrite::json::parse_strict;
-use crate::rewrite::patch::{self, Media, PatchBody};
 use crate::rewrite::owner::{self, Located};
+use crate::rewrite::patch::{self, Media, PatchBody};
 use crate::rewrite::strip::{
     is_within, references_within, AuditEntry, AuditOp, MaskSource, Stripped, Stripper,
 };

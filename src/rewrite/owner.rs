@@ -16,7 +16,7 @@ use crate::error::GatewayError;
 use crate::rules::ids::IdBuilder;
 use crate::rules::Rule;
 use crate::secrets::fernet::FernetKeys;
-use crate::secrets::ownership::{self, OwnershipError, Owner};
+use crate::secrets::ownership::{self, Owner, OwnershipError};
 use crate::secrets::SecretStore;
 
 /// An entity whose secrets are written.
@@ -142,7 +142,10 @@ pub async fn locate_existing(
     entity: &Value,
     managed: bool,
 ) -> Result<Located, GatewayError> {
-    let name = entity.get("name").and_then(Value::as_str).unwrap_or_default();
+    let name = entity
+        .get("name")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     // Only managed providers keep secrets under roots (and need the parent).
     let scope = if managed {
         scope_of(rule, entity)?

@@ -45,6 +45,9 @@ pub(crate) fn parse(template: &str, scoped: bool) -> Result<Vec<TSeg>, String> {
             }
         }
     }
+    if names == 0 {
+        return Err(format!("root {template:?} must contain {{name}}"));
+    }
     if names != 1 || segs.last() != Some(&"{name}") {
         return Err(format!(
             "root {template:?} must end in {{name}} and hold it once"

@@ -44,13 +44,31 @@ impl Owner {
 }
 
 /// A root another entity owns.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("secret ids under {root} already belong to {holder}; this entity's name maps to the same id root, so it cannot keep secrets there (rename it)")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Taken {
     pub root: String,
     /// The marker's value: the owning entity's kind and fully qualified name.
     pub holder: String,
+    /// Found by the create-only write itself: another writer claimed the root between this
+    /// write's look-up and its claim.
+    pub at_claim: bool,
 }
+
+impl std::fmt::Display for Taken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "secret ids under {} already belong to {}",
+            self.root, self.holder
+        )?;
+        if self.at_claim {
+            f.write_str(" (claimed by another write at the same moment)")?;
+        }
+        f.write_str("; this entity's name maps to the same id root, so it cannot keep secrets there (rename it)")
+    }
+}
+
+impl std::error::Error for Taken {}
 
 /// Why a root could not be located or claimed.
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +119,7 @@ pub async fn locate(
         Some((root, Some(holder))) => Err(Taken {
             root: root.clone(),
             holder,
+            at_claim: false,
         }
         .into()),
         _ => Err(StoreError::Invalid("an entity with no id root".into()).into()),
@@ -138,6 +157,7 @@ pub async fn claim(
         Some(m) => Err(Taken {
             root: root.to_string(),
             holder: m,
+            at_claim: true,
         }
         .into()),
         // Deleted between the two calls (its owner was hard-deleted): claim it again.
@@ -145,6 +165,7 @@ pub async fn claim(
         None => Err(Taken {
             root: root.to_string(),
             holder: "another entity".into(),
+            at_claim: true,
         }
         .into()),
     }
@@ -240,7 +261,10 @@ mod tests {
             legacy: Some("ingestionPipeline:p".into()),
         };
         let both = roots(&["/o/pipeline/p", "/o/ingestion/b/p"]);
-        assert_eq!(locate(&s, &me, &both).await.unwrap().root, "/o/ingestion/b/p");
+        assert_eq!(
+            locate(&s, &me, &both).await.unwrap().root,
+            "/o/ingestion/b/p"
+        );
     }
 
     #[tokio::test]
@@ -248,8 +272,14 @@ mod tests {
         let s = MemoryStore::new();
         let a = Owner::new("databaseService:a b");
         let b = Owner::new("databaseService:a.b");
-        assert_eq!(claim(&s, "/o/database/a_b", &a).await.unwrap(), Claimed::Created);
-        assert_eq!(claim(&s, "/o/database/a_b", &a).await.unwrap(), Claimed::Already);
+        assert_eq!(
+            claim(&s, "/o/database/a_b", &a).await.unwrap(),
+            Claimed::Created
+        );
+        assert_eq!(
+            claim(&s, "/o/database/a_b", &a).await.unwrap(),
+            Claimed::Already
+        );
         let e = claim(&s, "/o/database/a_b", &b).await.unwrap_err();
         assert!(e.to_string().contains("databaseService:a b"), "{e}");
         assert_eq!(
@@ -284,15 +314,19 @@ mod tests {
         s.put("/o/database/team/prod/.owner", "databaseService:team/prod")
             .await
             .unwrap();
-        assert!(
-            inside_a_nested_root(&s, "/o/database/team", "/o/database/team/prod/authtype/password")
-                .await
-                .unwrap()
-        );
-        assert!(
-            !inside_a_nested_root(&s, "/o/database/team", "/o/database/team/authtype/password")
-                .await
-                .unwrap()
-        );
+        assert!(inside_a_nested_root(
+            &s,
+            "/o/database/team",
+            "/o/database/team/prod/authtype/password"
+        )
+        .await
+        .unwrap());
+        assert!(!inside_a_nested_root(
+            &s,
+            "/o/database/team",
+            "/o/database/team/authtype/password"
+        )
+        .await
+        .unwrap());
     }
 }

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use super::ownership::{self, Claimed, OwnershipError, Owner, Taken};
+use super::ownership::{self, Claimed, Owner, OwnershipError, Taken};
 use super::{SecretStore, StoreError};
 
 pub use super::ownership::owner_marker;
