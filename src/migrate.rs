@@ -186,6 +186,7 @@ impl Migrator<'_> {
             ids: self.ids,
             root: at.root,
             owner: at.owner,
+            legacy_root: at.legacy_root,
             managed: true,
             fernet: self.fernet,
             wrap_references: self.wrap_references,

@@ -260,6 +260,52 @@ async fn hard_delete_stops_at_the_entity_boundary(store: Store) {
     assert_eq!(password_of(&back), Some("prod-pw"));
 }
 
+async fn secrets_an_earlier_version_nested_move_to_the_entity_s_root_on_its_next_write(
+    store: Store,
+) {
+    let Some(s) = setup(store).await else { return };
+    // As an earlier version left it: `/` kept in the root, the marker naming the service.
+    let old = s.id("database/team/prod/authtype/password");
+    let old_marker = s.id("database/team/prod/.owner");
+    s.store.put(&old, "old-pw").await.expect("put");
+    s.store
+        .put(&old_marker, "databaseService:team/prod")
+        .await
+        .expect("put");
+    let seeded = s.emu.seed(
+        "services/databaseServices",
+        mysql("team/prod", &format!("secret:{old}")),
+    );
+    let id = seeded["id"].as_str().expect("id").to_string();
+    let ops = json!([{"op": "add", "path": "/description", "value": "moved"}]);
+    let a = send(
+        &client(),
+        Method::PATCH,
+        &s.gw.url(&format!("{DB}/{id}")),
+        &[("content-type", "application/json-patch+json")],
+        ops.to_string(),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    let new = s.id("database/team_prod/authtype/password");
+    let held = s
+        .emu
+        .entity("services/databaseServices", "team/prod")
+        .expect("service");
+    assert_eq!(password_of(&held), Some(format!("secret:{new}").as_str()));
+    assert_eq!(s.stored(&new).await.as_deref(), Some("old-pw"));
+    assert_eq!(s.stored(&old).await, None);
+    let back = s.bot_get(&format!("{DB}/{id}")).await;
+    assert_eq!(password_of(&back), Some("old-pw"));
+    // A hard delete then removes both roots' markers.
+    let url = format!("{DB}/{id}?hardDelete=true");
+    let a = send(&client(), Method::DELETE, &s.gw.url(&url), &[], "").await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(s.stored(&new).await, None);
+    assert_eq!(s.stored(&s.id("database/team_prod/.owner")).await, None);
+    assert_eq!(s.stored(&old_marker).await, None);
+}
+
 // === same-named pipelines of two services ===
 
 fn dbt(name: &str, service_id: &str, key: &str) -> Value {
@@ -557,6 +603,7 @@ macro_rules! on_every_store {
 on_every_store!(
     slash_in_a_name_cannot_reach_another_services_secrets,
     hard_delete_stops_at_the_entity_boundary,
+    secrets_an_earlier_version_nested_move_to_the_entity_s_root_on_its_next_write,
     same_named_pipelines_of_two_services_keep_their_own_secrets,
     a_name_mapping_to_an_owned_root_is_refused_and_nothing_is_forwarded,
     two_gateways_sharing_a_store_race_colliding_creates,

@@ -144,6 +144,7 @@ impl Gateway {
             ids: &self.ids,
             root: at.root,
             owner: at.owner,
+            legacy_root: at.legacy_root,
             managed: self.managed,
             fernet: &self.fernet,
             wrap_references: self.wrap_references,
@@ -194,8 +195,14 @@ impl Gateway {
             // Nothing to strip, no root to claim (and no parent to read).
             return Ok(self.forward_bytes(parts, raw.to_vec(), None));
         }
-        let caller = parts.headers.get(header::AUTHORIZATION);
-        let scope = self.parent_fqn(rules, m.rule, &doc, caller).await?;
+        // Only managed providers keep secrets under roots, which scoped kinds pick by parent.
+        let scope = match self.managed {
+            true => {
+                let caller = parts.headers.get(header::AUTHORIZATION);
+                self.parent_fqn(rules, m.rule, &doc, caller).await?
+            }
+            false => None,
+        };
         let mask_source = self.mask_source(rules, m.rule, &doc).await?;
         let lock = self
             .entity_locks
@@ -346,9 +353,9 @@ impl Gateway {
     }
 
     /// A hard delete: once the upstream has deleted the entity, its secrets go: every id
-    /// under the root its owner marker names it for (none when no root is its own), except
-    /// what lies under another entity's root nested inside (ids written before names were
-    /// kept to one segment), and the marker last.
+    /// under each root whose owner marker names it (none when no root is its own; its
+    /// root from an earlier version too), except what lies under another entity's root
+    /// nested inside (ids written before names were kept to one segment), each marker last.
     async fn prepare_hard_delete(&self, m: &RouteMatch<'_>) -> Result<Prepared, GatewayError> {
         let Some(entity) = self.fetch_entity(m).await? else {
             return Ok(Prepared::unchanged(body::empty()));
@@ -359,14 +366,21 @@ impl Gateway {
             .lock(&owner::lock_key(&self.ids, m.rule, &name))
             .await;
         let at = match self.locate_existing(m.rule, &entity).await {
-            Ok(at) if at.owned => at,
-            // Another entity's root, or none at all: nothing here is this entity's.
-            Ok(_) | Err(GatewayError::Conflict(_)) => {
-                return Ok(Prepared::unchanged(body::empty()))
-            }
+            Ok(at) => at,
+            // Another entity's root: nothing there is this entity's.
+            Err(GatewayError::Conflict(_)) => return Ok(Prepared::unchanged(body::empty())),
             Err(e) => return Err(e),
         };
-        let deletes = self.ids_of(&at.root, &entity).await?;
+        let mut deletes = Vec::new();
+        if at.owned {
+            deletes.extend(self.ids_of(&at.root, &entity).await?);
+        }
+        if let Some(legacy) = &at.legacy_root {
+            deletes.extend(self.ids_of(legacy, &entity).await?);
+        }
+        if deletes.is_empty() {
+            return Ok(Prepared::unchanged(body::empty()));
+        }
         let audit = deletes
             .iter()
             .filter(|id| !id.ends_with(ownership::MARKER))

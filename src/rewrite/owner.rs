@@ -36,6 +36,9 @@ pub struct Located {
     pub owner: Owner,
     /// The root's marker names the entity already.
     pub owned: bool,
+    /// The root an earlier version gave the entity (its name holds `/`) when the entity
+    /// owns it: references there are the entity's and move to `root` on its next write.
+    pub legacy_root: Option<String>,
 }
 
 /// The key of the entity lock writes of this entity take: its first candidate root, so
@@ -91,6 +94,7 @@ pub async fn locate(
             root: lock_key(ids, entity.rule, entity.name),
             owner: Owner::new(format!("{}:{}", entity.rule.kind, entity.name)),
             owned: false,
+            legacy_root: None,
         });
     }
     let (mut owner, roots) = entity.candidates(ids)?;
@@ -103,15 +107,33 @@ pub async fn locate(
             }
         }
     }
-    match ownership::locate(store, &owner, &roots).await {
-        Ok(l) => Ok(Located {
-            root: l.root,
-            owner,
-            owned: l.owned,
-        }),
-        Err(OwnershipError::Taken(t)) => Err(GatewayError::Conflict(t.to_string())),
-        Err(OwnershipError::Store(e)) => Err(e.into()),
-    }
+    let l = match ownership::locate(store, &owner, &roots).await {
+        Ok(l) => l,
+        Err(OwnershipError::Taken(t)) => return Err(GatewayError::Conflict(t.to_string())),
+        Err(OwnershipError::Store(e)) => return Err(e.into()),
+    };
+    let legacy_root = legacy_root(store, ids, entity).await?;
+    Ok(Located {
+        root: l.root,
+        owner,
+        owned: l.owned,
+        legacy_root,
+    })
+}
+
+/// The entity's root from before names were kept to one segment, when its marker (written
+/// as `<kind>:<name>` then) names the entity.
+async fn legacy_root(
+    store: &dyn SecretStore,
+    ids: &IdBuilder,
+    entity: &Entity<'_>,
+) -> Result<Option<String>, GatewayError> {
+    let Some(old) = ids.legacy_root(&entity.rule.root_template, entity.name) else {
+        return Ok(None);
+    };
+    let then = format!("{}:{}", entity.rule.kind, entity.name);
+    let marker = store.get(&ownership::owner_marker(&old)).await?;
+    Ok((marker.as_deref() == Some(then.as_str())).then_some(old))
 }
 
 /// The parent's fully qualified name an entity as the upstream holds it names

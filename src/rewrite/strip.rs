@@ -92,6 +92,9 @@ pub struct Stripper<'a> {
     pub root: String,
     /// Who owns the root (claimed when the first secret is stored under it).
     pub owner: Owner,
+    /// The entity's root from an earlier version (a name with `/`): references there are
+    /// its own and are re-keyed into `root`.
+    pub legacy_root: Option<String>,
     /// Values go to the store (managed providers) rather than travelling as Fernet tokens.
     pub managed: bool,
     pub fernet: &'a FernetKeys,
@@ -135,7 +138,15 @@ impl Stripper<'_> {
     }
 
     fn own(&self, id: &str) -> bool {
-        is_within(id, &self.root)
+        is_within(id, &self.root) || self.legacy_root.as_ref().is_some_and(|l| is_within(id, l))
+    }
+
+    /// The root `id` lies under (this entity's, or its legacy one).
+    fn root_of(&self, id: &str) -> &str {
+        match &self.legacy_root {
+            Some(l) if is_within(id, l) => l,
+            _ => &self.root,
+        }
     }
 
     fn granted(&self, id: &str) -> bool {
@@ -362,7 +373,7 @@ impl Stripper<'_> {
         for r in rekeys {
             // Ids written before names were kept to one segment can hold another entity's
             // root inside this one's (`team` and `team/prod`): never copied from there.
-            if inside_a_nested_root(self.store, &self.root, &r.from).await? {
+            if inside_a_nested_root(self.store, self.root_of(&r.from), &r.from).await? {
                 return Err(GatewayError::Unprocessable(format!(
                     "a reference names a secret of another entity ({})",
                     r.from
@@ -404,7 +415,11 @@ impl Stripper<'_> {
     /// The ids inside this entity's root that anything in it refers to (a reference moved
     /// to a field that is not a secret still keeps its id alive).
     fn own_references(&self, doc: &Value) -> BTreeSet<String> {
-        references_within(doc, &self.root, self.fernet)
+        let mut ids = references_within(doc, &self.root, self.fernet);
+        if let Some(l) = &self.legacy_root {
+            ids.extend(references_within(doc, l, self.fernet));
+        }
+        ids
     }
 }
 

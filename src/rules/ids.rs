@@ -91,6 +91,27 @@ impl IdBuilder {
         self.fill(template, &[("{scope}", scope), ("{name}", name)])
     }
 
+    /// The root an earlier version built for `name` when it differs from [`Self::root`]:
+    /// it kept `/` in names (several segments). Secrets found there are moved to the
+    /// entity's root on its next write (`rewrite::owner`).
+    pub fn legacy_root(&self, template: &str, name: &str) -> Option<String> {
+        if !name.contains('/') {
+            return None;
+        }
+        let kept: String = template
+            .replace("{name}", name)
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '/' || c == '_' || c == '-' {
+                    c.to_ascii_lowercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        Some(format!("{}/{kept}", self.head))
+    }
+
     fn fill(&self, template: &str, values: &[(&str, &str)]) -> String {
         let mut root = self.head.clone();
         for seg in template.split('/').filter(|s| !s.is_empty()) {
@@ -266,6 +287,16 @@ mod tests {
         ] {
             assert!(!is_buildable(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_name_with_a_slash_has_the_legacy_root_earlier_versions_built() {
+        let b = IdBuilder::new("", "openmetadata");
+        assert_eq!(
+            b.legacy_root("database/{name}", "team/Prod"),
+            Some("/openmetadata/database/team/prod".to_string())
+        );
+        assert_eq!(b.legacy_root("database/{name}", "team prod"), None);
     }
 
     #[test]
