@@ -454,6 +454,32 @@ async fn a_name_mapping_to_an_owned_root_is_refused_and_nothing_is_forwarded(sto
             .as_deref(),
         Some("first-owner-pw")
     );
+    // The colliding name is fine for an entity without secrets, until it tries to keep one.
+    let plain = json!({"name": "a.b", "serviceType": "Mysql"});
+    let a = s.post(DB, &plain).await;
+    assert_eq!(a.status, 201, "{}", a.text());
+    let url =
+        s.gw.url(&format!("{DB}/{}", a.json()["id"].as_str().expect("id")));
+    let patch = |ops: Value| {
+        let url = url.clone();
+        async move {
+            send(
+                &client(),
+                Method::PATCH,
+                &url,
+                &[("content-type", "application/json-patch+json")],
+                ops.to_string(),
+            )
+            .await
+        }
+    };
+    let a = patch(json!([{"op": "add", "path": "/description", "value": "d"}])).await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    let a = patch(json!([{"op": "add", "path": "/connection",
+        "value": {"config": {"type": "Mysql", "authType": {"password": "second-owner-pw"}}}}]))
+    .await;
+    assert_eq!(a.status, 409, "{}", a.text());
+    assert!(!received(&s.emu, "second-owner-pw"));
 }
 
 /// One round of two colliding creates through two gateways at the same moment.

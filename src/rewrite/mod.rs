@@ -6,7 +6,7 @@
 
 pub mod guard;
 pub mod json;
-pub mod owner;
+pub(crate) mod owner;
 pub mod patch;
 pub mod response;
 pub mod spans;

@@ -41,6 +41,19 @@ pub struct Located {
     pub legacy_root: Option<String>,
 }
 
+impl Located {
+    /// The first root, unclaimed and unlooked-up: for writes that store nothing, and for
+    /// providers that keep no secrets under roots.
+    pub fn none(ids: &IdBuilder, rule: &Rule, name: &str) -> Located {
+        Located {
+            root: lock_key(ids, rule, name),
+            owner: Owner::new(format!("{}:{name}", rule.kind)),
+            owned: false,
+            legacy_root: None,
+        }
+    }
+}
+
 /// The key of the entity lock writes of this entity take: its first candidate root, so
 /// same-named entities of one kind serialise within a gateway while they pick their roots.
 pub fn lock_key(ids: &IdBuilder, rule: &Rule, name: &str) -> String {
@@ -90,12 +103,7 @@ pub async fn locate(
     managed: bool,
 ) -> Result<Located, GatewayError> {
     if !managed {
-        return Ok(Located {
-            root: lock_key(ids, entity.rule, entity.name),
-            owner: Owner::new(format!("{}:{}", entity.rule.kind, entity.name)),
-            owned: false,
-            legacy_root: None,
-        });
+        return Ok(Located::none(ids, entity.rule, entity.name));
     }
     let (mut owner, roots) = entity.candidates(ids)?;
     // Markers written before owners were entities named scoped entities by their bare name;
