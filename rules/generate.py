@@ -66,6 +66,9 @@ KIND_FIELDS = {
 # Entity-kind knowledge beyond roots and paths, read by the gateway as typed rule keys.
 KIND_EXTRAS = {
     "workflow": {"migrate": False, "masks_from_service": True},
+    # Ingestion pipelines are named per service: the second of one name under another
+    # service keeps its secrets under its own root (README, "Secret ids").
+    "ingestionPipeline": {"scope": {"ref": "service", "root": "ingestion/{scope}/{name}"}},
     "user (bot user)": {
         "list_query": "isBot=true",
         "credentials_route": "/auth-mechanism/{id}",

@@ -84,6 +84,12 @@ fn secrets_in_body(
         }
     }
     out.push_str(&format!("secrets in body: {}\n", found.len()));
+    if let Some(scope) = &rule.scope {
+        out.push_str(&format!(
+            "  (ids as the first {} of this name gets them; another of the same name under another {} gets root {})\n",
+            rule.kind, scope.reference, scope.root_template
+        ));
+    }
     for f in &found {
         let id = ids.id(&root, rule.field_steps(&f.steps));
         let why = match f.rule_path {

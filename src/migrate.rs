@@ -170,12 +170,23 @@ impl Migrator<'_> {
                 ));
             }
         }
+        let at = crate::rewrite::owner::locate_existing(
+            self.store,
+            self.ids,
+            self.fernet,
+            rule,
+            &entity,
+            true,
+        )
+        .await
+        .map_err(|e| e.public_message())?;
         let stripper = Stripper {
             rules: self.rules,
             rule,
             ids: self.ids,
-            root: self.ids.root(&rule.root_template, &name),
-            owner: format!("{}:{name}", rule.kind),
+            root: at.root,
+            owner: at.owner,
+            legacy_root: at.legacy_root,
             managed: true,
             fernet: self.fernet,
             wrap_references: self.wrap_references,

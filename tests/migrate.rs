@@ -80,7 +80,7 @@ async fn migrate_moves_what_openmetadata_holds_and_a_dry_run_moves_nothing() {
     let config = write_config(dir.path(), &emu.url(), Some(&jwt::bot()));
     let keys = FernetKeys::new(&[KEY.to_string()]).expect("key");
 
-    emu.seed(DB, service("plain-svc", VALUES[0]));
+    let plain = emu.seed(DB, service("plain-svc", VALUES[0]));
     let token = keys.encrypt(VALUES[1]).expect("encrypt");
     emu.seed(DB, service("fernet-svc", &token));
     emu.seed(
@@ -101,7 +101,9 @@ async fn migrate_moves_what_openmetadata_holds_and_a_dry_run_moves_nothing() {
     );
     emu.seed(
         "services/ingestionPipelines",
-        json!({"name": "dbt-nightly", "pipelineType": "dbt", "sourceConfig": {"config": {"type": "DBT",
+        json!({"name": "dbt-nightly", "pipelineType": "dbt",
+            "service": {"id": plain["id"], "type": "databaseService"},
+            "sourceConfig": {"config": {"type": "DBT",
             "dbtConfigSource": {"dbtConfigType": "s3", "dbtSecurityConfig": {"awsAccessKeyId": "AKIA", "awsSecretAccessKey": VALUES[3], "awsRegion": "eu-west-1"}}}}}),
     );
     let expected = [

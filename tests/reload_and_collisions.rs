@@ -159,7 +159,7 @@ async fn names_that_map_to_one_id_cannot_overwrite_each_other() {
 
 #[tokio::test]
 async fn a_pipeline_service_and_an_ingestion_pipeline_of_one_name_do_not_share_secrets() {
-    let (_emu, gw) = stack().await;
+    let (emu, gw) = stack().await;
     let c = client();
     let svc = json!({"name": "x", "serviceType": "Airflow",
         "connection": {"config": {"type": "Airflow", "hostPort": "h", "connection": {"type": "Mysql", "authType": {"password": "svc-pw"}}}}});
@@ -172,7 +172,11 @@ async fn a_pipeline_service_and_an_ingestion_pipeline_of_one_name_do_not_share_s
     )
     .await;
     assert_eq!(a.status, 201, "{}", a.text());
-    let pipe = json!({"name": "x", "pipelineType": "dbt", "sourceConfig": {"config": {"type": "DBT",
+    let svc_id = a.json()["id"].as_str().expect("id").to_string();
+    // `pipeline/x` is the service's: the pipeline's secrets go under a root of its own.
+    let pipe = json!({"name": "x", "pipelineType": "dbt",
+        "service": {"id": svc_id, "type": "pipelineService"},
+        "sourceConfig": {"config": {"type": "DBT",
         "dbtConfigSource": {"dbtSecurityConfig": {"awsSecretAccessKey": "pipe-key"}}}}});
     let a = send(
         &c,
@@ -182,5 +186,19 @@ async fn a_pipeline_service_and_an_ingestion_pipeline_of_one_name_do_not_share_s
         pipe.to_string(),
     )
     .await;
-    assert_eq!(a.status, 409, "{}", a.text());
+    assert_eq!(a.status, 201, "{}", a.text());
+    let stored = emu
+        .entity_by_fqn("services/ingestionPipelines", "x.x")
+        .expect("pipeline");
+    assert_eq!(
+        stored["sourceConfig"]["config"]["dbtConfigSource"]["dbtSecurityConfig"]["awsSecretAccessKey"],
+        "secret:/openmetadata/ingestion/x/x/sourceconfig/config/dbtconfigsource/dbtsecurityconfig/awssecretaccesskey"
+    );
+    let service = emu
+        .entity("services/pipelineServices", "x")
+        .expect("service");
+    assert_eq!(
+        service["connection"]["config"]["connection"]["authType"]["password"],
+        "secret:/openmetadata/pipeline/x/connection/authtype/password"
+    );
 }

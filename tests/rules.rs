@@ -137,6 +137,47 @@ fn check_lists_every_problem_in_every_rule_file() {
 }
 
 #[test]
+fn rule_files_whose_roots_could_nest_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let shipped_dir = root().join("rules");
+    std::fs::copy(
+        shipped_dir.join("databaseService.json"),
+        dir.path().join("databaseService.json"),
+    )
+    .unwrap();
+    // A second kind whose roots would sit inside database services' (`database/x/<name>`
+    // inside the service named `x`).
+    let text = std::fs::read_to_string(shipped_dir.join("dashboardService.json"))
+        .unwrap()
+        .replace(
+            "\"root\": \"dashboard/{name}\"",
+            "\"root\": \"database/x/{name}\"",
+        );
+    assert!(text.contains("database/x/{name}"));
+    std::fs::write(dir.path().join("dashboardService.json"), text).unwrap();
+    let problems = RuleSet::load(dir.path(), &[]).expect_err("nesting roots are refused");
+    let all: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+    assert!(
+        all.iter()
+            .any(|p| p.contains("database/x/{name}") && p.contains("can nest")),
+        "{all:?}"
+    );
+    // The shipped pipeline rule's second root has a type segment of its own.
+    let rules = shipped();
+    let pipes = rules
+        .rules
+        .iter()
+        .find(|r| r.kind == "ingestionPipeline")
+        .unwrap();
+    let scope = pipes
+        .scope
+        .as_ref()
+        .expect("ingestion pipelines are scoped");
+    assert_eq!(scope.reference, "service");
+    assert_eq!(scope.root_template, "ingestion/{scope}/{name}");
+}
+
+#[test]
 fn serve_refuses_to_start_on_a_bad_rule() {
     let out = Command::new(BIN)
         .args(["serve"])

@@ -70,6 +70,24 @@ async fn conformance(store: &dyn SecretStore, max_len: usize) {
     store.delete(&b).await.unwrap();
     store.delete(&other).await.unwrap();
     assert!(store.list(&format!("{root}/")).await.unwrap().is_empty());
+
+    // Create-only (owner markers are claimed with it): once, and never over a value.
+    let marker = format!("{root}/database/svc/.owner");
+    assert!(store.create(&marker, "databaseService:svc").await.unwrap());
+    assert!(!store
+        .create(&marker, "databaseService:other")
+        .await
+        .unwrap());
+    assert_eq!(
+        store.get(&marker).await.unwrap().as_deref(),
+        Some("databaseService:svc")
+    );
+    store.delete(&marker).await.unwrap();
+    assert!(
+        store.create(&marker, "databaseService:next").await.unwrap(),
+        "a deleted id can be created again"
+    );
+    store.delete(&marker).await.unwrap();
 }
 
 fn config(extra: &str) -> Config {

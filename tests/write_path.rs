@@ -84,7 +84,7 @@ fn expected_id(root_type: &str, name: &str, base: usize, steps: &[St]) -> String
     let clean = |s: &str| -> String {
         s.chars()
             .map(|c| {
-                if c.is_ascii_alphanumeric() || "/_-".contains(c) {
+                if c.is_ascii_alphanumeric() || "_-".contains(c) {
                     c.to_ascii_lowercase()
                 } else {
                     '_'
@@ -266,6 +266,18 @@ async fn every_type_through_every_write(emu: &Emulator, gw: &Gw, seed: u64) {
                     ],
                     json!(group),
                 );
+            }
+            if kind.inventory == "ingestionPipeline" {
+                // A pipeline belongs to a service (its identity is the service's FQN + name).
+                let svc = emu
+                    .entity("services/databaseServices", "prop-svc")
+                    .unwrap_or_else(|| {
+                        emu.seed(
+                            "services/databaseServices",
+                            json!({"name": "prop-svc", "serviceType": "Mysql"}),
+                        )
+                    });
+                body["service"] = json!({"id": svc["id"], "type": "databaseService"});
             }
             if kind.inventory.starts_with("user") {
                 body["isBot"] = json!(true);

@@ -25,11 +25,15 @@ use crate::http::encoding::{decode, DecodeError};
 use crate::http::upstream::encode_segment;
 use crate::rewrite::guard::Guard;
 use crate::rewrite::json::parse_strict;
+use crate::rewrite::owner::{self, Located};
 use crate::rewrite::patch::{self, Media, PatchBody};
-use crate::rewrite::strip::{AuditEntry, AuditOp, MaskSource, Stripped, Stripper};
+use crate::rewrite::strip::{
+    is_within, references_within, AuditEntry, AuditOp, MaskSource, Stripped, Stripper,
+};
 use crate::rewrite::{classify, spans, FieldValue};
 use crate::rules::jsonpath::{render, Step};
 use crate::rules::{Op, RouteMatch, Rule, RuleSet};
+use crate::secrets::ownership::{self, owner_marker};
 use crate::secrets::transaction::Plan;
 
 /// What phase 3 hands to the store transaction and the forwarder.
@@ -131,15 +135,16 @@ impl Gateway {
         &'a self,
         rules: &'a RuleSet,
         rule: &'a Rule,
-        name: &str,
+        at: Located,
         mask_source: Option<MaskSource>,
     ) -> Stripper<'a> {
         Stripper {
             rules,
             rule,
             ids: &self.ids,
-            root: self.ids.root(&rule.root_template, name),
-            owner: format!("{}:{name}", rule.kind),
+            root: at.root,
+            owner: at.owner,
+            legacy_root: at.legacy_root,
             managed: self.managed,
             fernet: &self.fernet,
             wrap_references: self.wrap_references,
@@ -177,17 +182,47 @@ impl Gateway {
             ));
         }
         refuse_bad_shape(rules, m.rule, &doc)?;
+        let has_secrets = !rules.find_secrets(m.rule, &doc).is_empty();
         let Some(name) = doc.get("name").and_then(Value::as_str).map(str::to_string) else {
-            if !rules.find_secrets(m.rule, &doc).is_empty() {
+            if has_secrets {
                 return Err(GatewayError::BadRequest(
                     "request body has secret fields but no \"name\"".into(),
                 ));
             }
             return Ok(self.forward_bytes(parts, raw.to_vec(), None));
         };
-        let mask_source = self.mask_source(m.rule, &doc).await?;
-        let stripper = self.stripper(rules, m.rule, &name, mask_source);
-        let lock = self.entity_locks.lock(&stripper.root).await;
+        if !has_secrets {
+            // Nothing to strip, no root to claim (and no parent to read).
+            return Ok(self.forward_bytes(parts, raw.to_vec(), None));
+        }
+        // Only managed providers keep secrets under roots, which scoped kinds pick by parent.
+        let scope = match self.managed {
+            true => {
+                let caller = parts.headers.get(header::AUTHORIZATION);
+                self.parent_fqn(rules, m.rule, &doc, caller).await?
+            }
+            false => None,
+        };
+        let mask_source = self.mask_source(rules, m.rule, &doc).await?;
+        let lock = self
+            .entity_locks
+            .lock(&owner::lock_key(&self.ids, m.rule, &name))
+            .await;
+        let entity = owner::Entity {
+            rule: m.rule,
+            name: &name,
+            scope: scope.as_deref(),
+            current: None,
+        };
+        let at = owner::locate(
+            self.store.as_ref(),
+            &self.ids,
+            &self.fernet,
+            &entity,
+            self.managed,
+        )
+        .await?;
+        let stripper = self.stripper(rules, m.rule, at, mask_source);
         let stripped = stripper.strip(&mut doc, None).await?;
         let out = spans::replace_values(&raw, &stripped.edits)
             .map_err(|e| GatewayError::Internal(e.to_string()))?;
@@ -224,8 +259,10 @@ impl Gateway {
         };
         let first = self.fetch_entity(m).await?.ok_or_else(unreadable)?;
         let name = entity_name(&first);
-        let stripper = self.stripper(rules, m.rule, &name, None);
-        let lock = self.entity_locks.lock(&stripper.root).await;
+        let lock = self
+            .entity_locks
+            .lock(&owner::lock_key(&self.ids, m.rule, &name))
+            .await;
         // Read again under the lock: another write of this entity may have just finished.
         let current = self.fetch_entity(m).await?.ok_or_else(unreadable)?;
         if entity_name(&current) != name {
@@ -250,6 +287,13 @@ impl Gateway {
             ));
         }
         refuse_bad_shape(rules, m.rule, &result)?;
+        let at = if secrets(&current).is_empty() && secrets(&result).is_empty() {
+            // No secret before or after: no root to look up (whoever owns it).
+            Located::none(&self.ids, m.rule, &name)
+        } else {
+            self.locate_existing(m.rule, &current).await?
+        };
+        let stripper = self.stripper(rules, m.rule, at, None);
         let stripped = stripper.strip(&mut result, Some(&current)).await?;
         let ops = patch::diff(&current, &result);
         let mut after = current.clone();
@@ -313,16 +357,38 @@ impl Gateway {
         Ok(self.forward_bytes(parts, raw.to_vec(), None))
     }
 
-    /// A hard delete: the entity's secrets go once the upstream has deleted it.
+    /// A hard delete: once the upstream has deleted the entity, its secrets go: every id
+    /// under each root whose owner marker names it (none when no root is its own; its
+    /// root from an earlier version too), except what lies under another entity's root
+    /// nested inside (ids written before names were kept to one segment), each marker last.
     async fn prepare_hard_delete(&self, m: &RouteMatch<'_>) -> Result<Prepared, GatewayError> {
         let Some(entity) = self.fetch_entity(m).await? else {
             return Ok(Prepared::unchanged(body::empty()));
         };
-        let root = self.ids.root(&m.rule.root_template, &entity_name(&entity));
-        let lock = self.entity_locks.lock(&root).await;
-        let ids = self.store.list(&format!("{root}/")).await?;
-        let audit = ids
+        let name = entity_name(&entity);
+        let lock = self
+            .entity_locks
+            .lock(&owner::lock_key(&self.ids, m.rule, &name))
+            .await;
+        let at = match self.locate_existing(m.rule, &entity).await {
+            Ok(at) => at,
+            // Another entity's root: nothing there is this entity's.
+            Err(GatewayError::Conflict(_)) => return Ok(Prepared::unchanged(body::empty())),
+            Err(e) => return Err(e),
+        };
+        let mut deletes = Vec::new();
+        if at.owned {
+            deletes.extend(self.ids_of(&at.root, &entity).await?);
+        }
+        if let Some(legacy) = &at.legacy_root {
+            deletes.extend(self.ids_of(legacy, &entity).await?);
+        }
+        if deletes.is_empty() {
+            return Ok(Prepared::unchanged(body::empty()));
+        }
+        let audit = deletes
             .iter()
+            .filter(|id| !id.ends_with(ownership::MARKER))
             .map(|id| AuditEntry {
                 field: String::new(),
                 secret_id: id.clone(),
@@ -332,7 +398,7 @@ impl Gateway {
         Ok(Prepared {
             body: body::empty(),
             plan: Plan {
-                deletes: ids,
+                deletes,
                 ..Plan::default()
             },
             audit,
@@ -340,9 +406,98 @@ impl Gateway {
         })
     }
 
+    /// The ids an entity owning `root` has: everything under it but another entity's nested
+    /// root, plus what the entity refers to there (a listing may lag behind), marker last.
+    async fn ids_of(&self, root: &str, entity: &Value) -> Result<Vec<String>, GatewayError> {
+        let listed = self.store.list(&format!("{root}/")).await?;
+        let marker = owner_marker(root);
+        let nested: Vec<&str> = listed
+            .iter()
+            .filter(|id| **id != marker)
+            .filter_map(|id| id.strip_suffix(&format!("/{}", ownership::MARKER)))
+            .collect();
+        let mut ids: std::collections::BTreeSet<String> = listed
+            .iter()
+            .filter(|id| **id != marker && !nested.iter().any(|n| is_within(id, n)))
+            .filter(|id| !id.ends_with(ownership::MARKER))
+            .cloned()
+            .collect();
+        ids.extend(references_within(entity, root, &self.fernet));
+        let mut out: Vec<String> = ids.into_iter().collect();
+        out.push(marker);
+        Ok(out)
+    }
+
+    /// [`owner::locate_existing`] with this gateway's store and keys.
+    async fn locate_existing(&self, rule: &Rule, entity: &Value) -> Result<Located, GatewayError> {
+        owner::locate_existing(
+            self.store.as_ref(),
+            &self.ids,
+            &self.fernet,
+            rule,
+            entity,
+            self.managed,
+        )
+        .await
+    }
+
+    /// The fully qualified name of the parent a create body names (`service` of an
+    /// ingestion pipeline), read from OpenMetadata: the reference's `id` is what OpenMetadata
+    /// goes by (its `fullyQualifiedName` only without one), so the gateway reads the parent
+    /// rather than trusting the body. Read with the service token, else the caller's.
+    async fn parent_fqn(
+        &self,
+        rules: &RuleSet,
+        rule: &Rule,
+        doc: &Value,
+        caller: Option<&HeaderValue>,
+    ) -> Result<Option<String>, GatewayError> {
+        let Some(scope) = &rule.scope else {
+            return Ok(None);
+        };
+        let field = &scope.reference;
+        let bad = |why: &str| GatewayError::BadRequest(format!("\"{field}\": {why}"));
+        let r = doc
+            .get(field)
+            .filter(|r| r.is_object())
+            .ok_or_else(|| bad("an entity reference ({\"id\", \"type\"}) is required"))?;
+        let kind = r.get("type").and_then(Value::as_str).unwrap_or_default();
+        let collection = rules
+            .rules
+            .iter()
+            .find(|p| p.kind.eq_ignore_ascii_case(kind))
+            .map(|p| p.collection.as_str())
+            .ok_or_else(|| bad("\"type\" must name a service kind, e.g. databaseService"))?;
+        let path = match (
+            r.get("id").and_then(Value::as_str),
+            r.get("fullyQualifiedName").and_then(Value::as_str),
+        ) {
+            (Some(id), _) => format!("{collection}/{}", encode_segment(id)),
+            (None, Some(fqn)) => format!("{collection}/name/{}", encode_segment(fqn)),
+            (None, None) => return Err(bad("an \"id\" or \"fullyQualifiedName\" is required")),
+        };
+        let auth = self.service_auth.as_ref().or(caller);
+        let parent = self
+            .upstream
+            .get_json(&path, auth, self.max_body_bytes)
+            .await?;
+        parent
+            .as_ref()
+            .and_then(|p| p.get("fullyQualifiedName"))
+            .and_then(Value::as_str)
+            .map(|f| Some(f.to_string()))
+            .ok_or_else(|| {
+                GatewayError::Unprocessable(format!(
+                    "the {field} this {} names could not be read from OpenMetadata",
+                    rule.kind
+                ))
+            })
+    }
+
     /// The service a test-connection workflow names, whose secrets its masks stand for.
     async fn mask_source(
         &self,
+        rules: &RuleSet,
         rule: &Rule,
         doc: &Value,
     ) -> Result<Option<MaskSource>, GatewayError> {
@@ -359,6 +514,34 @@ impl Gateway {
             return Ok(None);
         };
         let kind = kind.to_ascii_lowercase();
+        // The service's rule: its root template and its kind as owner markers name it.
+        let Some(service_rule) = rules
+            .rules
+            .iter()
+            .find(|r| r.kind.eq_ignore_ascii_case(&format!("{kind}Service")))
+        else {
+            return Ok(None);
+        };
+        let service = owner::Entity {
+            rule: service_rule,
+            name,
+            scope: None,
+            current: None,
+        };
+        let at = match owner::locate(
+            self.store.as_ref(),
+            &self.ids,
+            &self.fernet,
+            &service,
+            self.managed,
+        )
+        .await
+        {
+            Ok(at) => at,
+            // The root is another entity's: its secrets are not the named service's.
+            Err(GatewayError::Conflict(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
         let service_config = if self.managed {
             None
         } else {
@@ -376,7 +559,7 @@ impl Gateway {
                 .iter()
                 .map(|k| Step::Key(k.to_string()))
                 .collect(),
-            service_root: self.ids.root(&format!("{kind}/{{name}}"), name),
+            service_root: at.root,
             service_config,
         }))
     }

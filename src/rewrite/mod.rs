@@ -1,10 +1,12 @@
 //! Body rewriting: secrets out of written entities (`strip`, applied to the entity a write
 //! produces: `patch` computes it for PATCH, `spans` edits create bodies byte-exactly), the
 //! write invariant checked on what leaves (`guard`), and per-caller views of answers
-//! (`response`). `json` holds the strict parser.
+//! (`response`). `json` holds the strict parser; `owner` says which entity a write's
+//! secrets belong to and under which id root they live.
 
 pub mod guard;
 pub mod json;
+pub(crate) mod owner;
 pub mod patch;
 pub mod response;
 pub mod spans;

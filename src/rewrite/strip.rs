@@ -12,10 +12,11 @@ use serde_json::Value;
 
 use super::{classify, FieldValue, REFERENCE_PREFIX};
 use crate::error::GatewayError;
-use crate::rules::ids::IdBuilder;
+use crate::rules::ids::{is_buildable, IdBuilder};
 use crate::rules::jsonpath::{get, get_mut, render, Step};
 use crate::rules::{Rule, RuleSet};
 use crate::secrets::fernet::{FernetKeys, PREFIX as FERNET_PREFIX};
+use crate::secrets::ownership::{inside_a_nested_root, Owner};
 use crate::secrets::transaction::{Claim, Plan};
 use crate::secrets::SecretStore;
 
@@ -89,8 +90,11 @@ pub struct Stripper<'a> {
     pub ids: &'a IdBuilder,
     /// The entity's id root, e.g. `/openmetadata/database/mysql-test`.
     pub root: String,
-    /// Who owns the root (recorded when the first secret is stored under it).
-    pub owner: String,
+    /// Who owns the root (claimed when the first secret is stored under it).
+    pub owner: Owner,
+    /// The entity's root from an earlier version (a name with `/`): references there are
+    /// its own and are re-keyed into `root`.
+    pub legacy_root: Option<String>,
     /// Values go to the store (managed providers) rather than travelling as Fernet tokens.
     pub managed: bool,
     pub fernet: &'a FernetKeys,
@@ -162,9 +166,15 @@ impl Stripper<'_> {
     }
 
     fn own(&self, id: &str) -> bool {
-        id.len() > self.root.len() + 1
-            && id.starts_with(self.root.as_str())
-            && id.as_bytes()[self.root.len()] == b'/'
+        is_within(id, &self.root) || self.legacy_root.as_ref().is_some_and(|l| is_within(id, l))
+    }
+
+    /// The root `id` lies under (this entity's, or its legacy one).
+    fn root_of(&self, id: &str) -> &str {
+        match &self.legacy_root {
+            Some(l) if is_within(id, l) => l,
+            _ => &self.root,
+        }
     }
 
     fn granted(&self, id: &str) -> bool {
@@ -392,6 +402,14 @@ impl Stripper<'_> {
     /// field that gets a new value and a reference that moved away from it both end right.
     async fn read_rekeys(&self, rekeys: &[Rekey], plan: &mut Plan) -> Result<(), GatewayError> {
         for r in rekeys {
+            // Ids written before names were kept to one segment can hold another entity's
+            // root inside this one's (`team` and `team/prod`): never copied from there.
+            if inside_a_nested_root(self.store, self.root_of(&r.from), &r.from).await? {
+                return Err(GatewayError::Unprocessable(format!(
+                    "a reference names a secret of another entity ({})",
+                    r.from
+                )));
+            }
             match self.store.get(&r.from).await? {
                 Some(v) => plan.puts.push((r.to.clone(), v)),
                 None => {
@@ -428,36 +446,50 @@ impl Stripper<'_> {
     /// The ids inside this entity's root that anything in it refers to (a reference moved
     /// to a field that is not a secret still keeps its id alive).
     fn own_references(&self, doc: &Value) -> BTreeSet<String> {
-        let mut ids = BTreeSet::new();
-        let mut stack = vec![doc];
-        while let Some(v) = stack.pop() {
-            match v {
-                Value::String(s) => {
-                    let opened;
-                    let s = if s.starts_with(FERNET_PREFIX) {
-                        match self.fernet.decrypt(s) {
-                            Ok(p) => {
-                                opened = p;
-                                opened.as_str()
-                            }
-                            Err(_) => continue,
-                        }
-                    } else {
-                        s.as_str()
-                    };
-                    if let Some(r) = s.strip_prefix(REFERENCE_PREFIX) {
-                        if self.own(r) {
-                            ids.insert(r.to_string());
-                        }
-                    }
-                }
-                Value::Array(a) => stack.extend(a.iter()),
-                Value::Object(m) => stack.extend(m.values()),
-                _ => {}
-            }
+        let mut ids = references_within(doc, &self.root, self.fernet);
+        if let Some(l) = &self.legacy_root {
+            ids.extend(references_within(doc, l, self.fernet));
         }
         ids
     }
+}
+
+/// Whether `id` lies under `root` (`<root>/...`).
+pub fn is_within(id: &str, root: &str) -> bool {
+    id.len() > root.len() + 1 && id.starts_with(root) && id.as_bytes()[root.len()] == b'/'
+}
+
+/// The ids under `root` that anything in `doc` refers to, bare or Fernet-wrapped.
+pub fn references_within(doc: &Value, root: &str, fernet: &FernetKeys) -> BTreeSet<String> {
+    let mut ids = BTreeSet::new();
+    let mut stack = vec![doc];
+    while let Some(v) = stack.pop() {
+        match v {
+            Value::String(s) => {
+                let opened;
+                let s = if s.starts_with(FERNET_PREFIX) {
+                    match fernet.decrypt(s) {
+                        Ok(p) => {
+                            opened = p;
+                            opened.as_str()
+                        }
+                        Err(_) => continue,
+                    }
+                } else {
+                    s.as_str()
+                };
+                if let Some(r) = s.strip_prefix(REFERENCE_PREFIX) {
+                    if is_within(r, root) {
+                        ids.insert(r.to_string());
+                    }
+                }
+            }
+            Value::Array(a) => stack.extend(a.iter()),
+            Value::Object(m) => stack.extend(m.values()),
+            _ => {}
+        }
+    }
+    ids
 }
 
 /// Puts `value` at `steps` and records the edit when it changes anything.
@@ -471,7 +503,9 @@ fn set(doc: &mut Value, steps: &[Step], value: Value, edits: &mut Vec<(Vec<Step>
 }
 
 /// Refuses a reference the gateway could not have built: empty, `.` or `..` segments, control
-/// characters; with a managed provider, also characters outside the id alphabet.
+/// characters; with a managed provider, also anything outside the id alphabet
+/// ([`is_buildable`]: `/`-separated segments of `a-z`, `0-9`, `_`, `-`), which also keeps
+/// owner markers (`<root>/.owner`) out of reach.
 pub fn check_reference_syntax(id: &str, managed: bool, field: &str) -> Result<(), GatewayError> {
     let bad = |why: &str| {
         Err(GatewayError::Unprocessable(format!(
@@ -488,13 +522,9 @@ pub fn check_reference_syntax(id: &str, managed: bool, field: &str) -> Result<()
         if seg.chars().any(char::is_control) {
             return bad("control characters are not allowed");
         }
-        if managed
-            && !seg
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
-        {
-            return bad("ids hold only a-z, 0-9, '_', '-' and '/'");
-        }
+    }
+    if managed && !is_buildable(id) {
+        return bad("ids hold only a-z, 0-9, '_', '-' and '/'");
     }
     Ok(())
 }

@@ -5,6 +5,7 @@
 pub mod ids;
 pub mod jsonpath;
 mod names;
+mod roots;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -64,6 +65,19 @@ struct RawRule {
     /// `field_base` which lists leave out.
     #[serde(default)]
     credentials_route: Option<String>,
+    /// The kind's entities live under a parent (ingestion pipelines under a service).
+    #[serde(default)]
+    scope: Option<RawScope>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScope {
+    /// The member holding the parent's EntityReference (`service`).
+    #[serde(rename = "ref")]
+    reference: String,
+    /// The root used when `root` belongs to another entity: `ingestion/{scope}/{name}`.
+    root: String,
 }
 
 fn yes() -> bool {
@@ -168,6 +182,18 @@ pub struct Rule {
     pub migrate: bool,
     pub list_query: Option<String>,
     pub credentials_route: Option<String>,
+    pub scope: Option<Scope>,
+}
+
+/// Entities of a kind that live under a parent: their identity is the parent's fully
+/// qualified name plus their own name, and two of one name under two parents both keep their
+/// own secrets (the second one's go under `root_template`; see `secrets::ownership`).
+#[derive(Debug, Clone)]
+pub struct Scope {
+    /// The member holding the parent's EntityReference (`service`).
+    pub reference: String,
+    /// e.g. `ingestion/{scope}/{name}`.
+    pub root_template: String,
 }
 
 /// A secret location found in a document.
@@ -299,6 +325,7 @@ impl RuleSet {
             }
             seen.push((&r.collection, &r.file));
         }
+        problems.extend(nesting_roots(&rules));
         if !problems.is_empty() {
             return Err(problems);
         }
@@ -556,6 +583,35 @@ fn match_pattern(pattern: &[PatSeg], segs: &[String]) -> Option<Vec<(String, Str
     (i == segs.len()).then_some(params)
 }
 
+/// Root templates of different rules whose roots could nest (see `roots`).
+fn nesting_roots(rules: &[Rule]) -> Vec<Problem> {
+    let templates: Vec<(&Rule, &str, Vec<roots::TSeg>)> = rules
+        .iter()
+        .flat_map(|r| {
+            let scoped = r.scope.as_ref().map(|s| (s.root_template.as_str(), true));
+            std::iter::once((r.root_template.as_str(), false))
+                .chain(scoped)
+                .filter_map(move |(t, sc)| roots::parse(t, sc).ok().map(|p| (r, t, p)))
+        })
+        .collect();
+    let mut problems = Vec::new();
+    for (i, (ra, ta, pa)) in templates.iter().enumerate() {
+        for (rb, tb, pb) in &templates[i + 1..] {
+            if roots::can_nest(pa, pb) {
+                problems.push(Problem {
+                    file: rb.file.clone(),
+                    line: None,
+                    message: format!(
+                        "root {tb:?} and root {ta:?} of {} can nest: one entity's secrets could lie inside another's",
+                        ra.file.display()
+                    ),
+                });
+            }
+        }
+    }
+    problems
+}
+
 /// One rule file being compiled: every problem is collected, with its line where known.
 struct Compiler<'a> {
     file: &'a Path,
@@ -724,9 +780,21 @@ fn compile_rule(file: &Path, text: &str) -> Result<Rule, Vec<Problem>> {
         problems: Vec::new(),
     };
     let collection_segs = c.collection(&raw.collection);
-    if !raw.root.contains("{name}") {
+    if let Err(e) = roots::parse(&raw.root, false) {
         let line = c.line_of("\"root\"");
-        c.problem(line, format!("root {:?} must contain {{name}}", raw.root));
+        c.problem(line, e);
+    }
+    if let Some(sc) = &raw.scope {
+        let line = c.line_of("\"scope\"");
+        if let Err(e) = roots::parse(&sc.root, true) {
+            c.problem(line, e);
+        }
+        if keys_of(&format!("$.{}", sc.reference)).map_or(true, |k| k.len() != 1) {
+            c.problem(
+                line,
+                format!("scope.ref {:?} must be one member name", sc.reference),
+            );
+        }
     }
     let line = c.line_of("\"field_base\"");
     let field_base = c.keys(&raw.field_base, "field_base", line);
@@ -775,6 +843,10 @@ fn compile_rule(file: &Path, text: &str) -> Result<Rule, Vec<Problem>> {
         migrate: raw.migrate,
         list_query: raw.list_query,
         credentials_route: raw.credentials_route,
+        scope: raw.scope.map(|s| Scope {
+            reference: s.reference,
+            root_template: s.root,
+        }),
     })
 }
 

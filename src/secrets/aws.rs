@@ -109,6 +109,38 @@ impl SecretsManagerStore {
     }
 }
 
+impl SecretsManagerStore {
+    /// Creates the secret with its tags and description; `Ok(false)` when the name exists.
+    async fn create_secret(&self, id: &str, value: &str) -> Result<bool, StoreError> {
+        let tags: Vec<aws_sdk_secretsmanager::types::Tag> = self
+            .tags
+            .iter()
+            .map(|(k, v)| {
+                aws_sdk_secretsmanager::types::Tag::builder()
+                    .key(k)
+                    .value(v)
+                    .build()
+            })
+            .collect();
+        let created = self
+            .client
+            .create_secret()
+            .name(id)
+            .description(DESCRIPTION)
+            .secret_string(value)
+            .set_tags((!tags.is_empty()).then_some(tags))
+            .send()
+            .await;
+        match created {
+            Ok(_) => Ok(true),
+            Err(e) => match map_err(&e) {
+                (Some(c), _) if c == "ResourceExistsException" => Ok(false),
+                (_, err) => Err(err),
+            },
+        }
+    }
+}
+
 impl SecretStore for SecretsManagerStore {
     fn get<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<String>> {
         Box::pin(async move {
@@ -124,41 +156,23 @@ impl SecretStore for SecretsManagerStore {
 
     fn put<'a>(&'a self, id: &'a str, value: &'a str) -> StoreFuture<'a, ()> {
         Box::pin(async move {
-            let tags: Vec<aws_sdk_secretsmanager::types::Tag> = self
-                .tags
-                .iter()
-                .map(|(k, v)| {
-                    aws_sdk_secretsmanager::types::Tag::builder()
-                        .key(k)
-                        .value(v)
-                        .build()
-                })
-                .collect();
-            let created = self
-                .client
-                .create_secret()
-                .name(id)
-                .description(DESCRIPTION)
-                .secret_string(value)
-                .set_tags((!tags.is_empty()).then_some(tags))
-                .send()
-                .await;
-            match created {
-                Ok(_) => Ok(()),
-                Err(e) => match map_err(&e) {
-                    (Some(c), _) if c == "ResourceExistsException" => self
-                        .client
-                        .put_secret_value()
-                        .secret_id(id)
-                        .secret_string(value)
-                        .send()
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| map_err(&e).1),
-                    (_, err) => Err(err),
-                },
+            if self.create_secret(id, value).await? {
+                return Ok(());
             }
+            self.client
+                .put_secret_value()
+                .secret_id(id)
+                .secret_string(value)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| map_err(&e).1)
         })
+    }
+
+    /// `CreateSecret`, which AWS refuses for a name that exists.
+    fn create<'a>(&'a self, id: &'a str, value: &'a str) -> StoreFuture<'a, bool> {
+        Box::pin(self.create_secret(id, value))
     }
 
     fn delete<'a>(&'a self, id: &'a str) -> StoreFuture<'a, ()> {
@@ -250,6 +264,45 @@ impl SsmStore {
     }
 }
 
+/// Values over 4 KB need the advanced tier.
+fn tier_for(value: &str) -> aws_sdk_ssm::types::ParameterTier {
+    if value.len() > 4096 {
+        aws_sdk_ssm::types::ParameterTier::Advanced
+    } else {
+        aws_sdk_ssm::types::ParameterTier::Standard
+    }
+}
+
+impl SsmStore {
+    /// Creates the SecureString parameter with its tags; `Ok(false)` when the name exists.
+    async fn create_parameter(&self, id: &str, value: &str) -> Result<bool, StoreError> {
+        use aws_sdk_ssm::types::{ParameterType, Tag};
+        let tags: Vec<Tag> = self
+            .tags
+            .iter()
+            .filter_map(|(k, v)| Tag::builder().key(k).value(v).build().ok())
+            .collect();
+        let created = self
+            .client
+            .put_parameter()
+            .name(id)
+            .value(value)
+            .r#type(ParameterType::SecureString)
+            .tier(tier_for(value))
+            .description(DESCRIPTION)
+            .set_tags((!tags.is_empty()).then_some(tags))
+            .send()
+            .await;
+        match created {
+            Ok(_) => Ok(true),
+            Err(e) => match map_err(&e) {
+                (Some(c), _) if c == "ParameterAlreadyExists" => Ok(false),
+                (_, err) => Err(err),
+            },
+        }
+    }
+}
+
 impl SecretStore for SsmStore {
     fn get<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<String>> {
         Box::pin(async move {
@@ -272,49 +325,28 @@ impl SecretStore for SsmStore {
 
     fn put<'a>(&'a self, id: &'a str, value: &'a str) -> StoreFuture<'a, ()> {
         Box::pin(async move {
-            use aws_sdk_ssm::types::{ParameterTier, ParameterType, Tag};
-            let tier = if value.len() > 4096 {
-                ParameterTier::Advanced
-            } else {
-                ParameterTier::Standard
-            };
-            let tags: Vec<Tag> = self
-                .tags
-                .iter()
-                .filter_map(|(k, v)| Tag::builder().key(k).value(v).build().ok())
-                .collect();
             // Create with tags; AWS refuses tags together with Overwrite, so an existing
             // parameter is overwritten without them.
-            let created = self
-                .client
+            if self.create_parameter(id, value).await? {
+                return Ok(());
+            }
+            self.client
                 .put_parameter()
                 .name(id)
                 .value(value)
-                .r#type(ParameterType::SecureString)
-                .tier(tier.clone())
-                .description(DESCRIPTION)
-                .set_tags((!tags.is_empty()).then_some(tags))
+                .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+                .tier(tier_for(value))
+                .overwrite(true)
                 .send()
-                .await;
-            match created {
-                Ok(_) => Ok(()),
-                Err(e) => match map_err(&e) {
-                    (Some(c), _) if c == "ParameterAlreadyExists" => self
-                        .client
-                        .put_parameter()
-                        .name(id)
-                        .value(value)
-                        .r#type(ParameterType::SecureString)
-                        .tier(tier)
-                        .overwrite(true)
-                        .send()
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| map_err(&e).1),
-                    (_, err) => Err(err),
-                },
-            }
+                .await
+                .map(|_| ())
+                .map_err(|e| map_err(&e).1)
         })
+    }
+
+    /// `PutParameter` without `Overwrite`, which AWS refuses for a name that exists.
+    fn create<'a>(&'a self, id: &'a str, value: &'a str) -> StoreFuture<'a, bool> {
+        Box::pin(self.create_parameter(id, value))
     }
 
     fn delete<'a>(&'a self, id: &'a str) -> StoreFuture<'a, ()> {

@@ -370,6 +370,15 @@ async fn sweep(shared: Weak<Shared>) {
 impl SecretStore for CachedStore {
     fn get<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<String>> {
         Box::pin(async move {
+            // Owner markers decide where an entity's secrets go; another gateway sharing the
+            // store may have just claimed one, so they are always read from the store.
+            if id.ends_with(super::ownership::MARKER) {
+                self.shared
+                    .metrics
+                    .store_calls
+                    .fetch_add(1, Ordering::Relaxed);
+                return self.shared.inner.get(id).await;
+            }
             if let Some(v) = self.shared.fresh(id) {
                 self.shared
                     .metrics
@@ -418,6 +427,23 @@ impl SecretStore for CachedStore {
                     Err(e)
                 }
             }
+        })
+    }
+
+    fn create<'a>(&'a self, id: &'a str, value: &'a str) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let s = &self.shared;
+            s.metrics.store_calls.fetch_add(1, Ordering::Relaxed);
+            let r = s.inner.create(id, value).await;
+            match &r {
+                Ok(true) => s.insert(id, Some(value.to_string())),
+                Ok(false) => s.invalidate(id),
+                Err(_) => {
+                    s.metrics.store_errors.fetch_add(1, Ordering::Relaxed);
+                    s.invalidate(id);
+                }
+            }
+            r
         })
     }
 
@@ -556,6 +582,21 @@ impl SecretStore for Resilient {
             self.retry(|| {
                 let (inner, items) = (inner.clone(), items.clone());
                 Box::pin(async move { inner.put_many(&items).await })
+            })
+            .await
+        })
+    }
+
+    /// A retried create that finds the id may be finding its own first attempt: callers
+    /// compare the value (`ownership::claim` does).
+    fn create<'a>(&'a self, id: &'a str, value: &'a str) -> StoreFuture<'a, bool> {
+        let inner = self.inner.clone();
+        let (id, value) = (id.to_string(), value.to_string());
+        Box::pin(async move {
+            self.write_token().await;
+            self.retry(|| {
+                let (inner, id, value) = (inner.clone(), id.clone(), value.clone());
+                Box::pin(async move { inner.create(&id, &value).await })
             })
             .await
         })

@@ -161,6 +161,24 @@ impl SecretStore for EmbeddedStore {
             self.put_sync(&refs)
         })
     }
+    /// One redb write transaction: redb admits one writer at a time, so the check and the
+    /// insert cannot interleave with another write.
+    fn create<'a>(&'a self, id: &'a str, value: &'a str) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            use redb::ReadableTable;
+            let txn = self.db.begin_write().map_err(unavailable)?;
+            {
+                let mut table = txn.open_table(SECRETS).map_err(unavailable)?;
+                if table.get(id).map_err(unavailable)?.is_some() {
+                    return Ok(false);
+                }
+                let enc = self.keys.encrypt(value).map_err(unavailable)?;
+                table.insert(id, enc.as_str()).map_err(unavailable)?;
+            }
+            txn.commit().map_err(unavailable)?;
+            Ok(true)
+        })
+    }
     fn delete<'a>(&'a self, id: &'a str) -> StoreFuture<'a, ()> {
         Box::pin(async move { self.delete_sync(id) })
     }

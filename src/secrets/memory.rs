@@ -48,6 +48,17 @@ impl SecretStore for MemoryStore {
         })
     }
 
+    fn create<'a>(&'a self, id: &'a str, value: &'a str) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let mut map = self.check()?;
+            if map.contains_key(id) {
+                return Ok(false);
+            }
+            map.insert(id.to_string(), value.to_string());
+            Ok(true)
+        })
+    }
+
     fn delete<'a>(&'a self, id: &'a str) -> StoreFuture<'a, ()> {
         Box::pin(async move {
             self.check()?.remove(id);

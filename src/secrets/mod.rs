@@ -13,6 +13,7 @@ pub mod kubernetes;
 pub mod memory;
 pub(crate) mod names;
 pub mod openbao;
+pub mod ownership;
 pub(crate) mod rest;
 pub mod transaction;
 
@@ -65,6 +66,24 @@ pub trait SecretStore: Send + Sync {
                 self.put(id, value).await?;
             }
             Ok(())
+        })
+    }
+    /// Creates `id` only if it does not exist: `Ok(true)` when this call created it,
+    /// `Ok(false)` when it already existed (its value is left alone). Owner markers are
+    /// claimed with it (`ownership::claim`), so of two writers racing, on one gateway or on
+    /// several sharing the store, exactly one gets `true`: every store the gateway ships
+    /// implements it with its create-only primitive (a redb write transaction, Secrets
+    /// Manager `CreateSecret`, SSM `PutParameter` without overwrite, OpenBao KV v2 `cas=0`).
+    ///
+    /// The default is a read followed by a write and is **not atomic**: two writers can both
+    /// get `true`. A provider whose service has a create-only call must override it.
+    fn create<'a>(&'a self, id: &'a str, value: &'a str) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            if self.get(id).await?.is_some() {
+                return Ok(false);
+            }
+            self.put(id, value).await?;
+            Ok(true)
         })
     }
     /// Deletes `id`; deleting an absent id succeeds.

@@ -162,6 +162,26 @@ impl SecretStore for OpenBaoStore {
         })
     }
 
+    /// A KV v2 write with `cas=0`, which the server refuses (400, "check-and-set parameter
+    /// did not match the current version") when the key exists.
+    fn create<'a>(&'a self, id: &'a str, value: &'a str) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let path = format!("/v1/{}/data/{}", self.mount, kv_path(id)?);
+            let body = json!({"options": {"cas": 0}, "data": {"value": value}});
+            let (status, bytes) = self.call(Method::POST, &path, Some(body)).await?;
+            if status.is_success() {
+                return Ok(true);
+            }
+            let cas_refused = status == StatusCode::BAD_REQUEST
+                && String::from_utf8_lossy(&bytes).contains("check-and-set");
+            if cas_refused {
+                Ok(false)
+            } else {
+                Err(status_error(status))
+            }
+        })
+    }
+
     fn delete<'a>(&'a self, id: &'a str) -> StoreFuture<'a, ()> {
         Box::pin(async move {
             let path = format!("/v1/{}/metadata/{}", self.mount, kv_path(id)?);

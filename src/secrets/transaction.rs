@@ -1,20 +1,24 @@
-//! One write's store changes as a transaction around the upstream call: the id root is claimed,
-//! every value is written (one durable write where the store has transactions), the previous
-//! values are kept so a refused upstream write can be undone, and deletes wait until the
-//! upstream has accepted the write. Entity locks keep store and upstream agreeing on the last
-//! writer of an entity within one gateway.
+//! One write's store changes as a transaction around the upstream call: the id root is claimed
+//! (atomically, with the store's create-only write: `ownership::claim`), every value is
+//! written (one durable write where the store has transactions), the previous values are
+//! kept so a refused upstream write can be undone, and deletes wait until the upstream has
+//! accepted the write. Entity locks keep store and upstream agreeing on the last writer of an
+//! entity within one gateway.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use super::ownership::{self, Claimed, Owner, OwnershipError, Taken};
 use super::{SecretStore, StoreError};
+
+pub use super::ownership::owner_marker;
 
 /// The store changes one write needs.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Plan {
     /// (id, value): written before forwarding.
     pub puts: Vec<(String, String)>,
-    /// Ids deleted once the upstream has accepted the write.
+    /// Ids deleted once the upstream has accepted the write, in this order.
     pub deletes: Vec<String>,
     /// The id root the values go under and who owns it.
     pub claim: Option<Claim>,
@@ -25,23 +29,26 @@ pub struct Plan {
 pub struct Claim {
     /// e.g. `/openmetadata/database/mysql-test`.
     pub root: String,
-    /// `<kind>:<entity name>`.
-    pub owner: String,
+    pub owner: Owner,
 }
 
 /// Why a transaction could not go ahead.
 #[derive(Debug, thiserror::Error)]
 pub enum TxnError {
-    #[error("secret ids under {0} already belong to another entity whose name maps to the same id; rename this entity")]
-    Conflict(String),
+    /// The root belongs to another entity; nothing was written.
+    #[error(transparent)]
+    Conflict(Taken),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
-/// The marker that records which entity owns an id root. `.` never occurs in a field part,
-/// so it cannot meet a real secret id.
-pub fn owner_marker(root: &str) -> String {
-    format!("{root}/.owner")
+impl From<OwnershipError> for TxnError {
+    fn from(e: OwnershipError) -> TxnError {
+        match e {
+            OwnershipError::Taken(t) => TxnError::Conflict(t),
+            OwnershipError::Store(s) => TxnError::Store(s),
+        }
+    }
 }
 
 /// A write in progress: what to undo if the upstream refuses it, what to delete if it accepts.
@@ -62,30 +69,35 @@ impl<'a> StoreTxn<'a> {
         if plan.puts.is_empty() {
             return Ok(txn);
         }
-        let mut puts = Vec::with_capacity(plan.puts.len() + 1);
+        // The claim comes first: a writer that loses it has written nothing.
         if let Some(claim) = &plan.claim {
             let marker = owner_marker(&claim.root);
-            match store.get(&marker).await? {
-                Some(o) if o == claim.owner => {}
-                Some(_) => return Err(TxnError::Conflict(claim.root.clone())),
-                None => puts.push((marker, claim.owner.clone())),
+            match ownership::claim(store, &claim.root, &claim.owner).await? {
+                Claimed::Already => {}
+                Claimed::Created => txn.undo.push((marker, None)),
+                Claimed::Upgraded(legacy) => txn.undo.push((marker, Some(legacy))),
             }
         }
-        puts.extend(plan.puts.iter().cloned());
-        for (id, _) in &puts {
-            let previous = store.get(id).await?;
-            txn.undo.push((id.clone(), previous));
-        }
-        if let Err(e) = store.put_many(&puts).await {
+        let recorded = async {
+            for (id, _) in &plan.puts {
+                let previous = store.get(id).await?;
+                txn.undo.push((id.clone(), previous));
+            }
+            store.put_many(&plan.puts).await
+        };
+        if let Err(e) = recorded.await {
             txn.rollback().await;
             return Err(e.into());
         }
         Ok(txn)
     }
 
-    /// How many values this transaction wrote.
+    /// How many values this transaction wrote (its owner marker not counted).
     pub fn written(&self) -> usize {
-        self.undo.len()
+        self.undo
+            .iter()
+            .filter(|(id, _)| !id.ends_with(ownership::MARKER))
+            .count()
     }
 
     /// The upstream refused (or never answered): every value written goes back to what it was.
@@ -149,7 +161,7 @@ mod tests {
             deletes: deletes.iter().map(|d| d.to_string()).collect(),
             claim: Some(Claim {
                 root: "/om/database/a".into(),
-                owner: "databaseService:a".into(),
+                owner: Owner::new("databaseService:a"),
             }),
         }
     }

@@ -215,9 +215,23 @@ impl Emulator {
             .map(|e| e.json.clone())
     }
 
+    /// The stored entity with this fully qualified name in a collection (same-named
+    /// ingestion pipelines of two services differ only there).
+    pub fn entity_by_fqn(&self, collection: &str, fqn: &str) -> Option<Value> {
+        let st = self.state.lock().expect("state");
+        st.collections
+            .get(collection)?
+            .values()
+            .find(|e| e.json["fullyQualifiedName"] == fqn)
+            .map(|e| e.json.clone())
+    }
+
     /// Puts an entity straight into the store (as if OpenMetadata already had it).
     pub fn seed(&self, collection: &str, mut body: Value) -> Value {
         let mut st = self.state.lock().expect("state");
+        if let Err(e) = scope_under_service(&st, collection, &mut body) {
+            panic!("seed: {e}");
+        }
         st.counter += 1;
         let id = format!("00000000-0000-4000-8000-{:012x}", st.counter);
         finish_entity(&mut body, &id, collection, 0.1);
@@ -567,7 +581,18 @@ impl Emulator {
                         "[query param name must not be null]",
                     );
                 };
-                let existing = self.find(&st, coll, &name, true);
+                if let Err(e) = scope_under_service(&st, coll, &mut v) {
+                    return om_error(StatusCode::NOT_FOUND, &e);
+                }
+                let existing = match v["fullyQualifiedName"].as_str() {
+                    // Scoped entities are unique by fully qualified name only.
+                    Some(fqn) => st.collections.get(coll).and_then(|c| {
+                        c.iter()
+                            .find(|(_, e)| e.json["fullyQualifiedName"] == fqn)
+                            .map(|(id, _)| id.clone())
+                    }),
+                    None => self.find(&st, coll, &name, true),
+                };
                 match (m, existing) {
                     (Method::POST, Some(_)) => {
                         om_error(StatusCode::CONFLICT, "Entity already exists")
@@ -753,6 +778,41 @@ impl Emulator {
             _ => self.collection("users", method, tail, query, body),
         }
     }
+}
+
+/// An ingestion pipeline's `service` reference, as OpenMetadata resolves it: by `id`, else by
+/// `fullyQualifiedName`; the entity gets the whole reference and the fully qualified name
+/// `<service FQN>.<name>` (a dotted name quoted). Other entities are left alone.
+fn scope_under_service(st: &State, coll: &str, v: &mut Value) -> Result<(), String> {
+    if coll != "services/ingestionPipelines" || !v["service"].is_object() {
+        return Ok(());
+    }
+    let r = v["service"].clone();
+    let by_id = |e: &Entity| r["id"].is_string() && e.json["id"] == r["id"];
+    let by_fqn = |e: &Entity| {
+        r["id"].is_null()
+            && r["fullyQualifiedName"].is_string()
+            && e.json["fullyQualifiedName"] == r["fullyQualifiedName"]
+    };
+    let kind = r["type"].as_str().unwrap_or("");
+    let service = SERVICE_COLLECTIONS
+        .iter()
+        .filter(|c| c.eq_ignore_ascii_case(&format!("{kind}s")))
+        .filter_map(|c| st.collections.get(&format!("services/{c}")))
+        .flat_map(|c| c.values())
+        .find(|e| by_id(e) || by_fqn(e))
+        .ok_or_else(|| format!("{kind} instance for {} not found", r["id"]))?;
+    let sfqn = service.json["fullyQualifiedName"].as_str().unwrap_or("");
+    let name = v["name"].as_str().unwrap_or("");
+    let quoted = if name.contains('.') {
+        format!("\"{name}\"")
+    } else {
+        name.to_string()
+    };
+    v["fullyQualifiedName"] = json!(format!("{sfqn}.{quoted}"));
+    v["service"] = json!({"id": service.json["id"], "type": kind,
+        "name": service.json["name"], "fullyQualifiedName": sfqn});
+    Ok(())
 }
 
 fn finish_entity(v: &mut Value, id: &str, coll: &str, version: f64) {

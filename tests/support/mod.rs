@@ -28,6 +28,17 @@ pub struct Gw {
 }
 
 impl Gw {
+    /// A gateway running elsewhere (a child process) whose API port is `port`.
+    pub fn at(port: u16) -> Gw {
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        Gw {
+            api: addr,
+            admin: addr,
+            shutdown: None,
+            done: None,
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.api, path)
     }
