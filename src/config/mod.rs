@@ -1,0 +1,487 @@
+//! Configuration in two stages: `raw` (the TOML as written, with defaults), environment
+//! overrides (`env`), then `validate` (one function per section) into the typed [`Config`] the
+//! rest of the gateway reads.
+
+mod env;
+mod raw;
+mod validate;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::Uri;
+
+pub const DEFAULT_CONFIG_FILE: &str = "om-secrets-proxy.toml";
+/// OpenMetadata's public default Fernet key: accepted, with a loud warning.
+pub const OPENMETADATA_DEFAULT_FERNET_KEY: &str = "jJ/9sz0g0OHxsfxOoSfdFdmk3ysNmPRnH3TUAbz3IHA=";
+
+use env::apply_env;
+use raw::RawConfig;
+pub use raw::DEFAULT_SAFETY_NET_KEYS;
+use validate::validate;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub upstream: UpstreamConfig,
+    pub rules: RulesConfig,
+    pub secrets: SecretsConfig,
+    pub fernet: FernetConfig,
+    pub auth: AuthConfig,
+    pub policy: PolicyConfig,
+    pub logging: LoggingConfig,
+    /// The file the config came from, if any (for messages and reloads).
+    pub source: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub tls: Option<TlsFiles>,
+    pub max_body_bytes: usize,
+    pub header_read_timeout: Duration,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// Scheme and authority of the OpenMetadata server; `base_path` is any path prefix.
+    pub url: Uri,
+    pub base_path: String,
+    pub ca_file: Option<PathBuf>,
+    pub timeout: Duration,
+    pub service_token: Option<String>,
+    pub pool_idle_per_host: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct RulesConfig {
+    pub dir: PathBuf,
+    pub safety_net_keys: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Provider {
+    Embedded,
+    Db,
+    ManagedAws,
+    Aws,
+    ManagedAwsSsm,
+    AwsSsm,
+    ManagedOpenbao,
+    Openbao,
+    ManagedAzureKv,
+    AzureKv,
+    Gcp,
+    Kubernetes,
+}
+
+impl Provider {
+    pub fn parse(s: &str) -> Option<Provider> {
+        Some(
+            match s.trim().to_ascii_lowercase().replace('_', "-").as_str() {
+                "embedded" => Provider::Embedded,
+                "db" => Provider::Db,
+                "managed-aws" => Provider::ManagedAws,
+                "aws" => Provider::Aws,
+                "managed-aws-ssm" => Provider::ManagedAwsSsm,
+                "aws-ssm" => Provider::AwsSsm,
+                "managed-openbao" => Provider::ManagedOpenbao,
+                "openbao" => Provider::Openbao,
+                "managed-azure-kv" => Provider::ManagedAzureKv,
+                "azure-kv" => Provider::AzureKv,
+                "gcp" => Provider::Gcp,
+                "kubernetes" => Provider::Kubernetes,
+                _ => return None,
+            },
+        )
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Provider::Embedded => "embedded",
+            Provider::Db => "db",
+            Provider::ManagedAws => "managed-aws",
+            Provider::Aws => "aws",
+            Provider::ManagedAwsSsm => "managed-aws-ssm",
+            Provider::AwsSsm => "aws-ssm",
+            Provider::ManagedOpenbao => "managed-openbao",
+            Provider::Openbao => "openbao",
+            Provider::ManagedAzureKv => "managed-azure-kv",
+            Provider::AzureKv => "azure-kv",
+            Provider::Gcp => "gcp",
+            Provider::Kubernetes => "kubernetes",
+        }
+    }
+
+    /// Managed providers move plain values into the store; the others forward Fernet tokens.
+    pub fn is_managed(self) -> bool {
+        matches!(
+            self,
+            Provider::Embedded
+                | Provider::ManagedAws
+                | Provider::ManagedAwsSsm
+                | Provider::ManagedOpenbao
+                | Provider::ManagedAzureKv
+                | Provider::Gcp
+                | Provider::Kubernetes
+        )
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SecretsConfig {
+    pub provider: Provider,
+    pub cluster_name: String,
+    pub prefix: String,
+    pub tags: Vec<(String, String)>,
+    pub region: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    pub endpoint_url: Option<String>,
+    pub embedded_path: PathBuf,
+    pub bao_address: Option<Uri>,
+    pub bao_token: Option<String>,
+    pub bao_mount: String,
+    pub azure: AzureParams,
+    pub gcp: GcpParams,
+    pub kubernetes: KubernetesParams,
+    pub cache_ttl: Duration,
+    pub cache_max_entries: usize,
+    pub cache_stale: Duration,
+    /// Cached values are re-read in the background once this old (zero: never).
+    pub cache_refresh: Duration,
+    pub write_rate_per_sec: f64,
+    pub retry_max: u32,
+}
+
+/// Azure Key Vault: where the vault is and how the gateway gets a token for it.
+#[derive(Debug, Clone)]
+pub struct AzureParams {
+    /// `https://<vault_name>.vault.azure.net` unless `vault_url` is given.
+    pub vault_url: Option<Uri>,
+    pub client_id: Option<String>,
+    pub client_secret: Option<String>,
+    pub tenant_id: Option<String>,
+    /// Microsoft Entra ID's token endpoint host (sovereign clouds, tests).
+    pub authority_host: Uri,
+}
+
+/// Google Secret Manager: project, credentials and the API endpoint.
+#[derive(Debug, Clone)]
+pub struct GcpParams {
+    pub project_id: Option<String>,
+    /// A service-account key (or authorized-user) JSON file; else application default credentials.
+    pub credentials_file: Option<PathBuf>,
+    /// Secret Manager's REST root (`endpoint_url`, default `https://secretmanager.googleapis.com`).
+    pub endpoint: Uri,
+}
+
+/// Kubernetes Secrets: namespace and how to reach the API server.
+#[derive(Debug, Clone)]
+pub struct KubernetesParams {
+    pub namespace: String,
+    pub kubeconfig_path: Option<PathBuf>,
+    pub in_cluster: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct FernetConfig {
+    /// Comma-separated keys, split: the first encrypts, all decrypt. Validated as Fernet keys.
+    pub keys: Vec<String>,
+    pub wrap_references: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    pub jwks_url: Uri,
+    pub public_key_files: Vec<PathBuf>,
+    pub issuer: String,
+}
+
+/// What a caller class sees in a secret field on reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadAction {
+    Resolve,
+    Reference,
+    Mask,
+}
+
+impl ReadAction {
+    pub fn parse(s: &str) -> Option<ReadAction> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "resolve" => Some(ReadAction::Resolve),
+            "reference" => Some(ReadAction::Reference),
+            "mask" => Some(ReadAction::Mask),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ReadAction::Resolve => "resolve",
+            ReadAction::Reference => "reference",
+            ReadAction::Mask => "mask",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct PolicyConfig {
+    pub bot: ReadAction,
+    pub user: ReadAction,
+    pub anonymous: ReadAction,
+    pub bot_requires_view_all: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct LoggingConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+/// All problems found in a configuration, each naming the file/key and what is wrong.
+#[derive(Debug)]
+pub struct ConfigErrors(pub Vec<String>);
+
+impl std::fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+// === loading ===
+
+impl Config {
+    /// Loads the config the way the CLI does: `path`, else `./om-secrets-proxy.toml` when
+    /// present, else defaults; then the process environment.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigErrors> {
+        Self::load_with_env(path, &|k| std::env::var(k).ok())
+    }
+
+    /// Loads with an explicit environment (tests pass their own).
+    pub fn load_with_env(
+        path: Option<&Path>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigErrors> {
+        let (text, source) = match path {
+            Some(p) => match std::fs::read_to_string(p) {
+                Ok(t) => (t, Some(p.to_path_buf())),
+                Err(e) => {
+                    return Err(ConfigErrors(vec![format!(
+                        "config file {}: cannot read: {e}",
+                        p.display()
+                    )]))
+                }
+            },
+            None => {
+                let p = Path::new(DEFAULT_CONFIG_FILE);
+                match std::fs::read_to_string(p) {
+                    Ok(t) => (t, Some(p.to_path_buf())),
+                    Err(_) => (String::new(), None),
+                }
+            }
+        };
+        Self::from_toml_str(&text, source, env)
+    }
+
+    /// Parses TOML text, applies env overrides and validates.
+    pub fn from_toml_str(
+        text: &str,
+        source: Option<PathBuf>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigErrors> {
+        let label = source
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "<defaults>".to_string());
+        let mut raw: RawConfig = match toml::from_str(text) {
+            Ok(r) => r,
+            Err(e) => {
+                let line = e
+                    .span()
+                    .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+                let msg = e.message().trim().to_string();
+                return Err(ConfigErrors(vec![match line {
+                    Some(l) => format!("config file {label}:{l}: {msg}"),
+                    None => format!("config file {label}: {msg}"),
+                }]));
+            }
+        };
+        apply_env(&mut raw, env);
+        validate(raw, source, &label)
+    }
+}
+
+impl Config {
+    /// Built-in defaults with no file and no environment (tests start from here).
+    pub fn defaults() -> Config {
+        match Config::from_toml_str("", None, &|_| None) {
+            Ok(c) => c,
+            Err(e) => panic!("built-in defaults must validate: {e}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigErrors> {
+        Config::from_toml_str(text, Some(PathBuf::from("t.toml")), &|_| None)
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let c = Config::defaults();
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:8586");
+        assert_eq!(c.server.admin_listen.to_string(), "127.0.0.1:9586");
+        assert_eq!(c.server.max_body_bytes, 16_777_216);
+        assert_eq!(c.upstream.url.to_string(), "http://127.0.0.1:8585/");
+        assert_eq!(c.secrets.provider, Provider::Embedded);
+        assert_eq!(c.secrets.cluster_name, "openmetadata");
+        assert_eq!(c.policy.bot, ReadAction::Resolve);
+        assert_eq!(c.policy.user, ReadAction::Mask);
+        assert_eq!(
+            c.auth.jwks_url.to_string(),
+            "http://127.0.0.1:8585/api/v1/system/config/jwks"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_name() {
+        let e = parse("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n").unwrap_err();
+        assert!(e.to_string().contains("lisen"), "{e}");
+        assert!(e.to_string().contains("t.toml:3"), "{e}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let e = parse("[server]\nlisten = \"nope\"\n[policy]\nbot = \"show\"\n[secrets_manager]\nprovider = \"hashicorp\"\n")
+            .unwrap_err();
+        assert_eq!(e.0.len(), 3, "{e}");
+        assert!(e.0[0].contains("server.listen"));
+    }
+
+    #[test]
+    fn env_overrides_the_file() {
+        let env = |k: &str| match k {
+            "OMSP_LISTEN" => Some("127.0.0.1:9999".to_string()),
+            "SECRET_MANAGER_TAGS" => Some("team:data, env:prod".to_string()),
+            _ => None,
+        };
+        let c = Config::from_toml_str("[server]\nlisten = \"127.0.0.1:1\"\n", None, &env).unwrap();
+        assert_eq!(c.server.listen.port(), 9999);
+        assert_eq!(
+            c.secrets.tags,
+            vec![
+                ("team".into(), "data".into()),
+                ("env".into(), "prod".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn non_embedded_providers_need_a_fernet_key() {
+        let e = parse("[secrets_manager]\nprovider = \"db\"\n").unwrap_err();
+        assert!(e.to_string().contains("fernet.key"), "{e}");
+    }
+
+    #[test]
+    fn openbao_needs_address_and_token() {
+        let e = parse("[secrets_manager]\nprovider = \"openbao\"\n[fernet]\nkey = \"jJ/9sz0g0OHxsfxOoSfdFdmk3ysNmPRnH3TUAbz3IHA=\"\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("parameters.address"), "{e}");
+        assert!(e.to_string().contains("parameters.token"), "{e}");
+    }
+
+    const KEY: &str = "[fernet]\nkey = \"jJ/9sz0g0OHxsfxOoSfdFdmk3ysNmPRnH3TUAbz3IHA=\"\n";
+
+    #[test]
+    fn azure_gcp_and_kubernetes_take_openmetadatas_environment_variables() {
+        let env = |k: &str| {
+            Some(
+                match k {
+                    "OM_SM_VAULT_NAME" => "acme-vault",
+                    "OM_SM_CLIENT_ID" => "cid",
+                    "OM_SM_CLIENT_SECRET" => "csecret",
+                    "OM_SM_TENANT_ID" => "tid",
+                    "OM_SM_PROJECT_ID" => "acme-project",
+                    "GOOGLE_CLOUD_PROJECT" => "loses-to-om-sm-project-id",
+                    "OM_SM_NAMESPACE" => "om-secrets",
+                    "OM_SM_IN_CLUSTER" => "true",
+                    "SECRET_MANAGER" => "kubernetes",
+                    _ => return None,
+                }
+                .to_string(),
+            )
+        };
+        let c = Config::from_toml_str(KEY, None, &env).unwrap();
+        assert_eq!(c.secrets.provider, Provider::Kubernetes);
+        assert!(c.secrets.provider.is_managed());
+        let az = &c.secrets.azure;
+        assert_eq!(
+            az.vault_url.as_ref().unwrap().to_string(),
+            "https://acme-vault.vault.azure.net/"
+        );
+        assert_eq!(
+            (
+                az.client_id.as_deref(),
+                az.client_secret.as_deref(),
+                az.tenant_id.as_deref()
+            ),
+            (Some("cid"), Some("csecret"), Some("tid"))
+        );
+        assert_eq!(c.secrets.gcp.project_id.as_deref(), Some("acme-project"));
+        assert_eq!(c.secrets.kubernetes.namespace, "om-secrets");
+        assert!(c.secrets.kubernetes.in_cluster);
+    }
+
+    #[test]
+    fn azure_kv_is_not_managed_and_needs_a_vault() {
+        assert!(!Provider::AzureKv.is_managed());
+        assert!(Provider::ManagedAzureKv.is_managed());
+        let e = parse(&format!(
+            "{KEY}[secrets_manager]\nprovider = \"azure-kv\"\n"
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("vault_name"), "{e}");
+        let e = parse(&format!(
+            "{KEY}[secrets_manager]\nprovider = \"azure-kv\"\n[secrets_manager.parameters]\nvault_name = \"x\"\nclient_secret = \"s\"\n"
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("vault_name"), "{e}");
+        assert!(e.to_string().contains("client_secret"), "{e}");
+    }
+
+    #[test]
+    fn kubernetes_without_in_cluster_needs_an_existing_kubeconfig() {
+        let e = parse(&format!(
+            "{KEY}[secrets_manager]\nprovider = \"kubernetes\"\n[secrets_manager.parameters]\nkubeconfig_path = \"/nonexistent/kubeconfig\"\n"
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("kubeconfig_path"), "{e}");
+    }
+}
