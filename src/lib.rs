@@ -102,7 +102,7 @@ pub async fn build_app_with_store(
         ids: rules::ids::IdBuilder::new(&config.secrets.prefix, &config.secrets.cluster_name),
         store: store.clone(),
         fernet,
-        managed: config.secrets.provider.is_managed(),
+        managed: config.secrets.provider.managed,
         wrap_references: config.fernet.wrap_references,
         service_token: config.upstream.service_token.clone(),
         auth: Some(auth),

@@ -195,7 +195,7 @@ async fn embedded_provider_caller_matrix() {
 async fn db_provider_caller_matrix() {
     let emu = Emulator::start().await;
     let mut cfg = config_for(&emu.url());
-    cfg.secrets.provider = om_secrets_proxy::config::Provider::Db;
+    cfg.secrets.provider = om_secrets_proxy::config::Provider::parse("db").expect("db");
     cfg.fernet.keys = vec![om_secrets_proxy::secrets::fernet::FernetKeys::generate_key()];
     let gw = start_gateway(cfg).await;
     matrix(&emu, &gw, Sees::Mask).await;

@@ -68,72 +68,76 @@ pub struct RulesConfig {
     pub safety_net_keys: Vec<String>,
 }
 
+/// Where secret values live (one store implementation each).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Provider {
+pub enum Backend {
     Embedded,
+    /// OpenMetadata's own database: nothing is stored by the gateway.
     Db,
-    ManagedAws,
-    Aws,
-    ManagedAwsSsm,
+    AwsSecretsManager,
     AwsSsm,
-    ManagedOpenbao,
-    Openbao,
-    ManagedAzureKv,
-    AzureKv,
+    OpenBao,
+    AzureKeyVault,
     Gcp,
     Kubernetes,
 }
 
+/// `secrets_manager.provider`, by OpenMetadata's names: a backend, and whether the gateway
+/// manages the values (moves plain values into the store and forwards references) or, as
+/// OpenMetadata's non-managed providers do, forwards Fernet tokens and keeps references the
+/// user typed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Provider {
+    pub backend: Backend,
+    pub managed: bool,
+}
+
+/// Every provider name with its backend and mode.
+const PROVIDERS: &[(&str, Backend, bool)] = &[
+    ("embedded", Backend::Embedded, true),
+    ("db", Backend::Db, false),
+    ("managed-aws", Backend::AwsSecretsManager, true),
+    ("aws", Backend::AwsSecretsManager, false),
+    ("managed-aws-ssm", Backend::AwsSsm, true),
+    ("aws-ssm", Backend::AwsSsm, false),
+    ("managed-openbao", Backend::OpenBao, true),
+    ("openbao", Backend::OpenBao, false),
+    ("managed-azure-kv", Backend::AzureKeyVault, true),
+    ("azure-kv", Backend::AzureKeyVault, false),
+    ("gcp", Backend::Gcp, true),
+    ("kubernetes", Backend::Kubernetes, true),
+];
+
 impl Provider {
+    pub const EMBEDDED: Provider = Provider {
+        backend: Backend::Embedded,
+        managed: true,
+    };
+
     pub fn parse(s: &str) -> Option<Provider> {
-        Some(
-            match s.trim().to_ascii_lowercase().replace('_', "-").as_str() {
-                "embedded" => Provider::Embedded,
-                "db" => Provider::Db,
-                "managed-aws" => Provider::ManagedAws,
-                "aws" => Provider::Aws,
-                "managed-aws-ssm" => Provider::ManagedAwsSsm,
-                "aws-ssm" => Provider::AwsSsm,
-                "managed-openbao" => Provider::ManagedOpenbao,
-                "openbao" => Provider::Openbao,
-                "managed-azure-kv" => Provider::ManagedAzureKv,
-                "azure-kv" => Provider::AzureKv,
-                "gcp" => Provider::Gcp,
-                "kubernetes" => Provider::Kubernetes,
-                _ => return None,
-            },
-        )
+        let s = s.trim().to_ascii_lowercase().replace('_', "-");
+        PROVIDERS
+            .iter()
+            .find(|(n, _, _)| *n == s)
+            .map(|&(_, backend, managed)| Provider { backend, managed })
     }
 
+    /// OpenMetadata's name of this provider.
     pub fn name(self) -> &'static str {
-        match self {
-            Provider::Embedded => "embedded",
-            Provider::Db => "db",
-            Provider::ManagedAws => "managed-aws",
-            Provider::Aws => "aws",
-            Provider::ManagedAwsSsm => "managed-aws-ssm",
-            Provider::AwsSsm => "aws-ssm",
-            Provider::ManagedOpenbao => "managed-openbao",
-            Provider::Openbao => "openbao",
-            Provider::ManagedAzureKv => "managed-azure-kv",
-            Provider::AzureKv => "azure-kv",
-            Provider::Gcp => "gcp",
-            Provider::Kubernetes => "kubernetes",
-        }
+        PROVIDERS
+            .iter()
+            .find(|(_, b, m)| *b == self.backend && *m == self.managed)
+            .map(|(n, _, _)| *n)
+            .unwrap_or("embedded")
     }
 
-    /// Managed providers move plain values into the store; the others forward Fernet tokens.
-    pub fn is_managed(self) -> bool {
-        matches!(
-            self,
-            Provider::Embedded
-                | Provider::ManagedAws
-                | Provider::ManagedAwsSsm
-                | Provider::ManagedOpenbao
-                | Provider::ManagedAzureKv
-                | Provider::Gcp
-                | Provider::Kubernetes
-        )
+    /// Every name `parse` takes, for messages.
+    pub fn names() -> String {
+        PROVIDERS
+            .iter()
+            .map(|(n, _, _)| *n)
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -360,7 +364,7 @@ mod tests {
         assert_eq!(c.server.admin_listen.to_string(), "127.0.0.1:9586");
         assert_eq!(c.server.max_body_bytes, 16_777_216);
         assert_eq!(c.upstream.url.to_string(), "http://127.0.0.1:8585/");
-        assert_eq!(c.secrets.provider, Provider::Embedded);
+        assert_eq!(c.secrets.provider, Provider::EMBEDDED);
         assert_eq!(c.secrets.cluster_name, "openmetadata");
         assert_eq!(c.policy.bot, ReadAction::Resolve);
         assert_eq!(c.policy.user, ReadAction::Mask);
@@ -439,8 +443,8 @@ mod tests {
             )
         };
         let c = Config::from_toml_str(KEY, None, &env).unwrap();
-        assert_eq!(c.secrets.provider, Provider::Kubernetes);
-        assert!(c.secrets.provider.is_managed());
+        assert_eq!(c.secrets.provider.backend, Backend::Kubernetes);
+        assert!(c.secrets.provider.managed);
         let az = &c.secrets.azure;
         assert_eq!(
             az.vault_url.as_ref().unwrap().to_string(),
@@ -461,8 +465,8 @@ mod tests {
 
     #[test]
     fn azure_kv_is_not_managed_and_needs_a_vault() {
-        assert!(!Provider::AzureKv.is_managed());
-        assert!(Provider::ManagedAzureKv.is_managed());
+        assert!(!Provider::parse("azure-kv").unwrap().managed);
+        assert!(Provider::parse("managed-azure-kv").unwrap().managed);
         let e = parse(&format!(
             "{KEY}[secrets_manager]\nprovider = \"azure-kv\"\n"
         ))

@@ -193,12 +193,9 @@ fn validate_secrets(sm: RawSecretsManager, err: Err<'_>) -> SecretsConfig {
         None => {
             err(
                 "secrets_manager.provider",
-                format!(
-                    "{:?} is not one of embedded, db, managed-aws, aws, managed-aws-ssm, aws-ssm, managed-openbao, openbao, managed-azure-kv, azure-kv, gcp, kubernetes",
-                    sm.provider
-                ),
+                format!("{:?} is not one of {}", sm.provider, Provider::names()),
             );
-            Provider::Embedded
+            Provider::EMBEDDED
         }
     };
     let cluster_name = sm.cluster_name.trim().to_string();
@@ -311,7 +308,7 @@ fn validate_openbao(
         None => None,
     };
     let bao_token = opt(token);
-    if matches!(provider, Provider::ManagedOpenbao | Provider::Openbao) {
+    if provider.backend == Backend::OpenBao {
         if bao_address.is_none() {
             err(
                 "secrets_manager.parameters.address",
@@ -396,7 +393,7 @@ fn validate_fernet(raw: RawFernet, provider: Provider, err: Err<'_>) -> FernetCo
             );
         }
     }
-    if keys.is_empty() && !matches!(provider, Provider::Embedded) {
+    if keys.is_empty() && provider.backend != Backend::Embedded {
         err(
             "fernet.key",
             format!(
@@ -542,7 +539,7 @@ fn validate_azure(
     provider: Provider,
     err: &mut dyn FnMut(&str, String),
 ) -> AzureParams {
-    let on = matches!(provider, Provider::ManagedAzureKv | Provider::AzureKv);
+    let on = provider.backend == Backend::AzureKeyVault;
     let name = p.vault_name.trim();
     let mut vault_url = None;
     if !p.vault_url.trim().is_empty() {
@@ -607,7 +604,7 @@ fn validate_gcp(
     provider: Provider,
     err: &mut dyn FnMut(&str, String),
 ) -> GcpParams {
-    let on = provider == Provider::Gcp;
+    let on = provider.backend == Backend::Gcp;
     let project_id = opt(p.project_id.clone());
     if let Some(id) = &project_id {
         if !id
@@ -651,7 +648,7 @@ fn validate_kubernetes(
     provider: Provider,
     err: &mut dyn FnMut(&str, String),
 ) -> KubernetesParams {
-    let on = provider == Provider::Kubernetes;
+    let on = provider.backend == Backend::Kubernetes;
     let namespace = p.namespace.trim().to_string();
     let label_ok = !namespace.is_empty()
         && namespace.len() <= 63

@@ -102,22 +102,22 @@ pub async fn open_store(
     keys: &fernet::FernetKeys,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
 ) -> Result<std::sync::Arc<dyn SecretStore>, String> {
-    use crate::config::Provider;
+    use crate::config::Backend;
     use std::sync::Arc;
     let sm = &config.secrets;
-    let backend: Arc<dyn SecretStore> = match sm.provider {
-        Provider::Embedded => Arc::new(embedded::EmbeddedStore::open(&sm.embedded_path, keys)?),
+    let backend: Arc<dyn SecretStore> = match sm.provider.backend {
+        Backend::Embedded => Arc::new(embedded::EmbeddedStore::open(&sm.embedded_path, keys)?),
         // `db` keeps nothing outside OpenMetadata: values travel as Fernet tokens.
-        Provider::Db => Arc::new(memory::MemoryStore::new()),
-        Provider::ManagedAws | Provider::Aws => Arc::new(aws::SecretsManagerStore::new(
+        Backend::Db => Arc::new(memory::MemoryStore::new()),
+        Backend::AwsSecretsManager => Arc::new(aws::SecretsManagerStore::new(
             &aws::sdk_config(sm).await,
             sm.tags.clone(),
         )),
-        Provider::ManagedAwsSsm | Provider::AwsSsm => Arc::new(aws::SsmStore::new(
+        Backend::AwsSsm => Arc::new(aws::SsmStore::new(
             &aws::sdk_config(sm).await,
             sm.tags.clone(),
         )),
-        Provider::ManagedOpenbao | Provider::Openbao => {
+        Backend::OpenBao => {
             let address = sm
                 .bao_address
                 .clone()
@@ -137,19 +137,19 @@ pub async fn open_store(
             .map_err(|e| format!("openbao client: {e}"))?;
             Arc::new(openbao::OpenBaoStore::new(client, &token, &sm.bao_mount)?)
         }
-        Provider::ManagedAzureKv | Provider::AzureKv => Arc::new(azure::AzureKeyVaultStore::new(
+        Backend::AzureKeyVault => Arc::new(azure::AzureKeyVaultStore::new(
             &sm.azure,
             sm.tags.clone(),
             config.upstream.ca_file.as_deref(),
             &process_env,
         )?),
-        Provider::Gcp => Arc::new(gcp::SecretManagerStore::new(
+        Backend::Gcp => Arc::new(gcp::SecretManagerStore::new(
             &sm.gcp,
             &sm.tags,
             config.upstream.ca_file.as_deref(),
             &process_env,
         )?),
-        Provider::Kubernetes => Arc::new(kubernetes::KubernetesStore::new(
+        Backend::Kubernetes => Arc::new(kubernetes::KubernetesStore::new(
             kubernetes::Connection::from_params(&sm.kubernetes, &process_env)?,
             &sm.kubernetes.namespace,
             &sm.tags,
@@ -175,13 +175,9 @@ pub fn wrap_store(
     // Write quotas: AWS's 50 writes/s per region and Google Secret Manager's 600 writes/min
     // per project, each shared by every client. Local, OpenBao, Azure (4,000 calls per 10 s
     // per vault, reads included) and Kubernetes stores are not rate-limited.
-    use crate::config::Provider;
-    let rate = match sm.provider {
-        Provider::ManagedAws
-        | Provider::Aws
-        | Provider::ManagedAwsSsm
-        | Provider::AwsSsm
-        | Provider::Gcp => Some(sm.write_rate_per_sec),
+    use crate::config::Backend;
+    let rate = match sm.provider.backend {
+        Backend::AwsSecretsManager | Backend::AwsSsm | Backend::Gcp => Some(sm.write_rate_per_sec),
         _ => None,
     };
     let resilient: Arc<dyn SecretStore> =
