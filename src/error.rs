@@ -84,28 +84,6 @@ impl GatewayError {
     }
 }
 
-impl From<crate::secrets::StoreError> for GatewayError {
-    /// A store failure is never taken for "absent": nothing is forwarded (503). The detail is
-    /// logged (it never holds a value); the caller gets a fixed message.
-    fn from(e: crate::secrets::StoreError) -> GatewayError {
-        tracing::warn!(error = %e, detail = e.detail(), "secret store call failed");
-        GatewayError::StoreUnavailable(
-            "the secrets store is unreachable; nothing was forwarded".into(),
-        )
-    }
-}
-
-impl From<crate::secrets::transaction::TxnError> for GatewayError {
-    fn from(e: crate::secrets::transaction::TxnError) -> GatewayError {
-        match e {
-            crate::secrets::transaction::TxnError::Conflict(_) => {
-                GatewayError::Conflict(e.to_string())
-            }
-            crate::secrets::transaction::TxnError::Store(s) => s.into(),
-        }
-    }
-}
-
 /// An OpenMetadata-shaped JSON error response.
 pub fn error_response(status: StatusCode, message: &str) -> Response<Body> {
     let body = serde_json::json!({ "code": status.as_u16(), "message": message });

@@ -21,6 +21,24 @@ use raw::RawConfig;
 pub use raw::DEFAULT_SAFETY_NET_KEYS;
 use validate::validate;
 
+/// A Fernet key in url-safe base64 with padding: keys in the standard alphabet and without
+/// padding (as OpenMetadata's default key is written) are accepted too.
+pub fn normalise_fernet_key(key: &str) -> String {
+    let mut k: String = key
+        .trim()
+        .chars()
+        .map(|c| match c {
+            '+' => '-',
+            '/' => '_',
+            c => c,
+        })
+        .collect();
+    while k.len() % 4 != 0 {
+        k.push('=');
+    }
+    k
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub server: ServerConfig,

@@ -383,7 +383,7 @@ fn validate_fernet(raw: RawFernet, provider: Provider, err: Err<'_>) -> FernetCo
         .filter(|k| !k.is_empty())
         .collect();
     for (i, k) in keys.iter().enumerate() {
-        if crate::secrets::fernet::parse_key(k).is_none() {
+        if fernet::Fernet::new(&normalise_fernet_key(k)).is_none() {
             err(
                 "fernet.key",
                 format!(

@@ -17,19 +17,7 @@ impl std::fmt::Debug for FernetKeys {
 
 /// Parses one key, tolerating the standard base64 alphabet and missing padding.
 pub fn parse_key(key: &str) -> Option<fernet::Fernet> {
-    let mut k: String = key
-        .trim()
-        .chars()
-        .map(|c| match c {
-            '+' => '-',
-            '/' => '_',
-            c => c,
-        })
-        .collect();
-    while k.len() % 4 != 0 {
-        k.push('=');
-    }
-    fernet::Fernet::new(&k)
+    fernet::Fernet::new(&crate::config::normalise_fernet_key(key))
 }
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]

@@ -52,6 +52,17 @@ impl StoreError {
     }
 }
 
+impl From<StoreError> for crate::error::GatewayError {
+    /// A store failure is never taken for "absent": nothing is forwarded (503). The detail is
+    /// logged (it never holds a value); the caller gets a fixed message.
+    fn from(e: StoreError) -> crate::error::GatewayError {
+        tracing::warn!(error = %e, detail = e.detail(), "secret store call failed");
+        crate::error::GatewayError::StoreUnavailable(
+            "the secrets store is unreachable; nothing was forwarded".into(),
+        )
+    }
+}
+
 /// Where secret values live.
 pub trait SecretStore: Send + Sync {
     /// The value stored under `id`; `Ok(None)` only when the store says it does not exist.

@@ -147,6 +147,15 @@ impl EntityLocks {
     }
 }
 
+impl From<TxnError> for crate::error::GatewayError {
+    fn from(e: TxnError) -> crate::error::GatewayError {
+        match e {
+            TxnError::Conflict(_) => crate::error::GatewayError::Conflict(e.to_string()),
+            TxnError::Store(s) => s.into(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
