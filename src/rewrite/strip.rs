@@ -133,13 +133,15 @@ impl Stripper<'_> {
         forwarded_reference(self.fernet, self.wrap_references, id).map(Value::String)
     }
 
-    fn own(&self, id: &str) -> bool {
+    /// `id` lies under this entity's root.
+    pub(crate) fn own(&self, id: &str) -> bool {
         id.len() > self.root.len() + 1
             && id.starts_with(self.root.as_str())
             && id.as_bytes()[self.root.len()] == b'/'
     }
 
-    fn granted(&self, id: &str) -> bool {
+    /// `id` lies under a prefix the rule lets any entity refer to.
+    pub(crate) fn granted(&self, id: &str) -> bool {
         self.rule
             .allowed_reference_prefixes
             .iter()

@@ -1,0 +1,220 @@
+//! One driver for the commands that change things (`migrate`, `migrate --reverse`,
+//! `rotate-fernet`): walk the chosen kinds, skip what the checkpoint says is done, pace, hand
+//! each entity to the job, print its lines, record its outcome, and write the report.
+//!
+//! A run ends in one of three ways: complete (the checkpoint is deleted), stopped because
+//! OpenMetadata or the store cannot be reached (the entity in hand is not recorded, so the next
+//! run starts with it), or interrupted by Ctrl-C (the entity in hand is finished first; a second
+//! Ctrl-C exits at once, like SIGKILL, which the checkpoint also survives).
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::checkpoint::{Checkpoint, Header};
+use super::cursor::Cursor;
+use super::progress::{Pacer, Progress};
+use super::report::{write_report, EntityReport, Outcome, ReportFile, Tally};
+use super::{label, EntityError, Toolkit};
+use crate::rules::Rule;
+
+/// One entity's work in a command that changes things.
+pub(crate) trait Job {
+    /// Names the checkpoint, the report and the progress display.
+    fn command(&self) -> &'static str;
+    /// Handles one entity (as listed); in a dry run, writes nothing anywhere.
+    async fn entity(
+        &self,
+        rule: &Rule,
+        entity: Value,
+        dry_run: bool,
+    ) -> Result<EntityReport, EntityError>;
+    /// The output lines for one handled entity (never a value); failures are added by the
+    /// runner.
+    fn lines(&self, r: &EntityReport, dry_run: bool) -> Vec<String>;
+}
+
+/// The flags every such command takes.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    pub dry_run: bool,
+    /// `--kind`: rule kinds to cover (empty: the command's default).
+    pub kinds: Vec<String>,
+    /// `--report FILE`.
+    pub report: Option<PathBuf>,
+    /// The resume file (`None`, or a dry run: none is kept).
+    pub checkpoint: Option<PathBuf>,
+    /// `--rate N`: at most N entities a second.
+    pub rate: Option<f64>,
+}
+
+/// How a run went.
+#[derive(Debug)]
+pub(crate) struct RunResult {
+    pub reports: Vec<EntityReport>,
+    pub tally: Tally,
+    /// Why the run stopped before the end (OpenMetadata or the store unreachable).
+    pub stopped: Option<String>,
+    /// Ctrl-C ended the run between two entities.
+    pub interrupted: bool,
+}
+
+impl RunResult {
+    pub fn complete(&self) -> bool {
+        self.stopped.is_none() && !self.interrupted
+    }
+}
+
+/// Sets a flag on the first Ctrl-C; exits at once on the second.
+fn watch_ctrl_c() -> (Arc<AtomicBool>, tokio::task::JoinHandle<()>) {
+    let flag = Arc::new(AtomicBool::new(false));
+    let set = flag.clone();
+    let task = tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            set.store(true, Ordering::SeqCst);
+            eprintln!("interrupted: finishing the entity in hand (Ctrl-C again to stop at once)");
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(130);
+            }
+        }
+    });
+    (flag, task)
+}
+
+fn id_of(entity: &Value) -> String {
+    entity
+        .get("id")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Runs `job` over every entity of `rules`.
+pub(crate) async fn run<J: Job>(
+    tk: &Toolkit<'_>,
+    job: &J,
+    rules: Vec<&Rule>,
+    opts: &RunOptions,
+    out: &mut dyn FnMut(String),
+) -> Result<RunResult, String> {
+    let mut checkpoint = match opts.checkpoint.as_deref().filter(|_| !opts.dry_run) {
+        None => None,
+        Some(path) => {
+            let header = Header {
+                checkpoint: 1,
+                command: job.command().to_string(),
+                kinds: rules.iter().map(|r| r.kind.clone()).collect(),
+                upstream: tk
+                    .upstream
+                    .uri_for("/")
+                    .map(|u| u.to_string())
+                    .unwrap_or_default(),
+            };
+            Some(Checkpoint::open(path, &header)?)
+        }
+    };
+    let mut reports: Vec<EntityReport> = checkpoint
+        .as_mut()
+        .map(|c| std::mem::take(&mut c.done))
+        .unwrap_or_default();
+    let resumed = reports.len();
+    if let Some(c) = checkpoint.as_ref().filter(|_| resumed > 0) {
+        out(format!(
+            "resuming from {}: {resumed} entities already done",
+            c.path().display()
+        ));
+    }
+    let mut done: HashSet<(String, String)> = reports.iter().map(EntityReport::key).collect();
+    let (interrupt, watcher) = watch_ctrl_c();
+    let mut cursor = Cursor::new(tk, rules);
+    let mut progress = Progress::new(job.command(), cursor.total().await, resumed as u64);
+    let mut pacer = Pacer::new(opts.rate);
+    let mut stopped = None;
+    let mut interrupted = false;
+    loop {
+        if interrupt.load(Ordering::SeqCst) {
+            interrupted = true;
+            break;
+        }
+        let (rule, entity) = match cursor.next().await {
+            Ok(Some(next)) => next,
+            Ok(None) => break,
+            Err(e) => {
+                stopped = Some(e.message().to_string());
+                break;
+            }
+        };
+        let key = (rule.kind.clone(), id_of(&entity));
+        if done.contains(&key) {
+            continue;
+        }
+        pacer.wait().await;
+        let report = match job.entity(rule, entity.clone(), opts.dry_run).await {
+            Ok(r) => r,
+            Err(e) => {
+                let mut r = EntityReport::of(rule, &entity);
+                r.outcome = Outcome::Failed;
+                r.error = Some(e.message().to_string());
+                if let EntityError::Stop(why) = e {
+                    progress.println(out, failed_line(&r));
+                    stopped = Some(why);
+                    break;
+                }
+                r
+            }
+        };
+        for line in job.lines(&report, opts.dry_run) {
+            progress.println(out, line);
+        }
+        if report.error.is_some() {
+            progress.println(out, failed_line(&report));
+        }
+        if let Some(c) = checkpoint.as_mut() {
+            if let Err(e) = c.record(&report) {
+                stopped = Some(e);
+                break;
+            }
+        }
+        done.insert(key);
+        reports.push(report);
+        progress.inc();
+    }
+    watcher.abort();
+    progress.finish();
+    let result = RunResult {
+        tally: Tally::of(&reports),
+        reports,
+        stopped,
+        interrupted,
+    };
+    if result.complete() {
+        if let Some(c) = checkpoint {
+            c.finish()?;
+        }
+    }
+    if let Some(path) = &opts.report {
+        write_report(
+            path,
+            &ReportFile {
+                command: job.command(),
+                dry_run: opts.dry_run,
+                complete: result.complete(),
+                stopped: result.stopped.as_deref(),
+                summary: &result.tally,
+                entities: &result.reports,
+            },
+        )?;
+    }
+    Ok(result)
+}
+
+fn failed_line(r: &EntityReport) -> String {
+    format!(
+        "failed {}: {}",
+        label(&r.kind, &r.name),
+        r.error.as_deref().unwrap_or("unknown")
+    )
+}
