@@ -16,7 +16,8 @@
 //!
 //! With a managed provider and every kind audited, the store's ids under the gateway's head
 //! that nothing refers to are orphans (owner markers `<root>/.owner` are not secrets and are
-//! ignored); `--delete-orphans` removes them. With the embedded store every value is also
+//! ignored; a field holding a mask counts as referring to its own id, which the write path
+//! keeps for it); `--delete-orphans` removes them. With the embedded store every value is also
 //! read, so one no configured key opens (after `rotate-fernet`, with the new key alone) is
 //! found. With non-managed providers references are the user's own and are not judged.
 
@@ -232,6 +233,11 @@ impl Auditor<'_, '_> {
             self.result.secret_fields += 1;
             let own = tk.ids.id(&root, rule.field_steps(&f.steps));
             if let Some((problem, reference)) = self.judge(rule, &own, v).await? {
+                if problem == Problem::Mask {
+                    // A mask stands for what the store holds under the field's own id (the
+                    // write path keeps it): that secret is not an orphan.
+                    self.referenced.insert(own.clone());
+                }
                 self.result.findings.push(Finding {
                     kind: rule.kind.clone(),
                     name: name.to_string(),

@@ -104,11 +104,7 @@ impl Progress {
         };
         let mut s = format!("progress: {} {}", self.command, self.done);
         if let Some(t) = self.total {
-            let pct = if t == 0 {
-                100
-            } else {
-                (self.done * 100 / t).min(100)
-            };
+            let pct = (self.done * 100).checked_div(t).map_or(100, |p| p.min(100));
             s.push_str(&format!("/{t} entities ({pct}%)"));
         } else {
             s.push_str(" entities");
