@@ -384,7 +384,7 @@ async fn a_run_killed_halfway_and_resumed_ends_as_an_uninterrupted_run() {
     );
     let done_before = lines_of(&checkpoint) - 1;
     assert!(
-        done_before >= N / 3 && done_before < N,
+        (N / 3..N).contains(&done_before),
         "{done_before} entities done"
     );
 
@@ -465,7 +465,7 @@ async fn ctrl_c_stops_between_entities_and_the_next_run_continues() {
         "{stdout}"
     );
     let done = lines_of(&checkpoint) - 1;
-    assert!(done >= 20 && done < 200, "{done}");
+    assert!((20..200).contains(&done), "{done}");
 
     let resumed = run(&config, &["migrate"]).await;
     assert_eq!(
