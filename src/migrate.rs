@@ -40,7 +40,7 @@ pub(crate) struct Migrator<'t, 'a> {
 }
 
 /// A reference to another entity's secret whose value the entity now gets its own copy of.
-struct Copy {
+struct Adopted {
     field: String,
     from: String,
 }
@@ -133,7 +133,7 @@ impl Job for Migrator<'_, '_> {
 impl Migrator<'_, '_> {
     /// Replaces each reference to another entity's secret by that secret's value (read from
     /// the store), so the strip stores it under the field's own id.
-    async fn adopt(&self, s: &Stripper<'_>, doc: &mut Value) -> Result<Vec<Copy>, EntityError> {
+    async fn adopt(&self, s: &Stripper<'_>, doc: &mut Value) -> Result<Vec<Adopted>, EntityError> {
         let tk = self.tk;
         let mut copies = Vec::new();
         for f in tk.rules.find_secrets(s.rule, doc) {
@@ -153,7 +153,7 @@ impl Migrator<'_, '_> {
             if let Some(slot) = get_mut(doc, &f.steps) {
                 *slot = Value::String(value);
             }
-            copies.push(Copy { field, from: r });
+            copies.push(Adopted { field, from: r });
         }
         Ok(copies)
     }
@@ -179,7 +179,7 @@ fn keep_equivalent_references(tk: &Toolkit<'_>, rule: &Rule, entity: &Value, res
 }
 
 /// The report's field lines, from the strip's audit entries.
-fn fields(stripped: &Stripped, copies: &[Copy], report: &mut EntityReport) {
+fn fields(stripped: &Stripped, copies: &[Adopted], report: &mut EntityReport) {
     for a in &stripped.audit {
         let copy = copies.iter().find(|c| c.field == a.field);
         let action = match (a.op, copy) {

@@ -724,3 +724,83 @@ async fn reverse_then_migrate_ends_where_it_started() {
     assert_eq!(unversioned(site.upstream()), up);
     assert_eq!(site.stored(&[OLD_KEY]).await, st);
 }
+
+fn external(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(v) if !v.is_empty() => Some(v),
+        _ => {
+            assert!(
+                std::env::var_os("OMSP_REQUIRE_EXTERNAL").is_none(),
+                "{var} is not set: run ./scripts/test.sh"
+            );
+            eprintln!("skipping: {var} is not set (run ./scripts/test.sh)");
+            None
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_and_migrate_work_the_same_against_secrets_manager_on_moto() {
+    let Some(url) = external("OMSP_TEST_MOTO_URL") else {
+        return;
+    };
+    // A prefix of its own keeps the shared moto's other secrets out of this audit.
+    let prefix = format!("toolkit-{:08x}", fastrand::u32(..));
+    let ids = om_secrets_proxy::rules::ids::IdBuilder::new(&prefix, "openmetadata");
+    let f = support::fleet::fleet_with(&ids, 60, Mix::All, 2, &keys(&[OLD_KEY]), false);
+    let emu = Emulator::start().await;
+    f.seed(&emu);
+    let dir = tempfile::tempdir().expect("tmp");
+    let text = format!(
+        "[upstream]\nurl = \"{}\"\nservice_token = \"{}\"\n[rules]\ndir = \"{}/rules\"\n\
+         [secrets_manager]\nprovider = \"managed-aws\"\nprefix = \"{prefix}\"\nwrite_rate_per_sec = 50\n\
+         [secrets_manager.parameters]\nregion = \"us-east-1\"\naccess_key_id = \"testing\"\n\
+         secret_access_key = \"testing\"\nendpoint_url = \"{url}\"\npath = \"{}\"\n[fernet]\nkey = \"{OLD_KEY}\"\n",
+        emu.url(),
+        jwt::bot(),
+        env!("CARGO_MANIFEST_DIR"),
+        dir.path().join("unused.db").display()
+    );
+    let config = dir.path().join("moto.toml");
+    std::fs::write(&config, &text).expect("config");
+    let cfg =
+        om_secrets_proxy::config::Config::from_toml_str(&text, None, &|_| None).expect("config");
+    let store = om_secrets_proxy::secrets::open_store(
+        &cfg,
+        &keys(&[OLD_KEY]),
+        std::sync::Arc::new(om_secrets_proxy::metrics::Metrics::default()),
+    )
+    .await
+    .expect("store");
+    store.put_many(&f.store).await.expect("seed moto");
+
+    let audit = run(&config, &["audit", "--json"]).await;
+    assert_eq!(audit.code, Some(1), "{}", audit.stderr);
+    let a = audit.json();
+    assert_eq!(findings(&a), f.expected_findings());
+    assert_eq!(
+        strings(&a["orphans"]),
+        f.orphans.iter().cloned().collect::<BTreeSet<_>>()
+    );
+    let m = run(&config, &["migrate"]).await;
+    assert_eq!(m.code, Some(0), "{}{}", m.stdout, m.stderr);
+    for p in &f.planted {
+        assert_eq!(
+            store.get(&p.id).await.expect("moto").as_deref(),
+            Some(p.value.as_str())
+        );
+    }
+    let deleted = run(&config, &["audit", "--delete-orphans"]).await;
+    assert_eq!(
+        deleted.code,
+        Some(0),
+        "{}{}",
+        deleted.stdout,
+        deleted.stderr
+    );
+    let clean = run(&config, &["audit"]).await;
+    assert_eq!(clean.code, Some(0), "{}{}", clean.stdout, clean.stderr);
+    assert!(clean
+        .stdout
+        .contains("audit: 60 entities read, 60 secret fields; clean"));
+}

@@ -21,7 +21,7 @@ use crate::App;
 const INTERRUPTED: u8 = 130;
 
 /// The toolkit over a built gateway; it needs the service token.
-pub fn toolkit<'a>(gateway: &'a Gateway, rules: &'a RuleSet) -> Result<Toolkit<'a>, String> {
+pub(crate) fn toolkit<'a>(gateway: &'a Gateway, rules: &'a RuleSet) -> Result<Toolkit<'a>, String> {
     let Some(service_auth) = gateway.service_auth.clone() else {
         return Err("needs upstream.service_token (OMSP_SERVICE_TOKEN): a bot's JWT, since only bots read secrets in clear".into());
     };
@@ -342,4 +342,86 @@ fn audit_lines(r: &AuditResult, managed: bool) -> Vec<String> {
     }
     out.push(summary);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::toolkit::audit::Finding;
+
+    fn finding(problem: Problem, reference: Option<&str>) -> Finding {
+        Finding {
+            kind: "databaseService".into(),
+            name: "svc".into(),
+            id: "1".into(),
+            field: "$.connection.config.password".into(),
+            problem,
+            reference: reference.map(str::to_string),
+            expected: Some("/om/database/svc/password".into()),
+        }
+    }
+
+    #[test]
+    fn audit_lines_name_the_problem_the_entity_and_the_field_and_end_in_a_summary() {
+        let mut r = AuditResult {
+            entities: 2,
+            secret_fields: 3,
+            findings: vec![
+                finding(Problem::Plaintext, None),
+                finding(
+                    Problem::ForeignReference,
+                    Some("/om/database/other/password"),
+                ),
+            ],
+            orphans_checked: true,
+            orphans: vec!["/om/database/gone/password".into()],
+            ..Default::default()
+        };
+        r.counts.insert("plaintext", 1);
+        r.counts.insert("foreign-reference", 1);
+        r.counts.insert("orphan", 1);
+        let lines = audit_lines(&r, true);
+        assert_eq!(
+            lines[0],
+            "plaintext databaseService \"svc\" $.connection.config.password"
+        );
+        assert_eq!(
+            lines[1],
+            "foreign-reference databaseService \"svc\" $.connection.config.password -> secret:/om/database/other/password (its own id is secret:/om/database/svc/password)"
+        );
+        assert_eq!(lines[2], "orphan secret:/om/database/gone/password");
+        assert_eq!(
+            lines[3],
+            "audit: 2 entities read, 3 secret fields; not clean: 1 foreign-reference, 1 orphan, 1 plaintext"
+        );
+    }
+
+    #[test]
+    fn a_clean_audit_says_so_and_notes_unjudged_orphans() {
+        let r = AuditResult {
+            clean: true,
+            entities: 5,
+            secret_fields: 5,
+            ..Default::default()
+        };
+        assert_eq!(
+            audit_lines(&r, true),
+            vec!["audit: 5 entities read, 5 secret fields; clean; orphans not judged (not every kind was audited)"]
+        );
+    }
+
+    #[test]
+    fn the_checkpoint_goes_beside_the_embedded_store_named_after_the_command() {
+        let mut cfg = Config::from_toml_str("", None, &|_| None).expect("config");
+        cfg.secrets.embedded_path = PathBuf::from("/var/lib/omsp/secrets.db");
+        assert_eq!(
+            default_checkpoint(&cfg, "migrate --reverse"),
+            PathBuf::from("/var/lib/omsp/migrate-reverse.checkpoint")
+        );
+        cfg.secrets.embedded_path = PathBuf::from("secrets.db");
+        assert_eq!(
+            default_checkpoint(&cfg, "rotate-fernet"),
+            PathBuf::from("./rotate-fernet.checkpoint")
+        );
+    }
 }

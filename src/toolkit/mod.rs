@@ -13,9 +13,9 @@ mod checkpoint;
 pub mod commands;
 mod cursor;
 mod progress;
-pub mod report;
+pub(crate) mod report;
 mod reverse;
-pub mod rotate;
+mod rotate;
 pub(crate) mod runner;
 
 use http::{header, HeaderValue, Method, Request};

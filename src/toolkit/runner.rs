@@ -100,59 +100,116 @@ pub(crate) async fn run<J: Job>(
     opts: &RunOptions,
     out: &mut dyn FnMut(String),
 ) -> Result<RunResult, String> {
-    let mut checkpoint = match opts.checkpoint.as_deref().filter(|_| !opts.dry_run) {
-        None => None,
-        Some(path) => {
-            let header = Header {
-                checkpoint: 1,
-                command: job.command().to_string(),
-                kinds: rules.iter().map(|r| r.kind.clone()).collect(),
-                upstream: tk
-                    .upstream
-                    .uri_for("/")
-                    .map(|u| u.to_string())
-                    .unwrap_or_default(),
-            };
-            Some(Checkpoint::open(path, &header)?)
-        }
-    };
-    let mut reports: Vec<EntityReport> = checkpoint
+    let mut checkpoint = open_checkpoint(tk, job.command(), &rules, opts)?;
+    let reports: Vec<EntityReport> = checkpoint
         .as_mut()
         .map(|c| std::mem::take(&mut c.done))
         .unwrap_or_default();
-    let resumed = reports.len();
-    if let Some(c) = checkpoint.as_ref().filter(|_| resumed > 0) {
+    if let Some(c) = checkpoint.as_ref().filter(|_| !reports.is_empty()) {
         out(format!(
-            "resuming from {}: {resumed} entities already done",
-            c.path().display()
+            "resuming from {}: {} entities already done",
+            c.path().display(),
+            reports.len()
         ));
     }
-    let mut done: HashSet<(String, String)> = reports.iter().map(EntityReport::key).collect();
     let (interrupt, watcher) = watch_ctrl_c();
     let mut cursor = Cursor::new(tk, rules);
-    let mut progress = Progress::new(job.command(), cursor.total().await, resumed as u64);
-    let mut pacer = Pacer::new(opts.rate);
-    let mut stopped = None;
-    let mut interrupted = false;
-    loop {
-        if interrupt.load(Ordering::SeqCst) {
-            interrupted = true;
-            break;
-        }
-        let (rule, entity) = match cursor.next().await {
-            Ok(Some(next)) => next,
-            Ok(None) => break,
-            Err(e) => {
-                stopped = Some(e.message().to_string());
-                break;
+    let mut progress = Progress::new(job.command(), cursor.total().await, reports.len() as u64);
+    let mut walk = Walk {
+        job,
+        opts,
+        checkpoint,
+        done: reports.iter().map(EntityReport::key).collect(),
+        reports,
+        stopped: None,
+    };
+    let interrupted = walk.walk(&mut cursor, &mut progress, &interrupt, out).await;
+    watcher.abort();
+    progress.finish();
+    walk.finish(interrupted)
+}
+
+/// The checkpoint of a run that changes things (none for a dry run).
+fn open_checkpoint(
+    tk: &Toolkit<'_>,
+    command: &str,
+    rules: &[&Rule],
+    opts: &RunOptions,
+) -> Result<Option<Checkpoint>, String> {
+    let Some(path) = opts.checkpoint.as_deref().filter(|_| !opts.dry_run) else {
+        return Ok(None);
+    };
+    let header = Header {
+        checkpoint: 1,
+        command: command.to_string(),
+        kinds: rules.iter().map(|r| r.kind.clone()).collect(),
+        upstream: tk
+            .upstream
+            .uri_for("/")
+            .map(|u| u.to_string())
+            .unwrap_or_default(),
+    };
+    Checkpoint::open(path, &header).map(Some)
+}
+
+/// A run in progress.
+struct Walk<'j, J> {
+    job: &'j J,
+    opts: &'j RunOptions,
+    checkpoint: Option<Checkpoint>,
+    /// Outcomes so far, a resumed run's first.
+    reports: Vec<EntityReport>,
+    done: HashSet<(String, String)>,
+    stopped: Option<String>,
+}
+
+impl<J: Job> Walk<'_, J> {
+    /// Handles entities until the walk ends or stops; true when Ctrl-C ended it.
+    async fn walk(
+        &mut self,
+        cursor: &mut Cursor<'_, '_>,
+        progress: &mut Progress,
+        interrupt: &AtomicBool,
+        out: &mut dyn FnMut(String),
+    ) -> bool {
+        let mut pacer = Pacer::new(self.opts.rate);
+        loop {
+            if interrupt.load(Ordering::SeqCst) {
+                return true;
             }
-        };
-        let key = (rule.kind.clone(), id_of(&entity));
-        if done.contains(&key) {
-            continue;
+            let (rule, entity) = match cursor.next().await {
+                Ok(Some(next)) => next,
+                Ok(None) => return false,
+                Err(e) => {
+                    self.stopped = Some(e.message().to_string());
+                    return false;
+                }
+            };
+            let key = (rule.kind.clone(), id_of(&entity));
+            if self.done.contains(&key) {
+                continue;
+            }
+            pacer.wait().await;
+            if !self.one(rule, entity, key, progress, out).await {
+                return false;
+            }
         }
-        pacer.wait().await;
-        let report = match job.entity(rule, entity.clone(), opts.dry_run).await {
+    }
+
+    /// One entity: handled, printed, recorded. False when the run must stop.
+    async fn one(
+        &mut self,
+        rule: &Rule,
+        entity: Value,
+        key: (String, String),
+        progress: &mut Progress,
+        out: &mut dyn FnMut(String),
+    ) -> bool {
+        let report = match self
+            .job
+            .entity(rule, entity.clone(), self.opts.dry_run)
+            .await
+        {
             Ok(r) => r,
             Err(e) => {
                 let mut r = EntityReport::of(rule, &entity);
@@ -160,55 +217,58 @@ pub(crate) async fn run<J: Job>(
                 r.error = Some(e.message().to_string());
                 if let EntityError::Stop(why) = e {
                     progress.println(out, failed_line(&r));
-                    stopped = Some(why);
-                    break;
+                    self.stopped = Some(why);
+                    return false;
                 }
                 r
             }
         };
-        for line in job.lines(&report, opts.dry_run) {
+        for line in self.job.lines(&report, self.opts.dry_run) {
             progress.println(out, line);
         }
         if report.error.is_some() {
             progress.println(out, failed_line(&report));
         }
-        if let Some(c) = checkpoint.as_mut() {
+        if let Some(c) = self.checkpoint.as_mut() {
             if let Err(e) = c.record(&report) {
-                stopped = Some(e);
-                break;
+                self.stopped = Some(e);
+                return false;
             }
         }
-        done.insert(key);
-        reports.push(report);
+        self.done.insert(key);
+        self.reports.push(report);
         progress.inc();
+        true
     }
-    watcher.abort();
-    progress.finish();
-    let result = RunResult {
-        tally: Tally::of(&reports),
-        reports,
-        stopped,
-        interrupted,
-    };
-    if result.complete() {
-        if let Some(c) = checkpoint {
-            c.finish()?;
+
+    /// Deletes the checkpoint of a complete run and writes the report.
+    fn finish(self, interrupted: bool) -> Result<RunResult, String> {
+        let result = RunResult {
+            tally: Tally::of(&self.reports),
+            reports: self.reports,
+            stopped: self.stopped,
+            interrupted,
+        };
+        if result.complete() {
+            if let Some(c) = self.checkpoint {
+                c.finish()?;
+            }
         }
+        if let Some(path) = &self.opts.report {
+            write_report(
+                path,
+                &ReportFile {
+                    command: self.job.command(),
+                    dry_run: self.opts.dry_run,
+                    complete: result.complete(),
+                    stopped: result.stopped.as_deref(),
+                    summary: &result.tally,
+                    entities: &result.reports,
+                },
+            )?;
+        }
+        Ok(result)
     }
-    if let Some(path) = &opts.report {
-        write_report(
-            path,
-            &ReportFile {
-                command: job.command(),
-                dry_run: opts.dry_run,
-                complete: result.complete(),
-                stopped: result.stopped.as_deref(),
-                summary: &result.tally,
-                entities: &result.reports,
-            },
-        )?;
-    }
-    Ok(result)
 }
 
 fn failed_line(r: &EntityReport) -> String {

@@ -148,10 +148,21 @@ fn state_of(i: usize, mix: Mix) -> State {
 }
 
 /// `n` entities, `orphans` orphans; `keys` encrypt the Fernet values (and the migrated
-/// references when `wrap`).
+/// references when `wrap`). Ids as the default configuration builds them.
 pub fn fleet(n: usize, mix: Mix, orphans: usize, keys: &FernetKeys, wrap: bool) -> Fleet {
+    fleet_with(&ids(), n, mix, orphans, keys, wrap)
+}
+
+/// As [`fleet`], with ids from `ids` (a prefix keeps a shared store's other tests apart).
+pub fn fleet_with(
+    ids: &IdBuilder,
+    n: usize,
+    mix: Mix,
+    orphans: usize,
+    keys: &FernetKeys,
+    wrap: bool,
+) -> Fleet {
     let rules = rules();
-    let ids = ids();
     let run = fastrand::u32(..);
     let mut f = Fleet {
         entities: Vec::new(),
@@ -165,7 +176,7 @@ pub fn fleet(n: usize, mix: Mix, orphans: usize, keys: &FernetKeys, wrap: bool) 
         let found = rules.find_secrets(rule, &body);
         assert_eq!(found.len(), 1, "{kind}: one secret field");
         let steps = found[0].steps.clone();
-        let who = identity(&ids, rule, &body);
+        let who = identity(ids, rule, &body);
         let id = ids.id(&who.root, rule.field_steps(&steps));
         let state = state_of(i, mix);
         let mut value = format!("v{i:04}-{run:08x}-secret");
