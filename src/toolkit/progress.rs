@@ -6,7 +6,7 @@
 use std::io::IsTerminal;
 use std::time::Duration;
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use tokio::time::Instant;
 
 /// How often a plain progress line is written.
@@ -37,12 +37,18 @@ impl Progress {
                 None => ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()),
             };
             let template = if total.is_some() {
-                "{prefix} [{bar:30}] {pos}/{len} entities, {per_sec}, ETA {eta}"
+                "{prefix} [{bar:30}] {pos}/{len} entities, {rate}, ETA {eta}"
             } else {
-                "{prefix} {spinner} {pos} entities, {per_sec}"
+                "{prefix} {spinner} {pos} entities, {rate}"
             };
             if let Ok(style) = ProgressStyle::with_template(template) {
-                bar.set_style(style.progress_chars("=> "));
+                bar.set_style(
+                    style
+                        .with_key("rate", |s: &ProgressState, w: &mut dyn std::fmt::Write| {
+                            let _ = write!(w, "{:.1}/s", s.per_sec());
+                        })
+                        .progress_chars("=> "),
+                );
             }
             bar.set_prefix(command);
             bar.set_position(carried);
