@@ -100,6 +100,11 @@ pub(crate) async fn run<J: Job>(
     opts: &RunOptions,
     out: &mut dyn FnMut(String),
 ) -> Result<RunResult, String> {
+    if let Some(dir) = opts.report.as_deref().and_then(|p| p.parent()) {
+        if !dir.as_os_str().is_empty() && !dir.is_dir() {
+            return Err(format!("--report: {} is not a directory", dir.display()));
+        }
+    }
     let mut checkpoint = open_checkpoint(tk, job.command(), &rules, opts)?;
     let reports: Vec<EntityReport> = checkpoint
         .as_mut()
