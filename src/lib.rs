@@ -17,6 +17,7 @@ pub mod rules;
 pub mod secrets;
 pub mod server;
 pub mod tls;
+pub mod toolkit;
 mod version;
 
 use std::future::Future;

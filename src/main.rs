@@ -38,12 +38,48 @@ enum Command {
         path: String,
         body_file: Option<PathBuf>,
     },
-    /// Move secrets already stored in OpenMetadata into the configured store.
+    /// Move secrets already stored in OpenMetadata into the configured store (or, with
+    /// --reverse, back into OpenMetadata as Fernet tokens). Resumes an interrupted run.
     Migrate {
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Report what would change; write nothing anywhere.
         #[arg(long)]
         dry_run: bool,
+        /// Move secrets from the store back into OpenMetadata as fernet: tokens.
+        #[arg(long)]
+        reverse: bool,
+        #[command(flatten)]
+        run: RunFlags,
+    },
+    /// Re-encrypt every fernet: value OpenMetadata holds, and the embedded store, with the
+    /// first key of FERNET_KEY (the new one; the old ones after it).
+    RotateFernet {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Report what would change; write nothing anywhere.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        run: RunFlags,
+    },
+    /// Report every secret field that holds anything but its reference, and every stored
+    /// secret nothing refers to; exit 1 if any, 2 if the audit could not finish.
+    Audit {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// One JSON document on stdout instead of lines.
+        #[arg(long)]
+        json: bool,
+        /// Only these entity kinds (rule `kind`, repeatable); orphans are then not judged.
+        #[arg(long = "kind", value_name = "KIND")]
+        kinds: Vec<String>,
+        /// At most N entities a second (spares OpenMetadata).
+        #[arg(long, value_name = "N", value_parser = parse_rate)]
+        rate: Option<f64>,
+        /// Delete the orphans found (stored secrets nothing refers to).
+        #[arg(long)]
+        delete_orphans: bool,
     },
     /// Ask a running gateway's admin port for /healthz: exit 0 when it answers 200, 1 otherwise
     /// (a container HEALTHCHECK).
@@ -61,6 +97,42 @@ enum Command {
         #[command(subcommand)]
         op: FernetOp,
     },
+}
+
+/// The flags of the commands that walk and change entities.
+#[derive(clap::Args)]
+struct RunFlags {
+    /// Only these entity kinds (rule `kind`, repeatable).
+    #[arg(long = "kind", value_name = "KIND")]
+    kinds: Vec<String>,
+    /// Write each entity's outcome to FILE as JSON (never a value).
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
+    /// The resume file (default: <data dir>/<command>.checkpoint).
+    #[arg(long, value_name = "FILE")]
+    checkpoint: Option<PathBuf>,
+    /// At most N entities a second (spares OpenMetadata).
+    #[arg(long, value_name = "N", value_parser = parse_rate)]
+    rate: Option<f64>,
+}
+
+impl RunFlags {
+    fn options(self, dry_run: bool) -> om_secrets_proxy::toolkit::RunOptions {
+        om_secrets_proxy::toolkit::RunOptions {
+            dry_run,
+            kinds: self.kinds,
+            report: self.report,
+            checkpoint: self.checkpoint,
+            rate: self.rate,
+        }
+    }
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r > 0.0 && r.is_finite() => Ok(r),
+        _ => Err("a number of entities per second above 0".into()),
+    }
 }
 
 #[derive(Subcommand)]
@@ -187,7 +259,40 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Migrate { config, dry_run } => migrate_command(config, dry_run),
+        Command::Migrate {
+            config,
+            dry_run,
+            reverse,
+            run,
+        } => {
+            let opts = run.options(dry_run);
+            with_app(config, move |app| async move {
+                let code = om_secrets_proxy::toolkit::commands::migrate(&app, opts, reverse).await;
+                ExitCode::from(code)
+            })
+        }
+        Command::RotateFernet {
+            config,
+            dry_run,
+            run,
+        } => rotate_command(config, run.options(dry_run)),
+        Command::Audit {
+            config,
+            json,
+            kinds,
+            rate,
+            delete_orphans,
+        } => {
+            let opts = om_secrets_proxy::toolkit::audit::AuditOptions {
+                kinds,
+                rate,
+                delete_orphans,
+                read_values: false,
+            };
+            with_app(config, move |app| async move {
+                ExitCode::from(om_secrets_proxy::toolkit::commands::audit(&app, opts, json).await)
+            })
+        }
         Command::Healthcheck {
             config,
             addr,
@@ -227,10 +332,18 @@ where
     F: FnOnce(om_secrets_proxy::App) -> Fut,
     Fut: std::future::Future<Output = ExitCode>,
 {
-    let cfg = match load(config) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
+    match load(config) {
+        Ok(cfg) => with_config(cfg, f),
+        Err(code) => code,
+    }
+}
+
+/// As [`with_app`], with the config already loaded.
+fn with_config<F, Fut>(cfg: Config, f: F) -> ExitCode
+where
+    F: FnOnce(om_secrets_proxy::App) -> Fut,
+    Fut: std::future::Future<Output = ExitCode>,
+{
     init_logging(&cfg);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -253,42 +366,25 @@ where
     })
 }
 
-/// `migrate [--dry-run]`: a line per field moved and per failure on stdout, then a summary;
-/// exit 0 when nothing failed, 1 otherwise.
-fn migrate_command(config: Option<PathBuf>, dry_run: bool) -> ExitCode {
-    with_app(config, |app| async move {
-        let mut print = |line: String| println!("{line}");
-        let live = app.gateway.live();
-        let run = match om_secrets_proxy::migrate::migrator(&app.gateway, &live.rules) {
-            Ok(m) => m.run(dry_run, &mut print).await,
-            Err(e) => Err(e),
-        };
-        match run {
-            Ok(s) => {
-                println!(
-                    "migrate{}: {} entities read, {} fields {}, {} already references, {} failed",
-                    if dry_run {
-                        " (dry run, nothing written)"
-                    } else {
-                        ""
-                    },
-                    s.entities,
-                    s.moved,
-                    if dry_run { "to move" } else { "moved" },
-                    s.already,
-                    s.failures
-                );
-                if s.failures == 0 {
-                    ExitCode::SUCCESS
-                } else {
-                    ExitCode::from(1)
-                }
-            }
-            Err(e) => {
-                eprintln!("migrate: {}", e.public_message());
-                ExitCode::from(1)
-            }
+/// `rotate-fernet`: the embedded store is re-encrypted first (before the app opens it),
+/// then every `fernet:` value upstream.
+fn rotate_command(
+    config: Option<PathBuf>,
+    opts: om_secrets_proxy::toolkit::RunOptions,
+) -> ExitCode {
+    let cfg = match load(config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let store = match om_secrets_proxy::toolkit::commands::rotate_store(&cfg, opts.dry_run) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("rotate-fernet: {e}");
+            return ExitCode::from(1);
         }
+    };
+    with_config(cfg, move |app| async move {
+        ExitCode::from(om_secrets_proxy::toolkit::commands::rotate_fernet(&app, opts, store).await)
     })
 }
 

@@ -165,7 +165,7 @@ impl Stripper<'_> {
         forwarded_reference(self.fernet, self.wrap_references, id).map(Value::String)
     }
 
-    fn own(&self, id: &str) -> bool {
+    pub(crate) fn own(&self, id: &str) -> bool {
         is_within(id, &self.root) || self.legacy_root.as_ref().is_some_and(|l| is_within(id, l))
     }
 
@@ -177,7 +177,8 @@ impl Stripper<'_> {
         }
     }
 
-    fn granted(&self, id: &str) -> bool {
+    /// `id` lies under a prefix the rule lets any entity refer to.
+    pub(crate) fn granted(&self, id: &str) -> bool {
         self.rule
             .allowed_reference_prefixes
             .iter()

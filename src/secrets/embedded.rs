@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use redb::{Database, TableDefinition};
+use redb::{Database, ReadableTable, TableDefinition};
 
 use super::fernet::FernetKeys;
 use super::{SecretStore, StoreError, StoreFuture};
@@ -145,6 +145,57 @@ impl EmbeddedStore {
     }
 }
 
+/// What re-encrypting the store at rest found (`rotate-fernet`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Rotation {
+    /// Values held, owner markers included.
+    pub values: usize,
+    /// Values that were (in a dry run: would be) re-encrypted with the first key.
+    pub reencrypted: usize,
+    /// Values no configured key opens, left as they were.
+    pub unreadable: usize,
+}
+
+impl EmbeddedStore {
+    /// Re-encrypts with the first key every value another configured key encrypted, in one
+    /// transaction: all or nothing. Values already under the first key are not touched, so a
+    /// second run finds nothing to do.
+    pub fn reencrypt(&self, dry_run: bool) -> Result<Rotation, StoreError> {
+        let txn = self.db.begin_write().map_err(unavailable)?;
+        let mut r = Rotation::default();
+        {
+            let mut table = txn.open_table(SECRETS).map_err(unavailable)?;
+            let mut redo: Vec<(String, String)> = Vec::new();
+            for item in table.iter().map_err(unavailable)? {
+                let (k, v) = item.map_err(unavailable)?;
+                r.values += 1;
+                if self.keys.opens_with_first(v.value()) {
+                    continue;
+                }
+                match self.keys.decrypt(v.value()) {
+                    Ok(plain) => redo.push((k.value().to_string(), plain)),
+                    Err(_) => r.unreadable += 1,
+                }
+            }
+            r.reencrypted = redo.len();
+            if !dry_run {
+                for (id, plain) in &redo {
+                    let enc = self.keys.encrypt(plain).map_err(unavailable)?;
+                    table
+                        .insert(id.as_str(), enc.as_str())
+                        .map_err(unavailable)?;
+                }
+            }
+        }
+        if dry_run {
+            txn.abort().map_err(unavailable)?;
+        } else {
+            txn.commit().map_err(unavailable)?;
+        }
+        Ok(r)
+    }
+}
+
 impl SecretStore for EmbeddedStore {
     fn get<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<String>> {
         Box::pin(async move { self.get_sync(id) })
@@ -241,5 +292,27 @@ mod tests {
                 0o600
             );
         }
+    }
+
+    #[tokio::test]
+    async fn reencrypting_moves_every_value_to_the_first_key_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let (old, new) = (FernetKeys::generate_key(), FernetKeys::generate_key());
+        let s = EmbeddedStore::open(&path, &FernetKeys::new(std::slice::from_ref(&old)).unwrap())
+            .unwrap();
+        s.put("/om/a", "va").await.unwrap();
+        s.put("/om/b", "vb").await.unwrap();
+        drop(s);
+        let both = FernetKeys::new(&[new.clone(), old]).unwrap();
+        let s = EmbeddedStore::open(&path, &both).unwrap();
+        let dry = s.reencrypt(true).unwrap();
+        assert_eq!((dry.values, dry.reencrypted, dry.unreadable), (2, 2, 0));
+        assert_eq!(s.reencrypt(false).unwrap().reencrypted, 2);
+        assert_eq!(s.reencrypt(false).unwrap().reencrypted, 0);
+        drop(s);
+        let s = EmbeddedStore::open(&path, &FernetKeys::new(&[new]).unwrap()).unwrap();
+        assert_eq!(s.get("/om/a").await.unwrap().as_deref(), Some("va"));
+        assert_eq!(s.get("/om/b").await.unwrap().as_deref(), Some("vb"));
     }
 }

@@ -56,6 +56,12 @@ impl FernetKeys {
         Ok(format!("{PREFIX}{}", k.encrypt(plain.as_bytes())))
     }
 
+    /// The first key (the one that encrypts) opens `value`: rotating it would change nothing.
+    pub fn opens_with_first(&self, value: &str) -> bool {
+        let token = value.strip_prefix(PREFIX).unwrap_or(value).trim();
+        self.keys.first().is_some_and(|k| k.decrypt(token).is_ok())
+    }
+
     /// Decrypts `fernet:<token>` or a bare token with any configured key.
     pub fn decrypt(&self, value: &str) -> Result<String, FernetError> {
         if self.keys.is_empty() {
@@ -95,6 +101,8 @@ mod tests {
         assert!(token.starts_with("fernet:"));
         let rotated = FernetKeys::new(&[a.clone(), b]).unwrap();
         assert_eq!(rotated.decrypt(&token).unwrap(), "s3cret");
+        assert!(!rotated.opens_with_first(&token));
+        assert!(rotated.opens_with_first(&rotated.encrypt("s3cret").unwrap()));
         let only_a = FernetKeys::new(&[a]).unwrap();
         assert_eq!(only_a.decrypt(&token), Err(FernetError::Undecryptable));
     }

@@ -226,6 +226,15 @@ impl Emulator {
             .map(|e| e.json.clone())
     }
 
+    /// Every stored entity of a collection (soft-deleted ones too), in the emulator's order.
+    pub fn entities(&self, collection: &str) -> Vec<Value> {
+        let st = self.state.lock().expect("state");
+        st.collections
+            .get(collection)
+            .map(|c| c.values().map(|e| e.json.clone()).collect())
+            .unwrap_or_default()
+    }
+
     /// Puts an entity straight into the store (as if OpenMetadata already had it).
     pub fn seed(&self, collection: &str, mut body: Value) -> Value {
         let mut st = self.state.lock().expect("state");

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod emulator;
+pub mod fleet;
 pub mod jwt;
 pub mod process;
 
