@@ -61,7 +61,7 @@ pub fn lock_key(ids: &IdBuilder, rule: &Rule, name: &str) -> String {
 }
 
 /// OpenMetadata's `FullyQualifiedName.add`: a name holding `.` is quoted.
-fn fqn_add(parent: &str, name: &str) -> String {
+pub(crate) fn fqn_add(parent: &str, name: &str) -> String {
     let quoted = name.len() >= 2 && name.starts_with('"') && name.ends_with('"');
     if name.contains('.') && !quoted {
         format!("{parent}.\"{name}\"")

@@ -59,11 +59,19 @@ pub struct Identity {
 
 /// The id root and owner of an entity as OpenMetadata holds it: the one place the toolkit
 /// asks, built as the write path builds them for a write of the same entity.
+/// The owner is the entity: `<kind>:<name>`, or `<kind>:<parent FQN>.<name>` for scoped kinds
+/// (ingestion pipelines), as `rewrite::owner` records it; the root is the first candidate
+/// (an entity whose root is taken by another of its name is found by the write path's
+/// `rewrite::owner::locate`).
 pub fn identity(ids: &IdBuilder, rule: &Rule, entity: &Value) -> Identity {
     let name = entity_name(entity);
+    let fqn = match crate::rewrite::owner::scope_of(rule, entity) {
+        Ok(Some(parent)) => crate::rewrite::owner::fqn_add(&parent, name),
+        _ => name.to_string(),
+    };
     Identity {
         root: ids.root(&rule.root_template, name),
-        owner: format!("{}:{name}", rule.kind),
+        owner: format!("{}:{fqn}", rule.kind),
     }
 }
 
