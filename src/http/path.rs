@@ -37,10 +37,22 @@ pub struct NormPath {
 
 impl NormPath {
     pub fn parse(raw: &str) -> Result<NormPath, PathError> {
-        let mut segments = Vec::new();
+        let mut segments = Vec::with_capacity(8);
         for raw_seg in raw.split(['/', '\\']) {
             // Matrix parameters belong to the segment before decoding (Jersey's reading).
             let raw_seg = raw_seg.split(';').next().unwrap_or("");
+            if !raw_seg.contains('%') {
+                // Nothing to decode (the common case): the same checks, no copy to decode into.
+                if raw_seg.bytes().any(|b| b < 0x20 || b == 0x7f) {
+                    return Err(PathError::ControlByte);
+                }
+                match raw_seg {
+                    "" | "." => {}
+                    ".." => return Err(PathError::DotDot),
+                    s => segments.push(s.to_string()),
+                }
+                continue;
+            }
             let decoded = percent_decode(raw_seg)?;
             // A decoded separator separates (the wider reading).
             for seg in decoded.split(['/', '\\']) {

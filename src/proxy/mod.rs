@@ -11,6 +11,7 @@
 //! Routes without rules stream through unbuffered in both directions.
 
 pub mod headers;
+mod passthrough;
 pub(crate) mod secure;
 
 use std::collections::HashMap;
@@ -23,7 +24,7 @@ use hyper::body::Incoming;
 
 use crate::config::{PolicyConfig, Provider};
 use crate::error::GatewayError;
-use crate::http::body::{self, Body};
+use crate::http::body::Body;
 use crate::http::path::NormPath;
 use crate::http::upstream::Upstream;
 use crate::metrics::Metrics;
@@ -161,13 +162,9 @@ impl Gateway {
         }
         ctx.route_class = "passthrough";
 
-        // 5. forward (unruled: streamed both ways; JSON answers pass the safety net)
-        let (parts, incoming) = req.into_parts();
-        let upstream_req =
-            self.upstream_request(parts, body::stream(incoming), conn, request_id)?;
-        let resp = self.upstream.send(upstream_req).await?;
+        // 5-6. forward and answer (unruled: streamed both ways; JSON answers pass the safety net)
         let action = crate::policy::decide(caller, &live.policy, &Default::default());
-        self.rewrite_answer(resp, None, action, None).await
+        self.pass_through(req, conn, request_id, action).await
     }
 
     /// The caller's class from a verified JWT only; anything unverifiable is anonymous.

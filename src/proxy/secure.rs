@@ -689,6 +689,9 @@ impl Gateway {
         action: ReadAction,
         permit: Option<&dyn Permit>,
     ) -> Result<Response<Body>, GatewayError> {
+        if rule.is_none() {
+            return self.unruled_answer(resp, action).await;
+        }
         let (mut parts, incoming) = resp.into_parts();
         super::headers::strip_hop_by_hop(&mut parts.headers);
         let json_like = parts

@@ -4,6 +4,7 @@
 pub mod json;
 pub mod request;
 pub mod response;
+pub mod scan;
 
 use serde_json::Value;
 
