@@ -156,9 +156,9 @@ impl Gateway {
         if let Some(m) = live.rules.match_request(req.method(), &norm) {
             ctx.route_class = "ruled";
             // 4-7 for ruled routes
-            return self
-                .ruled(&live, m, req, conn, request_id, caller, &sub)
-                .await;
+            // Boxed: the ruled steps' large state stays out of every pass-through request's
+            // future (which hyper moves and keeps per connection).
+            return Box::pin(self.ruled(&live, m, req, conn, request_id, caller, &sub)).await;
         }
         ctx.route_class = "passthrough";
 
