@@ -2,9 +2,13 @@
 //! the upstream's JWKS (fetched lazily, cached, refetched on an unknown `kid` at most every
 //! 30 s) and/or configured PEM keys; `iss` and `exp` checked. `alg: none`, HMAC and anything
 //! malformed make the caller anonymous. Identity headers a caller sends are never read.
+//!
+//! A verified identity is remembered per token (bounded, see [`IdentityCache`]): a client
+//! sending the same token on every request pays one signature check, then a lookup.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::hash::BuildHasher;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -31,6 +35,105 @@ pub struct Auth {
     jwks_path: Option<String>,
     upstream: Upstream,
     jwks: Mutex<(HashMap<String, RsaKey>, Option<Instant>)>,
+    verified: IdentityCache,
+}
+
+/// How long a verified identity is trusted without checking the signature again (a key
+/// removed from the JWKS stops being honoured within this), never past the token's `exp`.
+const IDENTITY_TTL: Duration = Duration::from_secs(300);
+/// Tokens remembered at most (about 1 KB each).
+const IDENTITY_CACHE_MAX: usize = 10_000;
+const IDENTITY_SHARDS: usize = 16;
+
+/// Identities of tokens whose signature and claims were checked, keyed by the whole token
+/// (compared in full on a hit, so only that exact token gets the identity). Only valid
+/// tokens enter; an entry ends at the token's `exp` or after [`IDENTITY_TTL`], whichever
+/// comes first. Bounded: a full shard first drops what has expired, then its oldest half.
+struct IdentityCache {
+    hasher: std::collections::hash_map::RandomState,
+    shards: Box<[Mutex<HashMap<u64, Verified>>]>,
+    max_per_shard: usize,
+}
+
+struct Verified {
+    token: Box<str>,
+    class: CallerClass,
+    sub: Arc<str>,
+    /// Unix seconds; `None` for a token without `exp`.
+    exp: Option<u64>,
+    at: Instant,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl IdentityCache {
+    fn new(max: usize) -> IdentityCache {
+        IdentityCache {
+            hasher: Default::default(),
+            shards: (0..IDENTITY_SHARDS).map(|_| Mutex::default()).collect(),
+            max_per_shard: max.div_ceil(IDENTITY_SHARDS).max(1),
+        }
+    }
+
+    fn shard(&self, key: u64) -> std::sync::MutexGuard<'_, HashMap<u64, Verified>> {
+        let shard = &self.shards[(key >> 59) as usize % IDENTITY_SHARDS];
+        match shard.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    fn get(&self, token: &str) -> Option<(CallerClass, Arc<str>)> {
+        let key = self.hasher.hash_one(token);
+        let mut shard = self.shard(key);
+        let hit = shard.get(&key)?;
+        if &*hit.token != token {
+            return None;
+        }
+        if hit.at.elapsed() >= IDENTITY_TTL || hit.exp.is_some_and(|e| e <= unix_now()) {
+            shard.remove(&key);
+            return None;
+        }
+        Some((hit.class, hit.sub.clone()))
+    }
+
+    fn put(&self, token: &str, class: CallerClass, sub: Arc<str>, exp: Option<u64>) {
+        let key = self.hasher.hash_one(token);
+        let mut shard = self.shard(key);
+        if shard.len() >= self.max_per_shard && !shard.contains_key(&key) {
+            let now = unix_now();
+            shard.retain(|_, v| v.at.elapsed() < IDENTITY_TTL && v.exp.is_none_or(|e| e > now));
+            if shard.len() >= self.max_per_shard {
+                let mut ages: Vec<Instant> = shard.values().map(|v| v.at).collect();
+                ages.sort_unstable();
+                let cut = ages[ages.len() / 2];
+                shard.retain(|_, v| v.at > cut);
+            }
+        }
+        shard.insert(
+            key,
+            Verified {
+                token: token.into(),
+                class,
+                sub,
+                exp,
+                at: Instant::now(),
+            },
+        );
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().map(|g| g.len()).unwrap_or(0))
+            .sum()
+    }
 }
 
 fn b64(s: &str) -> Option<Vec<u8>> {
@@ -64,6 +167,7 @@ impl Auth {
             jwks_path,
             upstream,
             jwks: Mutex::new((HashMap::new(), None)),
+            verified: IdentityCache::new(IDENTITY_CACHE_MAX),
         })
     }
 
@@ -89,18 +193,26 @@ impl Auth {
         else {
             return anon;
         };
-        match self.verify(token.trim()).await {
+        let token = token.trim();
+        if let Some((class, sub)) = self.verified.get(token) {
+            return (class, sub.to_string());
+        }
+        match self.verify(token).await {
             Some(claims) => {
                 let sub = claims
                     .get("sub")
                     .and_then(Value::as_str)
                     .unwrap_or("unknown")
                     .to_string();
-                if claims.get("isBot").and_then(Value::as_bool) == Some(true) {
-                    (CallerClass::Bot, sub)
+                let class = if claims.get("isBot").and_then(Value::as_bool) == Some(true) {
+                    CallerClass::Bot
                 } else {
-                    (CallerClass::User, sub)
-                }
+                    CallerClass::User
+                };
+                let exp = claims.get("exp").and_then(Value::as_u64);
+                self.verified
+                    .put(token, class, Arc::from(sub.as_str()), exp);
+                (class, sub)
             }
             None => anon,
         }
@@ -285,4 +397,73 @@ fn parse_pem_public_key(text: &str) -> Option<RsaKey> {
         n: strip_zero(n.to_vec()),
         e: strip_zero(e.to_vec()),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn aged(cache: &IdentityCache, token: &str, by: Duration) {
+        let key = cache.hasher.hash_one(token);
+        let mut shard = cache.shard(key);
+        let v = shard.get_mut(&key).expect("cached");
+        v.at = Instant::now().checked_sub(by).expect("uptime");
+    }
+
+    #[test]
+    fn a_cached_token_answers_with_its_identity_and_only_that_token_does() {
+        let c = IdentityCache::new(100);
+        c.put("tok-a", CallerClass::Bot, Arc::from("bot-a"), None);
+        let (class, sub) = c.get("tok-a").expect("hit");
+        assert_eq!((class, &*sub), (CallerClass::Bot, "bot-a"));
+        assert!(c.get("tok-b").is_none());
+        assert!(c.get("tok-a ").is_none());
+    }
+
+    #[test]
+    fn an_expired_token_is_forgotten() {
+        let c = IdentityCache::new(100);
+        c.put(
+            "tok",
+            CallerClass::User,
+            Arc::from("u"),
+            Some(unix_now() - 1),
+        );
+        assert!(c.get("tok").is_none());
+        assert_eq!(c.len(), 0);
+        c.put(
+            "tok",
+            CallerClass::User,
+            Arc::from("u"),
+            Some(unix_now() + 60),
+        );
+        assert!(c.get("tok").is_some());
+    }
+
+    #[test]
+    fn an_identity_is_rechecked_after_the_ttl_even_without_exp() {
+        let c = IdentityCache::new(100);
+        c.put("tok", CallerClass::Bot, Arc::from("b"), None);
+        if Instant::now().checked_sub(IDENTITY_TTL).is_none() {
+            return; // the machine has been up for less than the TTL
+        }
+        aged(&c, "tok", IDENTITY_TTL);
+        assert!(c.get("tok").is_none());
+    }
+
+    #[test]
+    fn the_cache_stays_bounded() {
+        let c = IdentityCache::new(64);
+        for i in 0..5_000 {
+            c.put(
+                &format!("token-{i}"),
+                CallerClass::User,
+                Arc::from("u"),
+                None,
+            );
+        }
+        assert!(c.len() <= 64 + IDENTITY_SHARDS, "{}", c.len());
+        // The newest entries are the ones kept.
+        assert!(c.get("token-4999").is_some());
+    }
 }
