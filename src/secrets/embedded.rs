@@ -49,6 +49,7 @@ struct Committer {
     queue: mpsc::Sender<Job>,
     thread: std::thread::JoinHandle<()>,
     /// Commits made (successful or not), to see requests share them.
+    #[cfg_attr(not(test), allow(dead_code))]
     commits: Arc<std::sync::atomic::AtomicU64>,
 }
 
