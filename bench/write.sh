@@ -10,7 +10,7 @@ DURATION=${DURATION:-10s}
 CONNS=${1:-${CONNS:-8}}
 command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk" >&2; exit 1; }
 cargo build --release --quiet --bin om-secrets-proxy --example om-emulator
-BIN=target/release/om-secrets-proxy
+BIN=${BIN:-target/release/om-secrets-proxy}
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() { for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
