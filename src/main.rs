@@ -7,6 +7,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use om_secrets_proxy::config::{Config, LogFormat};
 
+/// mimalloc: per-thread free lists make a request's many small allocations cheaper than
+/// glibc's malloc (measured in instructions per request, README "Benchmarks").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "om-secrets-proxy",
