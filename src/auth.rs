@@ -80,6 +80,16 @@ impl IdentityCache {
         }
     }
 
+    /// The key: a hash of the token's length and last 64 bytes (inside the signature, which
+    /// only the key holder can make). A hit still compares the whole token, so two tokens
+    /// sharing a key only push each other out; hashing all ~1 KB would cost more than the
+    /// rest of the lookup.
+    fn key(&self, token: &str) -> u64 {
+        let b = token.as_bytes();
+        self.hasher
+            .hash_one((b.len(), &b[b.len().saturating_sub(64)..]))
+    }
+
     fn shard(&self, key: u64) -> std::sync::MutexGuard<'_, HashMap<u64, Verified>> {
         let shard = &self.shards[(key >> 59) as usize % IDENTITY_SHARDS];
         match shard.lock() {
@@ -89,7 +99,7 @@ impl IdentityCache {
     }
 
     fn get(&self, token: &str) -> Option<(CallerClass, Arc<str>)> {
-        let key = self.hasher.hash_one(token);
+        let key = self.key(token);
         let mut shard = self.shard(key);
         let hit = shard.get(&key)?;
         if &*hit.token != token {
@@ -103,7 +113,7 @@ impl IdentityCache {
     }
 
     fn put(&self, token: &str, class: CallerClass, sub: Arc<str>, exp: Option<u64>) {
-        let key = self.hasher.hash_one(token);
+        let key = self.key(token);
         let mut shard = self.shard(key);
         if shard.len() >= self.max_per_shard && !shard.contains_key(&key) {
             let now = unix_now();
@@ -404,7 +414,7 @@ mod tests {
     use super::*;
 
     fn aged(cache: &IdentityCache, token: &str, by: Duration) {
-        let key = cache.hasher.hash_one(token);
+        let key = cache.key(token);
         let mut shard = cache.shard(key);
         let v = shard.get_mut(&key).expect("cached");
         v.at = Instant::now().checked_sub(by).expect("uptime");
@@ -418,6 +428,23 @@ mod tests {
         assert_eq!((class, &*sub), (CallerClass::Bot, "bot-a"));
         assert!(c.get("tok-b").is_none());
         assert!(c.get("tok-a ").is_none());
+        // Same length and last 64 bytes, another token: no hit, only an eviction.
+        let tail = "s".repeat(64);
+        c.put(
+            &format!("a.{tail}"),
+            CallerClass::Bot,
+            Arc::from("bot"),
+            None,
+        );
+        assert!(c.get(&format!("b.{tail}")).is_none());
+        c.put(
+            &format!("b.{tail}"),
+            CallerClass::User,
+            Arc::from("u"),
+            None,
+        );
+        assert!(c.get(&format!("a.{tail}")).is_none());
+        assert_eq!(c.get(&format!("b.{tail}")).unwrap().0, CallerClass::User);
     }
 
     #[test]

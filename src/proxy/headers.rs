@@ -38,8 +38,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             .flat_map(|v| v.split(','))
         {
             // By name as text: no header name is built for a token that names nothing.
+            // `keep-alive` is hop-by-hop itself and goes below with the others.
             let token = token.trim();
-            if !token.is_empty() {
+            if !token.is_empty() && !token.eq_ignore_ascii_case("keep-alive") {
                 headers.remove(token);
             }
         }

@@ -81,7 +81,9 @@ pub fn json_like(content_type: Option<&http::HeaderValue>) -> bool {
     let Some(v) = content_type else { return true };
     let Ok(ct) = v.to_str() else { return true };
     let b = ct.as_bytes();
-    (b.len() >= 5 && b[..5].eq_ignore_ascii_case(b"text/"))
+    const JSON: &[u8] = b"application/json";
+    (b.len() >= JSON.len() && b[..JSON.len()].eq_ignore_ascii_case(JSON))
+        || (b.len() >= 5 && b[..5].eq_ignore_ascii_case(b"text/"))
         || b.windows(4).any(|w| w.eq_ignore_ascii_case(b"json"))
 }
 
