@@ -26,32 +26,38 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if !headers.keys().any(is_hop_by_hop) {
         return;
     }
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderValue> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .cloned()
-            .collect();
-        for token in named
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-        {
-            // By name as text: no header name is built for a token that names nothing.
-            // `keep-alive` is hop-by-hop itself and goes below with the others.
-            let token = token.trim();
-            if !token.is_empty() && !token.eq_ignore_ascii_case("keep-alive") {
-                headers.remove(token);
+    let mut connection = headers.get_all(header::CONNECTION).iter();
+    let (first, more) = (connection.next().cloned(), connection.next().is_some());
+    match (first, more) {
+        (None, _) => {}
+        // The usual case, one Connection header: no list to build.
+        (Some(only), false) => remove_named(headers, &only),
+        (Some(_), true) => {
+            let all: Vec<HeaderValue> = headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .cloned()
+                .collect();
+            for v in &all {
+                remove_named(headers, v);
             }
         }
     }
-    let doomed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|k| is_hop_by_hop(k))
-        .cloned()
-        .collect();
-    for name in doomed {
+    while let Some(name) = headers.keys().find(|k| is_hop_by_hop(k)).cloned() {
         headers.remove(&name);
+    }
+}
+
+/// Removes the headers a `Connection` value names.
+fn remove_named(headers: &mut HeaderMap, connection: &HeaderValue) {
+    let Ok(v) = connection.to_str() else { return };
+    for token in v.split(',') {
+        // By name as text: no header name is built for a token that names nothing.
+        // `keep-alive` is hop-by-hop itself and goes with the others.
+        let token = token.trim();
+        if !token.is_empty() && !token.eq_ignore_ascii_case("keep-alive") {
+            headers.remove(token);
+        }
     }
 }
 
@@ -210,6 +216,15 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("accept"));
+        // Several Connection headers: each one's names go.
+        let mut h = HeaderMap::new();
+        h.append("connection", HeaderValue::from_static("x-a"));
+        h.append("connection", HeaderValue::from_static("keep-alive, X-B"));
+        for n in ["x-a", "x-b", "keep-alive", "x-c"] {
+            h.insert(n, HeaderValue::from_static("1"));
+        }
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-c"]);
     }
 
     #[test]
