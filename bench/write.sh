@@ -3,13 +3,14 @@
 # full gateway with the embedded store, against pass-through of the same bodies through a
 # gateway with no database rule. Bodies carry 1 and then 10 secret fields; prints req/s,
 # the ratio to pass-through, and the cost of each extra secret field.
+#   bench/write.sh [CONNECTIONS]   (default 8; or CONNS=N)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10s}
-CONNS=${CONNS:-8}
+CONNS=${1:-${CONNS:-8}}
 command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk" >&2; exit 1; }
 cargo build --release --quiet --bin om-secrets-proxy --example om-emulator
-BIN=target/release/om-secrets-proxy
+BIN=${BIN:-target/release/om-secrets-proxy}
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() { for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }

@@ -2,9 +2,13 @@
 //! the upstream's JWKS (fetched lazily, cached, refetched on an unknown `kid` at most every
 //! 30 s) and/or configured PEM keys; `iss` and `exp` checked. `alg: none`, HMAC and anything
 //! malformed make the caller anonymous. Identity headers a caller sends are never read.
+//!
+//! A verified identity is remembered per token (bounded, see [`IdentityCache`]): a client
+//! sending the same token on every request pays one signature check, then a lookup.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::hash::BuildHasher;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -31,6 +35,115 @@ pub struct Auth {
     jwks_path: Option<String>,
     upstream: Upstream,
     jwks: Mutex<(HashMap<String, RsaKey>, Option<Instant>)>,
+    verified: IdentityCache,
+}
+
+/// How long a verified identity is trusted without checking the signature again (a key
+/// removed from the JWKS stops being honoured within this), never past the token's `exp`.
+const IDENTITY_TTL: Duration = Duration::from_secs(300);
+/// Tokens remembered at most (about 1 KB each).
+const IDENTITY_CACHE_MAX: usize = 10_000;
+const IDENTITY_SHARDS: usize = 16;
+
+/// Identities of tokens whose signature and claims were checked, keyed by the whole token
+/// (compared in full on a hit, so only that exact token gets the identity). Only valid
+/// tokens enter; an entry ends at the token's `exp` or after [`IDENTITY_TTL`], whichever
+/// comes first. Bounded: a full shard first drops what has expired, then its oldest half.
+struct IdentityCache {
+    hasher: std::collections::hash_map::RandomState,
+    shards: Box<[Mutex<HashMap<u64, Verified>>]>,
+    max_per_shard: usize,
+}
+
+struct Verified {
+    token: Box<[u8]>,
+    class: CallerClass,
+    sub: Arc<str>,
+    /// Unix seconds; `None` for a token without `exp`.
+    exp: Option<u64>,
+    at: Instant,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl IdentityCache {
+    fn new(max: usize) -> IdentityCache {
+        IdentityCache {
+            hasher: Default::default(),
+            shards: (0..IDENTITY_SHARDS).map(|_| Mutex::default()).collect(),
+            max_per_shard: max.div_ceil(IDENTITY_SHARDS).max(1),
+        }
+    }
+
+    /// The key: a hash of the token's length and last 64 bytes (inside the signature, which
+    /// only the key holder can make). A hit still compares the whole token, so two tokens
+    /// sharing a key only push each other out; hashing all ~1 KB would cost more than the
+    /// rest of the lookup.
+    fn key(&self, token: &[u8]) -> u64 {
+        let b = token;
+        self.hasher
+            .hash_one((b.len(), &b[b.len().saturating_sub(64)..]))
+    }
+
+    fn shard(&self, key: u64) -> std::sync::MutexGuard<'_, HashMap<u64, Verified>> {
+        let shard = &self.shards[(key >> 59) as usize % IDENTITY_SHARDS];
+        match shard.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    fn get(&self, token: &[u8]) -> Option<(CallerClass, Arc<str>)> {
+        let key = self.key(token);
+        let mut shard = self.shard(key);
+        let hit = shard.get(&key)?;
+        if *hit.token != *token {
+            return None;
+        }
+        if hit.at.elapsed() >= IDENTITY_TTL || hit.exp.is_some_and(|e| e <= unix_now()) {
+            shard.remove(&key);
+            return None;
+        }
+        Some((hit.class, hit.sub.clone()))
+    }
+
+    fn put(&self, token: &str, class: CallerClass, sub: Arc<str>, exp: Option<u64>) {
+        let key = self.key(token.as_bytes());
+        let mut shard = self.shard(key);
+        if shard.len() >= self.max_per_shard && !shard.contains_key(&key) {
+            let now = unix_now();
+            shard.retain(|_, v| v.at.elapsed() < IDENTITY_TTL && v.exp.is_none_or(|e| e > now));
+            if shard.len() >= self.max_per_shard {
+                let mut ages: Vec<Instant> = shard.values().map(|v| v.at).collect();
+                ages.sort_unstable();
+                let cut = ages[ages.len() / 2];
+                shard.retain(|_, v| v.at > cut);
+            }
+        }
+        shard.insert(
+            key,
+            Verified {
+                token: token.as_bytes().into(),
+                class,
+                sub,
+                exp,
+                at: Instant::now(),
+            },
+        );
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().map(|g| g.len()).unwrap_or(0))
+            .sum()
+    }
 }
 
 fn b64(s: &str) -> Option<Vec<u8>> {
@@ -64,6 +177,7 @@ impl Auth {
             jwks_path,
             upstream,
             jwks: Mutex::new((HashMap::new(), None)),
+            verified: IdentityCache::new(IDENTITY_CACHE_MAX),
         })
     }
 
@@ -79,28 +193,43 @@ impl Auth {
         {
             return anon;
         }
-        let Some(token) = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-        else {
+        let Some(value) = headers.get(header::AUTHORIZATION) else {
             return anon;
         };
-        match self.verify(token.trim()).await {
+        // A remembered token is looked up by its bytes: it was checked to be text when it
+        // was verified, so the byte-by-byte text check of a ~1 KB header is skipped.
+        if let Some(raw) = value
+            .as_bytes()
+            .strip_prefix(b"Bearer ")
+            .or_else(|| value.as_bytes().strip_prefix(b"bearer "))
+        {
+            if let Some((class, sub)) = self.verified.get(raw.trim_ascii()) {
+                return (class, sub.to_string());
+            }
+        }
+        let Some(token) = value.to_str().ok().and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        }) else {
+            return anon;
+        };
+        let token = token.trim();
+        match self.verify(token).await {
             Some(claims) => {
                 let sub = claims
                     .get("sub")
                     .and_then(Value::as_str)
                     .unwrap_or("unknown")
                     .to_string();
-                if claims.get("isBot").and_then(Value::as_bool) == Some(true) {
-                    (CallerClass::Bot, sub)
+                let class = if claims.get("isBot").and_then(Value::as_bool) == Some(true) {
+                    CallerClass::Bot
                 } else {
-                    (CallerClass::User, sub)
-                }
+                    CallerClass::User
+                };
+                let exp = claims.get("exp").and_then(Value::as_u64);
+                self.verified
+                    .put(token, class, Arc::from(sub.as_str()), exp);
+                (class, sub)
             }
             None => anon,
         }
@@ -285,4 +414,93 @@ fn parse_pem_public_key(text: &str) -> Option<RsaKey> {
         n: strip_zero(n.to_vec()),
         e: strip_zero(e.to_vec()),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn aged(cache: &IdentityCache, token: &str, by: Duration) {
+        let key = cache.key(token.as_bytes());
+        let mut shard = cache.shard(key);
+        let v = shard.get_mut(&key).expect("cached");
+        v.at = Instant::now().checked_sub(by).expect("uptime");
+    }
+
+    #[test]
+    fn a_cached_token_answers_with_its_identity_and_only_that_token_does() {
+        let c = IdentityCache::new(100);
+        c.put("tok-a", CallerClass::Bot, Arc::from("bot-a"), None);
+        let (class, sub) = c.get("tok-a".as_bytes()).expect("hit");
+        assert_eq!((class, &*sub), (CallerClass::Bot, "bot-a"));
+        assert!(c.get("tok-b".as_bytes()).is_none());
+        assert!(c.get("tok-a ".as_bytes()).is_none());
+        // Same length and last 64 bytes, another token: no hit, only an eviction.
+        let tail = "s".repeat(64);
+        c.put(
+            &format!("a.{tail}"),
+            CallerClass::Bot,
+            Arc::from("bot"),
+            None,
+        );
+        assert!(c.get(format!("b.{tail}").as_bytes()).is_none());
+        c.put(
+            &format!("b.{tail}"),
+            CallerClass::User,
+            Arc::from("u"),
+            None,
+        );
+        assert!(c.get(format!("a.{tail}").as_bytes()).is_none());
+        assert_eq!(
+            c.get(format!("b.{tail}").as_bytes()).unwrap().0,
+            CallerClass::User
+        );
+    }
+
+    #[test]
+    fn an_expired_token_is_forgotten() {
+        let c = IdentityCache::new(100);
+        c.put(
+            "tok",
+            CallerClass::User,
+            Arc::from("u"),
+            Some(unix_now() - 1),
+        );
+        assert!(c.get("tok".as_bytes()).is_none());
+        assert_eq!(c.len(), 0);
+        c.put(
+            "tok",
+            CallerClass::User,
+            Arc::from("u"),
+            Some(unix_now() + 60),
+        );
+        assert!(c.get("tok".as_bytes()).is_some());
+    }
+
+    #[test]
+    fn an_identity_is_rechecked_after_the_ttl_even_without_exp() {
+        let c = IdentityCache::new(100);
+        c.put("tok", CallerClass::Bot, Arc::from("b"), None);
+        if Instant::now().checked_sub(IDENTITY_TTL).is_none() {
+            return; // the machine has been up for less than the TTL
+        }
+        aged(&c, "tok", IDENTITY_TTL);
+        assert!(c.get("tok".as_bytes()).is_none());
+    }
+
+    #[test]
+    fn the_cache_stays_bounded() {
+        let c = IdentityCache::new(64);
+        for i in 0..5_000 {
+            c.put(
+                &format!("token-{i}"),
+                CallerClass::User,
+                Arc::from("u"),
+                None,
+            );
+        }
+        assert!(c.len() <= 64 + IDENTITY_SHARDS, "{}", c.len());
+        // The newest entries are the ones kept.
+        assert!(c.get("token-4999".as_bytes()).is_some());
+    }
 }

@@ -1,24 +1,65 @@
 //! Prometheus metrics, kept in atomics and rendered as text on the admin port.
+//!
+//! The per-request counters (requests by class and status, the latency histogram) are kept
+//! per thread: each thread adds to its own cache-line-aligned shard, so two cores serving
+//! requests never write to the same memory; `render` adds the shards up.
 
+use std::cell::Cell;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// The route classes requests are counted by.
 pub const ROUTE_CLASSES: [&str; 2] = ["passthrough", "ruled"];
 /// Statuses 100..=599 each get a counter; a status outside that range is clamped into it.
 const STATUSES: usize = 500;
+/// Shards of the per-request counters; threads map to them round-robin.
+const SHARDS: usize = 16;
 
 const BUCKETS_MS: [f64; 12] = [
     1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 10000.0,
 ];
 
-pub struct Metrics {
-    /// Requests by (route class, status), one atomic each: no lock on the request path.
+/// A small number per thread, given at the thread's first call, for per-thread shards
+/// (metrics, the upstream pool).
+pub(crate) fn thread_slot() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SLOT: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
+    SLOT.with(|s| {
+        if s.get() == usize::MAX {
+            s.set(NEXT.fetch_add(1, Ordering::Relaxed));
+        }
+        s.get()
+    })
+}
+
+/// One thread's share of the per-request counters.
+#[repr(align(128))]
+struct RequestShard {
+    /// By (route class, status).
     requests: Box<[AtomicU64]>,
-    latency_buckets: [AtomicU64; BUCKETS_MS.len()],
-    latency_count: AtomicU64,
+    /// Latencies by the first bucket they fit (the last: above every bound); made
+    /// cumulative when rendered.
+    latency: [AtomicU64; BUCKETS_MS.len() + 1],
     latency_sum_us: AtomicU64,
+}
+
+impl Default for RequestShard {
+    fn default() -> Self {
+        RequestShard {
+            requests: (0..ROUTE_CLASSES.len() * STATUSES)
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            latency: Default::default(),
+            latency_sum_us: AtomicU64::new(0),
+        }
+    }
+}
+
+pub struct Metrics {
+    shards: Box<[RequestShard]>,
     pub open_connections: AtomicI64,
     pub upstream_errors: AtomicU64,
     pub cache_hits: AtomicU64,
@@ -33,12 +74,7 @@ pub struct Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics {
-            requests: (0..ROUTE_CLASSES.len() * STATUSES)
-                .map(|_| AtomicU64::new(0))
-                .collect(),
-            latency_buckets: Default::default(),
-            latency_count: AtomicU64::new(0),
-            latency_sum_us: AtomicU64::new(0),
+            shards: (0..SHARDS).map(|_| RequestShard::default()).collect(),
             open_connections: AtomicI64::new(0),
             upstream_errors: AtomicU64::new(0),
             cache_hits: AtomicU64::new(0),
@@ -54,26 +90,34 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn record_request(&self, class: &'static str, status: u16, latency: Duration) {
+        let shard = &self.shards[thread_slot() % SHARDS];
         let c = ROUTE_CLASSES.iter().position(|k| *k == class).unwrap_or(0);
         let st = usize::from(status.clamp(100, 599)) - 100;
-        self.requests[c * STATUSES + st].fetch_add(1, Ordering::Relaxed);
+        shard.requests[c * STATUSES + st].fetch_add(1, Ordering::Relaxed);
         let ms = latency.as_secs_f64() * 1000.0;
-        for (i, b) in BUCKETS_MS.iter().enumerate() {
-            if ms <= *b {
-                self.latency_buckets[i].fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.latency_count.fetch_add(1, Ordering::Relaxed);
-        self.latency_sum_us
+        let bucket = BUCKETS_MS
+            .iter()
+            .position(|b| ms <= *b)
+            .unwrap_or(BUCKETS_MS.len());
+        shard.latency[bucket].fetch_add(1, Ordering::Relaxed);
+        shard
+            .latency_sum_us
             .fetch_add(latency.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    fn sum(&self, f: impl Fn(&RequestShard) -> &AtomicU64) -> u64 {
+        self.shards
+            .iter()
+            .map(|s| f(s).load(Ordering::Relaxed))
+            .sum()
     }
 
     pub fn render(&self) -> String {
         let mut s = String::new();
         s.push_str("# HELP omsp_requests_total Requests answered, by route class and status.\n");
         s.push_str("# TYPE omsp_requests_total counter\n");
-        for (i, counter) in self.requests.iter().enumerate() {
-            let n = counter.load(Ordering::Relaxed);
+        for i in 0..ROUTE_CLASSES.len() * STATUSES {
+            let n = self.sum(|s| &s.requests[i]);
             if n > 0 {
                 let class = ROUTE_CLASSES[i / STATUSES];
                 let status = i % STATUSES + 100;
@@ -85,15 +129,16 @@ impl Metrics {
         }
         s.push_str("# HELP omsp_request_duration_seconds Request latency inside the gateway.\n");
         s.push_str("# TYPE omsp_request_duration_seconds histogram\n");
+        let mut cumulative = 0;
         for (i, b) in BUCKETS_MS.iter().enumerate() {
+            cumulative += self.sum(|s| &s.latency[i]);
             let _ = writeln!(
                 s,
-                "omsp_request_duration_seconds_bucket{{le=\"{}\"}} {}",
-                b / 1000.0,
-                self.latency_buckets[i].load(Ordering::Relaxed)
+                "omsp_request_duration_seconds_bucket{{le=\"{}\"}} {cumulative}",
+                b / 1000.0
             );
         }
-        let count = self.latency_count.load(Ordering::Relaxed);
+        let count = cumulative + self.sum(|s| &s.latency[BUCKETS_MS.len()]);
         let _ = writeln!(
             s,
             "omsp_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
@@ -101,7 +146,7 @@ impl Metrics {
         let _ = writeln!(
             s,
             "omsp_request_duration_seconds_sum {}",
-            self.latency_sum_us.load(Ordering::Relaxed) as f64 / 1e6
+            self.sum(|s| &s.latency_sum_us) as f64 / 1e6
         );
         let _ = writeln!(s, "omsp_request_duration_seconds_count {count}");
         let gauges: [(&str, &str, &str, i64); 10] = [
@@ -191,5 +236,34 @@ mod tests {
         assert_eq!(text.matches("omsp_requests_total{").count(), 3);
         assert!(text.contains("omsp_request_duration_seconds_count 4\n"));
         assert!(text.contains("omsp_request_duration_seconds_bucket{le=\"0.005\"} 3\n"));
+        assert!(text.contains("omsp_request_duration_seconds_bucket{le=\"0.025\"} 3\n"));
+        assert!(text.contains("omsp_request_duration_seconds_bucket{le=\"0.05\"} 4\n"));
+        assert!(text.contains("omsp_request_duration_seconds_bucket{le=\"+Inf\"} 4\n"));
+    }
+
+    #[test]
+    fn counts_from_every_thread_are_added_up() {
+        let m = std::sync::Arc::new(Metrics::default());
+        let threads: Vec<_> = (0..20)
+            .map(|_| {
+                let m = m.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..50 {
+                        m.record_request("passthrough", 200, Duration::from_secs(20));
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let text = m.render();
+        assert!(
+            text.contains("omsp_requests_total{route_class=\"passthrough\",status=\"200\"} 1000\n")
+        );
+        // Above the largest bound: only in +Inf.
+        assert!(text.contains("omsp_request_duration_seconds_bucket{le=\"10\"} 0\n"));
+        assert!(text.contains("omsp_request_duration_seconds_bucket{le=\"+Inf\"} 1000\n"));
+        assert!(text.contains("omsp_request_duration_seconds_sum 20000\n"));
     }
 }

@@ -664,3 +664,31 @@ async fn two_authorization_headers_make_no_identity() {
         check("two authorization headers", &a, Sees::Mask, "twice");
     }
 }
+
+#[tokio::test]
+async fn a_remembered_bot_token_stops_counting_when_it_expires() {
+    let (emu, gw) = stack().await;
+    emu.set_jwks(jwt::jwks());
+    let a = req(
+        &gw,
+        Method::POST,
+        DB,
+        None,
+        mysql("svc-exp", PASSWORD).to_string(),
+    )
+    .await;
+    assert_eq!(a.status, 201, "{}", a.text());
+    let mut c = jwt::claims("ingestion-bot", true);
+    c["exp"] = json!(jwt::now() + 2);
+    let token = jwt::rs256("key1", Some("k1"), &c);
+    let path = format!("{DB}/name/svc-exp");
+    // Verified once, then answered from the identity cache: the bot sees the value each time.
+    for _ in 0..3 {
+        let a = req(&gw, Method::GET, &path, Some(&token), "").await;
+        assert_eq!(passwords(&a.json()), vec![PASSWORD.to_string()]);
+    }
+    // Past `exp` the remembered identity is gone: the same token is no token.
+    tokio::time::sleep(std::time::Duration::from_millis(3100)).await;
+    let a = req(&gw, Method::GET, &path, Some(&token), "").await;
+    assert_eq!(passwords(&a.json()), vec!["*********".to_string()]);
+}

@@ -37,10 +37,40 @@ pub struct NormPath {
 
 impl NormPath {
     pub fn parse(raw: &str) -> Result<NormPath, PathError> {
-        let mut segments = Vec::new();
-        for raw_seg in raw.split(['/', '\\']) {
-            // Matrix parameters belong to the segment before decoding (Jersey's reading).
-            let raw_seg = raw_seg.split(';').next().unwrap_or("");
+        let mut segments = Vec::with_capacity(8);
+        let bytes = raw.as_bytes();
+        let mut start = 0;
+        for i in 0..=bytes.len() {
+            if i < bytes.len() && bytes[i] != b'/' && bytes[i] != b'\\' {
+                continue;
+            }
+            // One segment (separators are ASCII, so these are char boundaries).
+            let whole = &raw[start..i];
+            start = i + 1;
+            // Matrix parameters belong to the segment before decoding (Jersey's reading);
+            // one pass finds where they start, escapes and control bytes.
+            let (mut end, mut escaped, mut control) = (whole.len(), false, false);
+            for (j, &b) in whole.as_bytes().iter().enumerate() {
+                if b == b';' {
+                    end = j;
+                    break;
+                }
+                escaped |= b == b'%';
+                control |= b < 0x20 || b == 0x7f;
+            }
+            let raw_seg = &whole[..end];
+            if !escaped {
+                // Nothing to decode (the common case): the same checks, no copy to decode into.
+                if control {
+                    return Err(PathError::ControlByte);
+                }
+                match raw_seg {
+                    "" | "." => {}
+                    ".." => return Err(PathError::DotDot),
+                    s => segments.push(s.to_string()),
+                }
+                continue;
+            }
             let decoded = percent_decode(raw_seg)?;
             // A decoded separator separates (the wider reading).
             for seg in decoded.split(['/', '\\']) {

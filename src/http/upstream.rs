@@ -1,5 +1,8 @@
-//! The one pooled upstream client (http and https), built once at start-up.
+//! The one pooled upstream client (http and https), built once at start-up: a lean
+//! HTTP/1.1 pool for a plain-HTTP upstream (`pool`), hyper-util's client with rustls for
+//! an https one.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{header, HeaderValue, Request, Response, Uri};
@@ -8,6 +11,7 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::body::Body;
+use super::pool::{Http1Pool, SendError};
 use crate::config::UpstreamConfig;
 use crate::error::GatewayError;
 use crate::tls;
@@ -15,8 +19,15 @@ use crate::tls;
 type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 
 #[derive(Clone)]
+enum Transport {
+    /// Plain HTTP: no TLS connector to clone per request, no pool key to hash.
+    Plain(Arc<Http1Pool>),
+    Tls(Box<Client<Connector, Body>>),
+}
+
+#[derive(Clone)]
 pub struct Upstream {
-    client: Client<Connector, Body>,
+    client: Transport,
     scheme: http::uri::Scheme,
     authority: http::uri::Authority,
     base_path: String,
@@ -26,11 +37,22 @@ pub struct Upstream {
 
 impl Upstream {
     pub fn new(cfg: &UpstreamConfig) -> Result<Upstream, tls::TlsError> {
+        let connect_timeout = cfg.timeout.min(Duration::from_secs(10));
+        if cfg.url.scheme() != Some(&http::uri::Scheme::HTTPS) {
+            let port = cfg.url.port_u16().unwrap_or(80);
+            let host = cfg.url.host().unwrap_or("127.0.0.1");
+            let client = Transport::Plain(Arc::new(Http1Pool::new(
+                format!("{host}:{port}"),
+                connect_timeout,
+                cfg.pool_idle_per_host,
+            )));
+            return Ok(Upstream::assemble(cfg, client));
+        }
         let tls_cfg = tls::client_config(cfg.ca_file.as_deref())?;
         Ok(Upstream::with_tls(cfg, tls_cfg))
     }
 
-    /// A client with its own TLS settings (a Kubernetes API server's CA and client
+    /// An https client with its own TLS settings (a Kubernetes API server's CA and client
     /// certificate, say); `cfg.ca_file` is not read.
     pub fn with_tls(cfg: &UpstreamConfig, tls_cfg: rustls::ClientConfig) -> Upstream {
         let mut http = HttpConnector::new();
@@ -44,12 +66,18 @@ impl Upstream {
             .enable_http1()
             .enable_http2()
             .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(cfg.pool_idle_per_host)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(connector);
+        let client = Transport::Tls(Box::new(
+            Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(90))
+                .pool_max_idle_per_host(cfg.pool_idle_per_host)
+                .pool_timer(TokioTimer::new())
+                .timer(TokioTimer::new())
+                .build(connector),
+        ));
+        Upstream::assemble(cfg, client)
+    }
+
+    fn assemble(cfg: &UpstreamConfig, client: Transport) -> Upstream {
         let scheme = cfg.url.scheme().cloned().unwrap_or(http::uri::Scheme::HTTP);
         let authority = cfg
             .url
@@ -68,14 +96,19 @@ impl Upstream {
         }
     }
 
-    /// The upstream URI for a client's path and query (forwarded as they came).
+    /// The upstream URI for a client's path and query (forwarded as they came): origin-form
+    /// for the plain-HTTP pool, absolute for the https client.
     pub fn uri_for(&self, path_and_query: &str) -> Result<Uri, GatewayError> {
+        let bad = |_| GatewayError::BadRequest("request target cannot be forwarded".into());
         let pq = if self.base_path.is_empty() {
             http::uri::PathAndQuery::try_from(path_and_query)
         } else {
             http::uri::PathAndQuery::try_from(format!("{}{}", self.base_path, path_and_query))
         }
-        .map_err(|_| GatewayError::BadRequest("request target cannot be forwarded".into()))?;
+        .map_err(bad)?;
+        if let Transport::Plain(_) = self.client {
+            return Ok(Uri::from(pq));
+        }
         Uri::builder()
             .scheme(self.scheme.clone())
             .authority(self.authority.clone())
@@ -84,17 +117,46 @@ impl Upstream {
             .map_err(|_| GatewayError::BadRequest("request target cannot be forwarded".into()))
     }
 
+    /// The upstream URI for a request's own path and query, reusing its bytes where the
+    /// plain-HTTP pool has no base path to add.
+    pub fn uri_from(
+        &self,
+        path_and_query: Option<&http::uri::PathAndQuery>,
+    ) -> Result<Uri, GatewayError> {
+        match (&self.client, path_and_query) {
+            (Transport::Plain(_), Some(pq)) if self.base_path.is_empty() => {
+                Ok(Uri::from(pq.clone()))
+            }
+            _ => self.uri_for(path_and_query.map_or("/", |p| p.as_str())),
+        }
+    }
+
     /// Sends a request upstream; the answer's headers must arrive within the timeout.
     pub async fn send(&self, mut req: Request<Body>) -> Result<Response<Incoming>, GatewayError> {
         req.headers_mut()
             .insert(header::HOST, self.host_header.clone());
         // The upstream connection picks its own HTTP version.
         *req.version_mut() = http::Version::HTTP_11;
-        match tokio::time::timeout(self.timeout, self.client.request(req)).await {
+        let sent = match &self.client {
+            Transport::Plain(pool) => {
+                if req.uri().scheme().is_some() {
+                    // Origin-form on the wire (a URI built elsewhere may be absolute).
+                    let pq = req.uri().path_and_query().cloned();
+                    *req.uri_mut() = pq.map_or_else(|| Uri::from_static("/"), Uri::from);
+                }
+                tokio::time::timeout(self.timeout, pool.send(req))
+                    .await
+                    .map(|r| r.map_err(|e| (matches!(e, SendError::Connect(_)), e.to_string())))
+            }
+            Transport::Tls(client) => tokio::time::timeout(self.timeout, client.request(req))
+                .await
+                .map(|r| r.map_err(|e| (e.is_connect(), e.to_string()))),
+        };
+        match sent {
             Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, connect = e.is_connect(), "upstream request failed");
-                Err(GatewayError::BadGateway(if e.is_connect() {
+            Ok(Err((connect, error))) => {
+                tracing::warn!(error = %error, connect, "upstream request failed");
+                Err(GatewayError::BadGateway(if connect {
                     "upstream OpenMetadata server is unreachable".into()
                 } else {
                     "upstream OpenMetadata server failed to answer".into()

@@ -2,21 +2,17 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-const HOP_BY_HOP: [HeaderName; 12] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    // Method overrides: the upstream must see the method the gateway judged.
-    HeaderName::from_static("x-http-method-override"),
-    HeaderName::from_static("x-http-method"),
-    HeaderName::from_static("x-method-override"),
-];
+/// The headers that are hop-by-hop on their own; a `match` on the name, so checking a
+/// message's headers costs a few comparisons each, no hashing.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    match name.as_str() {
+        "connection" | "keep-alive" | "te" | "trailer" | "transfer-encoding" | "upgrade" => true,
+        // Method overrides: the upstream must see the method the gateway judged.
+        "x-http-method-override" | "x-http-method" | "x-method-override" => true,
+        // proxy-connection, proxy-authenticate, proxy-authorization and any other Proxy-*.
+        n => n.starts_with("proxy-"),
+    }
+}
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -26,29 +22,41 @@ pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-h
 /// Removes the hop-by-hop headers: the fixed list, every `Proxy-*` header, and every
 /// header the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
-            headers.remove(&name);
+    // Most requests carry none: one pass over the names, nothing hashed or removed.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
+    let mut connection = headers.get_all(header::CONNECTION).iter();
+    let (first, more) = (connection.next().cloned(), connection.next().is_some());
+    match (first, more) {
+        (None, _) => {}
+        // The usual case, one Connection header: no list to build.
+        (Some(only), false) => remove_named(headers, &only),
+        (Some(_), true) => {
+            let all: Vec<HeaderValue> = headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .cloned()
+                .collect();
+            for v in &all {
+                remove_named(headers, v);
+            }
         }
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+    while let Some(name) = headers.keys().find(|k| is_hop_by_hop(k)).cloned() {
+        headers.remove(&name);
     }
-    if headers.keys().any(|k| k.as_str().starts_with("proxy-")) {
-        let proxy: Vec<HeaderName> = headers
-            .keys()
-            .filter(|k| k.as_str().starts_with("proxy-"))
-            .cloned()
-            .collect();
-        for name in proxy {
-            headers.remove(&name);
+}
+
+/// Removes the headers a `Connection` value names.
+fn remove_named(headers: &mut HeaderMap, connection: &HeaderValue) {
+    let Ok(v) = connection.to_str() else { return };
+    for token in v.split(',') {
+        // By name as text: no header name is built for a token that names nothing.
+        // `keep-alive` is hop-by-hop itself and goes with the others.
+        let token = token.trim();
+        if !token.is_empty() && !token.eq_ignore_ascii_case("keep-alive") {
+            headers.remove(token);
         }
     }
 }
@@ -95,6 +103,64 @@ pub fn set_forwarded(
     }
 }
 
+/// The request headers of a forwarded request, in place: hop-by-hop headers out, the
+/// forwarding headers and the request id in. The same result as [`strip_hop_by_hop`] then
+/// [`set_forwarded`] with the request's host, without copying the host or formatting the
+/// client address on every request.
+pub fn forward(
+    headers: &mut HeaderMap,
+    authority: Option<&http::uri::Authority>,
+    client: std::net::IpAddr,
+    https: bool,
+    request_id: &HeaderValue,
+) {
+    // X-Forwarded-Host: the Host header when it is readable text, else the URI's authority
+    // (HTTP/2's :authority).
+    let host = match headers.get(header::HOST) {
+        Some(h) if h.to_str().is_ok() => Some(h.clone()),
+        _ => authority.and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+    };
+    strip_hop_by_hop(headers);
+    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => {
+            HeaderValue::from_str(&format!("{prev}, {client}")).ok()
+        }
+        _ => Some(client_address(client)),
+    };
+    if let Some(v) = xff {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    headers.insert(
+        X_FORWARDED_PROTO.clone(),
+        HeaderValue::from_static(if https { "https" } else { "http" }),
+    );
+    if let Some(h) = host {
+        headers.insert(X_FORWARDED_HOST.clone(), h);
+    }
+    headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+}
+
+/// The client address as a header value, remembered per thread for the last address seen
+/// (a connection's requests all come from one).
+fn client_address(ip: std::net::IpAddr) -> HeaderValue {
+    use std::cell::RefCell;
+    thread_local! {
+        static LAST: RefCell<Option<(std::net::IpAddr, HeaderValue)>> = const { RefCell::new(None) };
+    }
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if let Some((seen, v)) = last.as_ref() {
+            if *seen == ip {
+                return v.clone();
+            }
+        }
+        let v = HeaderValue::from_maybe_shared(bytes::Bytes::from(ip.to_string()))
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        *last = Some((ip, v.clone()));
+        v
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,6 +180,54 @@ mod tests {
     }
 
     #[test]
+    fn every_hop_by_hop_header_is_removed_in_any_case() {
+        let names = [
+            "Connection",
+            "Keep-Alive",
+            "TE",
+            "Trailer",
+            "Transfer-Encoding",
+            "Upgrade",
+            "Proxy-Connection",
+            "Proxy-Authenticate",
+            "Proxy-Authorization",
+            "X-HTTP-Method-Override",
+            "X-HTTP-Method",
+            "X-Method-Override",
+        ];
+        let mut h = HeaderMap::new();
+        for n in names {
+            h.insert(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                HeaderValue::from_static("1"),
+            );
+        }
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        // A Connection token naming nothing, or not a header name, changes nothing else.
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_static("close, bad name, , X-Private"),
+        );
+        h.insert("x-private", HeaderValue::from_static("1"));
+        h.insert("accept", HeaderValue::from_static("*/*"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("accept"));
+        // Several Connection headers: each one's names go.
+        let mut h = HeaderMap::new();
+        h.append("connection", HeaderValue::from_static("x-a"));
+        h.append("connection", HeaderValue::from_static("keep-alive, X-B"));
+        for n in ["x-a", "x-b", "keep-alive", "x-c"] {
+            h.insert(n, HeaderValue::from_static("1"));
+        }
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-c"]);
+    }
+
+    #[test]
     fn forwarded_for_appends_the_client() {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
@@ -126,6 +240,51 @@ mod tests {
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "gw.example");
+    }
+
+    #[test]
+    fn forward_matches_strip_then_set_forwarded() {
+        let id = HeaderValue::from_static("rid-1");
+        let cases: [&[(&str, &str)]; 4] = [
+            &[("host", "gw.example:8586"), ("accept", "*/*")],
+            &[
+                ("host", "gw.example"),
+                ("connection", "keep-alive, x-private"),
+                ("x-private", "1"),
+                ("proxy-foo", "1"),
+                ("x-forwarded-for", "10.0.0.1"),
+            ],
+            &[("x-forwarded-for", " "), ("te", "trailers")],
+            &[],
+        ];
+        for (n, case) in cases.iter().enumerate() {
+            for ip in ["127.0.0.1", "::1", "127.0.0.1"] {
+                let ip: std::net::IpAddr = ip.parse().unwrap();
+                let mut h = HeaderMap::new();
+                for (k, v) in case.iter() {
+                    h.append(
+                        HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                        HeaderValue::from_static(v),
+                    );
+                }
+                let mut expected = h.clone();
+                let host = expected
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_string);
+                strip_hop_by_hop(&mut expected);
+                set_forwarded(&mut expected, ip, n % 2 == 0, host.as_deref());
+                expected.insert(X_REQUEST_ID.clone(), id.clone());
+                forward(&mut h, None, ip, n % 2 == 0, &id);
+                assert_eq!(h, expected, "case {n}, {ip}");
+            }
+        }
+        // Without a Host header (HTTP/2), the URI's authority is the forwarded host.
+        let mut h = HeaderMap::new();
+        let authority = http::uri::Authority::from_static("h2.example");
+        forward(&mut h, Some(&authority), [10, 0, 0, 2].into(), true, &id);
+        assert_eq!(h["x-forwarded-host"], "h2.example");
+        assert_eq!(h["x-forwarded-for"], "10.0.0.2");
     }
 
     #[test]

@@ -16,6 +16,7 @@ mod audit;
 mod context;
 mod forward;
 pub mod headers;
+mod passthrough;
 mod read;
 mod write;
 
@@ -27,7 +28,7 @@ use hyper::body::Incoming;
 
 use crate::config::PolicyConfig;
 use crate::error::GatewayError;
-use crate::http::body::{self, Body};
+use crate::http::body::Body;
 use crate::http::path::NormPath;
 use crate::http::upstream::Upstream;
 use crate::metrics::Metrics;
@@ -169,14 +170,13 @@ impl Gateway {
         let live = self.live();
         if let Some(m) = live.rules.match_request(req.method(), &norm) {
             ctx.route_class = "ruled";
-            return self.ruled(&live, m, req, ctx).await;
+            // Boxed: the ruled phases' large state stays out of every pass-through request's
+            // future (which hyper moves and keeps per connection).
+            return Box::pin(self.ruled(&live, m, req, ctx)).await;
         }
         // 5-6 for unruled routes: streamed both ways; JSON answers pass the safety net.
-        let (parts, incoming) = req.into_parts();
-        let upstream_req = self.upstream_request(parts, body::stream(incoming), ctx)?;
-        let resp = self.upstream.send(upstream_req).await?;
         let action = decide(ctx.caller.class, &live.policy, &Default::default());
-        self.rewrite_answer(resp, None, action, None).await
+        self.pass_through(req, ctx, action).await
     }
 
     /// Phases 3 to 7 of a ruled request.

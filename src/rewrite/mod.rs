@@ -9,6 +9,7 @@ pub mod json;
 pub(crate) mod owner;
 pub mod patch;
 pub mod response;
+pub mod scan;
 pub mod spans;
 pub mod strip;
 

@@ -340,11 +340,14 @@ impl RuleSet {
         let segs = &path.segments;
         for rule in &self.rules {
             let n = rule.collection_segs.len();
+            // Last segment first: it tells collections apart (`/api/v1` they all share), and
+            // a length mismatch rejects it without reading a byte.
             if segs.len() < n
                 || !rule
                     .collection_segs
                     .iter()
                     .zip(segs.iter())
+                    .rev()
                     .all(|(a, b)| a.eq_ignore_ascii_case(b))
             {
                 continue;

@@ -1,8 +1,16 @@
 //! The default store: a local redb database (ACID, crash-safe), every value Fernet-encrypted
 //! at rest, the file created with mode 0600. Without a configured key, a key is generated
 //! on first start and kept beside the data (`<path>.key`, mode 0600).
+//!
+//! Writes go through one committer thread (group commit): requests encrypt their values,
+//! queue them and wait; the committer drains everything queued into one write transaction,
+//! commits it durably (one fsync for the lot) and only then acknowledges each request. A
+//! failed commit writes nothing of the batch and fails every request in it with the error.
+//! Each request's writes are all in one transaction with the others, so a request's
+//! writes are still all-or-nothing, and they are applied in the order they were queued.
 
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 use std::sync::Arc;
 
 use redb::{Database, ReadableTable, TableDefinition};
@@ -16,6 +24,100 @@ pub struct EmbeddedStore {
     db: Arc<Database>,
     keys: FernetKeys,
     path: PathBuf,
+    committer: Option<Committer>,
+}
+
+/// Transactions queued per commit at most (bounds one commit's latency).
+const MAX_BATCH: usize = 512;
+
+/// One request's writes: all of them or none.
+enum Write {
+    /// (id, encrypted value) pairs.
+    Put(Vec<(String, String)>),
+    Delete(String),
+    /// Makes its whole batch fail (tests of the failure path).
+    #[cfg(test)]
+    Fail,
+}
+
+struct Job {
+    write: Write,
+    done: tokio::sync::oneshot::Sender<Result<(), StoreError>>,
+}
+
+struct Committer {
+    queue: mpsc::Sender<Job>,
+    thread: std::thread::JoinHandle<()>,
+    /// Commits made (successful or not), to see requests share them.
+    #[cfg_attr(not(test), allow(dead_code))]
+    commits: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Committer {
+    fn start(db: Arc<Database>) -> std::io::Result<Committer> {
+        let (queue, jobs) = mpsc::channel::<Job>();
+        let commits = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = commits.clone();
+        let thread = std::thread::Builder::new()
+            .name("omsp-embedded-commit".into())
+            .spawn(move || {
+                while let Ok(first) = jobs.recv() {
+                    let mut batch = vec![first];
+                    while batch.len() < MAX_BATCH {
+                        match jobs.try_recv() {
+                            Ok(j) => batch.push(j),
+                            Err(_) => break,
+                        }
+                    }
+                    let result = commit(&db, &batch);
+                    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    for job in batch {
+                        let _ = job.done.send(result.clone());
+                    }
+                }
+            })?;
+        Ok(Committer {
+            queue,
+            thread,
+            commits,
+        })
+    }
+}
+
+/// Applies a batch in one write transaction and commits it durably.
+fn commit(db: &Database, batch: &[Job]) -> Result<(), StoreError> {
+    let txn = db.begin_write().map_err(unavailable)?;
+    {
+        let mut table = txn.open_table(SECRETS).map_err(unavailable)?;
+        for job in batch {
+            match &job.write {
+                Write::Put(items) => {
+                    for (id, enc) in items {
+                        table
+                            .insert(id.as_str(), enc.as_str())
+                            .map_err(unavailable)?;
+                    }
+                }
+                Write::Delete(id) => {
+                    table.remove(id.as_str()).map_err(unavailable)?;
+                }
+                #[cfg(test)]
+                Write::Fail => return Err(unavailable("injected failure")),
+            }
+        }
+    }
+    // Dropping an uncommitted transaction (on any error above) aborts it: nothing written.
+    txn.commit().map_err(unavailable)
+}
+
+impl Drop for EmbeddedStore {
+    fn drop(&mut self) {
+        // Close the queue and wait for the committer, so the file is closed when this returns.
+        if let Some(c) = self.committer.take() {
+            drop(c.queue);
+            let _ = c.thread.join();
+        }
+    }
 }
 
 fn restrict(path: &Path) {
@@ -84,10 +186,14 @@ impl EmbeddedStore {
             .map_err(|e| format!("{}: {e}", path.display()))?;
         txn.commit()
             .map_err(|e| format!("{}: {e}", path.display()))?;
+        let db = Arc::new(db);
+        let committer = Committer::start(db.clone())
+            .map_err(|e| format!("{}: cannot start the commit thread: {e}", path.display()))?;
         Ok(EmbeddedStore {
-            db: Arc::new(db),
+            db,
             keys,
             path: path.to_path_buf(),
+            committer: Some(committer),
         })
     }
 
@@ -108,26 +214,32 @@ impl EmbeddedStore {
         })
     }
 
-    /// Writes every item in one durable transaction: all or nothing.
-    fn put_sync(&self, items: &[(&str, &str)]) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(unavailable)?;
-        {
-            let mut table = txn.open_table(SECRETS).map_err(unavailable)?;
-            for (id, value) in items {
-                let enc = self.keys.encrypt(value).map_err(unavailable)?;
-                table.insert(*id, enc.as_str()).map_err(unavailable)?;
-            }
-        }
-        txn.commit().map_err(unavailable)
+    /// Queues one request's writes and waits until they are durably committed.
+    async fn write(&self, write: Write) -> Result<(), StoreError> {
+        let committer = self
+            .committer
+            .as_ref()
+            .ok_or_else(|| unavailable("closed"))?;
+        let (done, acked) = tokio::sync::oneshot::channel();
+        committer
+            .queue
+            .send(Job { write, done })
+            .map_err(|_| unavailable("the commit thread has stopped"))?;
+        acked
+            .await
+            .map_err(|_| unavailable("the commit thread has stopped"))?
     }
 
-    fn delete_sync(&self, id: &str) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(unavailable)?;
-        {
-            let mut table = txn.open_table(SECRETS).map_err(unavailable)?;
-            table.remove(id).map_err(unavailable)?;
+    /// Encrypts every item (on the caller's thread), then writes them in one transaction.
+    async fn put_all(&self, items: &[(&str, &str)]) -> Result<(), StoreError> {
+        let mut enc = Vec::with_capacity(items.len());
+        for (id, value) in items {
+            enc.push((
+                id.to_string(),
+                self.keys.encrypt(value).map_err(unavailable)?,
+            ));
         }
-        txn.commit().map_err(unavailable)
+        self.write(Write::Put(enc)).await
     }
 
     fn list_sync(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
@@ -201,7 +313,7 @@ impl SecretStore for EmbeddedStore {
         Box::pin(async move { self.get_sync(id) })
     }
     fn put<'a>(&'a self, id: &'a str, value: &'a str) -> StoreFuture<'a, ()> {
-        Box::pin(async move { self.put_sync(&[(id, value)]) })
+        Box::pin(async move { self.put_all(&[(id, value)]).await })
     }
     fn put_many<'a>(&'a self, items: &'a [(String, String)]) -> StoreFuture<'a, ()> {
         Box::pin(async move {
@@ -209,7 +321,7 @@ impl SecretStore for EmbeddedStore {
                 .iter()
                 .map(|(i, v)| (i.as_str(), v.as_str()))
                 .collect();
-            self.put_sync(&refs)
+            self.put_all(&refs).await
         })
     }
     /// One redb write transaction: redb admits one writer at a time, so the check and the
@@ -231,7 +343,7 @@ impl SecretStore for EmbeddedStore {
         })
     }
     fn delete<'a>(&'a self, id: &'a str) -> StoreFuture<'a, ()> {
-        Box::pin(async move { self.delete_sync(id) })
+        Box::pin(async move { self.write(Write::Delete(id.to_string())).await })
     }
     fn list<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, Vec<String>> {
         Box::pin(async move { self.list_sync(prefix) })
@@ -259,6 +371,95 @@ mod tests {
         };
         assert!(e.starts_with(&path.display().to_string()), "{e}");
         assert!(e.contains("already open in another process"), "{e}");
+    }
+
+    fn open_temp() -> (tempfile::TempDir, Arc<EmbeddedStore>) {
+        let dir = tempfile::tempdir().unwrap();
+        let s =
+            EmbeddedStore::open(&dir.path().join("g.db"), &FernetKeys::new(&[]).unwrap()).unwrap();
+        (dir, Arc::new(s))
+    }
+
+    /// Holds redb's single writer so that everything queued meanwhile forms one batch.
+    async fn with_committer_held<F: std::future::Future>(s: &EmbeddedStore, queue: F) -> F::Output {
+        let held = s.db.begin_write().unwrap();
+        let out = queue.await;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        held.abort().unwrap();
+        out
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writes_share_commits_and_every_acknowledged_one_is_readable() {
+        let (_dir, s) = open_temp();
+        let tasks = with_committer_held(&s, async {
+            let tasks: Vec<_> = (0..50)
+                .map(|i| {
+                    let s = s.clone();
+                    tokio::spawn(async move { s.put(&format!("/g/k{i}"), &format!("v{i}")).await })
+                })
+                .collect();
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            tasks
+        })
+        .await;
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        let commits = s
+            .committer
+            .as_ref()
+            .unwrap()
+            .commits
+            .load(std::sync::atomic::Ordering::Relaxed);
+        assert!(commits <= 3, "50 queued writes took {commits} commits");
+        for i in 0..50 {
+            assert_eq!(
+                s.get(&format!("/g/k{i}")).await.unwrap(),
+                Some(format!("v{i}"))
+            );
+        }
+        s.delete("/g/k0").await.unwrap();
+        assert_eq!(s.get("/g/k0").await.unwrap(), None);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_commit_fails_each_of_its_requests_and_writes_none_of_them() {
+        let (_dir, s) = open_temp();
+        let (a, fail, b) = with_committer_held(&s, async {
+            let a = tokio::spawn({
+                let s = s.clone();
+                async move { s.put("/f/a", "1").await }
+            });
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            let fail = tokio::spawn({
+                let s = s.clone();
+                async move { s.write(Write::Fail).await }
+            });
+            let b = tokio::spawn({
+                let s = s.clone();
+                async move {
+                    s.put_many(&[("/f/b".into(), "2".into()), ("/f/c".into(), "3".into())])
+                        .await
+                }
+            });
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            (a, fail, b)
+        })
+        .await;
+        // `a` was taken alone while the writer was held; `fail` and `b` shared a batch.
+        assert!(a.await.unwrap().is_ok());
+        assert!(matches!(
+            fail.await.unwrap(),
+            Err(StoreError::Unavailable(_))
+        ));
+        assert!(matches!(b.await.unwrap(), Err(StoreError::Unavailable(_))));
+        assert_eq!(s.get("/f/a").await.unwrap().as_deref(), Some("1"));
+        assert_eq!(s.get("/f/b").await.unwrap(), None);
+        assert_eq!(s.get("/f/c").await.unwrap(), None);
+        // The committer goes on after a failed batch.
+        s.put("/f/d", "4").await.unwrap();
+        assert_eq!(s.get("/f/d").await.unwrap().as_deref(), Some("4"));
     }
 
     #[tokio::test]

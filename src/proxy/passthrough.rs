@@ -1,0 +1,314 @@
+//! Steps 5 and 6 for a route without rules: the request is forwarded as it came (hop-by-hop
+//! headers out, forwarding headers in) and the answer streams back, except that a JSON
+//! answer for a caller who does not resolve passes the safety net.
+//!
+//! The safety net reads the answer's chunks as they arrive, scanning each once (a marker
+//! split across two chunks is still seen). An answer within `max_body_bytes` is held until
+//! its end, because a marker in its last chunk means the whole answer must be parsed and
+//! masked; without a marker the chunks go out as they came, never copied. An identity-encoded
+//! answer larger than that streams on once the limit is passed, scanned as it flows, with
+//! the last 7 bytes of every chunk held back until the next chunk is scanned: should a marker
+//! appear, the answer is cut off before any byte of it (the client sees a broken answer, as
+//! it would a 502). An encoded (gzip, ...) answer larger than the limit is a 502.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use serde_json::Value;
+
+use super::context::RequestCtx;
+use super::{headers, Gateway};
+use crate::config::ReadAction;
+use crate::error::GatewayError;
+use crate::http::body::{self, full, Body, BoxError};
+use crate::rewrite::response::mask_references;
+use crate::rewrite::scan::{json_like, MarkerScan, CARRY};
+
+impl Gateway {
+    /// Forwards a request on a route without rules and returns the answer per `action`.
+    pub(super) async fn pass_through(
+        &self,
+        req: Request<Incoming>,
+        ctx: &RequestCtx,
+        action: ReadAction,
+    ) -> Result<Response<Body>, GatewayError> {
+        let (conn, request_id) = (ctx.conn, &ctx.request_id);
+        let (mut parts, incoming) = req.into_parts();
+        let uri = self.upstream.uri_from(parts.uri.path_and_query())?;
+        headers::forward(
+            &mut parts.headers,
+            parts.uri.authority(),
+            conn.remote.ip(),
+            conn.https,
+            request_id,
+        );
+        let mut upstream_req = Request::new(body::stream(incoming));
+        *upstream_req.method_mut() = parts.method;
+        *upstream_req.uri_mut() = uri;
+        *upstream_req.headers_mut() = parts.headers;
+        let resp = self.upstream.send(upstream_req).await?;
+        self.unruled_answer(resp, action).await
+    }
+
+    /// The answer on a route without rules: streamed, or read by the safety net (module doc).
+    pub(super) async fn unruled_answer(
+        &self,
+        resp: Response<Incoming>,
+        action: ReadAction,
+    ) -> Result<Response<Body>, GatewayError> {
+        let (mut parts, mut incoming) = resp.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers);
+        if action == ReadAction::Resolve || !json_like(parts.headers.get(header::CONTENT_TYPE)) {
+            return Ok(Response::from_parts(parts, body::stream(incoming)));
+        }
+        let identity = parts
+            .headers
+            .get(header::CONTENT_ENCODING)
+            .is_none_or(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"identity"));
+        let mut scan = MarkerScan::default();
+        let mut chunks = VecDeque::new();
+        let mut total = 0usize;
+        while let Some(frame) = incoming.frame().await {
+            let frame =
+                frame.map_err(|_| GatewayError::BadGateway("upstream answer broke off".into()))?;
+            let Ok(data) = frame.into_data() else {
+                continue; // trailers are not forwarded on buffered answers
+            };
+            total += data.len();
+            if identity {
+                scan.feed(&data);
+            }
+            chunks.push_back(data);
+            if total > self.max_body_bytes {
+                if !identity || scan.seen() {
+                    return Err(GatewayError::BadGateway(
+                        "upstream answer is too large to inspect".into(),
+                    ));
+                }
+                let body = Scanned::streaming(chunks, incoming, scan);
+                return Ok(Response::from_parts(parts, Body::new(body)));
+            }
+        }
+        let clean = if identity {
+            !scan.seen()
+        } else {
+            false // decided below, on the decoded bytes
+        };
+        if clean {
+            return Ok(Response::from_parts(
+                parts,
+                Body::new(Scanned::replay(chunks)),
+            ));
+        }
+        let raw = concat(chunks, total);
+        let decoded = crate::http::encoding::decode(&parts.headers, raw.clone(), self.max_body_bytes)
+            .map_err(|_| {
+                GatewayError::BadGateway("upstream answer cannot be decoded for inspection".into())
+            })?;
+        if !identity && !crate::rewrite::scan::has_marker(&decoded) {
+            return Ok(Response::from_parts(parts, full(raw)));
+        }
+        let mut doc: Value = serde_json::from_slice(&decoded).map_err(|_| {
+            GatewayError::BadGateway("upstream answer could hold secrets and is not JSON".into())
+        })?;
+        mask_references(&mut doc);
+        let bytes = Bytes::from(doc.to_string());
+        for h in [
+            header::CONTENT_ENCODING,
+            header::ETAG,
+            header::CONTENT_RANGE,
+            header::ACCEPT_RANGES,
+        ] {
+            parts.headers.remove(h);
+        }
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+        if parts.status == StatusCode::PARTIAL_CONTENT {
+            parts.status = StatusCode::OK;
+        }
+        Ok(Response::from_parts(parts, full(bytes)))
+    }
+}
+
+fn concat(mut chunks: VecDeque<Bytes>, total: usize) -> Bytes {
+    if chunks.len() == 1 {
+        return chunks.pop_front().unwrap_or_default();
+    }
+    let mut out = BytesMut::with_capacity(total);
+    for c in chunks {
+        out.extend_from_slice(&c);
+    }
+    out.freeze()
+}
+
+/// Removes the last `CARRY` bytes from the end of `chunks` (across chunks) and returns them.
+fn split_tail(chunks: &mut VecDeque<Bytes>) -> Bytes {
+    let mut parts: Vec<Bytes> = Vec::new();
+    let mut need = CARRY;
+    while need > 0 {
+        let Some(mut last) = chunks.pop_back() else {
+            break;
+        };
+        if last.len() > need {
+            parts.push(last.split_off(last.len() - need));
+            chunks.push_back(last);
+            need = 0;
+        } else {
+            need -= last.len();
+            parts.push(last);
+        }
+    }
+    match parts.len() {
+        0 => Bytes::new(),
+        1 => parts.pop().unwrap_or_default(),
+        _ => {
+            let mut out = BytesMut::with_capacity(CARRY);
+            for p in parts.iter().rev() {
+                out.extend_from_slice(p);
+            }
+            out.freeze()
+        }
+    }
+}
+
+/// A scanned answer going out: chunks already read, then (past the limit) the rest of the
+/// upstream body, scanned as it flows with each chunk's last bytes held back.
+struct Scanned {
+    ready: VecDeque<Bytes>,
+    rest: Option<Rest>,
+    remaining: u64,
+}
+
+struct Rest {
+    incoming: Incoming,
+    scan: MarkerScan,
+    /// Bytes not sent until the next chunk is scanned (a marker could start in them).
+    held: Bytes,
+    trailers: Option<http::HeaderMap>,
+}
+
+impl Scanned {
+    fn replay(ready: VecDeque<Bytes>) -> Scanned {
+        let remaining = ready.iter().map(|c| c.len() as u64).sum();
+        Scanned {
+            ready,
+            rest: None,
+            remaining,
+        }
+    }
+
+    fn streaming(mut ready: VecDeque<Bytes>, incoming: Incoming, scan: MarkerScan) -> Scanned {
+        let held = split_tail(&mut ready);
+        Scanned {
+            ready,
+            rest: Some(Rest {
+                incoming,
+                scan,
+                held,
+                trailers: None,
+            }),
+            remaining: 0,
+        }
+    }
+}
+
+impl HttpBody for Scanned {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        loop {
+            if let Some(c) = this.ready.pop_front() {
+                this.remaining = this.remaining.saturating_sub(c.len() as u64);
+                return Poll::Ready(Some(Ok(Frame::data(c))));
+            }
+            let Some(rest) = this.rest.as_mut() else {
+                return Poll::Ready(None);
+            };
+            if let Some(t) = rest.trailers.take() {
+                this.rest = None;
+                return Poll::Ready(Some(Ok(Frame::trailers(t))));
+            }
+            match Pin::new(&mut rest.incoming).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
+                Poll::Ready(None) => {
+                    let held = std::mem::take(&mut rest.held);
+                    this.rest = None;
+                    if !held.is_empty() {
+                        return Poll::Ready(Some(Ok(Frame::data(held))));
+                    }
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => {
+                        if rest.scan.feed(&data) {
+                            this.rest = None;
+                            return Poll::Ready(Some(Err(
+                                "upstream answer holds a secret reference past the inspection limit"
+                                    .into(),
+                            )));
+                        }
+                        let held = std::mem::take(&mut rest.held);
+                        if !held.is_empty() {
+                            this.ready.push_back(held);
+                        }
+                        this.ready.push_back(data);
+                        rest.held = split_tail(&mut this.ready);
+                    }
+                    Err(frame) => {
+                        if let Ok(t) = frame.into_trailers() {
+                            let held = std::mem::take(&mut rest.held);
+                            if !held.is_empty() {
+                                this.ready.push_back(held);
+                            }
+                            rest.trailers = Some(t);
+                        }
+                    }
+                },
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ready.is_empty() && self.rest.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        if self.rest.is_none() {
+            SizeHint::with_exact(self.remaining)
+        } else {
+            SizeHint::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_tail_takes_the_last_bytes_across_chunks() {
+        let mut q: VecDeque<Bytes> = ["abcdef", "gh", "ij"]
+            .iter()
+            .map(|s| Bytes::from_static(s.as_bytes()))
+            .collect();
+        let tail = split_tail(&mut q);
+        assert_eq!(&tail[..], b"defghij");
+        assert_eq!(q, VecDeque::from(vec![Bytes::from_static(b"abc")]));
+        let mut short: VecDeque<Bytes> = VecDeque::from(vec![Bytes::from_static(b"ab")]);
+        assert_eq!(&split_tail(&mut short)[..], b"ab");
+        assert!(short.is_empty());
+    }
+}
