@@ -204,10 +204,16 @@ async fn a_gzip_answer_past_the_inspection_limit_is_a_502() {
 async fn keep_alive_connections_to_the_upstream_are_reused() {
     let (url, conns) = upstream(json_script(&[br#"{"ok":true}"#])).await;
     let gw = start_gateway(config_for(&url)).await;
+    // The start-up version probe may open a connection of its own first.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = conns.load(Ordering::SeqCst);
     for _ in 0..20 {
         assert_eq!(get(&gw.url(TABLE)).await.status, 200);
     }
-    assert_eq!(conns.load(Ordering::SeqCst), 1);
+    assert!(
+        conns.load(Ordering::SeqCst) - before <= 1,
+        "20 requests, one connection"
+    );
 }
 
 #[tokio::test]
@@ -218,9 +224,11 @@ async fn a_pooled_connection_the_upstream_closed_is_replaced() {
     })
     .await;
     let gw = start_gateway(config_for(&url)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = conns.load(Ordering::SeqCst);
     for _ in 0..3 {
         assert_eq!(get(&gw.url(TABLE)).await.status, 200);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(conns.load(Ordering::SeqCst), 3);
+    assert_eq!(conns.load(Ordering::SeqCst) - before, 3);
 }

@@ -107,10 +107,13 @@ impl Gateway {
             ));
         }
         let raw = concat(chunks, total);
-        let decoded = crate::http::encoding::decode(&parts.headers, raw.clone(), self.max_body_bytes)
-            .map_err(|_| {
-                GatewayError::BadGateway("upstream answer cannot be decoded for inspection".into())
-            })?;
+        let decoded =
+            crate::http::encoding::decode(&parts.headers, raw.clone(), self.max_body_bytes)
+                .map_err(|_| {
+                    GatewayError::BadGateway(
+                        "upstream answer cannot be decoded for inspection".into(),
+                    )
+                })?;
         if !identity && !crate::rewrite::scan::has_marker(&decoded) {
             return Ok(Response::from_parts(parts, full(raw)));
         }
