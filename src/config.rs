@@ -40,6 +40,7 @@ struct RawServer {
     max_body_bytes: i64,
     header_read_timeout_ms: i64,
     shutdown_grace_ms: i64,
+    body_timeout_ms: i64,
 }
 
 impl Default for RawServer {
@@ -52,6 +53,7 @@ impl Default for RawServer {
             max_body_bytes: 16 * 1024 * 1024,
             header_read_timeout_ms: 10_000,
             shutdown_grace_ms: 30_000,
+            body_timeout_ms: 30_000,
         }
     }
 }
@@ -64,6 +66,7 @@ struct RawUpstream {
     timeout_ms: i64,
     service_token: String,
     pool_idle_per_host: i64,
+    body_timeout_ms: i64,
 }
 
 impl Default for RawUpstream {
@@ -74,6 +77,7 @@ impl Default for RawUpstream {
             timeout_ms: 30_000,
             service_token: String::new(),
             pool_idle_per_host: 256,
+            body_timeout_ms: 30_000,
         }
     }
 }
@@ -248,6 +252,8 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     pub header_read_timeout: Duration,
     pub shutdown_grace: Duration,
+    /// A client's whole request body must arrive within this (408 otherwise).
+    pub body_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -265,6 +271,9 @@ pub struct UpstreamConfig {
     pub timeout: Duration,
     pub service_token: Option<String>,
     pub pool_idle_per_host: usize,
+    /// An answer the gateway reads must arrive whole within this, a streamed one may not
+    /// stall longer (504 / cut off).
+    pub body_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -626,6 +635,11 @@ fn validate(raw: RawConfig, source: Option<PathBuf>, label: &str) -> Result<Conf
         raw.server.shutdown_grace_ms,
         &mut err,
     );
+    let client_body_timeout = positive_ms(
+        "server.body_timeout_ms",
+        raw.server.body_timeout_ms,
+        &mut err,
+    );
 
     // [upstream]
     let (url, base_path) = match raw.upstream.url.trim().parse::<Uri>() {
@@ -658,6 +672,11 @@ fn validate(raw: RawConfig, source: Option<PathBuf>, label: &str) -> Result<Conf
         }
     }
     let timeout = positive_ms("upstream.timeout_ms", raw.upstream.timeout_ms, &mut err);
+    let upstream_body_timeout = positive_ms(
+        "upstream.body_timeout_ms",
+        raw.upstream.body_timeout_ms,
+        &mut err,
+    );
     if raw.upstream.pool_idle_per_host < 0 {
         err("upstream.pool_idle_per_host", "must not be negative".into());
     }
@@ -928,6 +947,7 @@ fn validate(raw: RawConfig, source: Option<PathBuf>, label: &str) -> Result<Conf
             max_body_bytes: raw.server.max_body_bytes as usize,
             header_read_timeout,
             shutdown_grace,
+            body_timeout: client_body_timeout,
         },
         upstream: UpstreamConfig {
             url,
@@ -936,6 +956,7 @@ fn validate(raw: RawConfig, source: Option<PathBuf>, label: &str) -> Result<Conf
             timeout,
             service_token: opt(raw.upstream.service_token),
             pool_idle_per_host: raw.upstream.pool_idle_per_host as usize,
+            body_timeout: upstream_body_timeout,
         },
         rules: RulesConfig {
             dir: rules_dir,

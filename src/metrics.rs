@@ -4,6 +4,8 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::rewrite::refusal::Unreadable;
+
 /// The route classes requests are counted by.
 pub const ROUTE_CLASSES: [&str; 2] = ["passthrough", "ruled"];
 /// Statuses 100..=599 each get a counter; a status outside that range is clamped into it.
@@ -27,6 +29,8 @@ pub struct Metrics {
     pub store_errors: AtomicU64,
     pub secrets_written: AtomicU64,
     pub secrets_resolved: AtomicU64,
+    /// Answers refused because they could not be fully read, by reason.
+    reads_refused: [AtomicU64; Unreadable::ALL.len()],
 }
 
 impl Default for Metrics {
@@ -46,6 +50,7 @@ impl Default for Metrics {
             store_errors: AtomicU64::new(0),
             secrets_written: AtomicU64::new(0),
             secrets_resolved: AtomicU64::new(0),
+            reads_refused: Default::default(),
         }
     }
 }
@@ -66,8 +71,22 @@ impl Metrics {
             .fetch_add(latency.as_micros() as u64, Ordering::Relaxed);
     }
 
+    pub fn record_read_refused(&self, why: Unreadable) {
+        self.reads_refused[why.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn render(&self) -> String {
         let mut s = String::new();
+        s.push_str("# HELP omsp_reads_refused_total Upstream answers refused because the gateway could not fully read them, by reason.\n");
+        s.push_str("# TYPE omsp_reads_refused_total counter\n");
+        for why in Unreadable::ALL {
+            let _ = writeln!(
+                s,
+                "omsp_reads_refused_total{{reason=\"{}\"}} {}",
+                why.as_str(),
+                self.reads_refused[why.index()].load(Ordering::Relaxed)
+            );
+        }
         s.push_str("# HELP omsp_requests_total Requests answered, by route class and status.\n");
         s.push_str("# TYPE omsp_requests_total counter\n");
         for (i, counter) in self.requests.iter().enumerate() {
@@ -183,5 +202,19 @@ mod tests {
         assert_eq!(text.matches("omsp_requests_total{").count(), 3);
         assert!(text.contains("omsp_request_duration_seconds_count 4\n"));
         assert!(text.contains("omsp_request_duration_seconds_bucket{le=\"0.005\"} 3\n"));
+    }
+
+    #[test]
+    fn refused_reads_are_counted_by_reason_and_every_reason_is_shown() {
+        let m = Metrics::default();
+        m.record_read_refused(Unreadable::Bom);
+        m.record_read_refused(Unreadable::Bom);
+        let text = m.render();
+        assert!(text.contains("omsp_reads_refused_total{reason=\"bom\"} 2\n"));
+        assert!(text.contains("omsp_reads_refused_total{reason=\"too_deep\"} 0\n"));
+        assert_eq!(
+            text.matches("omsp_reads_refused_total{").count(),
+            Unreadable::ALL.len()
+        );
     }
 }

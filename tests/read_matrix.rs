@@ -35,7 +35,13 @@ async fn req(
     body: impl Into<Bytes>,
 ) -> Answer {
     let auth = token.map(bearer);
-    let mut h: Vec<(&str, &str)> = vec![("content-type", "application/json")];
+    // PATCH bodies are JSON Patch, as OpenMetadata takes them.
+    let ct = if m == Method::PATCH {
+        "application/json-patch+json"
+    } else {
+        "application/json"
+    };
+    let mut h: Vec<(&str, &str)> = vec![("content-type", ct)];
     if let Some(a) = &auth {
         h.push(("authorization", a.as_str()));
     }

@@ -1,0 +1,524 @@
+//! Secrets found by the shape of what holds them, wherever it sits in an answer: at any depth,
+//! inside any wrapper (`{"entity": {...}}`, `{"data": [...]}`, a top-level array) and inside
+//! string fields that hold JSON (`versions[]`, a change's `oldValue`/`newValue`, a change
+//! event's `entity`). No envelope is assumed.
+//!
+//! Every object of a document is looked at once:
+//! - **an entity of a rule's kind**: it has the rule's field base or one of its safety-net
+//!   subtrees as an object (`connection.config`, `authenticationMechanism`,
+//!   `sourceConfig.config`, `openMetadataServerConnection`, `request.connection.config`):
+//!   the rule's secret paths apply from it. It becomes an [`Owner`]: the caller's permission
+//!   to see its values is decided once for it;
+//! - **a typed subtree of a rule's kind**: its `type` (`authType` for a bot's authentication
+//!   mechanism) is one the rule knows (`Mysql`, `DatabaseMetadata`, `JWT`): the rule's paths
+//!   apply from where that type sits (`connection.config`, `sourceConfig.config`,
+//!   `authenticationMechanism`);
+//! - **the safety net's names**: a member whose name the safety net treats as secret
+//!   (`password`, `...Token`, ...) holding a scalar, or an array of scalars;
+//! - **a change of a field** (`{"name": "connection.config.password", "oldValue": ..,
+//!   "newValue": ..}`): the values are what sits at that path.
+//!
+//! A string that looks like JSON (starts with `{` or `[` and holds `":`) is handed back as
+//! [`Embedded`], to be parsed and rewritten as a document of its own.
+
+use std::collections::HashMap;
+
+use serde_json::{Map, Value};
+
+use super::json::deep;
+use crate::rules::jsonpath::{get, Step};
+use crate::rules::{type_locations, type_matches, Rule, RuleSet};
+
+/// A secret location.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hit {
+    /// From the document's root.
+    pub steps: Vec<Step>,
+    /// The rule (index in [`RuleSet::rules`]) whose read policy applies.
+    pub rule: usize,
+    /// The [`Owner`] whose permission applies.
+    pub owner: usize,
+}
+
+/// An object whose secrets share one permission: the document's root, or an entity inside it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    pub steps: Vec<Step>,
+    /// `fullyQualifiedName`, else `name`: what a `ViewAll` question names.
+    pub fqn: Option<String>,
+    /// The rules whose entity shape it has (the root: none when it has none).
+    pub rules: Vec<usize>,
+}
+
+/// A string holding JSON, to be read as a document of its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Embedded {
+    pub steps: Vec<Step>,
+    pub owner: usize,
+    /// Where its value sits in an entity of the scope's kind (a change's field name), if known.
+    pub anchor: Vec<Step>,
+}
+
+/// What [`Scanner::scan`] found in one document.
+#[derive(Debug, Default)]
+pub struct Scan {
+    pub hits: Vec<Hit>,
+    pub owners: Vec<Owner>,
+    pub embedded: Vec<Embedded>,
+}
+
+/// The rule set, arranged for looking at every object of an answer.
+pub struct Scanner<'a> {
+    rules: &'a RuleSet,
+    /// The rule of the route the answer came from.
+    scope: usize,
+    /// Per rule, the subtrees whose presence makes an object an entity of its kind.
+    shapes: Vec<(usize, Vec<Step>)>,
+    /// Per rule, where its documents declare their type: (rule, subtree, key).
+    types: Vec<(usize, Vec<Step>, String)>,
+    /// First keys of `shapes`, and keys of `types`.
+    shape_keys: Vec<String>,
+    type_keys: Vec<String>,
+}
+
+const SECRET: u8 = 1;
+const SHAPE: u8 = 2;
+const TYPE: u8 = 4;
+const CHANGE: u8 = 8;
+
+fn keys(path: &[String]) -> Vec<Step> {
+    path.iter().map(|k| Step::Key(k.clone())).collect()
+}
+
+impl<'a> Scanner<'a> {
+    pub fn new(rules: &'a RuleSet, scope: &Rule) -> Scanner<'a> {
+        let scope = rules
+            .rules
+            .iter()
+            .position(|r| std::ptr::eq(r, scope) || r.kind == scope.kind)
+            .unwrap_or_default();
+        let mut shapes = Vec::new();
+        let mut types = Vec::new();
+        for (i, rule) in rules.rules.iter().enumerate() {
+            if !rule.field_base.is_empty() {
+                shapes.push((i, keys(&rule.field_base)));
+            }
+            for base in &rule.safety_net {
+                shapes.push((i, keys(base)));
+            }
+            for loc in type_locations(rule) {
+                if let Some((key, at)) = loc.split_last() {
+                    types.push((i, keys(at), key.clone()));
+                }
+            }
+        }
+        let mut shape_keys: Vec<String> = shapes
+            .iter()
+            .filter_map(|(_, s)| match s.first() {
+                Some(Step::Key(k)) => Some(k.clone()),
+                _ => None,
+            })
+            .collect();
+        shape_keys.sort();
+        shape_keys.dedup();
+        let mut type_keys: Vec<String> = types.iter().map(|(_, _, k)| k.clone()).collect();
+        type_keys.sort();
+        type_keys.dedup();
+        Scanner {
+            rules,
+            scope,
+            shapes,
+            types,
+            shape_keys,
+            type_keys,
+        }
+    }
+
+    /// The index of the scope's rule.
+    pub fn scope(&self) -> usize {
+        self.scope
+    }
+
+    /// Every secret location, owner and JSON-holding string of `doc`. `anchor` says where in an
+    /// entity of the scope's kind the document sits (user token routes answer a subtree; a
+    /// change's value sits at its field's path); empty when unknown.
+    pub fn scan(&self, doc: &Value, anchor: &[Step]) -> Scan {
+        let mut walk = Walk {
+            s: self,
+            memo: HashMap::new(),
+            out: Scan::default(),
+        };
+        walk.out.owners.push(Owner {
+            steps: Vec::new(),
+            fqn: fqn(doc),
+            rules: Vec::new(),
+        });
+        if !anchor.is_empty() {
+            let rule = &self.rules.rules[self.scope];
+            for rel in rule.paths_in(anchor, doc) {
+                walk.hit(rel, self.scope, 0);
+            }
+        }
+        match doc {
+            Value::String(s) if holds_json(s) => walk.out.embedded.push(Embedded {
+                steps: Vec::new(),
+                owner: 0,
+                anchor: anchor.to_vec(),
+            }),
+            _ => walk.value(doc, &mut Vec::new(), 0),
+        }
+        let mut out = walk.out;
+        // A string that is itself a secret is shown whole (masked or resolved), not read into.
+        out.embedded
+            .retain(|e| !out.hits.iter().any(|h| h.steps == e.steps));
+        out
+    }
+}
+
+/// Whether a string looks like a JSON object or array, so it must be read as one.
+pub fn holds_json(s: &str) -> bool {
+    let t = s.trim_start();
+    (t.starts_with('{') || t.starts_with('[')) && s.contains("\":")
+}
+
+fn fqn(v: &Value) -> Option<String> {
+    v.get("fullyQualifiedName")
+        .or_else(|| v.get("name"))
+        .and_then(Value::as_str)
+        .map(str::to_string)
+}
+
+fn is_scalar(v: &Value) -> bool {
+    matches!(v, Value::String(_) | Value::Number(_) | Value::Bool(_))
+}
+
+struct Walk<'s, 'd> {
+    s: &'s Scanner<'s>,
+    /// Per distinct member name: what it can mean ([`SECRET`], [`SHAPE`], ...). Lists repeat
+    /// the same names many times.
+    memo: HashMap<&'d str, u8>,
+    out: Scan,
+}
+
+impl<'d> Walk<'_, 'd> {
+    fn hit(&mut self, steps: Vec<Step>, rule: usize, owner: usize) {
+        self.out.hits.push(Hit { steps, rule, owner });
+    }
+
+    fn class(&mut self, key: &'d str) -> u8 {
+        if let Some(c) = self.memo.get(key) {
+            return *c;
+        }
+        let s = self.s;
+        let mut c = 0;
+        if s.rules.is_secret_key(key) {
+            c |= SECRET;
+        }
+        if s.shape_keys.iter().any(|k| k == key) {
+            c |= SHAPE;
+        }
+        if s.type_keys.iter().any(|k| k == key) {
+            c |= TYPE;
+        }
+        if matches!(key, "name" | "oldValue" | "newValue") {
+            c |= CHANGE;
+        }
+        self.memo.insert(key, c);
+        c
+    }
+
+    fn value(&mut self, v: &'d Value, steps: &mut Vec<Step>, owner: usize) {
+        deep(|| match v {
+            Value::Object(m) => self.object(v, m, steps, owner),
+            Value::Array(items) => {
+                for (i, child) in items.iter().enumerate() {
+                    steps.push(Step::Index(i));
+                    self.child(child, steps, owner, &[]);
+                    steps.pop();
+                }
+            }
+            _ => {}
+        })
+    }
+
+    fn child(&mut self, v: &'d Value, steps: &mut Vec<Step>, owner: usize, anchor: &[Step]) {
+        match v {
+            Value::String(s) if holds_json(s) => self.out.embedded.push(Embedded {
+                steps: steps.clone(),
+                owner,
+                anchor: anchor.to_vec(),
+            }),
+            Value::Object(_) | Value::Array(_) => self.value(v, steps, owner),
+            _ => {}
+        }
+    }
+
+    fn object(
+        &mut self,
+        v: &'d Value,
+        m: &'d Map<String, Value>,
+        steps: &mut Vec<Step>,
+        mut owner: usize,
+    ) {
+        let mut flags = 0;
+        for k in m.keys() {
+            flags |= self.class(k);
+        }
+        if flags & SHAPE != 0 {
+            owner = self.entity(v, steps, owner);
+        }
+        if flags & TYPE != 0 {
+            self.typed(v, m, steps, owner);
+        }
+        if flags & SECRET != 0 {
+            self.named(m, steps, owner);
+        }
+        let change = if flags & CHANGE != 0 {
+            self.change(m, steps, owner)
+        } else {
+            None
+        };
+        for (k, child) in m {
+            steps.push(Step::Key(k.clone()));
+            let anchor = match &change {
+                Some(a) if k == "oldValue" || k == "newValue" => a.as_slice(),
+                _ => &[],
+            };
+            self.child(child, steps, owner, anchor);
+            steps.pop();
+        }
+    }
+
+    /// An entity of one or more kinds: their paths apply from here, and it owns what is in it.
+    fn entity(&mut self, v: &'d Value, steps: &[Step], owner: usize) -> usize {
+        let s = self.s;
+        let mut kinds: Vec<usize> = s
+            .shapes
+            .iter()
+            .filter(|(_, shape)| matches!(get(v, shape), Some(Value::Object(_))))
+            .map(|(rule, _)| *rule)
+            .collect();
+        kinds.dedup();
+        if kinds.is_empty() {
+            return owner;
+        }
+        let me = if steps.is_empty() {
+            0
+        } else {
+            self.out.owners.push(Owner {
+                steps: steps.to_vec(),
+                fqn: fqn(v),
+                rules: Vec::new(),
+            });
+            self.out.owners.len() - 1
+        };
+        for rule in kinds {
+            if !self.out.owners[me].rules.contains(&rule) {
+                self.out.owners[me].rules.push(rule);
+            }
+            for rel in s.rules.rules[rule].paths_in(&[], v) {
+                self.hit([steps, &rel].concat(), rule, me);
+            }
+        }
+        me
+    }
+
+    /// A subtree whose declared type a rule knows: its paths apply from where the type sits.
+    fn typed(&mut self, v: &'d Value, m: &Map<String, Value>, steps: &[Step], owner: usize) {
+        let s = self.s;
+        for (rule, at, key) in &s.types {
+            let Some(Value::String(t)) = m.get(key) else {
+                continue;
+            };
+            let r = &s.rules.rules[*rule];
+            if r.known_types.iter().any(|g| type_matches(g, t)) {
+                for rel in r.paths_in(at, v) {
+                    self.hit([steps, &rel].concat(), *rule, owner);
+                }
+            }
+        }
+    }
+
+    /// Members the safety net treats as secret by their name.
+    fn named(&mut self, m: &'d Map<String, Value>, steps: &[Step], owner: usize) {
+        let scope = self.s.scope;
+        for (k, child) in m {
+            if self.class(k) & SECRET == 0 {
+                continue;
+            }
+            let at = || [steps, &[Step::Key(k.clone())]].concat();
+            match child {
+                c if is_scalar(c) => {
+                    let at = at();
+                    self.hit(at, scope, owner);
+                }
+                Value::Array(items) => {
+                    let base = at();
+                    for (i, item) in items.iter().enumerate() {
+                        if is_scalar(item) {
+                            self.hit([base.as_slice(), &[Step::Index(i)]].concat(), scope, owner);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// `{"name": "a.b.c", "oldValue": .., "newValue": ..}`: the values sit at `a.b.c` of an
+    /// entity of the scope's kind. Scalars there that a path or the safety net names are
+    /// secrets; JSON-holding strings are read with that anchor. Returns the anchor.
+    fn change(
+        &mut self,
+        m: &Map<String, Value>,
+        steps: &[Step],
+        owner: usize,
+    ) -> Option<Vec<Step>> {
+        let name = m.get("name")?.as_str()?;
+        if !(m.contains_key("oldValue") || m.contains_key("newValue")) {
+            return None;
+        }
+        let anchor: Vec<Step> = name
+            .split('.')
+            .map(|p| Step::Key(p.trim_matches('"').to_string()))
+            .collect();
+        let s = self.s;
+        let rule = &s.rules.rules[s.scope];
+        let last_is_secret = name
+            .rsplit('.')
+            .next()
+            .is_some_and(|k| s.rules.is_secret_key(k.trim_matches('"')));
+        for key in ["oldValue", "newValue"] {
+            let Some(v) = m.get(key) else { continue };
+            let plain_scalar = match v {
+                Value::String(t) => !holds_json(t),
+                other => is_scalar(other),
+            };
+            if plain_scalar && (last_is_secret || !rule.paths_in(&anchor, v).is_empty()) {
+                self.hit(
+                    [steps, &[Step::Key(key.to_string())]].concat(),
+                    s.scope,
+                    owner,
+                );
+            }
+        }
+        Some(anchor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::jsonpath::render;
+    use serde_json::json;
+
+    fn rules() -> RuleSet {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
+        RuleSet::load(&dir, &[]).expect("rules")
+    }
+
+    fn found(rules: &RuleSet, kind: &str, doc: &Value) -> Vec<String> {
+        let rule = rules.rules.iter().find(|r| r.kind == kind).expect("kind");
+        let scan = Scanner::new(rules, rule).scan(doc, &[]);
+        let mut out: Vec<String> = scan.hits.iter().map(|h| render(&h.steps)).collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    fn mysql() -> Value {
+        json!({"name": "m", "connection": {"config": {"type": "Mysql", "username": "u",
+               "authType": {"password": "p"}, "hostPort": "h"}}})
+    }
+
+    #[test]
+    fn an_entity_is_found_inside_any_wrapper() {
+        let r = rules();
+        for (doc, want) in [
+            (mysql(), "$.connection.config.authType.password"),
+            (json!({"entity": mysql()}), "$.entity.connection.config.authType.password"),
+            (json!({"data": mysql()}), "$.data.connection.config.authType.password"),
+            (json!([[mysql()]]), "$[0][0].connection.config.authType.password"),
+        ] {
+            assert_eq!(found(&r, "databaseService", &doc), vec![want], "{doc}");
+        }
+    }
+
+    #[test]
+    fn a_connection_config_of_a_known_type_is_found_without_its_entity() {
+        let r = rules();
+        // `awsAccessKeyId` is no secret by name: only the rule's path knows it.
+        let doc = json!({"x": {"type": "Bedrock", "awsAccessKeyId": "AKIA", "region": "eu"}});
+        assert_eq!(found(&r, "llmService", &doc), vec!["$.x.awsAccessKeyId"]);
+    }
+
+    #[test]
+    fn a_bots_authentication_mechanism_is_found_by_its_type() {
+        let r = rules();
+        let doc = json!({"wrapped": {"authType": "JWT", "config": {"JWTToken": "t", "JWTTokenExpiry": "Unlimited"}}});
+        assert_eq!(found(&r, "botUser", &doc), vec!["$.wrapped.config.JWTToken"]);
+    }
+
+    #[test]
+    fn secret_names_are_found_anywhere_and_plain_names_are_not() {
+        let r = rules();
+        let doc = json!({"a": [{"b": {"apiToken": "t", "tokenEndpoint": "u", "keys": ["x"]}}],
+                         "secretsManagerProvider": "db", "passwords": ["1", "2"]});
+        assert_eq!(
+            found(&r, "databaseService", &doc),
+            vec!["$.a[0].b.apiToken", "$.passwords[0]", "$.passwords[1]"]
+        );
+    }
+
+    #[test]
+    fn a_change_of_a_secret_field_hides_both_values() {
+        let r = rules();
+        let doc = json!({"changeDescription": {"fieldsUpdated": [
+            {"name": "connection.config.authType.password", "oldValue": "a", "newValue": "b"},
+            {"name": "description", "oldValue": "a", "newValue": "b"}]}});
+        assert_eq!(
+            found(&r, "databaseService", &doc),
+            vec![
+                "$.changeDescription.fieldsUpdated[0].newValue",
+                "$.changeDescription.fieldsUpdated[0].oldValue"
+            ]
+        );
+    }
+
+    #[test]
+    fn json_strings_are_handed_back_with_the_anchor_of_their_field() {
+        let r = rules();
+        let rule = r.rules.iter().find(|x| x.kind == "databaseService").unwrap();
+        let doc = json!({"versions": ["{\"name\":\"x\"}"], "fieldsUpdated": [
+            {"name": "connection", "newValue": "{\"config\":{\"type\":\"Mysql\"}}"}],
+            "description": "[not json](http://x)"});
+        let scan = Scanner::new(&r, rule).scan(&doc, &[]);
+        let got: Vec<(String, String)> = scan
+            .embedded
+            .iter()
+            .map(|e| (render(&e.steps), render(&e.anchor)))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("$.versions[0]".to_string(), "$".to_string()),
+                (
+                    "$.fieldsUpdated[0].newValue".to_string(),
+                    "$.connection".to_string()
+                )
+            ]
+        );
+    }
+
+    #[test]
+    fn each_entity_in_a_list_owns_its_secrets() {
+        let r = rules();
+        let rule = r.rules.iter().find(|x| x.kind == "databaseService").unwrap();
+        let doc = json!({"data": [mysql(), mysql()]});
+        let scan = Scanner::new(&r, rule).scan(&doc, &[]);
+        assert_eq!(scan.owners.len(), 3);
+        assert_eq!(scan.owners[1].fqn.as_deref(), Some("m"));
+        let owners: Vec<usize> = scan.hits.iter().map(|h| h.owner).collect();
+        assert!(owners.contains(&1) && owners.contains(&2), "{owners:?}");
+    }
+}
