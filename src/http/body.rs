@@ -130,9 +130,7 @@ where
         }
         if !this.armed {
             if let Limit::Idle(d) = this.limit {
-                this.timer
-                    .as_mut()
-                    .reset(tokio::time::Instant::now() + d);
+                this.timer.as_mut().reset(tokio::time::Instant::now() + d);
             }
             this.armed = true;
         }

@@ -22,8 +22,7 @@ use super::{Gateway, Live};
 use crate::config::{PolicyConfig, ReadAction};
 use crate::error::GatewayError;
 use crate::http::body::{
-    self, collect_within, full, Body, CollectError, CollectTimedError, Limit,
-    Timed,
+    self, collect_within, full, Body, CollectError, CollectTimedError, Limit, Timed,
 };
 use crate::http::encoding::{decode, DecodeError};
 use crate::policy::{decide, CallerClass};
@@ -199,12 +198,8 @@ impl Gateway {
                     "upstream answer did not arrive whole within {} ms",
                     within.as_millis()
                 )),
-                CollectTimedError::Collect(CollectError::TooLarge) => {
-                    refused(Unreadable::TooLarge)
-                }
-                CollectTimedError::Collect(CollectError::Io(_)) => {
-                    refused(Unreadable::Incomplete)
-                }
+                CollectTimedError::Collect(CollectError::TooLarge) => refused(Unreadable::TooLarge),
+                CollectTimedError::Collect(CollectError::Io(_)) => refused(Unreadable::Incomplete),
             })
     }
 

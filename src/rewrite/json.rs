@@ -139,14 +139,67 @@ impl<'de> Visitor<'de> for Seed {
 
 fn parse(bytes: &[u8], seed: Seed) -> Result<Value, serde_json::Error> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
+    run(&mut de, seed)
+}
+
+/// As [`parse`], for deeply nested documents: an error deep inside makes serde_json locate
+/// it again at every level on the way out, which over a slice rescans the text each time
+/// (depth x size); a reader keeps its position as it goes.
+fn parse_deep(bytes: &[u8], seed: Seed) -> Result<Value, serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_reader(bytes);
+    run(&mut de, seed)
+}
+
+fn run<'de, R: serde_json::de::Read<'de>>(
+    de: &mut serde_json::Deserializer<R>,
+    seed: Seed,
+) -> Result<Value, serde_json::Error> {
     // The seed counts depth itself, beyond serde_json's fixed 128.
     de.disable_recursion_limit();
-    let v = de::DeserializeSeed::deserialize(seed, &mut de)?;
+    let v = de::DeserializeSeed::deserialize(seed, &mut *de)?;
     if let Err(e) = de.end() {
         drop_deep(v);
         return Err(e);
     }
     Ok(v)
+}
+
+/// Answers nested deeper than this are parsed with [`parse_deep`].
+const SLICE_DEPTH: usize = 256;
+
+/// The deepest nesting of `bytes` read as JSON (strings skipped), counted no further than
+/// just past `stop`. One pass; inside strings it jumps from quote to backslash.
+fn nesting(b: &[u8], stop: usize) -> usize {
+    let (mut i, mut depth, mut max) = (0, 0usize, 0usize);
+    while i < b.len() {
+        match b[i] {
+            b'"' => loop {
+                i += 1;
+                let Some(rest) = b.get(i..) else { return max };
+                match memchr::memchr2(b'"', b'\\', rest) {
+                    None => return max,
+                    Some(off) if rest[off] == b'\\' => i += off + 1,
+                    Some(off) => {
+                        i += off;
+                        break;
+                    }
+                }
+            },
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > max {
+                    max = depth;
+                    if max > stop {
+                        return max;
+                    }
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    max
 }
 
 /// Parses a request body strictly; the error message says what is wrong (never echoes the
@@ -168,7 +221,25 @@ pub fn parse_answer(bytes: &[u8]) -> Result<Value, Unreadable> {
         limit: READ_MAX_DEPTH,
         refuse_duplicates: false,
     };
-    parse(bytes, seed).map_err(|e| Unreadable::classify(bytes, &e))
+    let deepest = nesting(bytes, READ_MAX_DEPTH);
+    let parsed = if deepest > READ_MAX_DEPTH {
+        // Refused before parsing a level of it.
+        let bom = bytes.starts_with(b"\xEF\xBB\xBF");
+        return Err(if bom || super::refusal::looks_compressed(bytes) {
+            if bom {
+                Unreadable::Bom
+            } else {
+                Unreadable::Compressed
+            }
+        } else {
+            Unreadable::TooDeep
+        });
+    } else if deepest > SLICE_DEPTH {
+        parse_deep(bytes, seed)
+    } else {
+        parse(bytes, seed)
+    };
+    parsed.map_err(|e| Unreadable::classify(bytes, &e))
 }
 
 fn describe(e: &serde_json::Error) -> String {
@@ -296,7 +367,10 @@ mod tests {
     fn a_write_nested_deeper_than_the_limit_is_refused_naming_it() {
         let deep = "[".repeat(MAX_DEPTH + 1) + &"]".repeat(MAX_DEPTH + 1);
         let e = parse_strict(deep.as_bytes()).unwrap_err();
-        assert!(e.contains("deeper than the gateway's limit of 128 levels"), "{e}");
+        assert!(
+            e.contains("deeper than the gateway's limit of 128 levels"),
+            "{e}"
+        );
         let at_limit = nested(MAX_DEPTH);
         let v = parse_strict(at_limit.as_bytes()).unwrap();
         assert_eq!(depth(&v), MAX_DEPTH);
@@ -314,6 +388,22 @@ mod tests {
     fn answers_deeper_than_the_read_limit_are_refused_as_too_deep() {
         let text = nested(READ_MAX_DEPTH + 1);
         assert_eq!(parse_answer(text.as_bytes()), Err(Unreadable::TooDeep));
+    }
+
+    #[test]
+    fn nesting_is_counted_outside_strings_only() {
+        assert_eq!(nesting(br#"{"a":[1,{"b":"{[{[\"]"}]}"#, 100), 3);
+        assert_eq!(nesting(br#"["\\",["x"]]"#, 100), 2);
+        assert_eq!(nesting(b"[[[[[[", 3), 4);
+        assert_eq!(nesting(br#"{"unterminated"#, 100), 1);
+    }
+
+    #[test]
+    fn a_broken_deep_answer_is_refused_quickly() {
+        let text = "[".repeat(READ_MAX_DEPTH - 5) + "NaN" + &"]".repeat(READ_MAX_DEPTH - 5);
+        let started = std::time::Instant::now();
+        assert_eq!(parse_answer(text.as_bytes()), Err(Unreadable::NonFinite));
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
     }
 
     #[test]

@@ -86,7 +86,9 @@ impl Unreadable {
             Unreadable::Bom => "it starts with a byte order mark".to_string(),
             Unreadable::NotJson => "it is not valid JSON".to_string(),
             Unreadable::TrailingBytes => "it has bytes after the JSON document".to_string(),
-            Unreadable::NonFinite => "it holds NaN or Infinity, which JSON does not have".to_string(),
+            Unreadable::NonFinite => {
+                "it holds NaN or Infinity, which JSON does not have".to_string()
+            }
             Unreadable::TooDeep => format!(
                 "it is nested deeper than {} levels",
                 super::json::READ_MAX_DEPTH

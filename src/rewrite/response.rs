@@ -159,7 +159,13 @@ impl ReadCtx<'_> {
             }
             for (steps, action, strict, original) in originals {
                 let shown = self
-                    .shown(action, original, strict, || join(&dc.prefix, &steps), degraded)
+                    .shown(
+                        action,
+                        original,
+                        strict,
+                        || join(&dc.prefix, &steps),
+                        degraded,
+                    )
                     .await?;
                 if let Some(slot) = get_mut(doc, &steps) {
                     *slot = shown;

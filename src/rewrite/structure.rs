@@ -436,9 +436,18 @@ mod tests {
         let r = rules();
         for (doc, want) in [
             (mysql(), "$.connection.config.authType.password"),
-            (json!({"entity": mysql()}), "$.entity.connection.config.authType.password"),
-            (json!({"data": mysql()}), "$.data.connection.config.authType.password"),
-            (json!([[mysql()]]), "$[0][0].connection.config.authType.password"),
+            (
+                json!({"entity": mysql()}),
+                "$.entity.connection.config.authType.password",
+            ),
+            (
+                json!({"data": mysql()}),
+                "$.data.connection.config.authType.password",
+            ),
+            (
+                json!([[mysql()]]),
+                "$[0][0].connection.config.authType.password",
+            ),
         ] {
             assert_eq!(found(&r, "databaseService", &doc), vec![want], "{doc}");
         }
@@ -456,7 +465,10 @@ mod tests {
     fn a_bots_authentication_mechanism_is_found_by_its_type() {
         let r = rules();
         let doc = json!({"wrapped": {"authType": "JWT", "config": {"JWTToken": "t", "JWTTokenExpiry": "Unlimited"}}});
-        assert_eq!(found(&r, "botUser", &doc), vec!["$.wrapped.config.JWTToken"]);
+        assert_eq!(
+            found(&r, "botUser", &doc),
+            vec!["$.wrapped.config.JWTToken"]
+        );
     }
 
     #[test]
@@ -488,7 +500,11 @@ mod tests {
     #[test]
     fn json_strings_are_handed_back_with_the_anchor_of_their_field() {
         let r = rules();
-        let rule = r.rules.iter().find(|x| x.kind == "databaseService").unwrap();
+        let rule = r
+            .rules
+            .iter()
+            .find(|x| x.kind == "databaseService")
+            .unwrap();
         let doc = json!({"versions": ["{\"name\":\"x\"}"], "fieldsUpdated": [
             {"name": "connection", "newValue": "{\"config\":{\"type\":\"Mysql\"}}"}],
             "description": "[not json](http://x)"});
@@ -513,7 +529,11 @@ mod tests {
     #[test]
     fn each_entity_in_a_list_owns_its_secrets() {
         let r = rules();
-        let rule = r.rules.iter().find(|x| x.kind == "databaseService").unwrap();
+        let rule = r
+            .rules
+            .iter()
+            .find(|x| x.kind == "databaseService")
+            .unwrap();
         let doc = json!({"data": [mysql(), mysql()]});
         let scan = Scanner::new(&r, rule).scan(&doc, &[]);
         assert_eq!(scan.owners.len(), 3);
