@@ -327,6 +327,16 @@ async fn entities_in_envelopes_the_gateway_does_not_expect_are_masked() {
     emu.set_canned(&path, Canned::json(broken.to_string()));
     let a = call(&gw, Method::GET, &path, Some(&jwt::user()), "").await;
     assert_refused("a broken version", &a, "json_string");
+    // Free text that looks like JSON (a user's description) cannot break a read.
+    let mut typed = e.clone();
+    typed["description"] = json!("{\"example\": \"cut off");
+    typed["changeDescription"] = json!({"fieldsUpdated": [
+        {"name": "description", "oldValue": "", "newValue": "{\"example\": \"cut off"}]});
+    emu.set_canned(&path, Canned::json(typed.to_string()));
+    let a = call(&gw, Method::GET, &path, Some(&jwt::user()), "").await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_nothing_leaks("free text", &a);
+    assert_eq!(a.json()["description"], "{\"example\": \"cut off");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -106,9 +106,13 @@ impl ReadCtx<'_> {
             // Per location: the narrowest action that applies, and whether a failure to
             // resolve it fails the answer (the answer's own entity) or only masks it.
             let mut fields: BTreeMap<Vec<Step>, (ReadAction, bool)> = BTreeMap::new();
+            // Only the answer's own entity fails whole when a secret cannot be resolved; the
+            // entities of a list, a wrapper or a history are masked field by field.
+            let own_entity = dc.inherited.is_none()
+                && (!scan.owners[0].rules.is_empty() || !dc.anchor.is_empty());
             for h in &scan.hits {
                 let a = narrower(seen[h.owner], self.actions[h.rule]);
-                let strict = dc.inherited.is_none() && h.owner == 0;
+                let strict = own_entity && h.owner == 0;
                 fields
                     .entry(h.steps.clone())
                     .and_modify(|(x, s)| {
@@ -134,9 +138,12 @@ impl ReadCtx<'_> {
                 let Some(Value::String(s)) = get(doc, &e.steps) else {
                     continue;
                 };
-                let mut inner = DeepValue(
-                    parse_answer(s.as_bytes()).map_err(|_| refused(Unreadable::JsonString))?,
-                );
+                let mut inner = match parse_answer(s.as_bytes()) {
+                    Ok(v) => DeepValue(v),
+                    Err(_) if e.must_parse => return Err(refused(Unreadable::JsonString)),
+                    // Free text that looks like JSON: the safety net still masks markers in it.
+                    Err(_) => continue,
+                };
                 let inner_dc = DocCtx {
                     anchor: e.anchor.clone(),
                     inherited: Some(seen[e.owner]),

@@ -57,6 +57,10 @@ pub struct Embedded {
     pub owner: usize,
     /// Where its value sits in an entity of the scope's kind (a change's field name), if known.
     pub anchor: Vec<Step>,
+    /// Written by OpenMetadata and able to hold secrets (a version, a change event's entity, a
+    /// change of a field that leads to secrets): if it does not parse, the answer is refused.
+    /// Other strings that look like JSON (free text a user typed) are left as they are.
+    pub must_parse: bool,
 }
 
 /// What [`Scanner::scan`] found in one document.
@@ -164,6 +168,7 @@ impl<'a> Scanner<'a> {
                 steps: Vec::new(),
                 owner: 0,
                 anchor: anchor.to_vec(),
+                must_parse: true,
             }),
             _ => walk.value(doc, &mut Vec::new(), 0),
         }
@@ -175,10 +180,17 @@ impl<'a> Scanner<'a> {
     }
 }
 
-/// Whether a string looks like a JSON object or array, so it must be read as one.
+/// Whether a string looks like a JSON object or array holding members (`"key":`), so it must
+/// be read as one. Free text that merely starts with a bracket (`[a link](...)`) is not.
 pub fn holds_json(s: &str) -> bool {
     let t = s.trim_start();
-    (t.starts_with('{') || t.starts_with('[')) && s.contains("\":")
+    (t.starts_with('{') || t.starts_with('['))
+        && memchr::memchr_iter(b'"', t.as_bytes()).any(|q| {
+            t.as_bytes()[q + 1..]
+                .iter()
+                .find(|b| !b.is_ascii_whitespace())
+                == Some(&b':')
+        })
 }
 
 fn fqn(v: &Value) -> Option<String> {
@@ -243,11 +255,21 @@ impl<'d> Walk<'_, 'd> {
 
     fn child(&mut self, v: &'d Value, steps: &mut Vec<Step>, owner: usize, anchor: &[Step]) {
         match v {
-            Value::String(s) if holds_json(s) => self.out.embedded.push(Embedded {
-                steps: steps.clone(),
-                owner,
-                anchor: anchor.to_vec(),
-            }),
+            Value::String(s) if holds_json(s) => {
+                let holder = steps.iter().rev().find_map(|s| match s {
+                    Step::Key(k) => Some(k.as_str()),
+                    Step::Index(_) => None,
+                });
+                let must_parse = matches!(holder, Some("versions" | "entity"))
+                    || (!anchor.is_empty()
+                        && self.s.rules.rules[self.s.scope].leads_to_secrets(anchor));
+                self.out.embedded.push(Embedded {
+                    steps: steps.clone(),
+                    owner,
+                    anchor: anchor.to_vec(),
+                    must_parse,
+                })
+            }
             Value::Object(_) | Value::Array(_) => self.value(v, steps, owner),
             _ => {}
         }
@@ -506,24 +528,40 @@ mod tests {
             .find(|x| x.kind == "databaseService")
             .unwrap();
         let doc = json!({"versions": ["{\"name\":\"x\"}"], "fieldsUpdated": [
-            {"name": "connection", "newValue": "{\"config\":{\"type\":\"Mysql\"}}"}],
+            {"name": "connection", "newValue": "{\"config\":{\"type\":\"Mysql\"}}"},
+            {"name": "description", "newValue": "{\"typed\": \"by a user\""}],
             "description": "[not json](http://x)"});
         let scan = Scanner::new(&r, rule).scan(&doc, &[]);
-        let got: Vec<(String, String)> = scan
+        let got: Vec<(String, String, bool)> = scan
             .embedded
             .iter()
-            .map(|e| (render(&e.steps), render(&e.anchor)))
+            .map(|e| (render(&e.steps), render(&e.anchor), e.must_parse))
             .collect();
         assert_eq!(
             got,
             vec![
-                ("$.versions[0]".to_string(), "$".to_string()),
+                ("$.versions[0]".to_string(), "$".to_string(), true),
                 (
                     "$.fieldsUpdated[0].newValue".to_string(),
-                    "$.connection".to_string()
+                    "$.connection".to_string(),
+                    true
+                ),
+                (
+                    "$.fieldsUpdated[1].newValue".to_string(),
+                    "$.description".to_string(),
+                    false
                 )
             ]
         );
+    }
+
+    #[test]
+    fn only_strings_holding_json_members_are_read_as_json() {
+        assert!(holds_json(r#"{"a":1}"#));
+        assert!(holds_json(r#"  [ {"a" : 1} ]"#));
+        assert!(!holds_json(r#"[see "the docs"](http://x)"#));
+        assert!(!holds_json(r#"["a","b"]"#));
+        assert!(!holds_json("plain text: {\"a\":1}"));
     }
 
     #[test]

@@ -779,6 +779,19 @@ impl Rule {
         out
     }
 
+    /// Whether a subtree at `at` in an entity of this kind can hold secrets: a secret path
+    /// or a safety-net subtree passes through it, or it lies inside one.
+    pub(crate) fn leads_to_secrets(&self, at: &[Step]) -> bool {
+        if at.is_empty() || !self.trie.nodes_at(at).is_empty() {
+            return true;
+        }
+        self.safety_net.iter().any(|base| {
+            base.iter()
+                .zip(at)
+                .all(|(b, s)| matches!(s, Step::Key(k) if k == b))
+        })
+    }
+
     /// Steps relative to the field base (the id's field parts).
     pub fn field_steps<'s>(&self, steps: &'s [Step]) -> &'s [Step] {
         let base_matches = self.field_base.len() <= steps.len()
