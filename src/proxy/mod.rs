@@ -8,7 +8,9 @@
 //! 4. `store`         – the planned changes as one store transaction (`secrets::transaction`);
 //! 5. `forward`       – one pooled upstream client; hop-by-hop headers dropped, X-Forwarded-*
 //!    set (`forward.rs`); a refused write rolls the store back, an accepted one commits;
-//! 6. `rewrite_answer`– secret fields resolved, referenced or masked per caller (`read.rs`);
+//! 6. `rewrite_answer`– secret fields resolved, referenced or masked per caller, found by
+//!    structure wherever they sit; a ruled answer that cannot be read whole is refused (502)
+//!    for every caller (`read.rs`);
 //! 7. `audit`         – one access line per request and one line per secret operation
 //!    (`audit.rs`), never a value.
 

@@ -26,7 +26,7 @@ use crate::http::body::{
 };
 use crate::http::encoding::{decode, DecodeError};
 use crate::policy::{decide, CallerClass};
-use crate::rewrite::json::{parse_answer, to_vec, DeepValue};
+use crate::rewrite::json::{parse_answer, to_vec};
 use crate::rewrite::refusal::{looks_compressed, Unreadable};
 use crate::rewrite::response::{mask_references, may_hold_references, Permit, ReadCtx};
 use crate::rules::{Op, RouteMatch, Rule, RuleSet};
@@ -137,7 +137,7 @@ impl Gateway {
             }
             return Ok(respond(parts, decoded, &[]));
         }
-        let mut doc = DeepValue(parse_answer(&decoded).map_err(refused)?);
+        let mut doc = parse_answer(&decoded).map_err(refused)?;
         let ctx = ReadCtx {
             rules: scope.rules,
             rule: scope.rule,
@@ -183,7 +183,7 @@ impl Gateway {
             // Nothing to mask: the answer goes out exactly as it came.
             return Ok(Response::from_parts(parts, full(raw)));
         }
-        let mut doc = DeepValue(parse_answer(&decoded).map_err(refused)?);
+        let mut doc = parse_answer(&decoded).map_err(refused)?;
         mask_references(&mut doc);
         Ok(respond(parts, self.serialise(&doc)?, &[]))
     }

@@ -33,9 +33,12 @@ pub(crate) const TOO_DEEP: &str = "nesting is deeper than";
 const NUMBER_TOKEN: &str = "$serde_json::private::Number";
 
 /// Recursion gets a fresh stack segment when less than this is left...
-const RED_ZONE: usize = 128 * 1024;
+const RED_ZONE: usize = 256 * 1024;
 /// ...of this size.
 const SEGMENT: usize = 2 * 1024 * 1024;
+/// Parsing and serialising look at the stack every this many levels (a few levels of frames,
+/// even unoptimised, fit in [`RED_ZONE`]).
+const GROW_EVERY: usize = 4;
 
 /// Runs `f` with at least [`RED_ZONE`] bytes of stack: for every recursion over a document.
 pub(crate) fn deep<R>(f: impl FnOnce() -> R) -> R {
@@ -69,7 +72,11 @@ impl Seed {
 impl<'de> de::DeserializeSeed<'de> for Seed {
     type Value = Value;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
-        deep(|| d.deserialize_any(self))
+        if self.depth % GROW_EVERY == 0 {
+            deep(|| d.deserialize_any(self))
+        } else {
+            d.deserialize_any(self)
+        }
     }
 }
 
@@ -144,7 +151,8 @@ fn parse(bytes: &[u8], seed: Seed) -> Result<Value, serde_json::Error> {
 
 /// As [`parse`], for deeply nested documents: an error deep inside makes serde_json locate
 /// it again at every level on the way out, which over a slice rescans the text each time
-/// (depth x size); a reader keeps its position as it goes.
+/// (depth x size); a reader keeps its position as it goes. Slower, so only for answers the
+/// slice parse gave up on at [`SLICE_DEPTH`].
 fn parse_deep(bytes: &[u8], seed: Seed) -> Result<Value, serde_json::Error> {
     let mut de = serde_json::Deserializer::from_reader(bytes);
     run(&mut de, seed)
@@ -164,7 +172,7 @@ fn run<'de, R: serde_json::de::Read<'de>>(
     Ok(v)
 }
 
-/// Answers nested deeper than this are parsed with [`parse_deep`].
+/// Answers nested deeper than this are parsed again with [`parse_deep`].
 const SLICE_DEPTH: usize = 256;
 
 /// The deepest nesting of `bytes` read as JSON (strings skipped), counted no further than
@@ -215,31 +223,32 @@ pub fn parse_strict(bytes: &[u8]) -> Result<Value, String> {
 
 /// Parses an upstream answer (or a JSON string inside one); the error says why it cannot be
 /// read.
-pub fn parse_answer(bytes: &[u8]) -> Result<Value, Unreadable> {
+pub fn parse_answer(bytes: &[u8]) -> Result<DeepValue, Unreadable> {
     let seed = Seed {
         depth: 0,
-        limit: READ_MAX_DEPTH,
+        limit: SLICE_DEPTH,
         refuse_duplicates: false,
     };
-    let deepest = nesting(bytes, READ_MAX_DEPTH);
-    let parsed = if deepest > READ_MAX_DEPTH {
-        // Refused before parsing a level of it.
-        let bom = bytes.starts_with(b"\xEF\xBB\xBF");
-        return Err(if bom || super::refusal::looks_compressed(bytes) {
-            if bom {
-                Unreadable::Bom
-            } else {
-                Unreadable::Compressed
-            }
-        } else {
-            Unreadable::TooDeep
-        });
-    } else if deepest > SLICE_DEPTH {
-        parse_deep(bytes, seed)
-    } else {
-        parse(bytes, seed)
+    match parse(bytes, seed) {
+        Ok(value) => {
+            return Ok(DeepValue { value, deep: false });
+        }
+        Err(e) if !e.to_string().contains(TOO_DEEP) => {
+            return Err(Unreadable::classify(bytes, &e));
+        }
+        Err(_) => {}
+    }
+    // Deeper than the fast parse goes: refused outright past the limit, else read again.
+    if nesting(bytes, READ_MAX_DEPTH) > READ_MAX_DEPTH {
+        return Err(Unreadable::TooDeep);
+    }
+    let seed = Seed {
+        limit: READ_MAX_DEPTH,
+        ..seed
     };
-    parsed.map_err(|e| Unreadable::classify(bytes, &e))
+    parse_deep(bytes, seed)
+        .map(|value| DeepValue { value, deep: true })
+        .map_err(|e| Unreadable::classify(bytes, &e))
 }
 
 fn describe(e: &serde_json::Error) -> String {
@@ -280,7 +289,7 @@ pub fn depth(v: &Value) -> usize {
 
 /// Serialises `v` compactly at any depth.
 pub fn to_vec(v: &Value) -> Result<Vec<u8>, serde_json::Error> {
-    serde_json::to_vec(&Deep(v))
+    serde_json::to_vec(&Deep(v, 0))
 }
 
 /// Serialises `v` compactly at any depth, as a string.
@@ -288,27 +297,33 @@ pub fn to_string(v: &Value) -> Result<String, serde_json::Error> {
     to_vec(v).map(|b| String::from_utf8_lossy(&b).into_owned())
 }
 
-struct Deep<'a>(&'a Value);
+/// A value and how deep it sits.
+struct Deep<'a>(&'a Value, usize);
 
 impl Serialize for Deep<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        deep(|| match self.0 {
+        let level = || match self.0 {
             Value::Array(a) => {
                 let mut seq = s.serialize_seq(Some(a.len()))?;
                 for x in a {
-                    seq.serialize_element(&Deep(x))?;
+                    seq.serialize_element(&Deep(x, self.1 + 1))?;
                 }
                 seq.end()
             }
             Value::Object(m) => {
                 let mut map = s.serialize_map(Some(m.len()))?;
                 for (k, v) in m {
-                    map.serialize_entry(k, &Deep(v))?;
+                    map.serialize_entry(k, &Deep(v, self.1 + 1))?;
                 }
                 map.end()
             }
             scalar => scalar.serialize(s),
-        })
+        };
+        if self.1 % GROW_EVERY == 0 {
+            deep(level)
+        } else {
+            level()
+        }
     }
 }
 
@@ -324,26 +339,38 @@ pub fn drop_deep(v: Value) {
     }
 }
 
-/// A parsed answer that is dropped without recursion, whatever path leaves the function
-/// holding it.
-pub struct DeepValue(pub Value);
+/// A parsed answer. One that was nested deeply is dropped without recursion, whatever path
+/// leaves the function holding it.
+pub struct DeepValue {
+    value: Value,
+    deep: bool,
+}
+
+impl DeepValue {
+    /// A value of unknown depth: dropped without recursion.
+    pub fn new(value: Value) -> DeepValue {
+        DeepValue { value, deep: true }
+    }
+}
 
 impl Drop for DeepValue {
     fn drop(&mut self) {
-        drop_deep(std::mem::take(&mut self.0));
+        if self.deep {
+            drop_deep(std::mem::take(&mut self.value));
+        }
     }
 }
 
 impl std::ops::Deref for DeepValue {
     type Target = Value;
     fn deref(&self) -> &Value {
-        &self.0
+        &self.value
     }
 }
 
 impl std::ops::DerefMut for DeepValue {
     fn deref_mut(&mut self) -> &mut Value {
-        &mut self.0
+        &mut self.value
     }
 }
 
@@ -379,7 +406,7 @@ mod tests {
     #[test]
     fn answers_parse_and_serialise_far_deeper_than_writes_may_go() {
         let text = nested(READ_MAX_DEPTH);
-        let v = DeepValue(parse_answer(text.as_bytes()).unwrap());
+        let v = parse_answer(text.as_bytes()).unwrap();
         assert_eq!(depth(&v), READ_MAX_DEPTH);
         assert_eq!(to_vec(&v).unwrap(), text.as_bytes());
     }
@@ -387,7 +414,10 @@ mod tests {
     #[test]
     fn answers_deeper_than_the_read_limit_are_refused_as_too_deep() {
         let text = nested(READ_MAX_DEPTH + 1);
-        assert_eq!(parse_answer(text.as_bytes()), Err(Unreadable::TooDeep));
+        assert_eq!(
+            parse_answer(text.as_bytes()).err(),
+            Some(Unreadable::TooDeep)
+        );
     }
 
     #[test]
@@ -402,7 +432,10 @@ mod tests {
     fn a_broken_deep_answer_is_refused_quickly() {
         let text = "[".repeat(READ_MAX_DEPTH - 5) + "NaN" + &"]".repeat(READ_MAX_DEPTH - 5);
         let started = std::time::Instant::now();
-        assert_eq!(parse_answer(text.as_bytes()), Err(Unreadable::NonFinite));
+        assert_eq!(
+            parse_answer(text.as_bytes()).err(),
+            Some(Unreadable::NonFinite)
+        );
         assert!(started.elapsed() < std::time::Duration::from_secs(5));
     }
 

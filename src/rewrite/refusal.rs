@@ -141,7 +141,9 @@ mod tests {
     use super::*;
 
     fn reason(bytes: &[u8]) -> Unreadable {
-        crate::rewrite::json::parse_answer(bytes).expect_err("must not parse")
+        crate::rewrite::json::parse_answer(bytes)
+            .err()
+            .expect("must not parse")
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::pin::Pin;
 
 use serde_json::Value;
 
-use super::json::{deep, parse_answer, to_string, DeepValue};
+use super::json::{deep, parse_answer, to_string};
 use super::refusal::Unreadable;
 use super::structure::{Scan, Scanner};
 use super::{MASK, REFERENCE_PREFIX};
@@ -139,7 +139,7 @@ impl ReadCtx<'_> {
                     continue;
                 };
                 let mut inner = match parse_answer(s.as_bytes()) {
-                    Ok(v) => DeepValue(v),
+                    Ok(v) => v,
                     Err(_) if e.must_parse => return Err(refused(Unreadable::JsonString)),
                     // Free text that looks like JSON: the safety net still masks markers in it.
                     Err(_) => continue,
@@ -293,14 +293,14 @@ impl ReadCtx<'_> {
 /// The safety net: masks every string that is a reference or a token, or quotes one (`"secret:`
 /// inside a JSON text), at any depth.
 pub fn mask_references(v: &mut Value) {
-    deep(|| match v {
+    match v {
         Value::String(s) if holds_marker(s) => {
             *s = MASK.to_string();
         }
-        Value::Array(a) => a.iter_mut().for_each(mask_references),
-        Value::Object(m) => m.values_mut().for_each(mask_references),
+        Value::Array(a) => deep(|| a.iter_mut().for_each(mask_references)),
+        Value::Object(m) => deep(|| m.values_mut().for_each(mask_references)),
         _ => {}
-    })
+    }
 }
 
 fn holds_marker(s: &str) -> bool {

@@ -7,8 +7,9 @@
 //! - **an entity of a rule's kind**: it has the rule's field base or one of its safety-net
 //!   subtrees as an object (`connection.config`, `authenticationMechanism`,
 //!   `sourceConfig.config`, `openMetadataServerConnection`, `request.connection.config`):
-//!   the rule's secret paths apply from it. It becomes an [`Owner`]: the caller's permission
-//!   to see its values is decided once for it;
+//!   the rule's secret paths apply from it. Named, it becomes an [`Owner`]: the caller's
+//!   permission to see its values is decided once for it (unnamed, it belongs to the entity
+//!   that holds it);
 //! - **a typed subtree of a rule's kind**: its `type` (`authType` for a bot's authentication
 //!   mechanism) is one the rule knows (`Mysql`, `DatabaseMetadata`, `JWT`): the rule's paths
 //!   apply from where that type sits (`connection.config`, `sourceConfig.config`,
@@ -21,13 +22,13 @@
 //! A string that looks like JSON (starts with `{` or `[` and holds `":`) is handed back as
 //! [`Embedded`], to be parsed and rewritten as a document of its own.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use serde_json::{Map, Value};
 
 use super::json::deep;
 use crate::rules::jsonpath::{get, Step};
-use crate::rules::{type_locations, type_matches, Rule, RuleSet};
+use crate::rules::{type_locations, Rule, RuleSet};
 
 /// A secret location.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,12 +78,29 @@ pub struct Scanner<'a> {
     /// The rule of the route the answer came from.
     scope: usize,
     /// Per rule, the subtrees whose presence makes an object an entity of its kind.
-    shapes: Vec<(usize, Vec<Step>)>,
-    /// Per rule, where its documents declare their type: (rule, subtree, key).
-    types: Vec<(usize, Vec<Step>, String)>,
+    /// Distinct subtrees, each with the rules it is the shape of.
+    shapes: Vec<(Vec<Step>, Vec<usize>)>,
+    /// Where documents declare their type (subtree, key), with the rules that read it there.
+    types: Vec<TypeSite>,
     /// First keys of `shapes`, and keys of `types`.
     shape_keys: Vec<String>,
     type_keys: Vec<String>,
+    /// Per rule, the declared types it knows, as documents spell them (`Mysql` for the group
+    /// `DatabaseConnection/Mysql`, `jwt` lower-cased for `JWTAuthMechanism`).
+    known: Vec<HashSet<String>>,
+}
+
+/// A place where documents of some kinds declare their type.
+struct TypeSite {
+    at: Vec<Step>,
+    key: String,
+    rules: Vec<usize>,
+}
+
+/// A declared type as written, and lower-cased (bots' `authType` is matched either way).
+struct Declared<'v> {
+    text: &'v str,
+    lower: String,
 }
 
 const SECRET: u8 = 1;
@@ -101,33 +119,63 @@ impl<'a> Scanner<'a> {
             .iter()
             .position(|r| std::ptr::eq(r, scope) || r.kind == scope.kind)
             .unwrap_or_default();
-        let mut shapes = Vec::new();
+        let mut shapes: Vec<(Vec<Step>, Vec<usize>)> = Vec::new();
         let mut types = Vec::new();
         for (i, rule) in rules.rules.iter().enumerate() {
-            if !rule.field_base.is_empty() {
-                shapes.push((i, keys(&rule.field_base)));
-            }
-            for base in &rule.safety_net {
-                shapes.push((i, keys(base)));
+            let own = (!rule.field_base.is_empty()).then_some(&rule.field_base);
+            for base in own.into_iter().chain(&rule.safety_net) {
+                let at = keys(base);
+                match shapes.iter_mut().find(|(s, _)| *s == at) {
+                    Some((_, rs)) => rs.push(i),
+                    None => shapes.push((at, vec![i])),
+                }
             }
             for loc in type_locations(rule) {
                 if let Some((key, at)) = loc.split_last() {
-                    types.push((i, keys(at), key.clone()));
+                    let at = keys(at);
+                    match types
+                        .iter_mut()
+                        .find(|t: &&mut TypeSite| t.at == at && &t.key == key)
+                    {
+                        Some(site) => site.rules.push(i),
+                        None => types.push(TypeSite {
+                            at,
+                            key: key.clone(),
+                            rules: vec![i],
+                        }),
+                    }
                 }
             }
         }
         let mut shape_keys: Vec<String> = shapes
             .iter()
-            .filter_map(|(_, s)| match s.first() {
+            .filter_map(|(s, _)| match s.first() {
                 Some(Step::Key(k)) => Some(k.clone()),
                 _ => None,
             })
             .collect();
         shape_keys.sort();
         shape_keys.dedup();
-        let mut type_keys: Vec<String> = types.iter().map(|(_, _, k)| k.clone()).collect();
+        let mut type_keys: Vec<String> = types.iter().map(|t| t.key.clone()).collect();
         type_keys.sort();
         type_keys.dedup();
+        let known = rules
+            .rules
+            .iter()
+            .map(|r| {
+                let mut set = HashSet::new();
+                for g in &r.known_types {
+                    set.insert(g.clone());
+                    if let Some((_, t)) = g.rsplit_once('/') {
+                        set.insert(t.to_string());
+                    }
+                    if let Some(head) = g.strip_suffix("AuthMechanism") {
+                        set.insert(head.to_ascii_lowercase());
+                    }
+                }
+                set
+            })
+            .collect();
         Scanner {
             rules,
             scope,
@@ -135,7 +183,14 @@ impl<'a> Scanner<'a> {
             types,
             shape_keys,
             type_keys,
+            known,
         }
+    }
+
+    /// Whether the rule knows a document's declared type (as `rules::type_matches` says).
+    fn knows(&self, rule: usize, t: &Declared<'_>) -> bool {
+        let set = &self.known[rule];
+        set.contains(t.text) || set.contains(&t.lower)
     }
 
     /// The index of the scope's rule.
@@ -191,6 +246,13 @@ pub fn holds_json(s: &str) -> bool {
                 .find(|b| !b.is_ascii_whitespace())
                 == Some(&b':')
         })
+}
+
+fn declared(t: &str) -> Declared<'_> {
+    Declared {
+        text: t,
+        lower: t.to_ascii_lowercase(),
+    }
 }
 
 fn fqn(v: &Value) -> Option<String> {
@@ -301,6 +363,15 @@ impl<'d> Walk<'_, 'd> {
             None
         };
         for (k, child) in m {
+            let worth = match child {
+                Value::Object(c) => !c.is_empty(),
+                Value::Array(a) => !a.is_empty(),
+                Value::String(t) => holds_json(t),
+                _ => false,
+            };
+            if !worth {
+                continue;
+            }
             steps.push(Step::Key(k.clone()));
             let anchor = match &change {
                 Some(a) if k == "oldValue" || k == "newValue" => a.as_slice(),
@@ -317,25 +388,56 @@ impl<'d> Walk<'_, 'd> {
         let mut kinds: Vec<usize> = s
             .shapes
             .iter()
-            .filter(|(_, shape)| matches!(get(v, shape), Some(Value::Object(_))))
-            .map(|(rule, _)| *rule)
+            .filter(|(shape, _)| matches!(get(v, shape), Some(Value::Object(_))))
+            .flat_map(|(_, rules)| rules.iter().copied())
             .collect();
+        kinds.sort_unstable();
         kinds.dedup();
         if kinds.is_empty() {
             return owner;
         }
+        // Thirteen service kinds share `connection.config`: where the declared type is one
+        // some of them know, theirs are the paths that apply.
+        if kinds.len() > 1 {
+            let mut knowing = Vec::new();
+            for site in &s.types {
+                if !site.rules.iter().any(|r| kinds.contains(r)) {
+                    continue;
+                }
+                let Some(Value::String(t)) = get(v, &site.at).and_then(|c| c.get(&site.key)) else {
+                    continue;
+                };
+                let t = declared(t);
+                knowing.extend(
+                    site.rules
+                        .iter()
+                        .filter(|r| kinds.contains(r) && s.knows(**r, &t)),
+                );
+            }
+            if !knowing.is_empty() {
+                knowing.sort_unstable();
+                knowing.dedup();
+                kinds = knowing;
+            }
+        }
+        // A named object is an entity of its own; an unnamed one (a workflow's `request`) is
+        // part of the entity that holds it.
+        let named = fqn(v);
         let me = if steps.is_empty() {
             0
-        } else {
+        } else if named.is_some() {
             self.out.owners.push(Owner {
                 steps: steps.to_vec(),
-                fqn: fqn(v),
+                fqn: named,
                 rules: Vec::new(),
             });
             self.out.owners.len() - 1
+        } else {
+            owner
         };
         for rule in kinds {
-            if !self.out.owners[me].rules.contains(&rule) {
+            let own = steps.is_empty() || me != owner;
+            if own && !self.out.owners[me].rules.contains(&rule) {
                 self.out.owners[me].rules.push(rule);
             }
             for rel in s.rules.rules[rule].paths_in(&[], v) {
@@ -348,13 +450,28 @@ impl<'d> Walk<'_, 'd> {
     /// A subtree whose declared type a rule knows: its paths apply from where the type sits.
     fn typed(&mut self, v: &'d Value, m: &Map<String, Value>, steps: &[Step], owner: usize) {
         let s = self.s;
-        for (rule, at, key) in &s.types {
-            let Some(Value::String(t)) = m.get(key) else {
+        // Where the owning entity's own paths already reached, no other kind's paths are
+        // looked for (they name the same fields of the same connection types).
+        let o = &self.out.owners[owner];
+        let covered = s.types.iter().any(|site| {
+            site.rules.iter().any(|r| o.rules.contains(r))
+                && steps.len() == o.steps.len() + site.at.len()
+                && steps.starts_with(&o.steps)
+                && steps[o.steps.len()..] == site.at[..]
+        });
+        if covered {
+            return;
+        }
+        for site in &s.types {
+            let Some(Value::String(t)) = m.get(&site.key) else {
                 continue;
             };
-            let r = &s.rules.rules[*rule];
-            if r.known_types.iter().any(|g| type_matches(g, t)) {
-                for rel in r.paths_in(at, v) {
+            let t = declared(t);
+            for rule in &site.rules {
+                if !s.knows(*rule, &t) {
+                    continue;
+                }
+                for rel in s.rules.rules[*rule].paths_in(&site.at, v) {
                     self.hit([steps, &rel].concat(), *rule, owner);
                 }
             }
@@ -562,6 +679,21 @@ mod tests {
         assert!(!holds_json(r#"[see "the docs"](http://x)"#));
         assert!(!holds_json(r#"["a","b"]"#));
         assert!(!holds_json("plain text: {\"a\":1}"));
+    }
+
+    #[test]
+    fn an_unnamed_entity_shaped_object_belongs_to_the_entity_holding_it() {
+        let r = rules();
+        let rule = r.rules.iter().find(|x| x.kind == "workflow").unwrap();
+        let doc = json!({"name": "test-conn", "request": {"connection": {"config": {
+            "type": "Mysql", "authType": {"password": "p"}}}}});
+        let scan = Scanner::new(&r, rule).scan(&doc, &[]);
+        assert_eq!(scan.owners.len(), 1, "{:?}", scan.owners);
+        assert!(scan.hits.iter().all(|h| h.owner == 0));
+        assert!(scan
+            .hits
+            .iter()
+            .any(|h| render(&h.steps) == "$.request.connection.config.authType.password"));
     }
 
     #[test]
