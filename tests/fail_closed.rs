@@ -358,6 +358,10 @@ async fn bots_resolve_at_rule_paths_and_see_other_references_masked() {
     let path = format!("{DB}/name/res");
     let mut odd = stored.clone();
     odd["description"] = json!(REF);
+    // A reference under a secret's name outside every rule's subtree (a custom property a
+    // user wrote) is not resolved for the bot: it might name another entity's secret.
+    let own_ref = stored["connection"]["config"]["authType"]["password"].clone();
+    odd["extension"] = json!({"apiToken": own_ref});
     emu.set_canned(&path, Canned::json(json!({"entity": odd}).to_string()));
     let a = call(&gw, Method::GET, &path, Some(&bot), "").await;
     assert_eq!(a.status, 200, "{}", a.text());

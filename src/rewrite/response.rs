@@ -66,6 +66,15 @@ struct DocCtx {
     nesting: usize,
 }
 
+/// A secret field of a document, as found.
+struct Field {
+    steps: Vec<Step>,
+    action: ReadAction,
+    /// A failure to resolve it fails the answer (rather than masking it).
+    strict: bool,
+    original: Value,
+}
+
 fn refused(why: Unreadable) -> GatewayError {
     GatewayError::ReadRefused(why)
 }
@@ -103,36 +112,7 @@ impl ReadCtx<'_> {
             }
             let scan = scanner.scan(doc, &dc.anchor);
             let seen = self.owner_actions(&scan, scanner.scope(), &dc).await;
-            // Per location: the narrowest action that applies, and whether a failure to
-            // resolve it fails the answer (the answer's own entity) or only masks it.
-            let mut fields: BTreeMap<Vec<Step>, (ReadAction, bool)> = BTreeMap::new();
-            // Only the answer's own entity fails whole when a secret cannot be resolved; the
-            // entities of a list, a wrapper or a history are masked field by field.
-            let own_entity = dc.inherited.is_none()
-                && (!scan.owners[0].rules.is_empty() || !dc.anchor.is_empty());
-            for h in &scan.hits {
-                let a = narrower(seen[h.owner], self.actions[h.rule]);
-                let strict = own_entity && h.owner == 0;
-                fields
-                    .entry(h.steps.clone())
-                    .and_modify(|(x, s)| {
-                        *x = narrower(*x, a);
-                        *s |= strict;
-                    })
-                    .or_insert((a, strict));
-            }
-            let originals: Vec<(Vec<Step>, ReadAction, bool, Value)> = fields
-                .into_iter()
-                .filter_map(|(steps, (a, strict))| {
-                    let v = get(doc, &steps)?;
-                    let keep = match v {
-                        Value::String(s) => !s.is_empty(),
-                        Value::Number(_) | Value::Bool(_) => true,
-                        _ => false,
-                    };
-                    keep.then(|| (steps, a, strict, v.clone()))
-                })
-                .collect();
+            let fields = self.secret_fields(&scan, &seen, &dc, doc);
             let mut rewritten = Vec::new();
             for e in &scan.embedded {
                 let Some(Value::String(s)) = get(doc, &e.steps) else {
@@ -164,22 +144,66 @@ impl ReadCtx<'_> {
                     *slot = Value::String(text);
                 }
             }
-            for (steps, action, strict, original) in originals {
+            for f in fields {
+                let path = || join(&dc.prefix, &f.steps);
                 let shown = self
-                    .shown(
-                        action,
-                        original,
-                        strict,
-                        || join(&dc.prefix, &steps),
-                        degraded,
-                    )
+                    .shown(f.action, f.original, f.strict, path, degraded)
                     .await?;
-                if let Some(slot) = get_mut(doc, &steps) {
+                if let Some(slot) = get_mut(doc, &f.steps) {
                     *slot = shown;
                 }
             }
             Ok(())
         })
+    }
+
+    /// Every secret location once, with the narrowest action that applies there, whether a
+    /// failure to resolve it fails the answer, and the value it holds (empty ones are left).
+    fn secret_fields(
+        &self,
+        scan: &Scan,
+        seen: &[ReadAction],
+        dc: &DocCtx,
+        doc: &Value,
+    ) -> Vec<Field> {
+        // Only the answer's own entity fails whole when a secret cannot be resolved; the
+        // entities of a list, a wrapper or a history are masked field by field.
+        let own_entity =
+            dc.inherited.is_none() && (!scan.owners[0].rules.is_empty() || !dc.anchor.is_empty());
+        // Per location: whether a rule names it, the narrowest action of the rules that do
+        // (a location no rule names is masked), and whether it fails the answer.
+        let mut fields: BTreeMap<&[Step], (bool, ReadAction, bool)> = BTreeMap::new();
+        for h in &scan.hits {
+            let a = narrower(seen[h.owner], self.actions[h.rule]);
+            let strict = own_entity && h.owner == 0;
+            let f = fields.entry(&h.steps).or_insert((h.scoped, a, strict));
+            match (f.0, h.scoped) {
+                (false, true) => *f = (true, a, strict),
+                (true, true) => {
+                    f.1 = narrower(f.1, a);
+                    f.2 |= strict;
+                }
+                _ => {}
+            }
+        }
+        fields
+            .into_iter()
+            .filter_map(|(steps, (scoped, action, strict))| {
+                let action = if scoped { action } else { ReadAction::Mask };
+                let v = get(doc, steps)?;
+                let keep = match v {
+                    Value::String(s) => !s.is_empty(),
+                    Value::Number(_) | Value::Bool(_) => true,
+                    _ => false,
+                };
+                keep.then(|| Field {
+                    steps: steps.to_vec(),
+                    action,
+                    strict,
+                    original: v.clone(),
+                })
+            })
+            .collect()
     }
 
     /// What the caller may see of each owner's secrets: the narrowest policy of the kinds

@@ -39,6 +39,10 @@ pub struct Hit {
     pub rule: usize,
     /// The [`Owner`] whose permission applies.
     pub owner: usize,
+    /// Named by a rule: one of its paths, or the safety net inside one of its subtrees
+    /// (`connection.config`, ...) of an entity or typed subtree. A resolving caller may see
+    /// the value of such a field only; any other secret-named member is masked for everyone.
+    pub scoped: bool,
 }
 
 /// An object whose secrets share one permission: the document's root, or an entity inside it.
@@ -85,6 +89,8 @@ pub struct Scanner<'a> {
     /// First keys of `shapes`, and keys of `types`.
     shape_keys: Vec<String>,
     type_keys: Vec<String>,
+    /// Per rule, its safety-net subtrees.
+    nets: Vec<Vec<Vec<Step>>>,
     /// Per rule, the declared types it knows, as documents spell them (`Mysql` for the group
     /// `DatabaseConnection/Mysql`, `jwt` lower-cased for `JWTAuthMechanism`).
     known: Vec<HashSet<String>>,
@@ -176,6 +182,11 @@ impl<'a> Scanner<'a> {
                 set
             })
             .collect();
+        let nets = rules
+            .rules
+            .iter()
+            .map(|r| r.safety_net.iter().map(|b| keys(b)).collect())
+            .collect();
         Scanner {
             rules,
             scope,
@@ -183,6 +194,7 @@ impl<'a> Scanner<'a> {
             types,
             shape_keys,
             type_keys,
+            nets,
             known,
         }
     }
@@ -206,6 +218,7 @@ impl<'a> Scanner<'a> {
             s: self,
             memo: HashMap::new(),
             out: Scan::default(),
+            nets: Vec::new(),
         };
         walk.out.owners.push(Owner {
             steps: Vec::new(),
@@ -217,6 +230,7 @@ impl<'a> Scanner<'a> {
             for rel in rule.paths_in(anchor, doc) {
                 walk.hit(rel, self.scope, 0);
             }
+            walk.nets_from(self.scope, anchor, &[]);
         }
         match doc {
             Value::String(s) if holds_json(s) => walk.out.embedded.push(Embedded {
@@ -227,7 +241,11 @@ impl<'a> Scanner<'a> {
             }),
             _ => walk.value(doc, &mut Vec::new(), 0),
         }
+        let nets = std::mem::take(&mut walk.nets);
         let mut out = walk.out;
+        for h in out.hits.iter_mut().filter(|h| !h.scoped) {
+            h.scoped = nets.iter().any(|n| h.steps.starts_with(n));
+        }
         // A string that is itself a secret is shown whole (masked or resolved), not read into.
         out.embedded
             .retain(|e| !out.hits.iter().any(|h| h.steps == e.steps));
@@ -272,11 +290,41 @@ struct Walk<'s, 'd> {
     /// the same names many times.
     memo: HashMap<&'d str, u8>,
     out: Scan,
+    /// Where, in this document, a rule's safety net applies (absolute subtree roots).
+    nets: Vec<Vec<Step>>,
 }
 
 impl<'d> Walk<'_, 'd> {
+    /// A location a rule's path names.
     fn hit(&mut self, steps: Vec<Step>, rule: usize, owner: usize) {
-        self.out.hits.push(Hit { steps, rule, owner });
+        self.out.hits.push(Hit {
+            steps,
+            rule,
+            owner,
+            scoped: true,
+        });
+    }
+
+    /// A location found by the safety net's names: scoped when it lies in a rule's subtree.
+    fn name_hit(&mut self, steps: Vec<Step>, owner: usize) {
+        self.out.hits.push(Hit {
+            steps,
+            rule: self.s.scope,
+            owner,
+            scoped: false,
+        });
+    }
+
+    /// Records the rule's safety-net subtrees for a subtree of its kind that sits at `at` (in
+    /// an entity) and at `steps` (in this document).
+    fn nets_from(&mut self, rule: usize, at: &[Step], steps: &[Step]) {
+        for net in &self.s.nets[rule] {
+            if at.starts_with(net) {
+                self.nets.push(steps.to_vec());
+            } else if net.starts_with(at) {
+                self.nets.push([steps, &net[at.len()..]].concat());
+            }
+        }
     }
 
     fn class(&mut self, key: &'d str) -> u8 {
@@ -443,6 +491,7 @@ impl<'d> Walk<'_, 'd> {
             for rel in s.rules.rules[rule].paths_in(&[], v) {
                 self.hit([steps, &rel].concat(), rule, me);
             }
+            self.nets_from(rule, &[], steps);
         }
         me
     }
@@ -474,13 +523,13 @@ impl<'d> Walk<'_, 'd> {
                 for rel in s.rules.rules[*rule].paths_in(&site.at, v) {
                     self.hit([steps, &rel].concat(), *rule, owner);
                 }
+                self.nets_from(*rule, &site.at, steps);
             }
         }
     }
 
     /// Members the safety net treats as secret by their name.
     fn named(&mut self, m: &'d Map<String, Value>, steps: &[Step], owner: usize) {
-        let scope = self.s.scope;
         for (k, child) in m {
             if self.class(k) & SECRET == 0 {
                 continue;
@@ -489,13 +538,13 @@ impl<'d> Walk<'_, 'd> {
             match child {
                 c if is_scalar(c) => {
                     let at = at();
-                    self.hit(at, scope, owner);
+                    self.name_hit(at, owner);
                 }
                 Value::Array(items) => {
                     let base = at();
                     for (i, item) in items.iter().enumerate() {
                         if is_scalar(item) {
-                            self.hit([base.as_slice(), &[Step::Index(i)]].concat(), scope, owner);
+                            self.name_hit([base.as_slice(), &[Step::Index(i)]].concat(), owner);
                         }
                     }
                 }
@@ -533,12 +582,16 @@ impl<'d> Walk<'_, 'd> {
                 Value::String(t) => !holds_json(t),
                 other => is_scalar(other),
             };
-            if plain_scalar && (last_is_secret || !rule.paths_in(&anchor, v).is_empty()) {
-                self.hit(
-                    [steps, &[Step::Key(key.to_string())]].concat(),
-                    s.scope,
-                    owner,
-                );
+            let at = [steps, &[Step::Key(key.to_string())]].concat();
+            if !plain_scalar {
+                continue;
+            }
+            if !rule.paths_in(&anchor, v).is_empty()
+                || (last_is_secret && s.nets[s.scope].iter().any(|n| anchor.starts_with(n)))
+            {
+                self.hit(at, s.scope, owner);
+            } else if last_is_secret {
+                self.name_hit(at, owner);
             }
         }
         Some(anchor)
@@ -618,6 +671,38 @@ mod tests {
         assert_eq!(
             found(&r, "databaseService", &doc),
             vec!["$.a[0].b.apiToken", "$.passwords[0]", "$.passwords[1]"]
+        );
+    }
+
+    #[test]
+    fn only_names_inside_a_rules_subtree_are_scoped() {
+        let r = rules();
+        let rule = r
+            .rules
+            .iter()
+            .find(|x| x.kind == "databaseService")
+            .unwrap();
+        let mut doc = mysql();
+        doc["connection"]["config"]["connectionOptions"] = json!({"sslPassword": "x"});
+        doc["extension"] = json!({"apiToken": "y"});
+        let scan = Scanner::new(&r, rule).scan(&doc, &[]);
+        let mut got: Vec<(String, bool)> = scan
+            .hits
+            .iter()
+            .map(|h| (render(&h.steps), h.scoped))
+            .collect();
+        got.sort();
+        got.dedup();
+        assert_eq!(
+            got,
+            vec![
+                ("$.connection.config.authType.password".to_string(), true),
+                (
+                    "$.connection.config.connectionOptions.sslPassword".to_string(),
+                    true
+                ),
+                ("$.extension.apiToken".to_string(), false),
+            ]
         );
     }
 
