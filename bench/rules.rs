@@ -76,5 +76,59 @@ fn main() {
         })
     });
     g.finish();
+
+    // A read's whole rewrite path on the read benchmark's page (50 services, ~100 KB): the
+    // answer parsed at any depth, every object looked at by structure, re-serialised.
+    let page = list_of(50);
+    println!("list size: {} bytes", page.len());
+    let scope = rules
+        .rules
+        .iter()
+        .find(|r| r.kind == "databaseService")
+        .expect("rule");
+    let scanner = om_secrets_proxy::rewrite::structure::Scanner::new(&rules, scope);
+    let mut g = c.benchmark_group("list of 50");
+    g.bench_function("baseline parse+serialize", |b| {
+        b.iter(|| {
+            let v: Value = serde_json::from_str(black_box(&page)).expect("json");
+            black_box(v.to_string())
+        })
+    });
+    g.bench_function("read parse+structural scan+serialize", |b| {
+        b.iter(|| {
+            let v = om_secrets_proxy::rewrite::json::parse_answer(black_box(page.as_bytes()))
+                .expect("json");
+            black_box(scanner.scan(&v, &[]));
+            black_box(om_secrets_proxy::rewrite::json::to_vec(&v).expect("json"))
+        })
+    });
+    g.bench_function("structural scan only", |b| {
+        let v: Value = serde_json::from_str(&page).expect("json");
+        b.iter(|| black_box(scanner.scan(black_box(&v), &[])))
+    });
+    g.finish();
     c.final_summary();
+}
+
+/// The read benchmark's page: `n` MySQL services of ~2 KB each.
+fn list_of(n: usize) -> String {
+    let data: Vec<Value> = (0..n)
+        .map(|i| {
+            let tags: Vec<Value> = (0..8)
+                .map(|t| json!({"tagFQN": format!("Tier.Tier{t}"), "source": "Classification", "labelType": "Manual", "state": "Confirmed"}))
+                .collect();
+            json!({
+                "id": format!("00000000-0000-4000-8000-{i:012x}"), "name": format!("bench-mysql-{i:03}"),
+                "serviceType": "Mysql", "description": "A benchmark service with the size of a real one. ".repeat(6),
+                "tags": tags,
+                "connection": {"config": {
+                    "type": "Mysql", "scheme": "mysql+pymysql", "username": "openmetadata_user",
+                    "authType": {"password": format!("secret:/openmetadata/database/bench-mysql-{i:03}/authtype/password")},
+                    "hostPort": "mysql.internal.example:3306", "databaseSchema": "analytics",
+                    "supportsMetadataExtraction": true, "connectionOptions": {}, "connectionArguments": {}}},
+                "version": 0.1, "updatedAt": 1_700_000_000_000u64, "updatedBy": "admin", "deleted": false
+            })
+        })
+        .collect();
+    json!({"data": data, "paging": {"total": n}}).to_string()
 }

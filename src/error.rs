@@ -33,6 +33,12 @@ pub enum GatewayError {
     Conflict(String),
     #[error("{0}")]
     BadGateway(String),
+    /// A ruled answer the gateway cannot fully read and rewrite: refused, never passed on.
+    #[error("{}", .0.message())]
+    ReadRefused(crate::rewrite::refusal::Unreadable),
+    /// The client did not send its whole body within `server.body_timeout_ms`.
+    #[error("{0}")]
+    RequestTimeout(String),
     #[error("{0}")]
     StoreUnavailable(String),
     #[error("{0}")]
@@ -53,7 +59,8 @@ impl GatewayError {
             }
             GatewayError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             GatewayError::Conflict(_) => StatusCode::CONFLICT,
-            GatewayError::BadGateway(_) => StatusCode::BAD_GATEWAY,
+            GatewayError::BadGateway(_) | GatewayError::ReadRefused(_) => StatusCode::BAD_GATEWAY,
+            GatewayError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             GatewayError::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -74,6 +81,13 @@ impl GatewayError {
             tracing::error!(detail = %detail, "internal error");
         }
         let mut resp = error_response(self.status(), &self.public_message());
+        if matches!(self, GatewayError::RequestTimeout(_)) {
+            // The rest of the body may still be on its way: this connection cannot be reused.
+            resp.headers_mut().insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
+        }
         if matches!(self, GatewayError::MethodNotAllowed(_)) {
             resp.headers_mut().insert(
                 header::ALLOW,

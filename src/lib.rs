@@ -96,6 +96,8 @@ pub async fn build_app_with_store(
         upstream: upstream.clone(),
         metrics: metrics.clone(),
         max_body_bytes: config.server.max_body_bytes,
+        client_body_timeout: config.server.body_timeout,
+        upstream_body_timeout: config.upstream.body_timeout,
         live: proxy::Live {
             rules,
             policy: config.policy,

@@ -9,6 +9,8 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use crate::rewrite::refusal::Unreadable;
+
 /// The route classes requests are counted by.
 pub const ROUTE_CLASSES: [&str; 2] = ["passthrough", "ruled"];
 /// Statuses 100..=599 each get a counter; a status outside that range is clamped into it.
@@ -69,6 +71,8 @@ pub struct Metrics {
     pub store_errors: AtomicU64,
     pub secrets_written: AtomicU64,
     pub secrets_resolved: AtomicU64,
+    /// Answers refused because they could not be fully read, by reason.
+    reads_refused: [AtomicU64; Unreadable::ALL.len()],
 }
 
 impl Default for Metrics {
@@ -84,6 +88,7 @@ impl Default for Metrics {
             store_errors: AtomicU64::new(0),
             secrets_written: AtomicU64::new(0),
             secrets_resolved: AtomicU64::new(0),
+            reads_refused: Default::default(),
         }
     }
 }
@@ -112,8 +117,22 @@ impl Metrics {
             .sum()
     }
 
+    pub fn record_read_refused(&self, why: Unreadable) {
+        self.reads_refused[why.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn render(&self) -> String {
         let mut s = String::new();
+        s.push_str("# HELP omsp_reads_refused_total Upstream answers refused because the gateway could not fully read them, by reason.\n");
+        s.push_str("# TYPE omsp_reads_refused_total counter\n");
+        for why in Unreadable::ALL {
+            let _ = writeln!(
+                s,
+                "omsp_reads_refused_total{{reason=\"{}\"}} {}",
+                why.as_str(),
+                self.reads_refused[why.index()].load(Ordering::Relaxed)
+            );
+        }
         s.push_str("# HELP omsp_requests_total Requests answered, by route class and status.\n");
         s.push_str("# TYPE omsp_requests_total counter\n");
         for i in 0..ROUTE_CLASSES.len() * STATUSES {
@@ -265,5 +284,19 @@ mod tests {
         assert!(text.contains("omsp_request_duration_seconds_bucket{le=\"10\"} 0\n"));
         assert!(text.contains("omsp_request_duration_seconds_bucket{le=\"+Inf\"} 1000\n"));
         assert!(text.contains("omsp_request_duration_seconds_sum 20000\n"));
+    }
+
+    #[test]
+    fn refused_reads_are_counted_by_reason_and_every_reason_is_shown() {
+        let m = Metrics::default();
+        m.record_read_refused(Unreadable::Bom);
+        m.record_read_refused(Unreadable::Bom);
+        let text = m.render();
+        assert!(text.contains("omsp_reads_refused_total{reason=\"bom\"} 2\n"));
+        assert!(text.contains("omsp_reads_refused_total{reason=\"too_deep\"} 0\n"));
+        assert_eq!(
+            text.matches("omsp_reads_refused_total{").count(),
+            Unreadable::ALL.len()
+        );
     }
 }

@@ -61,6 +61,8 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     pub header_read_timeout: Duration,
     pub shutdown_grace: Duration,
+    /// A client's whole request body must arrive within this (408 otherwise).
+    pub body_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -78,6 +80,9 @@ pub struct UpstreamConfig {
     pub timeout: Duration,
     pub service_token: Option<String>,
     pub pool_idle_per_host: usize,
+    /// An answer the gateway reads must arrive whole within this, a streamed one may not
+    /// stall longer (504 / cut off).
+    pub body_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]

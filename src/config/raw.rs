@@ -28,6 +28,7 @@ pub(crate) struct RawServer {
     pub(crate) max_body_bytes: i64,
     pub(crate) header_read_timeout_ms: i64,
     pub(crate) shutdown_grace_ms: i64,
+    pub(crate) body_timeout_ms: i64,
 }
 
 impl Default for RawServer {
@@ -40,6 +41,7 @@ impl Default for RawServer {
             max_body_bytes: 16 * 1024 * 1024,
             header_read_timeout_ms: 10_000,
             shutdown_grace_ms: 30_000,
+            body_timeout_ms: 30_000,
         }
     }
 }
@@ -52,6 +54,7 @@ pub(crate) struct RawUpstream {
     pub(crate) timeout_ms: i64,
     pub(crate) service_token: String,
     pub(crate) pool_idle_per_host: i64,
+    pub(crate) body_timeout_ms: i64,
 }
 
 impl Default for RawUpstream {
@@ -62,6 +65,7 @@ impl Default for RawUpstream {
             timeout_ms: 30_000,
             service_token: String::new(),
             pool_idle_per_host: 256,
+            body_timeout_ms: 30_000,
         }
     }
 }

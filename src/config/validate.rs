@@ -124,6 +124,7 @@ fn validate_server(raw: RawServer, err: Err<'_>) -> ServerConfig {
         max_body_bytes: raw.max_body_bytes as usize,
         header_read_timeout,
         shutdown_grace,
+        body_timeout: positive_ms("server.body_timeout_ms", raw.body_timeout_ms, err),
     }
 }
 
@@ -170,6 +171,7 @@ fn validate_upstream(raw: RawUpstream, err: Err<'_>) -> UpstreamConfig {
         timeout,
         service_token: opt(raw.service_token),
         pool_idle_per_host: raw.pool_idle_per_host as usize,
+        body_timeout: positive_ms("upstream.body_timeout_ms", raw.body_timeout_ms, err),
     }
 }
 

@@ -190,7 +190,8 @@ impl Upstream {
         if !resp.status().is_success() {
             return Ok(None);
         }
-        let bytes = super::body::collect_limited(resp.into_body(), limit)
+        // A stalled body is given up like a late answer.
+        let bytes = super::body::collect_within(resp.into_body(), limit, self.timeout)
             .await
             .map_err(|_| GatewayError::BadGateway("upstream entity could not be read".into()))?;
         Ok(serde_json::from_slice(&bytes).ok())

@@ -35,6 +35,23 @@ pub fn decide(caller: CallerClass, defaults: &PolicyConfig, rule: &PolicyOverrid
     }
 }
 
+/// The more restrictive of two read actions (`mask` before `reference` before `resolve`): what
+/// a caller sees where two rules, or a rule and a permission, apply to one field.
+pub fn narrower(a: ReadAction, b: ReadAction) -> ReadAction {
+    fn openness(a: ReadAction) -> u8 {
+        match a {
+            ReadAction::Mask => 0,
+            ReadAction::Reference => 1,
+            ReadAction::Resolve => 2,
+        }
+    }
+    if openness(a) <= openness(b) {
+        a
+    } else {
+        b
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,5 +111,14 @@ mod tests {
             decide(CallerClass::User, &d, &PolicyOverride::default()),
             ReadAction::Reference
         );
+    }
+
+    #[test]
+    fn where_two_actions_apply_the_narrower_one_wins() {
+        use ReadAction::*;
+        assert_eq!(narrower(Resolve, Mask), Mask);
+        assert_eq!(narrower(Reference, Resolve), Reference);
+        assert_eq!(narrower(Mask, Reference), Mask);
+        assert_eq!(narrower(Resolve, Resolve), Resolve);
     }
 }

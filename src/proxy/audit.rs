@@ -8,7 +8,8 @@ use http::Method;
 use super::context::RequestCtx;
 use crate::rewrite::strip::AuditEntry;
 
-/// One line per request (`omsp::access`).
+/// One line per request (`omsp::access`); `read_refused` names why an answer was refused
+/// (empty when none was).
 pub(crate) fn access(ctx: &RequestCtx, method: &Method, status: u16, latency: Duration) {
     tracing::info!(
         target: "omsp::access",
@@ -18,6 +19,7 @@ pub(crate) fn access(ctx: &RequestCtx, method: &Method, status: u16, latency: Du
         status,
         latency_ms = latency.as_secs_f64() * 1000.0,
         request_id = ctx.request_id.to_str().unwrap_or(""),
+        read_refused = ctx.read_refused.unwrap_or(""),
         "request"
     );
 }

@@ -31,6 +31,8 @@ pub(crate) struct RequestCtx {
     pub route_class: &'static str,
     /// The path, kept only when the access line is written.
     pub path_for_log: Option<String>,
+    /// Why the upstream's answer was refused, if it was (`rewrite::refusal`).
+    pub read_refused: Option<&'static str>,
 }
 
 impl RequestCtx {
@@ -45,6 +47,7 @@ impl RequestCtx {
             route_class: "passthrough",
             path_for_log: tracing::enabled!(target: "omsp::access", tracing::Level::INFO)
                 .then(|| req.uri().path().to_string()),
+            read_refused: None,
         }
     }
 }

@@ -8,7 +8,9 @@
 //! 4. `store`         – the planned changes as one store transaction (`secrets::transaction`);
 //! 5. `forward`       – one pooled upstream client; hop-by-hop headers dropped, X-Forwarded-*
 //!    set (`forward.rs`); a refused write rolls the store back, an accepted one commits;
-//! 6. `rewrite_answer`– secret fields resolved, referenced or masked per caller (`read.rs`);
+//! 6. `rewrite_answer`– secret fields resolved, referenced or masked per caller, found by
+//!    structure wherever they sit; a ruled answer that cannot be read whole is refused (502)
+//!    for every caller (`read.rs`);
 //! 7. `audit`         – one access line per request and one line per secret operation
 //!    (`audit.rs`), never a value.
 
@@ -42,11 +44,19 @@ use context::RequestCtx;
 pub use context::{Caller, ConnInfo};
 pub use read::X_MASKED_FIELDS;
 
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
 /// Everything a request needs, shared by all connections.
 pub struct Gateway {
     pub upstream: Upstream,
     pub metrics: Arc<Metrics>,
     pub max_body_bytes: usize,
+    /// A client's whole request body must arrive within this (`server.body_timeout_ms`).
+    pub client_body_timeout: Duration,
+    /// An upstream answer read whole must arrive within this; a streamed one may not stall
+    /// longer (`upstream.body_timeout_ms`).
+    pub upstream_body_timeout: Duration,
     /// Rules and read policy, swapped whole on SIGHUP; requests in flight keep what they
     /// started with.
     live: RwLock<Arc<Live>>,
@@ -76,6 +86,8 @@ pub struct GatewayParts {
     pub upstream: Upstream,
     pub metrics: Arc<Metrics>,
     pub max_body_bytes: usize,
+    pub client_body_timeout: Duration,
+    pub upstream_body_timeout: Duration,
     pub live: Live,
     pub ids: IdBuilder,
     pub store: Arc<dyn SecretStore>,
@@ -107,6 +119,8 @@ impl Gateway {
             upstream: p.upstream,
             metrics: p.metrics,
             max_body_bytes: p.max_body_bytes,
+            client_body_timeout: p.client_body_timeout,
+            upstream_body_timeout: p.upstream_body_timeout,
             live: RwLock::new(Arc::new(p.live)),
             ids: p.ids,
             store: p.store,
@@ -134,9 +148,12 @@ impl Gateway {
                     e,
                     GatewayError::BadGateway(_) | GatewayError::GatewayTimeout(_)
                 ) {
-                    self.metrics
-                        .upstream_errors
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.metrics.upstream_errors.fetch_add(1, Ordering::Relaxed);
+                }
+                if let GatewayError::ReadRefused(why) = &e {
+                    self.metrics.record_read_refused(*why);
+                    ctx.read_refused = Some(why.as_str());
+                    tracing::warn!(reason = why.as_str(), "upstream answer refused");
                 }
                 e.into_response()
             }
@@ -179,6 +196,14 @@ impl Gateway {
         self.pass_through(req, ctx, action).await
     }
 
+    /// The 408 of a client that did not send its body in time.
+    pub(crate) fn client_too_slow(&self) -> GatewayError {
+        GatewayError::RequestTimeout(format!(
+            "the request body did not arrive within {} ms",
+            self.client_body_timeout.as_millis()
+        ))
+    }
+
     /// Phases 3 to 7 of a ruled request.
     async fn ruled(
         &self,
@@ -198,7 +223,7 @@ impl Gateway {
         let txn = StoreTxn::begin(self.store.as_ref(), &write.plan).await?;
         self.metrics
             .secrets_written
-            .fetch_add(txn.written() as u64, std::sync::atomic::Ordering::Relaxed);
+            .fetch_add(txn.written() as u64, Ordering::Relaxed);
         // 5. forward
         let resp = match self.upstream_request(parts, write.body, ctx) {
             Ok(r) => self.upstream.send(r).await,
@@ -223,19 +248,20 @@ impl Gateway {
         // 6. rewrite answer
         let action = decide(ctx.caller.class, &live.policy, &m.rule.policy);
         let permit = self.view_all_permit(action, live, &m, caller_auth);
-        self.rewrite_answer(
-            resp,
-            Some(read::Scope {
-                rules: &live.rules,
-                rule: m.rule,
-                response_at: m.route.map(|r| r.response_at.as_slice()).unwrap_or(&[]),
-            }),
-            action,
-            permit
+        let scope = read::Scope {
+            rules: &live.rules,
+            rule: m.rule,
+            response_at: m.route.map(|r| r.response_at.as_slice()).unwrap_or(&[]),
+            op: m.op(),
+        };
+        let reader = read::Reader {
+            class: ctx.caller.class,
+            policy: &live.policy,
+            permit: permit
                 .as_ref()
                 .map(|p| p as &dyn crate::rewrite::response::Permit),
-        )
-        .await
+        };
+        self.rewrite_answer(resp, Some(scope), reader).await
     }
 
     /// The caller's class from a verified JWT only; anything unverifiable is anonymous.

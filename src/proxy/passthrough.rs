@@ -48,11 +48,27 @@ impl Gateway {
             conn.https,
             request_id,
         );
-        let mut upstream_req = Request::new(body::stream(incoming));
+        // A client that sends its body too slowly is cut off (408).
+        let slow = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let outgoing = if HttpBody::is_end_stream(&incoming) {
+            body::stream(incoming)
+        } else {
+            body::stream(body::Timed::new(
+                incoming,
+                body::Limit::Total(self.client_body_timeout),
+                Some(slow.clone()),
+            ))
+        };
+        let mut upstream_req = Request::new(outgoing);
         *upstream_req.method_mut() = parts.method;
         *upstream_req.uri_mut() = uri;
         *upstream_req.headers_mut() = parts.headers;
-        let resp = self.upstream.send(upstream_req).await?;
+        let resp = match self.upstream.send(upstream_req).await {
+            Err(_) if slow.load(std::sync::atomic::Ordering::Relaxed) => {
+                return Err(self.client_too_slow())
+            }
+            other => other?,
+        };
         self.unruled_answer(resp, action).await
     }
 

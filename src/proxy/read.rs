@@ -1,6 +1,17 @@
-//! Phase 6: answers rewritten per caller. Ruled answers are parsed and every secret field is
-//! resolved, shown as a reference or masked; unruled JSON answers pass the safety net (any
-//! `secret:` / `fernet:` string is masked for callers who do not resolve).
+//! Phase 6: answers rewritten per caller.
+//!
+//! Ruled answers fail closed: an answer is either read whole (any depth up to
+//! `rewrite::json::READ_MAX_DEPTH`), rewritten by structure (`rewrite::structure`) and
+//! re-serialised, or refused with a 502 naming the reason (`rewrite::refusal`), for every
+//! caller, bots included. Only an empty body passes unread. A CSV export's text answer is the
+//! one exception to "must be JSON": it must be UTF-8 text, and holding a `secret:` or
+//! `fernet:` marker refuses it for callers who do not resolve.
+//!
+//! Unruled JSON answers pass the safety net: scanned for `"secret:`, `"fernet:` or `\u` and,
+//! only when found, parsed and masked for callers who do not resolve.
+//!
+//! Upstream bodies are time-limited: one the gateway reads must arrive whole within
+//! `upstream.body_timeout_ms` (504 otherwise); one it streams may not stall longer than that.
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
@@ -8,12 +19,17 @@ use hyper::body::Incoming;
 use serde_json::Value;
 
 use super::{Gateway, Live};
-use crate::config::ReadAction;
+use crate::config::{PolicyConfig, ReadAction};
 use crate::error::GatewayError;
-use crate::http::body::{self, collect_limited, full, Body, CollectError};
-use crate::http::encoding::decode;
+use crate::http::body::{
+    self, collect_within, full, Body, CollectError, CollectTimedError, Limit, Timed,
+};
+use crate::http::encoding::{decode, DecodeError};
+use crate::policy::{decide, CallerClass};
+use crate::rewrite::json::{parse_answer, to_vec};
+use crate::rewrite::refusal::{looks_compressed, Unreadable};
 use crate::rewrite::response::{mask_references, may_hold_references, Permit, ReadCtx};
-use crate::rules::{RouteMatch, Rule, RuleSet};
+use crate::rules::{Op, RouteMatch, Rule, RuleSet};
 
 pub static X_MASKED_FIELDS: http::HeaderName =
     http::HeaderName::from_static("x-omsp-masked-fields");
@@ -24,6 +40,14 @@ pub(super) struct Scope<'a> {
     pub rule: &'a Rule,
     /// The answer is the entity's subtree at these keys (user token routes).
     pub response_at: &'a [String],
+    pub op: Op,
+}
+
+/// Who reads the answer.
+pub(super) struct Reader<'a> {
+    pub class: CallerClass,
+    pub policy: &'a PolicyConfig,
+    pub permit: Option<&'a dyn Permit>,
 }
 
 /// On ruled routes: HEAD is asked as GET (so the rewritten length is the one announced), and
@@ -40,18 +64,107 @@ pub(super) fn ask_for_whole_answers(parts: &mut http::request::Parts) {
     );
 }
 
+fn refused(why: Unreadable) -> GatewayError {
+    GatewayError::ReadRefused(why)
+}
+
+fn blank(b: &[u8]) -> bool {
+    b.iter().all(u8::is_ascii_whitespace)
+}
+
+/// A JSON answer by its media type or its first byte (a byte order mark counts as JSON's,
+/// so it is refused rather than read as text).
+fn is_json(headers: &http::HeaderMap, body: &[u8]) -> bool {
+    let by_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.to_ascii_lowercase().contains("json"));
+    let rest = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
+    let first = rest.iter().find(|b| !b.is_ascii_whitespace());
+    by_type || matches!(first, Some(b'{') | Some(b'['))
+}
+
 impl Gateway {
-    /// Rewrites an answer: per rule when one applies; the safety net always, for callers
-    /// who do not resolve.
+    /// Rewrites an answer: per rule when one applies (fail closed); otherwise the safety net,
+    /// for callers who do not resolve.
     pub(super) async fn rewrite_answer(
         &self,
         resp: Response<Incoming>,
         scope: Option<Scope<'_>>,
-        action: ReadAction,
-        permit: Option<&dyn Permit>,
+        reader: Reader<'_>,
     ) -> Result<Response<Body>, GatewayError> {
         let (mut parts, incoming) = resp.into_parts();
         super::headers::strip_hop_by_hop(&mut parts.headers);
+        match scope {
+            Some(scope) => self.ruled_answer(parts, incoming, scope, reader).await,
+            None => {
+                let action = decide(reader.class, reader.policy, &Default::default());
+                self.safety_net_answer(parts, incoming, action).await
+            }
+        }
+    }
+
+    /// A ruled answer: read whole and rewritten, or refused.
+    async fn ruled_answer(
+        &self,
+        parts: http::response::Parts,
+        incoming: Incoming,
+        scope: Scope<'_>,
+        reader: Reader<'_>,
+    ) -> Result<Response<Body>, GatewayError> {
+        let raw = self.collect_answer(incoming).await?;
+        if blank(&raw) {
+            return Ok(Response::from_parts(parts, full(raw)));
+        }
+        let decoded = self.decode_answer(&parts.headers, raw)?;
+        if looks_compressed(&decoded) {
+            return Err(refused(Unreadable::Compressed));
+        }
+        let actions: Vec<ReadAction> = scope
+            .rules
+            .rules
+            .iter()
+            .map(|r| decide(reader.class, reader.policy, &r.policy))
+            .collect();
+        let action = decide(reader.class, reader.policy, &scope.rule.policy);
+        if scope.op == Op::Export && !is_json(&parts.headers, &decoded) {
+            let text = std::str::from_utf8(&decoded).map_err(|_| refused(Unreadable::NotText))?;
+            if action != ReadAction::Resolve
+                && (text.contains(crate::rewrite::REFERENCE_PREFIX)
+                    || text.contains(crate::secrets::fernet::PREFIX))
+            {
+                return Err(refused(Unreadable::TextMarker));
+            }
+            return Ok(respond(parts, decoded, &[]));
+        }
+        let mut doc = parse_answer(&decoded).map_err(refused)?;
+        let ctx = ReadCtx {
+            rules: scope.rules,
+            rule: scope.rule,
+            actions: &actions,
+            fernet: &self.fernet,
+            store: self.store.as_ref(),
+            response_at: scope.response_at,
+            permit: reader.permit,
+            markers: may_hold_references(&decoded),
+        };
+        let degraded = ctx.rewrite(&mut doc).await?;
+        if action == ReadAction::Resolve {
+            self.metrics
+                .secrets_resolved
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(respond(parts, self.serialise(&doc)?, &degraded))
+    }
+
+    /// An unruled answer: streamed, unless a caller who does not resolve gets JSON that holds
+    /// a reference or a token somewhere.
+    async fn safety_net_answer(
+        &self,
+        parts: http::response::Parts,
+        incoming: Incoming,
+        action: ReadAction,
+    ) -> Result<Response<Body>, GatewayError> {
         let json_like = parts
             .headers
             .get(header::CONTENT_TYPE)
@@ -60,76 +173,47 @@ impl Gateway {
                 ct.to_ascii_lowercase().contains("json")
                     || ct.to_ascii_lowercase().starts_with("text/")
             });
-        // Unruled answers stream unless the safety net must read them.
-        if scope.is_none() && (!json_like || action == ReadAction::Resolve) {
-            return Ok(Response::from_parts(parts, body::stream(incoming)));
+        if !json_like || action == ReadAction::Resolve {
+            let timed = Timed::new(incoming, Limit::Idle(self.upstream_body_timeout), None);
+            return Ok(Response::from_parts(parts, body::stream(timed)));
         }
-        let raw = match collect_limited(incoming, self.max_body_bytes).await {
-            Ok(b) => b,
-            Err(CollectError::TooLarge) => {
-                return Err(GatewayError::BadGateway(
-                    "upstream answer is too large to inspect".into(),
-                ))
-            }
-            Err(CollectError::Io(_)) => {
-                return Err(GatewayError::BadGateway("upstream answer broke off".into()))
-            }
-        };
-        let decoded = decode(&parts.headers, raw.clone(), self.max_body_bytes).map_err(|_| {
-            GatewayError::BadGateway("upstream answer cannot be decoded for inspection".into())
-        })?;
-        if scope.is_none() && !may_hold_references(&decoded) {
+        let raw = self.collect_answer(incoming).await?;
+        let decoded = self.decode_answer(&parts.headers, raw.clone())?;
+        if !may_hold_references(&decoded) {
             // Nothing to mask: the answer goes out exactly as it came.
             return Ok(Response::from_parts(parts, full(raw)));
         }
-        let mut doc: Value = match serde_json::from_slice(&decoded) {
-            Ok(v) => v,
-            Err(_) => {
-                if may_hold_references(&decoded) && action != ReadAction::Resolve {
-                    return Err(GatewayError::BadGateway(
-                        "upstream answer could hold secrets and is not JSON".into(),
-                    ));
-                }
-                return Ok(Response::from_parts(parts, full(raw)));
-            }
-        };
-        let mut degraded = Vec::new();
-        if let Some(scope) = scope {
-            let ctx = ReadCtx {
-                rules: scope.rules,
-                rule: scope.rule,
-                action,
-                fernet: &self.fernet,
-                store: self.store.as_ref(),
-                response_at: scope.response_at,
-                permit,
-            };
-            degraded = ctx.rewrite(&mut doc).await?;
-            if action == ReadAction::Resolve {
-                self.metrics
-                    .secrets_resolved
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-        } else if action != ReadAction::Resolve {
-            mask_references(&mut doc);
-        }
-        let bytes = Bytes::from(doc.to_string());
-        parts.headers.remove(header::CONTENT_ENCODING);
-        parts.headers.remove(header::ETAG);
-        parts.headers.remove(header::CONTENT_RANGE);
-        parts.headers.remove(header::ACCEPT_RANGES);
-        parts
-            .headers
-            .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
-        if !degraded.is_empty() {
-            if let Ok(v) = HeaderValue::from_str(&degraded.join(", ")) {
-                parts.headers.insert(X_MASKED_FIELDS.clone(), v);
-            }
-        }
-        if parts.status == StatusCode::PARTIAL_CONTENT {
-            parts.status = StatusCode::OK;
-        }
-        Ok(Response::from_parts(parts, full(bytes)))
+        let mut doc = parse_answer(&decoded).map_err(refused)?;
+        mask_references(&mut doc);
+        Ok(respond(parts, self.serialise(&doc)?, &[]))
+    }
+
+    /// The whole upstream body, within `max_body_bytes` and `upstream.body_timeout_ms`.
+    async fn collect_answer(&self, incoming: Incoming) -> Result<Bytes, GatewayError> {
+        let within = self.upstream_body_timeout;
+        collect_within(incoming, self.max_body_bytes, within)
+            .await
+            .map_err(|e| match e {
+                CollectTimedError::TimedOut => GatewayError::GatewayTimeout(format!(
+                    "upstream answer did not arrive whole within {} ms",
+                    within.as_millis()
+                )),
+                CollectTimedError::Collect(CollectError::TooLarge) => refused(Unreadable::TooLarge),
+                CollectTimedError::Collect(CollectError::Io(_)) => refused(Unreadable::Incomplete),
+            })
+    }
+
+    fn decode_answer(&self, headers: &http::HeaderMap, raw: Bytes) -> Result<Bytes, GatewayError> {
+        decode(headers, raw, self.max_body_bytes).map_err(|e| match e {
+            DecodeError::TooLarge => refused(Unreadable::TooLarge),
+            DecodeError::Unsupported | DecodeError::Corrupt => refused(Unreadable::Encoding),
+        })
+    }
+
+    fn serialise(&self, doc: &Value) -> Result<Bytes, GatewayError> {
+        to_vec(doc)
+            .map(Bytes::from)
+            .map_err(|e| GatewayError::Internal(format!("re-serialising an answer: {e}")))
     }
 
     /// With `policy.bot_requires_view_all`, a resolving caller needs the upstream's `ViewAll`.
@@ -146,6 +230,27 @@ impl Gateway {
             resource: m.rule.permission_resource.clone(),
         })
     }
+}
+
+/// A rewritten answer: decoded, fresh length, no validator or range of the original.
+fn respond(mut parts: http::response::Parts, bytes: Bytes, degraded: &[String]) -> Response<Body> {
+    parts.headers.remove(header::CONTENT_ENCODING);
+    parts.headers.remove(header::ETAG);
+    parts.headers.remove(header::CONTENT_RANGE);
+    parts.headers.remove(header::ACCEPT_RANGES);
+    parts.headers.remove(header::TRANSFER_ENCODING);
+    parts
+        .headers
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+    if !degraded.is_empty() {
+        if let Ok(v) = HeaderValue::from_str(&degraded.join(", ")) {
+            parts.headers.insert(X_MASKED_FIELDS.clone(), v);
+        }
+    }
+    if parts.status == StatusCode::PARTIAL_CONTENT {
+        parts.status = StatusCode::OK;
+    }
+    Response::from_parts(parts, full(bytes))
 }
 
 /// Asks the upstream's permission API, with the caller's own token, whether the caller has
@@ -192,7 +297,9 @@ impl Permit for ViewAll<'_> {
                 .insert(header::AUTHORIZATION, auth.clone());
             let ok = match self.gw.upstream.send(req).await {
                 Ok(resp) if resp.status().is_success() => {
-                    match collect_limited(resp.into_body(), 1 << 20).await {
+                    match collect_within(resp.into_body(), 1 << 20, self.gw.upstream_body_timeout)
+                        .await
+                    {
                         Ok(b) => serde_json::from_slice::<Value>(&b)
                             .ok()
                             .and_then(|v| v.get("permissions").and_then(Value::as_array).cloned())

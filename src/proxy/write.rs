@@ -10,7 +10,9 @@
 //! - GET, HEAD, DELETE and OPTIONS carry no body.
 //!
 //! Whatever the route, the write guard checks the entity as the upstream will hold it before
-//! a byte is forwarded (`rewrite::guard`).
+//! a byte is forwarded (`rewrite::guard`). A create or patch that would leave an entity nested
+//! deeper than `rewrite::json::MAX_DEPTH` levels is refused (400), so every entity written
+//! through the gateway reads back masked.
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method};
@@ -20,11 +22,11 @@ use tokio::sync::OwnedMutexGuard;
 
 use super::Gateway;
 use crate::error::GatewayError;
-use crate::http::body::{self, collect_limited, full, Body, CollectError};
+use crate::http::body::{self, collect_within, full, Body, CollectError, CollectTimedError};
 use crate::http::encoding::{decode, DecodeError};
 use crate::http::upstream::encode_segment;
 use crate::rewrite::guard::Guard;
-use crate::rewrite::json::parse_strict;
+use crate::rewrite::json::{self, parse_strict};
 use crate::rewrite::owner::{self, Located};
 use crate::rewrite::patch::{self, Media, PatchBody};
 use crate::rewrite::strip::{
@@ -89,9 +91,14 @@ impl Gateway {
         if http_body::Body::is_end_stream(&incoming) {
             return Ok(());
         }
-        let bytes = collect_limited(incoming, self.max_body_bytes)
+        let bytes = collect_within(incoming, self.max_body_bytes, self.client_body_timeout)
             .await
-            .map_err(|_| GatewayError::BadRequest("request body could not be read".into()))?;
+            .map_err(|e| match e {
+                CollectTimedError::TimedOut => self.client_too_slow(),
+                CollectTimedError::Collect(_) => {
+                    GatewayError::BadRequest("request body could not be read".into())
+                }
+            })?;
         if bytes.is_empty() {
             return Ok(());
         }
@@ -107,13 +114,16 @@ impl Gateway {
         incoming: Incoming,
     ) -> Result<Option<Bytes>, GatewayError> {
         let limit = self.max_body_bytes;
-        let raw = collect_limited(incoming, limit)
+        let raw = collect_within(incoming, limit, self.client_body_timeout)
             .await
             .map_err(|e| match e {
-                CollectError::TooLarge => GatewayError::PayloadTooLarge(format!(
-                    "request body is larger than {limit} bytes"
-                )),
-                CollectError::Io(_) => {
+                CollectTimedError::TimedOut => self.client_too_slow(),
+                CollectTimedError::Collect(CollectError::TooLarge) => {
+                    GatewayError::PayloadTooLarge(format!(
+                        "request body is larger than {limit} bytes"
+                    ))
+                }
+                CollectTimedError::Collect(CollectError::Io(_)) => {
                     GatewayError::BadRequest("request body could not be read".into())
                 }
             })?;
@@ -181,6 +191,7 @@ impl Gateway {
                 "request body must be a JSON object".into(),
             ));
         }
+        refuse_too_deep(&doc)?;
         refuse_bad_shape(rules, m.rule, &doc)?;
         let has_secrets = !rules.find_secrets(m.rule, &doc).is_empty();
         let Some(name) = doc.get("name").and_then(Value::as_str).map(str::to_string) else {
@@ -286,6 +297,7 @@ impl Gateway {
                 "renaming an entity that holds secrets is not supported through the gateway: its secret ids are built from its name".into(),
             ));
         }
+        refuse_too_deep(&result)?;
         refuse_bad_shape(rules, m.rule, &result)?;
         let at = if secrets(&current).is_empty() && secrets(&result).is_empty() {
             // No secret before or after: no root to look up (whoever owns it).
@@ -657,6 +669,20 @@ fn entity_name(entity: &Value) -> String {
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_string()
+}
+
+/// A 400 when the entity a write leaves would nest deeper than the gateway's limit
+/// ([`json::MAX_DEPTH`]): every entity a write accepts must read back masked, and reads are
+/// tested at that depth and far beyond (`json::READ_MAX_DEPTH`).
+fn refuse_too_deep(entity: &Value) -> Result<(), GatewayError> {
+    let depth = json::depth(entity);
+    if depth > json::MAX_DEPTH {
+        return Err(GatewayError::BadRequest(format!(
+            "the entity would be nested {depth} levels deep; the gateway accepts at most {} levels",
+            json::MAX_DEPTH
+        )));
+    }
+    Ok(())
 }
 
 /// A 400 when a scalar stands where an object leading to a secret field belongs (see

@@ -1,17 +1,20 @@
 //! Body rewriting: secrets out of written entities (`strip`, applied to the entity a write
 //! produces: `patch` computes it for PATCH, `spans` edits create bodies byte-exactly), the
 //! write invariant checked on what leaves (`guard`), and per-caller views of answers
-//! (`response`). `json` holds the strict parser; `owner` says which entity a write's
+//! (`response`, which finds secrets by the shape of what holds them, `structure`, and refuses
+//! what it cannot read, `refusal`). `json` holds the parsers and the stack-safe writer; `owner` says which entity a write's
 //! secrets belong to and under which id root they live.
 
 pub mod guard;
 pub mod json;
 pub(crate) mod owner;
 pub mod patch;
+pub mod refusal;
 pub mod response;
 pub mod scan;
 pub mod spans;
 pub mod strip;
+pub mod structure;
 
 use serde_json::Value;
 

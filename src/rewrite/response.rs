@@ -1,13 +1,23 @@
-//! Per-caller views of answers: every secret field is resolved, shown as a reference, or
-//! masked; for callers who do not resolve, any `secret:` / `fernet:` string anywhere is
-//! masked too (the safety net).
+//! Per-caller views of answers. Secrets are found by structure (`structure`): wherever an
+//! entity, a typed subtree or a secret-named member sits, at any depth, in any wrapper and in
+//! string fields that hold JSON. Each is resolved, shown as a reference or masked, per the
+//! caller's policy for its kind and the permission of the entity that holds it; every other
+//! `secret:` / `fernet:` string is masked for every caller, bots included (the safety net).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
 
 use serde_json::Value;
 
+use super::json::{deep, parse_answer, to_string};
+use super::refusal::Unreadable;
+use super::structure::{Scan, Scanner};
 use super::{MASK, REFERENCE_PREFIX};
 use crate::config::ReadAction;
 use crate::error::GatewayError;
-use crate::rules::jsonpath::{get_mut, render, Step};
+use crate::policy::narrower;
+use crate::rules::jsonpath::{get, get_mut, render, Step};
 use crate::rules::{Rule, RuleSet};
 use crate::secrets::fernet::{FernetKeys, PREFIX as FERNET_PREFIX};
 use crate::secrets::SecretStore;
@@ -22,140 +32,246 @@ pub trait Permit: Sync {
 
 pub struct ReadCtx<'a> {
     pub rules: &'a RuleSet,
+    /// The rule of the route the answer came from.
     pub rule: &'a Rule,
-    pub action: ReadAction,
+    /// What this caller sees, per rule (same order as `rules.rules`).
+    pub actions: &'a [ReadAction],
     pub fernet: &'a FernetKeys,
     pub store: &'a dyn SecretStore,
     /// The answer is the entity's subtree at these keys (user token routes).
     pub response_at: &'a [String],
     /// When set, resolving needs the upstream's permission per entity (deny by default).
     pub permit: Option<&'a dyn Permit>,
+    /// The raw answer may hold a reference or a token ([`may_hold_references`]); when it
+    /// cannot, the safety net has nothing to look for.
+    pub markers: bool,
 }
 
 /// Fields masked because resolving them failed (reported in a response header).
 pub type Degraded = Vec<String>;
 
+/// JSON inside a string inside a string ... this many times at most.
+const MAX_EMBEDDING: usize = 16;
+
+type DocFuture<'s> = Pin<Box<dyn Future<Output = Result<(), GatewayError>> + Send + 's>>;
+
+/// One document being rewritten: the answer, or a JSON string inside it.
+struct DocCtx {
+    /// Where the document sits in an entity of the route's kind (empty when unknown).
+    anchor: Vec<Step>,
+    /// What the holder of a JSON string may see (`None` for the answer itself).
+    inherited: Option<ReadAction>,
+    /// Rendered path of the string the document came from (`$` for the answer).
+    prefix: String,
+    nesting: usize,
+}
+
+/// A secret field of a document, as found.
+struct Field {
+    steps: Vec<Step>,
+    action: ReadAction,
+    /// A failure to resolve it fails the answer (rather than masking it).
+    strict: bool,
+    original: Value,
+}
+
+fn refused(why: Unreadable) -> GatewayError {
+    GatewayError::ReadRefused(why)
+}
+
 impl ReadCtx<'_> {
-    /// Rewrites an answer of any shape: an entity, a list (`data[]`), a version history
-    /// (`versions[]` of JSON strings).
+    /// Rewrites an answer of any shape for this caller.
     pub async fn rewrite(&self, doc: &mut Value) -> Result<Degraded, GatewayError> {
+        let scanner = Scanner::new(self.rules, self.rule);
         let mut degraded = Vec::new();
-        let at: Vec<Step> = self
+        let at = self
             .response_at
             .iter()
             .map(|k| Step::Key(k.clone()))
             .collect();
-        let mut skip: Vec<&str> = Vec::new();
-        if let Some(items) = doc.get_mut("data").and_then(Value::as_array_mut) {
-            skip.push("data");
-            for item in items.iter_mut() {
-                self.rewrite_entity(&at, item, true, &[], &mut degraded)
-                    .await?;
-            }
-        }
-        if let Some(versions) = doc.get_mut("versions").and_then(Value::as_array_mut) {
-            skip.push("versions");
-            for v in versions.iter_mut() {
-                match v {
-                    Value::String(s) => {
-                        if let Ok(mut inner) = serde_json::from_str::<Value>(s) {
-                            self.rewrite_entity(&at, &mut inner, true, &[], &mut degraded)
-                                .await?;
-                            *s = inner.to_string();
-                        } else if self.action != ReadAction::Resolve
-                            && (s.contains(REFERENCE_PREFIX) || s.contains(FERNET_PREFIX))
-                        {
-                            *s = MASK.to_string();
-                        }
-                    }
-                    other => {
-                        self.rewrite_entity(&at, other, true, &[], &mut degraded)
-                            .await?
-                    }
-                }
-            }
-        }
-        self.rewrite_entity(&at, doc, false, &skip, &mut degraded)
-            .await?;
+        let top = DocCtx {
+            anchor: at,
+            inherited: None,
+            prefix: "$".into(),
+            nesting: 0,
+        };
+        self.rewrite_doc(&scanner, doc, top, &mut degraded).await?;
         Ok(degraded)
     }
 
-    async fn rewrite_entity(
-        &self,
-        at: &[Step],
-        doc: &mut Value,
-        in_list: bool,
-        skip_top: &[&str],
-        degraded: &mut Degraded,
-    ) -> Result<(), GatewayError> {
-        let mut action = self.action;
-        if action == ReadAction::Resolve {
-            if let Some(permit) = self.permit {
-                let fqn = doc
-                    .get("fullyQualifiedName")
-                    .or_else(|| doc.get("name"))
-                    .and_then(Value::as_str)
-                    .map(str::to_string);
-                let allowed = match &fqn {
-                    Some(f) => permit.allows(f).await,
-                    None => false,
+    fn rewrite_doc<'s>(
+        &'s self,
+        scanner: &'s Scanner<'s>,
+        doc: &'s mut Value,
+        dc: DocCtx,
+        degraded: &'s mut Degraded,
+    ) -> DocFuture<'s> {
+        Box::pin(async move {
+            if dc.nesting > MAX_EMBEDDING {
+                return Err(refused(Unreadable::JsonString));
+            }
+            let scan = scanner.scan(doc, &dc.anchor);
+            let seen = self.owner_actions(&scan, scanner.scope(), &dc).await;
+            let fields = self.secret_fields(&scan, &seen, &dc, doc);
+            let mut rewritten = Vec::new();
+            for e in &scan.embedded {
+                let Some(Value::String(s)) = get(doc, &e.steps) else {
+                    continue;
                 };
-                if !allowed {
-                    action = ReadAction::Mask;
+                let mut inner = match parse_answer(s.as_bytes()) {
+                    Ok(v) => v,
+                    Err(_) if e.must_parse => return Err(refused(Unreadable::JsonString)),
+                    // Free text that looks like JSON: the safety net still masks markers in it.
+                    Err(_) => continue,
+                };
+                let inner_dc = DocCtx {
+                    anchor: e.anchor.clone(),
+                    inherited: Some(seen[e.owner]),
+                    prefix: join(&dc.prefix, &e.steps),
+                    nesting: dc.nesting + 1,
+                };
+                self.rewrite_doc(scanner, &mut inner, inner_dc, degraded)
+                    .await?;
+                let text = to_string(&inner)
+                    .map_err(|e| GatewayError::Internal(format!("re-serialising: {e}")))?;
+                rewritten.push((e.steps.clone(), text));
+            }
+            if self.markers {
+                mask_references(doc);
+            }
+            for (steps, text) in rewritten {
+                if let Some(slot) = get_mut(doc, &steps) {
+                    *slot = Value::String(text);
                 }
             }
+            for f in fields {
+                let path = || join(&dc.prefix, &f.steps);
+                let shown = self
+                    .shown(f.action, f.original, f.strict, path, degraded)
+                    .await?;
+                if let Some(slot) = get_mut(doc, &f.steps) {
+                    *slot = shown;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Every secret location once, with the narrowest action that applies there, whether a
+    /// failure to resolve it fails the answer, and the value it holds (empty ones are left).
+    fn secret_fields(
+        &self,
+        scan: &Scan,
+        seen: &[ReadAction],
+        dc: &DocCtx,
+        doc: &Value,
+    ) -> Vec<Field> {
+        // Only the answer's own entity fails whole when a secret cannot be resolved; the
+        // entities of a list, a wrapper or a history are masked field by field.
+        let own_entity =
+            dc.inherited.is_none() && (!scan.owners[0].rules.is_empty() || !dc.anchor.is_empty());
+        // Per location: whether a rule names it, the narrowest action of the rules that do
+        // (a location no rule names is masked), and whether it fails the answer.
+        let mut fields: BTreeMap<&[Step], (bool, ReadAction, bool)> = BTreeMap::new();
+        for h in &scan.hits {
+            let a = narrower(seen[h.owner], self.actions[h.rule]);
+            let strict = own_entity && h.owner == 0;
+            let f = fields.entry(&h.steps).or_insert((h.scoped, a, strict));
+            match (f.0, h.scoped) {
+                (false, true) => *f = (true, a, strict),
+                (true, true) => {
+                    f.1 = narrower(f.1, a);
+                    f.2 |= strict;
+                }
+                _ => {}
+            }
         }
-        let found = self.rules.find_secrets_under(self.rule, at, doc);
-        // Read every secret field first: the safety net below masks any reference or token
-        // left anywhere else, then each secret field gets what this caller may see.
-        let originals: Vec<(Vec<Step>, String)> = found
+        fields
             .into_iter()
-            .filter_map(|f| {
-                let s = crate::rules::jsonpath::get(doc, &f.steps[at.len()..])?
-                    .as_str()?
-                    .to_string();
-                (!s.is_empty()).then_some((f.steps, s))
+            .filter_map(|(steps, (scoped, action, strict))| {
+                let action = if scoped { action } else { ReadAction::Mask };
+                let v = get(doc, steps)?;
+                let keep = match v {
+                    Value::String(s) => !s.is_empty(),
+                    Value::Number(_) | Value::Bool(_) => true,
+                    _ => false,
+                };
+                keep.then(|| Field {
+                    steps: steps.to_vec(),
+                    action,
+                    strict,
+                    original: v.clone(),
+                })
             })
-            .collect();
-        if self.action != ReadAction::Resolve || action != self.action {
-            match &mut *doc {
-                Value::Object(m) => {
-                    for (k, v) in m.iter_mut() {
-                        if !skip_top.contains(&k.as_str()) {
-                            mask_references(v);
-                        }
+            .collect()
+    }
+
+    /// What the caller may see of each owner's secrets: the narrowest policy of the kinds
+    /// it is an entity of (or what holds it), then, to resolve, the upstream's permission
+    /// for it when one is required (no name, no permission).
+    async fn owner_actions(&self, scan: &Scan, scope: usize, dc: &DocCtx) -> Vec<ReadAction> {
+        let mut out = Vec::with_capacity(scan.owners.len());
+        for (i, o) in scan.owners.iter().enumerate() {
+            let mut a = o
+                .rules
+                .iter()
+                .map(|r| self.actions[*r])
+                .fold(ReadAction::Resolve, narrower);
+            let inherited = i == 0 && o.rules.is_empty() && dc.inherited.is_some();
+            if i == 0 {
+                a = narrower(a, dc.inherited.unwrap_or(self.actions[scope]));
+            }
+            if a == ReadAction::Resolve && !inherited {
+                if let Some(permit) = self.permit {
+                    let allowed = match &o.fqn {
+                        Some(f) => permit.allows(f).await,
+                        None => false,
+                    };
+                    if !allowed {
+                        a = ReadAction::Mask;
                     }
                 }
-                other => mask_references(other),
             }
+            out.push(a);
         }
-        for (steps, s) in originals {
-            let rel = &steps[at.len()..];
-            let Some(slot) = get_mut(doc, rel) else {
-                continue;
-            };
-            let shown = match action {
-                ReadAction::Mask => MASK.to_string(),
-                ReadAction::Reference => self.as_reference(&s),
-                ReadAction::Resolve => match self.resolve(&s).await {
-                    Ok(Some(v)) => v,
-                    Ok(None) => {
-                        degraded.push(render(&steps));
+        out
+    }
+
+    /// A secret field's value as this caller sees it.
+    async fn shown(
+        &self,
+        action: ReadAction,
+        original: Value,
+        strict: bool,
+        path: impl Fn() -> String,
+        degraded: &mut Degraded,
+    ) -> Result<Value, GatewayError> {
+        let s = match original {
+            Value::String(s) => s,
+            // A number or boolean under a secret's name is a plain value.
+            other if action == ReadAction::Resolve => return Ok(other),
+            _ => return Ok(Value::String(MASK.into())),
+        };
+        let shown = match action {
+            ReadAction::Mask => MASK.to_string(),
+            ReadAction::Reference => self.as_reference(&s),
+            ReadAction::Resolve => match self.resolve(&s).await {
+                Ok(Some(v)) => v,
+                Ok(None) => {
+                    degraded.push(path());
+                    MASK.to_string()
+                }
+                Err(e) => {
+                    if !strict || self.rule.policy.mask_on_resolve_failure {
+                        degraded.push(path());
                         MASK.to_string()
+                    } else {
+                        return Err(e);
                     }
-                    Err(e) => {
-                        if in_list || self.rule.policy.mask_on_resolve_failure {
-                            degraded.push(render(&steps));
-                            MASK.to_string()
-                        } else {
-                            return Err(e);
-                        }
-                    }
-                },
-            };
-            *slot = Value::String(shown);
-        }
-        Ok(())
+                }
+            },
+        };
+        Ok(Value::String(shown))
     }
 
     /// A reference is shown as it is; a Fernet-wrapped reference is unwrapped; anything
@@ -198,16 +314,29 @@ impl ReadCtx<'_> {
     }
 }
 
-/// The safety net: masks every string that starts with `secret:` or `fernet:`.
+/// The safety net: masks every string that is a reference or a token, or quotes one (`"secret:`
+/// inside a JSON text), at any depth.
 pub fn mask_references(v: &mut Value) {
     match v {
-        Value::String(s) if s.starts_with(REFERENCE_PREFIX) || s.starts_with(FERNET_PREFIX) => {
+        Value::String(s) if holds_marker(s) => {
             *s = MASK.to_string();
         }
-        Value::Array(a) => a.iter_mut().for_each(mask_references),
-        Value::Object(m) => m.values_mut().for_each(mask_references),
+        Value::Array(a) => deep(|| a.iter_mut().for_each(mask_references)),
+        Value::Object(m) => deep(|| m.values_mut().for_each(mask_references)),
         _ => {}
     }
+}
+
+fn holds_marker(s: &str) -> bool {
+    s.starts_with(REFERENCE_PREFIX)
+        || s.starts_with(FERNET_PREFIX)
+        || s.contains("\"secret:")
+        || s.contains("\"fernet:")
+}
+
+/// `$.a` joined with `$.b[0]` is `$.a.b[0]`.
+fn join(prefix: &str, steps: &[Step]) -> String {
+    format!("{prefix}{}", &render(steps)[1..])
 }
 
 /// Whether a raw body could hold something the safety net masks (a fast byte scan; `\u`
@@ -235,11 +364,13 @@ mod tests {
 
     #[test]
     fn the_safety_net_masks_references_anywhere() {
-        let mut v = serde_json::json!({"x": ["secret:/a", {"y": "fernet:t"}], "z": "secret"});
+        let mut v = serde_json::json!({"x": ["secret:/a", {"y": "fernet:t"}], "z": "secret",
+                                       "q": "{\"p\":\"secret:/b\"} and more", "ok": "a secret: no"});
         mask_references(&mut v);
         assert_eq!(
             v,
-            serde_json::json!({"x": ["*********", {"y": "*********"}], "z": "secret"})
+            serde_json::json!({"x": ["*********", {"y": "*********"}], "z": "secret",
+                               "q": "*********", "ok": "a secret: no"})
         );
     }
 }

@@ -172,7 +172,7 @@ pub struct Rule {
     secret_segs: Vec<Vec<Seg>>,
     pub known_types: HashSet<String>,
     trie: Trie,
-    safety_net: Vec<Vec<String>>,
+    pub(crate) safety_net: Vec<Vec<String>>,
     pub routes: Vec<Route>,
     pub policy: PolicyOverride,
     pub allowed_reference_prefixes: Vec<String>,
@@ -415,10 +415,26 @@ impl RuleSet {
     /// Whether the safety net treats a member named `key` as a secret: the name policy of
     /// [`names`] plus the configured `rules.safety_net_keys`.
     pub fn is_secret_key(&self, key: &str) -> bool {
+        // Most names are short ASCII: normalised on the stack, no allocation.
+        let mut buf = [0u8; 64];
+        if key.len() <= buf.len() && key.is_ascii() {
+            let mut n = 0;
+            for b in key.bytes().filter(|b| *b != b'_' && *b != b'-') {
+                buf[n] = b.to_ascii_lowercase();
+                n += 1;
+            }
+            if let Ok(norm) = std::str::from_utf8(&buf[..n]) {
+                return names::is_secret_name(norm, &self.safety_keys);
+            }
+        }
         names::is_secret_name(&names::norm_key(key), &self.safety_keys)
     }
 
     fn net_walk(&self, v: &Value, steps: &mut Vec<Step>, out: &mut Vec<Found>) {
+        crate::rewrite::json::deep(|| self.net_walk_level(v, steps, out))
+    }
+
+    fn net_walk_level(&self, v: &Value, steps: &mut Vec<Step>, out: &mut Vec<Found>) {
         match v {
             Value::Object(m) => {
                 for (k, child) in m {
@@ -862,6 +878,29 @@ impl Rule {
             .collect()
     }
 
+    /// The locations in `value`, a subtree that sits at `at` in an entity of this kind, that
+    /// the rule's paths name (not the safety net); steps relative to `value`.
+    pub(crate) fn paths_in(&self, at: &[Step], value: &Value) -> Vec<Vec<Step>> {
+        let mut out = Vec::new();
+        for node in self.trie.nodes_at(at) {
+            out.extend(node.find(value).into_iter().map(|(rel, _)| rel));
+        }
+        out
+    }
+
+    /// Whether a subtree at `at` in an entity of this kind can hold secrets: a secret path
+    /// or a safety-net subtree passes through it, or it lies inside one.
+    pub(crate) fn leads_to_secrets(&self, at: &[Step]) -> bool {
+        if at.is_empty() || !self.trie.nodes_at(at).is_empty() {
+            return true;
+        }
+        self.safety_net.iter().any(|base| {
+            base.iter()
+                .zip(at)
+                .all(|(b, s)| matches!(s, Step::Key(k) if k == b))
+        })
+    }
+
     /// Steps relative to the field base (the id's field parts).
     pub fn field_steps<'s>(&self, steps: &'s [Step]) -> &'s [Step] {
         let base_matches = self.field_base.len() <= steps.len()
@@ -883,7 +922,7 @@ impl Rule {
 pub const STRING_UNION_KEYS: &[&str] = &["gcpConfig"];
 
 /// Where a document of this rule's kind declares the type its secret groups are keyed by.
-fn type_locations(rule: &Rule) -> Vec<Vec<String>> {
+pub(crate) fn type_locations(rule: &Rule) -> Vec<Vec<String>> {
     let own = |keys: &[&str]| keys.iter().map(|k| k.to_string()).collect::<Vec<_>>();
     if rule.field_base.is_empty() {
         // Ingestion pipelines and automations workflows.
@@ -904,7 +943,7 @@ fn type_locations(rule: &Rule) -> Vec<Vec<String>> {
 
 /// Does a secret's type group name the document's type? Groups are a service's connection
 /// type (`Mysql`), a workflow's `<Kind>Connection/<type>`, or a bot's `<authType>AuthMechanism`.
-fn type_matches(group: &str, doc_type: &str) -> bool {
+pub(crate) fn type_matches(group: &str, doc_type: &str) -> bool {
     group == doc_type
         || group
             .strip_suffix(doc_type)

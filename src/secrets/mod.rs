@@ -144,6 +144,7 @@ pub async fn open_store(
                 timeout: std::time::Duration::from_secs(10),
                 service_token: None,
                 pool_idle_per_host: 16,
+                body_timeout: std::time::Duration::from_secs(10),
             })
             .map_err(|e| format!("openbao client: {e}"))?;
             Arc::new(openbao::OpenBaoStore::new(client, &token, &sm.bao_mount)?)

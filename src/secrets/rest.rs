@@ -57,6 +57,7 @@ fn upstream_config(base: &Uri, ca_file: Option<&Path>) -> UpstreamConfig {
         timeout: Duration::from_secs(10),
         service_token: None,
         pool_idle_per_host: 16,
+        body_timeout: std::time::Duration::from_secs(30),
     }
 }
 

@@ -53,6 +53,35 @@ struct State {
     view_all: std::collections::BTreeSet<String>,
     /// What `/system/version` answers (default 2.0.7).
     version: Option<String>,
+    /// Answers served as they are for a path, whatever the method (a misbehaving upstream).
+    canned: BTreeMap<String, Canned>,
+}
+
+/// An answer served byte for byte, optionally stalling forever after its body.
+#[derive(Clone, Debug)]
+pub struct Canned {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+    /// After `body`, the answer neither sends more nor ends.
+    pub stall: bool,
+}
+
+impl Canned {
+    pub fn json(body: impl Into<Bytes>) -> Canned {
+        Canned {
+            status: 200,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: body.into(),
+            stall: false,
+        }
+    }
+
+    pub fn header(mut self, k: &str, v: &str) -> Canned {
+        self.headers.retain(|(h, _)| !h.eq_ignore_ascii_case(k));
+        self.headers.push((k.into(), v.into()));
+        self
+    }
 }
 
 /// A running emulator.
@@ -60,6 +89,8 @@ struct State {
 pub struct Emulator {
     pub addr: SocketAddr,
     state: Arc<Mutex<State>>,
+    /// Stalled answers whose connection the reader has closed.
+    stalls_dropped: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 pub const SERVICE_COLLECTIONS: [&str; 13] = [
@@ -109,6 +140,7 @@ impl Emulator {
                 jwks: json!({"keys": []}),
                 ..Default::default()
             })),
+            stalls_dropped: Default::default(),
         };
         let server = emu.clone();
         tokio::spawn(async move {
@@ -273,7 +305,57 @@ impl Emulator {
             .insert(fqn.to_string());
     }
 
+    /// Serves `answer` for `path` (any method, any query) until cleared.
+    pub fn set_canned(&self, path: &str, answer: Canned) {
+        self.state
+            .lock()
+            .expect("state")
+            .canned
+            .insert(path.to_string(), answer);
+    }
+
+    pub fn clear_canned(&self) {
+        self.state.lock().expect("state").canned.clear();
+    }
+
+    /// How many stalled answers were dropped by their reader (their connection reclaimed).
+    pub fn stalls_dropped(&self) -> usize {
+        self.stalls_dropped
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn canned(&self, path: &str) -> Option<Response<EmuBody>> {
+        let c = self
+            .state
+            .lock()
+            .expect("state")
+            .canned
+            .get(path)
+            .cloned()?;
+        let body = if c.stall {
+            Stalling {
+                first: Some(c.body),
+                dropped: self.stalls_dropped.clone(),
+            }
+            .boxed()
+        } else {
+            Full::new(c.body).boxed()
+        };
+        let mut r = Response::new(body);
+        *r.status_mut() = StatusCode::from_u16(c.status).unwrap_or(StatusCode::OK);
+        for (k, v) in c.headers {
+            r.headers_mut().insert(
+                http::HeaderName::from_bytes(k.as_bytes()).expect("header name"),
+                http::HeaderValue::from_str(&v).expect("header value"),
+            );
+        }
+        Some(r)
+    }
+
     async fn handle(&self, req: Request<Incoming>) -> Response<EmuBody> {
+        if let Some(r) = self.canned(req.uri().path()) {
+            return r;
+        }
         let range = req
             .headers()
             .get(http::header::RANGE)
@@ -547,7 +629,7 @@ impl Emulator {
                 );
             }
         }
-        let parse = |b: &Bytes| serde_json::from_slice::<Value>(b);
+        let parse = |b: &Bytes| parse_deep(b);
         match (method, tail) {
             (Method::GET, []) => {
                 let include_deleted = qp(query, "include").as_deref() == Some("all");
@@ -822,6 +904,44 @@ fn scope_under_service(st: &State, coll: &str, v: &mut Value) -> Result<(), Stri
     v["service"] = json!({"id": service.json["id"], "type": kind,
         "name": service.json["name"], "fullyQualifiedName": sfqn});
     Ok(())
+}
+
+/// A body that sends its first bytes, then nothing, never ending; counts its drop.
+struct Stalling {
+    first: Option<Bytes>,
+    dropped: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl http_body::Body for Stalling {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        match self.first.take() {
+            Some(b) => std::task::Poll::Ready(Some(Ok(Frame::data(b)))),
+            None => std::task::Poll::Pending,
+        }
+    }
+}
+
+impl Drop for Stalling {
+    fn drop(&mut self) {
+        self.dropped
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Parses a JSON body at any depth (OpenMetadata's own parser goes to 1,000 levels; the
+/// gateway's write limit is far below that).
+fn parse_deep(b: &[u8]) -> serde_json::Result<Value> {
+    use serde::Deserialize;
+    let mut de = serde_json::Deserializer::from_slice(b);
+    de.disable_recursion_limit();
+    let v = Value::deserialize(&mut de)?;
+    de.end()?;
+    Ok(v)
 }
 
 fn finish_entity(v: &mut Value, id: &str, coll: &str, version: f64) {
