@@ -81,7 +81,13 @@ impl Gateway {
         let (mut parts, mut incoming) = resp.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
         if action == ReadAction::Resolve || !json_like(parts.headers.get(header::CONTENT_TYPE)) {
-            return Ok(Response::from_parts(parts, body::stream(incoming)));
+            // Streamed as it comes; an upstream that stalls longer than the idle limit is cut off.
+            let timed = body::Timed::new(
+                incoming,
+                body::Limit::Idle(self.upstream_body_timeout),
+                None,
+            );
+            return Ok(Response::from_parts(parts, body::stream(timed)));
         }
         let identity = parts
             .headers
@@ -90,7 +96,15 @@ impl Gateway {
         let mut scan = MarkerScan::default();
         let mut chunks = VecDeque::new();
         let mut total = 0usize;
-        while let Some(frame) = incoming.frame().await {
+        let idle = self.upstream_body_timeout;
+        loop {
+            let Ok(next) = tokio::time::timeout(idle, incoming.frame()).await else {
+                return Err(GatewayError::GatewayTimeout(format!(
+                    "the upstream answer stalled for more than {} ms",
+                    idle.as_millis()
+                )));
+            };
+            let Some(frame) = next else { break };
             let frame =
                 frame.map_err(|_| GatewayError::BadGateway("upstream answer broke off".into()))?;
             let Ok(data) = frame.into_data() else {
