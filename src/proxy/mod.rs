@@ -261,7 +261,7 @@ impl Gateway {
                 .as_ref()
                 .map(|p| p as &dyn crate::rewrite::response::Permit),
         };
-        self.rewrite_answer(resp, Some(scope), reader).await
+        self.rewrite_answer(resp, scope, reader).await
     }
 
     /// The caller's class from a verified JWT only; anything unverifiable is anonymous.

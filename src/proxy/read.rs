@@ -21,14 +21,12 @@ use serde_json::Value;
 use super::{Gateway, Live};
 use crate::config::{PolicyConfig, ReadAction};
 use crate::error::GatewayError;
-use crate::http::body::{
-    self, collect_within, full, Body, CollectError, CollectTimedError, Limit, Timed,
-};
+use crate::http::body::{self, collect_within, full, Body, CollectError, CollectTimedError};
 use crate::http::encoding::{decode, DecodeError};
 use crate::policy::{decide, CallerClass};
 use crate::rewrite::json::{parse_answer, to_vec};
 use crate::rewrite::refusal::{looks_compressed, Unreadable};
-use crate::rewrite::response::{mask_references, may_hold_references, Permit, ReadCtx};
+use crate::rewrite::response::{may_hold_references, Permit, ReadCtx};
 use crate::rules::{Op, RouteMatch, Rule, RuleSet};
 
 pub static X_MASKED_FIELDS: http::HeaderName =
@@ -85,23 +83,17 @@ fn is_json(headers: &http::HeaderMap, body: &[u8]) -> bool {
 }
 
 impl Gateway {
-    /// Rewrites an answer: per rule when one applies (fail closed); otherwise the safety net,
-    /// for callers who do not resolve.
+    /// Rewrites a ruled answer (fail closed). Unruled answers take the streaming safety net
+    /// of `passthrough.rs`.
     pub(super) async fn rewrite_answer(
         &self,
         resp: Response<Incoming>,
-        scope: Option<Scope<'_>>,
+        scope: Scope<'_>,
         reader: Reader<'_>,
     ) -> Result<Response<Body>, GatewayError> {
         let (mut parts, incoming) = resp.into_parts();
         super::headers::strip_hop_by_hop(&mut parts.headers);
-        match scope {
-            Some(scope) => self.ruled_answer(parts, incoming, scope, reader).await,
-            None => {
-                let action = decide(reader.class, reader.policy, &Default::default());
-                self.safety_net_answer(parts, incoming, action).await
-            }
-        }
+        self.ruled_answer(parts, incoming, scope, reader).await
     }
 
     /// A ruled answer: read whole and rewritten, or refused.
@@ -155,37 +147,6 @@ impl Gateway {
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         Ok(respond(parts, self.serialise(&doc)?, &degraded))
-    }
-
-    /// An unruled answer: streamed, unless a caller who does not resolve gets JSON that holds
-    /// a reference or a token somewhere.
-    async fn safety_net_answer(
-        &self,
-        parts: http::response::Parts,
-        incoming: Incoming,
-        action: ReadAction,
-    ) -> Result<Response<Body>, GatewayError> {
-        let json_like = parts
-            .headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_none_or(|ct| {
-                ct.to_ascii_lowercase().contains("json")
-                    || ct.to_ascii_lowercase().starts_with("text/")
-            });
-        if !json_like || action == ReadAction::Resolve {
-            let timed = Timed::new(incoming, Limit::Idle(self.upstream_body_timeout), None);
-            return Ok(Response::from_parts(parts, body::stream(timed)));
-        }
-        let raw = self.collect_answer(incoming).await?;
-        let decoded = self.decode_answer(&parts.headers, raw.clone())?;
-        if !may_hold_references(&decoded) {
-            // Nothing to mask: the answer goes out exactly as it came.
-            return Ok(Response::from_parts(parts, full(raw)));
-        }
-        let mut doc = parse_answer(&decoded).map_err(refused)?;
-        mask_references(&mut doc);
-        Ok(respond(parts, self.serialise(&doc)?, &[]))
     }
 
     /// The whole upstream body, within `max_body_bytes` and `upstream.body_timeout_ms`.
