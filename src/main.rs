@@ -218,76 +218,14 @@ fn init_logging(cfg: &Config) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { config } => with_app(config, |app| async move {
-            let (api, admin) = match app.bind().await {
-                Ok(l) => l,
-                Err(e) => {
-                    eprintln!("{e}");
-                    return ExitCode::from(1);
-                }
-            };
-            tracing::info!(
-                api = %api.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-                admin = %admin.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-                "om-secrets-proxy listening"
-            );
-            app.serve(api, admin, om_secrets_proxy::shutdown_signal())
-                .await;
-            ExitCode::SUCCESS
-        }),
-        Command::Check { config } => match om_secrets_proxy::check(config.as_deref()) {
-            Ok(summary) => {
-                println!("{summary}");
-                ExitCode::SUCCESS
-            }
-            Err(problems) => {
-                for p in problems {
-                    println!("{p}");
-                }
-                ExitCode::from(1)
-            }
-        },
+        Command::Serve { config } => serve_command(config),
+        Command::Check { config } => check_command(config.as_deref()),
         Command::Explain {
             config,
             method,
             path,
             body_file,
-        } => {
-            let cfg = match load(config) {
-                Ok(c) => c,
-                Err(code) => return code,
-            };
-            let rules = match om_secrets_proxy::rules::RuleSet::load(
-                &cfg.rules.dir,
-                &cfg.rules.safety_net_keys,
-            ) {
-                Ok(r) => r,
-                Err(problems) => {
-                    for p in problems {
-                        eprintln!("{p}");
-                    }
-                    return ExitCode::from(1);
-                }
-            };
-            let body = match body_file.map(std::fs::read_to_string).transpose() {
-                Ok(b) => b,
-                Err(e) => {
-                    eprintln!("cannot read the body file: {e}");
-                    return ExitCode::from(1);
-                }
-            };
-            match om_secrets_proxy::explain::explain(&cfg, &rules, &method, &path, body.as_deref())
-            {
-                Ok(text) => {
-                    print!("{text}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("{e}");
-                    ExitCode::from(1)
-                }
-            }
-        }
+        } => explain_command(config, &method, &path, body_file),
         Command::Migrate {
             config,
             dry_run,
@@ -328,6 +266,83 @@ fn main() -> ExitCode {
             timeout_ms,
         } => healthcheck_command(config, addr, timeout_ms),
         Command::Fernet { op } => fernet_command(op),
+    }
+}
+
+/// `serve`: binds both ports, then serves until SIGTERM/SIGINT.
+fn serve_command(config: Option<PathBuf>) -> ExitCode {
+    with_app(config, |app| async move {
+        let (api, admin) = match app.bind().await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(1);
+            }
+        };
+        tracing::info!(
+            api = %api.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            admin = %admin.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            "om-secrets-proxy listening"
+        );
+        app.serve(api, admin, om_secrets_proxy::shutdown_signal())
+            .await;
+        ExitCode::SUCCESS
+    })
+}
+
+/// `check`: the summary on stdout, or one line per problem and exit 1.
+fn check_command(config: Option<&std::path::Path>) -> ExitCode {
+    match om_secrets_proxy::check(config) {
+        Ok(summary) => {
+            println!("{summary}");
+            ExitCode::SUCCESS
+        }
+        Err(problems) => {
+            for p in problems {
+                println!("{p}");
+            }
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `explain`: what the gateway would do with one request, without sending anything.
+fn explain_command(
+    config: Option<PathBuf>,
+    method: &str,
+    path: &str,
+    body_file: Option<PathBuf>,
+) -> ExitCode {
+    let cfg = match load(config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let rules =
+        match om_secrets_proxy::rules::RuleSet::load(&cfg.rules.dir, &cfg.rules.safety_net_keys) {
+            Ok(r) => r,
+            Err(problems) => {
+                for p in problems {
+                    eprintln!("{p}");
+                }
+                return ExitCode::from(1);
+            }
+        };
+    let body = match body_file.map(std::fs::read_to_string).transpose() {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("cannot read the body file: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match om_secrets_proxy::explain::explain(&cfg, &rules, method, path, body.as_deref()) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(1)
+        }
     }
 }
 

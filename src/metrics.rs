@@ -121,8 +121,17 @@ impl Metrics {
         self.reads_refused[why.index()].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut s = String::new();
+        self.render_refusals(&mut s);
+        self.render_requests(&mut s);
+        self.render_latency(&mut s);
+        self.render_scalars(&mut s);
+        s
+    }
+
+    fn render_refusals(&self, s: &mut String) {
         s.push_str("# HELP omsp_reads_refused_total Upstream answers refused because the gateway could not fully read them, by reason.\n");
         s.push_str("# TYPE omsp_reads_refused_total counter\n");
         for why in Unreadable::ALL {
@@ -133,6 +142,9 @@ impl Metrics {
                 self.reads_refused[why.index()].load(Ordering::Relaxed)
             );
         }
+    }
+
+    fn render_requests(&self, s: &mut String) {
         s.push_str("# HELP omsp_requests_total Requests answered, by route class and status.\n");
         s.push_str("# TYPE omsp_requests_total counter\n");
         for i in 0..ROUTE_CLASSES.len() * STATUSES {
@@ -146,6 +158,9 @@ impl Metrics {
                 );
             }
         }
+    }
+
+    fn render_latency(&self, s: &mut String) {
         s.push_str("# HELP omsp_request_duration_seconds Request latency inside the gateway.\n");
         s.push_str("# TYPE omsp_request_duration_seconds histogram\n");
         let mut cumulative = 0;
@@ -168,69 +183,86 @@ impl Metrics {
             self.sum(|s| &s.latency_sum_us) as f64 / 1e6
         );
         let _ = writeln!(s, "omsp_request_duration_seconds_count {count}");
-        let gauges: [(&str, &str, &str, i64); 10] = [
-            (
-                "omsp_open_connections",
-                "gauge",
-                "Client connections open on the API port.",
-                self.open_connections.load(Ordering::Relaxed),
-            ),
-            (
-                "omsp_upstream_errors_total",
-                "counter",
-                "Upstream failures (unreachable, timeout, broken answer).",
-                self.upstream_errors.load(Ordering::Relaxed) as i64,
-            ),
-            (
-                "omsp_secret_cache_hits_total",
-                "counter",
-                "Secret reads answered by the cache.",
-                self.cache_hits.load(Ordering::Relaxed) as i64,
-            ),
-            (
-                "omsp_secret_cache_misses_total",
-                "counter",
-                "Secret reads the cache could not answer.",
-                self.cache_misses.load(Ordering::Relaxed) as i64,
-            ),
-            (
-                "omsp_secret_cache_refreshes_total",
-                "counter",
-                "Background re-reads of cached secrets (keeps replicas' caches within the refresh bound).",
-                self.cache_refreshes.load(Ordering::Relaxed) as i64,
-            ),
-            (
-                "omsp_secret_store_calls_total",
-                "counter",
-                "Calls made to the secret store backend.",
-                self.store_calls.load(Ordering::Relaxed) as i64,
-            ),
-            (
-                "omsp_secret_store_errors_total",
-                "counter",
-                "Secret store calls that failed.",
-                self.store_errors.load(Ordering::Relaxed) as i64,
-            ),
-            (
-                "omsp_secrets_written_total",
-                "counter",
-                "Secret values moved into the store.",
-                self.secrets_written.load(Ordering::Relaxed) as i64,
-            ),
-            (
-                "omsp_secrets_resolved_total",
-                "counter",
-                "Secret fields resolved for a caller.",
-                self.secrets_resolved.load(Ordering::Relaxed) as i64,
-            ),
-            ("omsp_up", "gauge", "1 while the gateway runs.", 1),
-        ];
-        for (name, kind, help, v) in gauges {
+    }
+
+    /// The gauges and plain counters, from the `SCALARS` table.
+    fn render_scalars(&self, s: &mut String) {
+        for (name, kind, help, read) in SCALARS {
+            let v = read(self);
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
         }
-        s
     }
 }
+
+/// A scalar metric: name, Prometheus type, help text, and how to read it.
+type Scalar = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&Metrics) -> i64,
+);
+
+fn counter(a: &AtomicU64) -> i64 {
+    i64::try_from(a.load(Ordering::Relaxed)).unwrap_or(i64::MAX)
+}
+
+const SCALARS: [Scalar; 10] = [
+    (
+        "omsp_open_connections",
+        "gauge",
+        "Client connections open on the API port.",
+        |m| m.open_connections.load(Ordering::Relaxed),
+    ),
+    (
+        "omsp_upstream_errors_total",
+        "counter",
+        "Upstream failures (unreachable, timeout, broken answer).",
+        |m| counter(&m.upstream_errors),
+    ),
+    (
+        "omsp_secret_cache_hits_total",
+        "counter",
+        "Secret reads answered by the cache.",
+        |m| counter(&m.cache_hits),
+    ),
+    (
+        "omsp_secret_cache_misses_total",
+        "counter",
+        "Secret reads the cache could not answer.",
+        |m| counter(&m.cache_misses),
+    ),
+    (
+        "omsp_secret_cache_refreshes_total",
+        "counter",
+        "Background re-reads of cached secrets (keeps replicas' caches within the refresh bound).",
+        |m| counter(&m.cache_refreshes),
+    ),
+    (
+        "omsp_secret_store_calls_total",
+        "counter",
+        "Calls made to the secret store backend.",
+        |m| counter(&m.store_calls),
+    ),
+    (
+        "omsp_secret_store_errors_total",
+        "counter",
+        "Secret store calls that failed.",
+        |m| counter(&m.store_errors),
+    ),
+    (
+        "omsp_secrets_written_total",
+        "counter",
+        "Secret values moved into the store.",
+        |m| counter(&m.secrets_written),
+    ),
+    (
+        "omsp_secrets_resolved_total",
+        "counter",
+        "Secret fields resolved for a caller.",
+        |m| counter(&m.secrets_resolved),
+    ),
+    ("omsp_up", "gauge", "1 while the gateway runs.", |_| 1),
+];
 
 #[cfg(test)]
 mod tests {

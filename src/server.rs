@@ -61,57 +61,18 @@ pub async fn serve_api(
             _ = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let gateway = gateway.clone();
-        let builder = builder.clone();
         let info = ConnInfo {
             remote,
             https: tls.is_some(),
         };
-        let svc_gateway = gateway.clone();
-        let svc = service_fn(move |req| {
-            let gw = svc_gateway.clone();
-            async move { Ok::<_, Infallible>(gw.handle(req, info).await) }
-        });
-        let metrics = gateway.metrics.clone();
+        let conn = Connection {
+            builder: builder.clone(),
+            gateway: gateway.clone(),
+            watcher: graceful.watcher(),
+        };
         match &tls {
-            None => {
-                let conn = builder
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .into_owned();
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    metrics.open_connections.fetch_add(1, Ordering::Relaxed);
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "connection ended with an error");
-                    }
-                    metrics.open_connections.fetch_sub(1, Ordering::Relaxed);
-                });
-            }
-            Some(acceptor) => {
-                let acceptor = acceptor.clone();
-                let watcher = graceful.watcher();
-                tokio::spawn(async move {
-                    let tls_stream =
-                        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream))
-                            .await
-                        {
-                            Ok(Ok(s)) => s,
-                            Ok(Err(e)) => {
-                                tracing::debug!(error = %e, "TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => return,
-                        };
-                    let conn = builder
-                        .serve_connection(TokioIo::new(tls_stream), svc)
-                        .into_owned();
-                    metrics.open_connections.fetch_add(1, Ordering::Relaxed);
-                    if let Err(e) = watcher.watch(conn).await {
-                        tracing::debug!(error = %e, "connection ended with an error");
-                    }
-                    metrics.open_connections.fetch_sub(1, Ordering::Relaxed);
-                });
-            }
+            None => conn.serve(stream, info),
+            Some(acceptor) => conn.serve_tls(acceptor.clone(), stream, info),
         }
     }
     drop(listener);
@@ -119,6 +80,52 @@ pub async fn serve_api(
     tokio::select! {
         _ = graceful.shutdown() => tracing::info!("all connections drained"),
         _ = tokio::time::sleep(grace) => tracing::warn!("drain deadline passed; closing remaining connections"),
+    }
+}
+
+/// What one accepted API connection needs: the protocol builder, the gateway, and the
+/// shutdown watcher that lets the drain wait for it.
+struct Connection {
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    gateway: Arc<Gateway>,
+    watcher: hyper_util::server::graceful::Watcher,
+}
+
+impl Connection {
+    /// Serves a plain TCP connection on a task of its own.
+    fn serve(self, stream: tokio::net::TcpStream, info: ConnInfo) {
+        tokio::spawn(self.run(TokioIo::new(stream), info));
+    }
+
+    /// Completes the TLS handshake (within `TLS_HANDSHAKE_TIMEOUT`), then serves the connection.
+    fn serve_tls(self, acceptor: TlsAcceptor, stream: tokio::net::TcpStream, info: ConnInfo) {
+        tokio::spawn(async move {
+            let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+            match handshake.await {
+                Ok(Ok(s)) => self.run(TokioIo::new(s), info).await,
+                Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                Err(_) => {}
+            }
+        });
+    }
+
+    /// Serves HTTP/1.1 or HTTP/2 on `io` until the client leaves or the drain ends it.
+    async fn run<I>(self, io: TokioIo<I>, info: ConnInfo)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let gateway = self.gateway;
+        let metrics = gateway.metrics.clone();
+        let svc = service_fn(move |req| {
+            let gw = gateway.clone();
+            async move { Ok::<_, Infallible>(gw.handle(req, info).await) }
+        });
+        let conn = self.builder.serve_connection(io, svc).into_owned();
+        metrics.open_connections.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = self.watcher.watch(conn).await {
+            tracing::debug!(error = %e, "connection ended with an error");
+        }
+        metrics.open_connections.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

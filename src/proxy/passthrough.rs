@@ -78,7 +78,7 @@ impl Gateway {
         resp: Response<Incoming>,
         action: ReadAction,
     ) -> Result<Response<Body>, GatewayError> {
-        let (mut parts, mut incoming) = resp.into_parts();
+        let (mut parts, incoming) = resp.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
         if action == ReadAction::Resolve || !json_like(parts.headers.get(header::CONTENT_TYPE)) {
             // Streamed as it comes; an upstream that stalls longer than the idle limit is cut off.
@@ -93,9 +93,31 @@ impl Gateway {
             .headers
             .get(header::CONTENT_ENCODING)
             .is_none_or(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"identity"));
-        let mut scan = MarkerScan::default();
-        let mut chunks = VecDeque::new();
-        let mut total = 0usize;
+        let held = match self.hold_for_scan(incoming, identity).await? {
+            Hold::Whole(held) => held,
+            Hold::Streaming(body) => return Ok(Response::from_parts(parts, Body::new(body))),
+        };
+        if identity && !held.scan.seen() {
+            return Ok(Response::from_parts(
+                parts,
+                Body::new(Scanned::replay(held.chunks)),
+            ));
+        }
+        self.mask_held(parts, concat(held.chunks, held.total), identity)
+    }
+
+    /// Reads the answer's chunks, scanning each once, until its end or until it passes
+    /// `max_body_bytes` (then an identity answer without a marker so far streams on).
+    async fn hold_for_scan(
+        &self,
+        mut incoming: Incoming,
+        identity: bool,
+    ) -> Result<Hold, GatewayError> {
+        let mut held = Held {
+            scan: MarkerScan::default(),
+            chunks: VecDeque::new(),
+            total: 0,
+        };
         let idle = self.upstream_body_timeout;
         loop {
             let Ok(next) = tokio::time::timeout(idle, incoming.frame()).await else {
@@ -104,39 +126,42 @@ impl Gateway {
                     idle.as_millis()
                 )));
             };
-            let Some(frame) = next else { break };
+            let Some(frame) = next else {
+                return Ok(Hold::Whole(held));
+            };
             let frame =
                 frame.map_err(|_| GatewayError::BadGateway("upstream answer broke off".into()))?;
             let Ok(data) = frame.into_data() else {
                 continue; // trailers are not forwarded on buffered answers
             };
-            total += data.len();
+            held.total += data.len();
             if identity {
-                scan.feed(&data);
+                held.scan.feed(&data);
             }
-            chunks.push_back(data);
-            if total > self.max_body_bytes {
-                if !identity || scan.seen() {
+            held.chunks.push_back(data);
+            if held.total > self.max_body_bytes {
+                if !identity || held.scan.seen() {
                     return Err(GatewayError::BadGateway(
                         "upstream answer is too large to inspect".into(),
                     ));
                 }
-                let body = Scanned::streaming(chunks, incoming, scan);
-                return Ok(Response::from_parts(parts, Body::new(body)));
+                return Ok(Hold::Streaming(Scanned::streaming(
+                    held.chunks,
+                    incoming,
+                    held.scan,
+                )));
             }
         }
-        let clean = if identity {
-            !scan.seen()
-        } else {
-            false // decided below, on the decoded bytes
-        };
-        if clean {
-            return Ok(Response::from_parts(
-                parts,
-                Body::new(Scanned::replay(chunks)),
-            ));
-        }
-        let raw = concat(chunks, total);
+    }
+
+    /// A whole answer that may hold a marker: decoded, parsed and masked (an encoded answer
+    /// whose decoded bytes hold no marker goes out as it came).
+    fn mask_held(
+        &self,
+        mut parts: http::response::Parts,
+        raw: Bytes,
+        identity: bool,
+    ) -> Result<Response<Body>, GatewayError> {
         let decoded =
             crate::http::encoding::decode(&parts.headers, raw.clone(), self.max_body_bytes)
                 .map_err(|_| {
@@ -168,6 +193,19 @@ impl Gateway {
         }
         Ok(Response::from_parts(parts, full(bytes)))
     }
+}
+
+/// An answer's chunks read so far, with the marker scan over them.
+struct Held {
+    scan: MarkerScan,
+    chunks: VecDeque<Bytes>,
+    total: usize,
+}
+
+/// What `hold_for_scan` ends with: the whole answer, or a body that streams the rest.
+enum Hold {
+    Whole(Held),
+    Streaming(Scanned),
 }
 
 fn concat(mut chunks: VecDeque<Bytes>, total: usize) -> Bytes {

@@ -11,7 +11,7 @@ use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
 
-use super::{SecretStore, StoreError, StoreFuture};
+use super::{listing, SecretStore, StoreError, StoreFuture};
 use crate::config::SecretsConfig;
 
 const DESCRIPTION: &str = "OpenMetadata connection secret, stored by om-secrets-proxy";
@@ -201,33 +201,24 @@ impl SecretStore for SecretsManagerStore {
                 .key(FilterNameStringType::Name)
                 .values(prefix)
                 .build();
-            let mut out = Vec::new();
-            let mut token: Option<String> = None;
-            loop {
+            let filter = &filter;
+            listing::collect("aws secrets manager", prefix, |token| async move {
                 let page = self
                     .client
                     .list_secrets()
                     .filters(filter.clone())
-                    .set_next_token(token.clone())
+                    .set_next_token(token)
                     .max_results(100)
                     .send()
                     .await
                     .map_err(|e| map_err(&e).1)?;
-                out.extend(
-                    page.secret_list()
-                        .iter()
-                        .filter_map(|s| s.name())
-                        .filter(|n| n.starts_with(prefix))
-                        .map(str::to_string),
-                );
-                token = page.next_token().map(str::to_string);
-                if token.is_none() {
-                    break;
-                }
-            }
-            out.sort();
-            out.dedup();
-            Ok(out)
+                let names = page.secret_list().iter().filter_map(|s| s.name());
+                Ok((
+                    names.map(str::to_string).collect(),
+                    page.next_token().map(str::to_string),
+                ))
+            })
+            .await
         })
     }
 
@@ -367,35 +358,26 @@ impl SecretStore for SsmStore {
                 Some(0) | None => "/".to_string(),
                 Some(i) => prefix[..i].to_string(),
             };
-            let mut out = Vec::new();
-            let mut token: Option<String> = None;
-            loop {
+            let folder = &folder;
+            listing::collect("aws ssm", prefix, |token| async move {
                 let page = self
                     .client
                     .get_parameters_by_path()
-                    .path(&folder)
+                    .path(folder)
                     .recursive(true)
                     .with_decryption(false)
-                    .set_next_token(token.clone())
+                    .set_next_token(token)
                     .max_results(10)
                     .send()
                     .await
                     .map_err(|e| map_err(&e).1)?;
-                out.extend(
-                    page.parameters()
-                        .iter()
-                        .filter_map(|p| p.name())
-                        .filter(|n| n.starts_with(prefix))
-                        .map(str::to_string),
-                );
-                token = page.next_token().map(str::to_string);
-                if token.is_none() {
-                    break;
-                }
-            }
-            out.sort();
-            out.dedup();
-            Ok(out)
+                let names = page.parameters().iter().filter_map(|p| p.name());
+                Ok((
+                    names.map(str::to_string).collect(),
+                    page.next_token().map(str::to_string),
+                ))
+            })
+            .await
         })
     }
 

@@ -20,7 +20,7 @@ use super::names::{self, ID_TAG};
 use super::rest::{
     self, form, parse_token_answer, Payload, Reply, Rest, TokenCache, TokenFuture, TokenSource,
 };
-use super::{SecretStore, StoreError, StoreFuture};
+use super::{listing, SecretStore, StoreError, StoreFuture};
 use crate::config::AzureParams;
 
 const API: &str = "api-version=7.4";
@@ -352,29 +352,21 @@ impl AzureKeyVaultStore {
         }
     }
 
-    async fn list_page(
-        &self,
-        path: &str,
-        prefix: &str,
-        out: &mut Vec<String>,
-    ) -> Result<Option<String>, StoreError> {
-        let reply = self.call(Method::GET, path, None).await?;
-        if !reply.status.is_success() {
-            return Err(rest::status_error(VENDOR, reply.status));
-        }
-        let v = reply.json(VENDOR)?;
-        for item in v["value"].as_array().into_iter().flatten() {
-            if let Some(id) = tagged_id(item) {
-                if id.starts_with(prefix) {
-                    out.push(id.to_string());
-                }
-            }
-        }
+    /// One page of the listing: the first for `None`, else the page at `next` (a path).
+    async fn list_page(&self, next: Option<String>) -> Result<listing::Page, StoreError> {
+        let path = next.unwrap_or_else(|| format!("/secrets?{API}&maxresults=25"));
+        let v = self
+            .call(Method::GET, &path, None)
+            .await?
+            .success_json(VENDOR)?;
+        let ids = v["value"].as_array().into_iter().flatten();
+        let ids = ids.filter_map(tagged_id).map(str::to_string).collect();
         // The next page, as a path on this vault (the bearer never goes anywhere else).
-        Ok(v["nextLink"]
+        let next = v["nextLink"]
             .as_str()
             .and_then(|l| l.parse::<Uri>().ok())
-            .and_then(|u| u.path_and_query().map(|pq| pq.as_str().to_string())))
+            .and_then(|u| u.path_and_query().map(|pq| pq.as_str().to_string()));
+        Ok((ids, next))
     }
 }
 
@@ -453,35 +445,14 @@ impl SecretStore for AzureKeyVaultStore {
     }
 
     fn list<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, Vec<String>> {
-        Box::pin(async move {
-            let mut out = Vec::new();
-            let mut next = Some(format!("/secrets?{API}&maxresults=25"));
-            let mut pages = 0;
-            while let Some(path) = next {
-                next = self.list_page(&path, prefix, &mut out).await?;
-                pages += 1;
-                if pages > 10_000 {
-                    return Err(StoreError::Unavailable(
-                        "azure key vault: endless listing".into(),
-                    ));
-                }
-            }
-            out.sort();
-            out.dedup();
-            Ok(out)
-        })
+        Box::pin(listing::collect(VENDOR, prefix, |n| self.list_page(n)))
     }
 
     fn health(&self) -> StoreFuture<'_, ()> {
         Box::pin(async move {
-            let reply = self
-                .call(Method::GET, &format!("/secrets?{API}&maxresults=1"), None)
-                .await?;
-            if reply.status.is_success() {
-                Ok(())
-            } else {
-                Err(rest::status_error(VENDOR, reply.status))
-            }
+            self.call(Method::GET, &format!("/secrets?{API}&maxresults=1"), None)
+                .await?
+                .success(VENDOR)
         })
     }
 

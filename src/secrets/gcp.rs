@@ -21,7 +21,7 @@ use super::names::{self, ID_TAG};
 use super::rest::{
     self, form, parse_token_answer, Payload, Reply, Rest, TokenCache, TokenFuture, TokenSource,
 };
-use super::{SecretStore, StoreError, StoreFuture};
+use super::{listing, SecretStore, StoreError, StoreFuture};
 use crate::config::GcpParams;
 
 const VENDOR: &str = "google secret manager";
@@ -376,32 +376,21 @@ impl SecretManagerStore {
         .await
     }
 
-    async fn list_page(
-        &self,
-        token: Option<&str>,
-        prefix: &str,
-        out: &mut Vec<String>,
-    ) -> Result<Option<String>, StoreError> {
+    async fn list_page(&self, token: Option<String>) -> Result<listing::Page, StoreError> {
         let mut path = format!("{}?pageSize=250", self.secrets);
         if let Some(t) = token {
-            path.push_str(&format!("&pageToken={}", rest::pct(t)));
+            path.push_str(&format!("&pageToken={}", rest::pct(&t)));
         }
-        let reply = self.call(Method::GET, &path, None).await?;
-        if !reply.status.is_success() {
-            return Err(rest::status_error(VENDOR, reply.status));
-        }
-        let v = reply.json(VENDOR)?;
-        for s in v["secrets"].as_array().into_iter().flatten() {
-            if let Some(id) = s["annotations"][ID_TAG].as_str() {
-                if id.starts_with(prefix) {
-                    out.push(id.to_string());
-                }
-            }
-        }
-        Ok(v["nextPageToken"]
-            .as_str()
-            .filter(|t| !t.is_empty())
-            .map(str::to_string))
+        let v = self
+            .call(Method::GET, &path, None)
+            .await?
+            .success_json(VENDOR)?;
+        let ids = v["secrets"].as_array().into_iter().flatten();
+        let ids = ids.filter_map(|s| s["annotations"][ID_TAG].as_str());
+        Ok((
+            ids.map(str::to_string).collect(),
+            v["nextPageToken"].as_str().map(str::to_string),
+        ))
     }
 }
 
@@ -499,33 +488,14 @@ impl SecretStore for SecretManagerStore {
     }
 
     fn list<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, Vec<String>> {
-        Box::pin(async move {
-            let mut out = Vec::new();
-            let mut token: Option<String> = None;
-            for _ in 0..10_000 {
-                token = self.list_page(token.as_deref(), prefix, &mut out).await?;
-                if token.is_none() {
-                    out.sort();
-                    out.dedup();
-                    return Ok(out);
-                }
-            }
-            Err(StoreError::Unavailable(
-                "google secret manager: endless listing".into(),
-            ))
-        })
+        Box::pin(listing::collect(VENDOR, prefix, |t| self.list_page(t)))
     }
 
     fn health(&self) -> StoreFuture<'_, ()> {
         Box::pin(async move {
-            let reply = self
-                .call(Method::GET, &format!("{}?pageSize=1", self.secrets), None)
-                .await?;
-            if reply.status.is_success() {
-                Ok(())
-            } else {
-                Err(rest::status_error(VENDOR, reply.status))
-            }
+            self.call(Method::GET, &format!("{}?pageSize=1", self.secrets), None)
+                .await?
+                .success(VENDOR)
         })
     }
 

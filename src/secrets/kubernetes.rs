@@ -23,7 +23,7 @@ use yaml_rust2::{Yaml, YamlLoader};
 
 use super::names::{self, ID_TAG};
 use super::rest::{self, FileToken, Payload, Reply, Rest, StaticToken, TokenCache, TokenSource};
-use super::{SecretStore, StoreError, StoreFuture};
+use super::{listing, SecretStore, StoreError, StoreFuture};
 use crate::config::KubernetesParams;
 
 const VENDOR: &str = "kubernetes";
@@ -370,6 +370,23 @@ impl KubernetesStore {
             s => Err(rest::status_error(VENDOR, s)),
         }
     }
+
+    /// One page of the gateway's labelled secrets, after the continuation `cont`.
+    async fn list_page(&self, cont: Option<String>) -> Result<listing::Page, StoreError> {
+        let mut path = format!("{}?labelSelector={SELECTOR}&limit=500", self.secrets);
+        if let Some(c) = cont {
+            path.push_str(&format!("&continue={}", rest::pct(&c)));
+        }
+        let v = self
+            .call(Method::GET, &path, None)
+            .await?
+            .success_json(VENDOR)?;
+        let items = v["items"].as_array().into_iter().flatten();
+        Ok((
+            items.filter_map(held_id).map(str::to_string).collect(),
+            v["metadata"]["continue"].as_str().map(str::to_string),
+        ))
+    }
 }
 
 impl SecretStore for KubernetesStore {
@@ -430,50 +447,14 @@ impl SecretStore for KubernetesStore {
     }
 
     fn list<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, Vec<String>> {
-        Box::pin(async move {
-            let mut out = Vec::new();
-            let mut cont: Option<String> = None;
-            for _ in 0..10_000 {
-                let mut path = format!("{}?labelSelector={SELECTOR}&limit=500", self.secrets);
-                if let Some(c) = &cont {
-                    path.push_str(&format!("&continue={}", rest::pct(c)));
-                }
-                let reply = self.call(Method::GET, &path, None).await?;
-                if !reply.status.is_success() {
-                    return Err(rest::status_error(VENDOR, reply.status));
-                }
-                let v = reply.json(VENDOR)?;
-                for item in v["items"].as_array().into_iter().flatten() {
-                    if let Some(id) = held_id(item).filter(|id| id.starts_with(prefix)) {
-                        out.push(id.to_string());
-                    }
-                }
-                cont = v["metadata"]["continue"]
-                    .as_str()
-                    .filter(|c| !c.is_empty())
-                    .map(str::to_string);
-                if cont.is_none() {
-                    out.sort();
-                    out.dedup();
-                    return Ok(out);
-                }
-            }
-            Err(StoreError::Unavailable(
-                "kubernetes: endless listing".into(),
-            ))
-        })
+        Box::pin(listing::collect(VENDOR, prefix, |c| self.list_page(c)))
     }
 
     fn health(&self) -> StoreFuture<'_, ()> {
         Box::pin(async move {
-            let reply = self
-                .call(Method::GET, &format!("{}?limit=1", self.secrets), None)
-                .await?;
-            if reply.status.is_success() {
-                Ok(())
-            } else {
-                Err(rest::status_error(VENDOR, reply.status))
-            }
+            self.call(Method::GET, &format!("{}?limit=1", self.secrets), None)
+                .await?
+                .success(VENDOR)
         })
     }
 

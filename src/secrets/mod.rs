@@ -10,6 +10,7 @@ pub mod embedded;
 pub mod fernet;
 pub mod gcp;
 pub mod kubernetes;
+pub(crate) mod listing;
 pub mod memory;
 pub(crate) mod names;
 pub mod openbao;

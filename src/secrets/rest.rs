@@ -40,6 +40,21 @@ impl Reply {
         serde_json::from_slice(&self.body)
             .map_err(|_| StoreError::Unavailable(format!("{vendor}: answer is not JSON")))
     }
+
+    /// `Ok` for a success status, the vendor's status error otherwise.
+    pub fn success(&self, vendor: &str) -> Result<(), StoreError> {
+        if self.status.is_success() {
+            Ok(())
+        } else {
+            Err(status_error(vendor, self.status))
+        }
+    }
+
+    /// The body as JSON, for a success status only.
+    pub fn success_json(&self, vendor: &str) -> Result<Value, StoreError> {
+        self.success(vendor)?;
+        self.json(vendor)
+    }
 }
 
 /// One vendor endpoint (scheme, host and any base path).
