@@ -240,26 +240,9 @@ impl AzureKeyVaultStore {
         path: &str,
         payload: Option<Value>,
     ) -> Result<Reply, StoreError> {
-        for attempt in 0..2 {
-            let bearer = self.token.bearer().await?;
-            let headers = [(http::header::AUTHORIZATION, bearer)];
-            let body = match &payload {
-                Some(v) => Payload::Json(v.clone()),
-                None => Payload::None,
-            };
-            let reply = self
-                .vault
-                .call(method.clone(), path, &headers, body)
-                .await?;
-            if reply.status == StatusCode::UNAUTHORIZED && attempt == 0 {
-                self.token.invalidate().await;
-                continue;
-            }
-            return Ok(reply);
-        }
-        Err(StoreError::AccessDenied(
-            "azure key vault refused the token".into(),
-        ))
+        self.vault
+            .call_with_token(&self.token, method, path, payload.as_ref())
+            .await
     }
 
     /// The current secret under `name`, `None` when there is none.

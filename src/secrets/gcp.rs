@@ -320,20 +320,9 @@ impl SecretManagerStore {
         path: &str,
         payload: Option<Value>,
     ) -> Result<Reply, StoreError> {
-        for attempt in 0..2 {
-            let bearer = self.token.bearer().await?;
-            let headers = [(http::header::AUTHORIZATION, bearer)];
-            let body = payload.clone().map(Payload::Json).unwrap_or(Payload::None);
-            let reply = self.api.call(method.clone(), path, &headers, body).await?;
-            if reply.status == StatusCode::UNAUTHORIZED && attempt == 0 {
-                self.token.invalidate().await;
-                continue;
-            }
-            return Ok(reply);
-        }
-        Err(StoreError::AccessDenied(
-            "google secret manager refused the token".into(),
-        ))
+        self.api
+            .call_with_token(&self.token, method, path, payload.as_ref())
+            .await
     }
 
     /// The secret's metadata (labels, annotations), `None` when it does not exist.
@@ -479,11 +468,7 @@ impl SecretStore for SecretManagerStore {
             let reply = self
                 .call(Method::DELETE, &format!("{}/{name}", self.secrets), None)
                 .await?;
-            match reply.status {
-                StatusCode::NOT_FOUND => Ok(()),
-                s if s.is_success() => Ok(()),
-                s => Err(rest::status_error(VENDOR, s)),
-            }
+            reply.deleted(VENDOR)
         })
     }
 

@@ -296,26 +296,18 @@ impl KubernetesStore {
         path: &str,
         payload: Option<Value>,
     ) -> Result<Reply, StoreError> {
-        for attempt in 0..2 {
-            let mut headers = Vec::new();
-            match &self.auth {
-                Auth::Bearer(t) => headers.push((http::header::AUTHORIZATION, t.bearer().await?)),
-                Auth::Basic(v) => headers.push((http::header::AUTHORIZATION, v.clone())),
-                Auth::Certificate => {}
+        let headers = match &self.auth {
+            Auth::Bearer(t) => {
+                return self
+                    .api
+                    .call_with_token(t, method, path, payload.as_ref())
+                    .await
             }
-            let body = payload.clone().map(Payload::Json).unwrap_or(Payload::None);
-            let reply = self.api.call(method.clone(), path, &headers, body).await?;
-            if reply.status == StatusCode::UNAUTHORIZED && attempt == 0 {
-                if let Auth::Bearer(t) = &self.auth {
-                    t.invalidate().await;
-                    continue;
-                }
-            }
-            return Ok(reply);
-        }
-        Err(StoreError::AccessDenied(
-            "kubernetes refused the token".into(),
-        ))
+            Auth::Basic(v) => vec![(http::header::AUTHORIZATION, v.clone())],
+            Auth::Certificate => Vec::new(),
+        };
+        let body = payload.map_or(Payload::None, Payload::Json);
+        self.api.call(method, path, &headers, body).await
     }
 
     async fn read(&self, name: &str) -> Result<Option<Value>, StoreError> {
@@ -438,11 +430,7 @@ impl SecretStore for KubernetesStore {
             let reply = self
                 .call(Method::DELETE, &format!("{}/{name}", self.secrets), None)
                 .await?;
-            match reply.status {
-                StatusCode::NOT_FOUND => Ok(()),
-                s if s.is_success() => Ok(()),
-                s => Err(rest::status_error(VENDOR, s)),
-            }
+            reply.deleted(VENDOR)
         })
     }
 

@@ -50,6 +50,14 @@ impl Reply {
         }
     }
 
+    /// `Ok` for a delete that happened or found nothing to delete.
+    pub fn deleted(&self, vendor: &str) -> Result<(), StoreError> {
+        if self.status == StatusCode::NOT_FOUND {
+            return Ok(());
+        }
+        self.success(vendor)
+    }
+
     /// The body as JSON, for a success status only.
     pub fn success_json(&self, vendor: &str) -> Result<Value, StoreError> {
         self.success(vendor)?;
@@ -90,6 +98,33 @@ impl Rest {
             client: Upstream::with_tls(&upstream_config(base, None), tls),
             vendor,
         }
+    }
+
+    /// Sends one request with the bearer from `token`; a 401 drops the cached token and the
+    /// request is sent once more with a fresh one.
+    pub async fn call_with_token(
+        &self,
+        token: &TokenCache,
+        method: Method,
+        path_and_query: &str,
+        payload: Option<&Value>,
+    ) -> Result<Reply, StoreError> {
+        for attempt in 0..2 {
+            let headers = [(header::AUTHORIZATION, token.bearer().await?)];
+            let body = payload.cloned().map_or(Payload::None, Payload::Json);
+            let reply = self
+                .call(method.clone(), path_and_query, &headers, body)
+                .await?;
+            if reply.status == StatusCode::UNAUTHORIZED && attempt == 0 {
+                token.invalidate().await;
+                continue;
+            }
+            return Ok(reply);
+        }
+        Err(StoreError::AccessDenied(format!(
+            "{} refused the token",
+            self.vendor
+        )))
     }
 
     /// Sends one request to `path_and_query` (below the base path).
