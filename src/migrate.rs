@@ -57,11 +57,7 @@ impl Job for Migrator<'_, '_> {
         dry_run: bool,
     ) -> Result<EntityReport, EntityError> {
         let tk = self.tk;
-        tk.complete(rule, &mut entity).await?;
-        let mut report = EntityReport::of(rule, &entity);
-        if report.id.is_empty() {
-            return Err(EntityError::Failed("the entity has no id".into()));
-        }
+        let mut report = tk.open(rule, &mut entity).await?;
         let at = crate::rewrite::owner::locate_existing(
             tk.store, tk.ids, tk.fernet, rule, &entity, true,
         )

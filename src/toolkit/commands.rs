@@ -17,6 +17,25 @@ use crate::secrets::embedded::{EmbeddedStore, Rotation};
 use crate::secrets::fernet::FernetKeys;
 use crate::App;
 
+/// The toolkit and the kinds a command runs over; on a problem, the problem is said on
+/// stderr (prefixed with `command`) and `Err` carries the exit code `fail`.
+fn prepare<'a>(
+    app: &'a App,
+    rules: &'a RuleSet,
+    command: &str,
+    kinds: &[String],
+    default: impl Fn(&crate::rules::Rule) -> bool,
+    fail: u8,
+) -> Result<(Toolkit<'a>, Vec<&'a crate::rules::Rule>), u8> {
+    let said = |e: String| {
+        eprintln!("{command}: {e}");
+        fail
+    };
+    let tk = toolkit(&app.gateway, rules).map_err(said)?;
+    let selected = select_kinds(rules, kinds, default).map_err(said)?;
+    Ok((tk, selected))
+}
+
 /// Exit code of a run Ctrl-C ended (128 + SIGINT).
 const INTERRUPTED: u8 = 130;
 
@@ -93,12 +112,9 @@ pub async fn migrate(app: &App, mut opts: RunOptions, reverse: bool) -> u8 {
         "migrate"
     };
     let live = app.gateway.live();
-    let tk = match toolkit(&app.gateway, &live.rules) {
-        Ok(tk) => tk,
-        Err(e) => {
-            eprintln!("{command}: {e}");
-            return 1;
-        }
+    let (tk, rules) = match prepare(app, &live.rules, command, &opts.kinds, |r| r.migrate, 1) {
+        Ok(prepared) => prepared,
+        Err(code) => return code,
     };
     if !tk.managed {
         eprintln!("{command}: moves secrets between OpenMetadata and a managed store (embedded, managed-aws, managed-aws-ssm, managed-openbao); this provider keeps them in OpenMetadata");
@@ -110,13 +126,6 @@ pub async fn migrate(app: &App, mut opts: RunOptions, reverse: bool) -> u8 {
         );
         return 1;
     }
-    let rules = match select_kinds(&live.rules, &opts.kinds, |r| r.migrate) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("{command}: {e}");
-            return 1;
-        }
-    };
     opts.checkpoint
         .get_or_insert_with(|| default_checkpoint(&app.config, command));
     let mut print = |line: String| println!("{line}");
@@ -186,19 +195,9 @@ pub fn rotate_store(cfg: &Config, dry_run: bool) -> Result<Option<Rotation>, Str
 pub async fn rotate_fernet(app: &App, mut opts: RunOptions, store: Option<Rotation>) -> u8 {
     let command = "rotate-fernet";
     let live = app.gateway.live();
-    let tk = match toolkit(&app.gateway, &live.rules) {
-        Ok(tk) => tk,
-        Err(e) => {
-            eprintln!("{command}: {e}");
-            return 1;
-        }
-    };
-    let rules = match select_kinds(&live.rules, &opts.kinds, |_| true) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("{command}: {e}");
-            return 1;
-        }
+    let (tk, rules) = match prepare(app, &live.rules, command, &opts.kinds, |_| true, 1) {
+        Ok(prepared) => prepared,
+        Err(code) => return code,
     };
     if let Some(s) = store {
         println!(
@@ -246,19 +245,9 @@ pub async fn rotate_fernet(app: &App, mut opts: RunOptions, store: Option<Rotati
 /// `audit [--json]`: 0 clean, 1 findings, 2 the audit could not finish.
 pub async fn audit(app: &App, mut opts: AuditOptions, json: bool) -> u8 {
     let live = app.gateway.live();
-    let tk = match toolkit(&app.gateway, &live.rules) {
-        Ok(tk) => tk,
-        Err(e) => {
-            eprintln!("audit: {e}");
-            return 2;
-        }
-    };
-    let rules = match select_kinds(&live.rules, &opts.kinds, |_| true) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("audit: {e}");
-            return 2;
-        }
+    let (tk, rules) = match prepare(app, &live.rules, "audit", &opts.kinds, |_| true, 2) {
+        Ok(prepared) => prepared,
+        Err(code) => return code,
     };
     let every_kind = rules.len() == live.rules.rules.len();
     opts.read_values = app.config.secrets.provider.backend == Backend::Embedded;

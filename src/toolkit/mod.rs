@@ -170,6 +170,21 @@ impl Toolkit<'_> {
             .await
     }
 
+    /// The start of every job's work on one entity: completed (see [`Toolkit::complete`]) and
+    /// given an empty report; an entity without an id fails.
+    pub(crate) async fn open(
+        &self,
+        rule: &Rule,
+        entity: &mut Value,
+    ) -> Result<report::EntityReport, EntityError> {
+        self.complete(rule, entity).await?;
+        let report = report::EntityReport::of(rule, entity);
+        if report.id.is_empty() {
+            return Err(EntityError::Failed("the entity has no id".into()));
+        }
+        Ok(report)
+    }
+
     /// Completes an entity from its kind's credentials route (bot users' JWTs), which lists
     /// leave out.
     pub(crate) async fn complete(

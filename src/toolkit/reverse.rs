@@ -33,11 +33,7 @@ impl Job for Reverse<'_, '_> {
         dry_run: bool,
     ) -> Result<EntityReport, EntityError> {
         let tk = self.tk;
-        tk.complete(rule, &mut entity).await?;
-        let mut report = EntityReport::of(rule, &entity);
-        if report.id.is_empty() {
-            return Err(EntityError::Failed("the entity has no id".into()));
-        }
+        let mut report = tk.open(rule, &mut entity).await?;
         let mut doc = entity.clone();
         for f in tk.rules.find_secrets(rule, &entity) {
             let Some(r) = get(&entity, &f.steps).and_then(|v| reference_in(v, tk.fernet)) else {

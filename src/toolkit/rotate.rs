@@ -59,11 +59,7 @@ impl Job for Rotate<'_, '_> {
         dry_run: bool,
     ) -> Result<EntityReport, EntityError> {
         let tk = self.tk;
-        tk.complete(rule, &mut entity).await?;
-        let mut report = EntityReport::of(rule, &entity);
-        if report.id.is_empty() {
-            return Err(EntityError::Failed("the entity has no id".into()));
-        }
+        let mut report = tk.open(rule, &mut entity).await?;
         let mut doc = entity.clone();
         let mut unopened = Vec::new();
         for (at, token) in fernet_values(&entity) {
