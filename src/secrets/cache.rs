@@ -527,9 +527,9 @@ impl Resilient {
         }
     }
 
-    async fn retry<T, F>(&self, mut op: F) -> Result<T, StoreError>
+    async fn retry<'a, T, F>(&'a self, mut op: F) -> Result<T, StoreError>
     where
-        F: FnMut() -> StoreFuture<'static, T>,
+        F: FnMut() -> StoreFuture<'a, T>,
     {
         let mut attempt = 0;
         loop {
@@ -548,83 +548,43 @@ impl Resilient {
 
 impl SecretStore for Resilient {
     fn get<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<String>> {
-        let inner = self.inner.clone();
-        let id = id.to_string();
-        Box::pin(async move {
-            self.retry(|| {
-                let (inner, id) = (inner.clone(), id.clone());
-                Box::pin(async move { inner.get(&id).await })
-            })
-            .await
-        })
+        Box::pin(self.retry(|| self.inner.get(id)))
     }
 
     fn put<'a>(&'a self, id: &'a str, value: &'a str) -> StoreFuture<'a, ()> {
-        let inner = self.inner.clone();
-        let (id, value) = (id.to_string(), value.to_string());
         Box::pin(async move {
             self.write_token().await;
-            self.retry(|| {
-                let (inner, id, value) = (inner.clone(), id.clone(), value.clone());
-                Box::pin(async move { inner.put(&id, &value).await })
-            })
-            .await
+            self.retry(|| self.inner.put(id, value)).await
         })
     }
 
     fn put_many<'a>(&'a self, items: &'a [(String, String)]) -> StoreFuture<'a, ()> {
-        let inner = self.inner.clone();
-        let items = items.to_vec();
         Box::pin(async move {
-            for _ in &items {
+            for _ in items {
                 self.write_token().await;
             }
-            self.retry(|| {
-                let (inner, items) = (inner.clone(), items.clone());
-                Box::pin(async move { inner.put_many(&items).await })
-            })
-            .await
+            self.retry(|| self.inner.put_many(items)).await
         })
     }
 
     /// A retried create that finds the id may be finding its own first attempt: callers
     /// compare the value (`ownership::claim` does).
     fn create<'a>(&'a self, id: &'a str, value: &'a str) -> StoreFuture<'a, bool> {
-        let inner = self.inner.clone();
-        let (id, value) = (id.to_string(), value.to_string());
         Box::pin(async move {
             self.write_token().await;
-            self.retry(|| {
-                let (inner, id, value) = (inner.clone(), id.clone(), value.clone());
-                Box::pin(async move { inner.create(&id, &value).await })
-            })
-            .await
+            self.retry(|| self.inner.create(id, value)).await
         })
     }
 
     fn delete<'a>(&'a self, id: &'a str) -> StoreFuture<'a, ()> {
-        let inner = self.inner.clone();
-        let id = id.to_string();
         Box::pin(async move {
             self.write_token().await;
-            self.retry(|| {
-                let (inner, id) = (inner.clone(), id.clone());
-                Box::pin(async move { inner.delete(&id).await })
-            })
-            .await
+            self.retry(|| self.inner.delete(id)).await
         })
     }
 
     fn list<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, Vec<String>> {
-        let inner = self.inner.clone();
-        let prefix = prefix.to_string();
-        Box::pin(async move {
-            self.retry(|| {
-                let (inner, prefix) = (inner.clone(), prefix.clone());
-                Box::pin(async move { inner.list(&prefix).await })
-            })
-            .await
-        })
+        Box::pin(self.retry(|| self.inner.list(prefix)))
     }
 
     fn health(&self) -> StoreFuture<'_, ()> {
