@@ -183,13 +183,7 @@ impl Auditor<'_, '_> {
                 Ok(None) => break,
                 Err(e) => return Err(e.message().to_string()),
             };
-            let s = |k: &str| {
-                entity
-                    .get(k)
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string()
-            };
+            let s = |k: &str| super::text(&entity, k).to_string();
             let (id, name) = (s("id"), s("name"));
             if !seen.insert((rule.kind.clone(), id.clone())) {
                 continue;

@@ -76,10 +76,12 @@ pub fn identity(ids: &IdBuilder, rule: &Rule, entity: &Value) -> Identity {
 }
 
 fn entity_name(entity: &Value) -> &str {
-    entity
-        .get("name")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
+    text(entity, "name")
+}
+
+/// The string under `key` of an entity, or `""`.
+pub(crate) fn text<'v>(entity: &'v Value, key: &str) -> &'v str {
+    entity.get(key).and_then(Value::as_str).unwrap_or_default()
 }
 
 /// Why one entity could not be handled.

@@ -86,13 +86,7 @@ pub struct EntityReport {
 impl EntityReport {
     /// An empty report for an entity of `rule`'s kind.
     pub fn of(rule: &Rule, entity: &Value) -> EntityReport {
-        let s = |k: &str| {
-            entity
-                .get(k)
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string()
-        };
+        let s = |k: &str| super::text(entity, k).to_string();
         EntityReport {
             kind: rule.kind.clone(),
             id: s("id"),

@@ -85,11 +85,7 @@ fn watch_ctrl_c() -> (Arc<AtomicBool>, tokio::task::JoinHandle<()>) {
 }
 
 fn id_of(entity: &Value) -> String {
-    entity
-        .get("id")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string()
+    super::text(entity, "id").to_string()
 }
 
 /// Runs `job` over every entity of `rules`.
