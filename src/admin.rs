@@ -12,16 +12,16 @@ use crate::http::upstream::Upstream;
 use crate::metrics::Metrics;
 use crate::secrets::SecretStore;
 
-pub struct Admin {
-    pub upstream: Upstream,
-    pub metrics: Arc<Metrics>,
-    pub store: Arc<dyn SecretStore>,
+pub(crate) struct Admin {
+    pub(crate) upstream: Upstream,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) store: Arc<dyn SecretStore>,
 }
 
 const READY_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl Admin {
-    pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+    pub(crate) async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return error_response(
                 StatusCode::METHOD_NOT_ALLOWED,

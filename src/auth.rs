@@ -29,7 +29,7 @@ struct RsaKey {
     e: Vec<u8>,
 }
 
-pub struct Auth {
+pub(crate) struct Auth {
     issuer: String,
     pem_keys: Vec<RsaKey>,
     jwks_path: Option<String>,
@@ -152,7 +152,7 @@ fn b64(s: &str) -> Option<Vec<u8>> {
 }
 
 impl Auth {
-    pub fn new(
+    pub(crate) fn new(
         cfg: &crate::config::AuthConfig,
         upstream: Upstream,
         use_jwks: bool,
@@ -182,7 +182,7 @@ impl Auth {
     }
 
     /// The caller's class and subject (`anonymous` when unverified).
-    pub async fn identify(&self, headers: &HeaderMap) -> (CallerClass, String) {
+    pub(crate) async fn identify(&self, headers: &HeaderMap) -> (CallerClass, String) {
         let anon = (CallerClass::Anonymous, "anonymous".to_string());
         // Two Authorization headers could be read differently upstream: neither counts.
         if headers

@@ -40,7 +40,7 @@ pub struct StartError(pub String);
 pub struct App {
     pub config: Arc<Config>,
     pub gateway: Arc<Gateway>,
-    pub admin: Arc<admin::Admin>,
+    pub(crate) admin: Arc<admin::Admin>,
     tls: Option<tokio_rustls::TlsAcceptor>,
 }
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 use crate::rewrite::refusal::Unreadable;
 
 /// The route classes requests are counted by.
-pub const ROUTE_CLASSES: [&str; 2] = ["passthrough", "ruled"];
+pub(crate) const ROUTE_CLASSES: [&str; 2] = ["passthrough", "ruled"];
 /// Statuses 100..=599 each get a counter; a status outside that range is clamped into it.
 const STATUSES: usize = 500;
 /// Shards of the per-request counters; threads map to them round-robin.
@@ -62,15 +62,15 @@ impl Default for RequestShard {
 
 pub struct Metrics {
     shards: Box<[RequestShard]>,
-    pub open_connections: AtomicI64,
-    pub upstream_errors: AtomicU64,
-    pub cache_hits: AtomicU64,
-    pub cache_misses: AtomicU64,
-    pub cache_refreshes: AtomicU64,
-    pub store_calls: AtomicU64,
-    pub store_errors: AtomicU64,
-    pub secrets_written: AtomicU64,
-    pub secrets_resolved: AtomicU64,
+    pub(crate) open_connections: AtomicI64,
+    pub(crate) upstream_errors: AtomicU64,
+    pub(crate) cache_hits: AtomicU64,
+    pub(crate) cache_misses: AtomicU64,
+    pub(crate) cache_refreshes: AtomicU64,
+    pub(crate) store_calls: AtomicU64,
+    pub(crate) store_errors: AtomicU64,
+    pub(crate) secrets_written: AtomicU64,
+    pub(crate) secrets_resolved: AtomicU64,
     /// Answers refused because they could not be fully read, by reason.
     reads_refused: [AtomicU64; Unreadable::ALL.len()],
 }
@@ -94,7 +94,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn record_request(&self, class: &'static str, status: u16, latency: Duration) {
+    pub(crate) fn record_request(&self, class: &'static str, status: u16, latency: Duration) {
         let shard = &self.shards[thread_slot() % SHARDS];
         let c = ROUTE_CLASSES.iter().position(|k| *k == class).unwrap_or(0);
         let st = usize::from(status.clamp(100, 599)) - 100;
@@ -117,12 +117,12 @@ impl Metrics {
             .sum()
     }
 
-    pub fn record_read_refused(&self, why: Unreadable) {
+    pub(crate) fn record_read_refused(&self, why: Unreadable) {
         self.reads_refused[why.index()].fetch_add(1, Ordering::Relaxed);
     }
 
     /// The Prometheus text exposition of every metric.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut s = String::new();
         self.render_refusals(&mut s);
         self.render_requests(&mut s);

@@ -36,7 +36,7 @@ use crate::toolkit::{label, reference_in, EntityError, Toolkit};
 
 /// One entity's migration, for the toolkit's runner.
 pub(crate) struct Migrator<'t, 'a> {
-    pub tk: &'t Toolkit<'a>,
+    pub(crate) tk: &'t Toolkit<'a>,
 }
 
 /// A reference to another entity's secret whose value the entity now gets its own copy of.

@@ -37,7 +37,7 @@ fn http_builder(header_read_timeout: Duration) -> auto::Builder<TokioExecutor> {
 }
 
 /// Serves the API port until `shutdown` resolves, then drains connections for at most `grace`.
-pub async fn serve_api(
+pub(crate) async fn serve_api(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     gateway: Arc<Gateway>,
@@ -130,7 +130,7 @@ impl Connection {
 }
 
 /// Serves the admin port (plain HTTP/1.1) until `shutdown` resolves.
-pub async fn serve_admin(
+pub(crate) async fn serve_admin(
     listener: TcpListener,
     admin: Arc<Admin>,
     shutdown: impl Future<Output = ()>,

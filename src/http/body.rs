@@ -4,23 +4,23 @@
 use bytes::Bytes;
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Empty, Full, Limited};
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type Body = UnsyncBoxBody<Bytes, BoxError>;
 
-pub fn full(bytes: impl Into<Bytes>) -> Body {
+pub(crate) fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into())
         .map_err(|never| match never {})
         .boxed_unsync()
 }
 
-pub fn empty() -> Body {
+pub(crate) fn empty() -> Body {
     Empty::<Bytes>::new()
         .map_err(|never| match never {})
         .boxed_unsync()
 }
 
 /// Streams any body unbuffered.
-pub fn stream<B>(body: B) -> Body
+pub(crate) fn stream<B>(body: B) -> Body
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
@@ -30,13 +30,14 @@ where
 
 /// Why a body could not be collected.
 #[derive(Debug)]
-pub enum CollectError {
+pub(crate) enum CollectError {
     TooLarge,
-    Io(BoxError),
+    /// The body broke off or could not be read (the cause is not kept: it may quote bytes).
+    Io,
 }
 
 /// Reads a whole body, refusing more than `limit` bytes.
-pub async fn collect_limited<B>(body: B, limit: usize) -> Result<Bytes, CollectError>
+pub(crate) async fn collect_limited<B>(body: B, limit: usize) -> Result<Bytes, CollectError>
 where
     B: http_body::Body<Data = Bytes>,
     B::Error: Into<BoxError>,
@@ -49,7 +50,7 @@ where
             {
                 Err(CollectError::TooLarge)
             } else {
-                Err(CollectError::Io(e))
+                Err(CollectError::Io)
             }
         }
     }
@@ -57,7 +58,7 @@ where
 
 /// A body that did not arrive in time ([`Timed`]).
 #[derive(Debug)]
-pub struct TimedOut;
+pub(crate) struct TimedOut;
 
 impl std::fmt::Display for TimedOut {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -69,7 +70,7 @@ impl std::error::Error for TimedOut {}
 
 /// How [`Timed`] measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Limit {
+pub(crate) enum Limit {
     /// The whole body must have arrived this long after the wrapper was made.
     Total(std::time::Duration),
     /// The sender may keep the reader waiting at most this long for the next frame. Time the
@@ -79,7 +80,7 @@ pub enum Limit {
 
 /// A streamed body cut off with [`TimedOut`] when its sender is too slow. `fired` is set when
 /// that happens, so whoever forwarded the body can tell a slow client from a broken upstream.
-pub struct Timed<B> {
+pub(crate) struct Timed<B> {
     inner: B,
     limit: Limit,
     timer: std::pin::Pin<Box<tokio::time::Sleep>>,
@@ -88,7 +89,7 @@ pub struct Timed<B> {
 }
 
 impl<B> Timed<B> {
-    pub fn new(
+    pub(crate) fn new(
         inner: B,
         limit: Limit,
         fired: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
@@ -156,13 +157,13 @@ where
 
 /// Why a body could not be collected in time.
 #[derive(Debug)]
-pub enum CollectTimedError {
+pub(crate) enum CollectTimedError {
     Collect(CollectError),
     TimedOut,
 }
 
 /// [`collect_limited`], given up when the whole body has not arrived within `within`.
-pub async fn collect_within<B>(
+pub(crate) async fn collect_within<B>(
     body: B,
     limit: usize,
     within: std::time::Duration,

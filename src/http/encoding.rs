@@ -6,7 +6,11 @@ use bytes::Bytes;
 use http::{header, HeaderMap};
 
 /// Decodes a request or response body by its Content-Encoding.
-pub fn decode(headers: &HeaderMap, bytes: Bytes, limit: usize) -> Result<Bytes, DecodeError> {
+pub(crate) fn decode(
+    headers: &HeaderMap,
+    bytes: Bytes,
+    limit: usize,
+) -> Result<Bytes, DecodeError> {
     let Some(enc) = headers.get(header::CONTENT_ENCODING) else {
         return Ok(bytes);
     };
@@ -48,7 +52,7 @@ pub fn decode(headers: &HeaderMap, bytes: Bytes, limit: usize) -> Result<Bytes, 
 }
 
 #[derive(Debug)]
-pub enum DecodeError {
+pub(crate) enum DecodeError {
     Unsupported,
     Corrupt,
     TooLarge,

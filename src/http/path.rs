@@ -32,7 +32,7 @@ impl std::fmt::Display for PathError {
 /// Decoded path segments, for matching.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NormPath {
-    pub segments: Vec<String>,
+    pub(crate) segments: Vec<String>,
 }
 
 impl NormPath {
@@ -85,7 +85,7 @@ impl NormPath {
         Ok(NormPath { segments })
     }
 
-    pub fn canonical(&self) -> String {
+    pub(crate) fn canonical(&self) -> String {
         let mut s = String::new();
         for seg in &self.segments {
             s.push('/');
@@ -108,7 +108,7 @@ fn hex(b: u8) -> Option<u8> {
 }
 
 /// Decodes `%XX` escapes; refuses broken escapes, control bytes and non-UTF-8.
-pub fn percent_decode(s: &str) -> Result<String, PathError> {
+pub(crate) fn percent_decode(s: &str) -> Result<String, PathError> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -136,7 +136,7 @@ pub fn percent_decode(s: &str) -> Result<String, PathError> {
 }
 
 /// The first value of a query parameter, decoded (`+` is a space), as Jersey reads it.
-pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+pub(crate) fn query_param(query: Option<&str>, name: &str) -> Option<String> {
     let q = query?;
     for pair in q.split('&') {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));

@@ -26,7 +26,7 @@ enum Transport {
 }
 
 #[derive(Clone)]
-pub struct Upstream {
+pub(crate) struct Upstream {
     client: Transport,
     scheme: http::uri::Scheme,
     authority: http::uri::Authority,
@@ -36,7 +36,7 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn new(cfg: &UpstreamConfig) -> Result<Upstream, tls::TlsError> {
+    pub(crate) fn new(cfg: &UpstreamConfig) -> Result<Upstream, tls::TlsError> {
         let connect_timeout = cfg.timeout.min(Duration::from_secs(10));
         if cfg.url.scheme() != Some(&http::uri::Scheme::HTTPS) {
             let port = cfg.url.port_u16().unwrap_or(80);
@@ -54,7 +54,7 @@ impl Upstream {
 
     /// An https client with its own TLS settings (a Kubernetes API server's CA and client
     /// certificate, say); `cfg.ca_file` is not read.
-    pub fn with_tls(cfg: &UpstreamConfig, tls_cfg: rustls::ClientConfig) -> Upstream {
+    pub(crate) fn with_tls(cfg: &UpstreamConfig, tls_cfg: rustls::ClientConfig) -> Upstream {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -98,7 +98,7 @@ impl Upstream {
 
     /// The upstream URI for a client's path and query (forwarded as they came): origin-form
     /// for the plain-HTTP pool, absolute for the https client.
-    pub fn uri_for(&self, path_and_query: &str) -> Result<Uri, GatewayError> {
+    pub(crate) fn uri_for(&self, path_and_query: &str) -> Result<Uri, GatewayError> {
         let bad = |_| GatewayError::BadRequest("request target cannot be forwarded".into());
         let pq = if self.base_path.is_empty() {
             http::uri::PathAndQuery::try_from(path_and_query)
@@ -119,7 +119,7 @@ impl Upstream {
 
     /// The upstream URI for a request's own path and query, reusing its bytes where the
     /// plain-HTTP pool has no base path to add.
-    pub fn uri_from(
+    pub(crate) fn uri_from(
         &self,
         path_and_query: Option<&http::uri::PathAndQuery>,
     ) -> Result<Uri, GatewayError> {
@@ -132,7 +132,10 @@ impl Upstream {
     }
 
     /// Sends a request upstream; the answer's headers must arrive within the timeout.
-    pub async fn send(&self, mut req: Request<Body>) -> Result<Response<Incoming>, GatewayError> {
+    pub(crate) async fn send(
+        &self,
+        mut req: Request<Body>,
+    ) -> Result<Response<Incoming>, GatewayError> {
         req.headers_mut()
             .insert(header::HOST, self.host_header.clone());
         // The upstream connection picks its own HTTP version.
@@ -169,13 +172,13 @@ impl Upstream {
         }
     }
 
-    pub fn timeout(&self) -> Duration {
+    pub(crate) fn timeout(&self) -> Duration {
         self.timeout
     }
 
     /// A JSON GET with the given `Authorization` (the gateway's own reads); `None` unless the
     /// upstream answers 2xx with JSON of at most `limit` bytes.
-    pub async fn get_json(
+    pub(crate) async fn get_json(
         &self,
         path: &str,
         authorization: Option<&HeaderValue>,
@@ -199,7 +202,7 @@ impl Upstream {
 }
 
 /// Percent-encodes one path segment for the gateway's own upstream calls.
-pub fn encode_segment(s: &str) -> String {
+pub(crate) fn encode_segment(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {

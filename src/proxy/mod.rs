@@ -49,7 +49,7 @@ use std::time::Duration;
 
 /// Everything a request needs, shared by all connections.
 pub struct Gateway {
-    pub upstream: Upstream,
+    pub(crate) upstream: Upstream,
     pub metrics: Arc<Metrics>,
     pub max_body_bytes: usize,
     /// A client's whole request body must arrive within this (`server.body_timeout_ms`).
@@ -69,8 +69,8 @@ pub struct Gateway {
     /// `Bearer <service token>`, for the gateway's own upstream reads.
     pub service_auth: Option<HeaderValue>,
     /// One lock per entity id root, so store and upstream agree on the last writer.
-    pub entity_locks: EntityLocks,
-    pub auth: Option<crate::auth::Auth>,
+    pub(crate) entity_locks: EntityLocks,
+    pub(crate) auth: Option<crate::auth::Auth>,
     /// ViewAll answers of the upstream's permission API, by (token, resource, entity) hash.
     permissions: Mutex<std::collections::HashMap<u64, (bool, Instant)>>,
 }
@@ -83,7 +83,7 @@ pub struct Live {
 
 /// The parts of a [`Gateway`] that are not derived from others.
 pub struct GatewayParts {
-    pub upstream: Upstream,
+    pub(crate) upstream: Upstream,
     pub metrics: Arc<Metrics>,
     pub max_body_bytes: usize,
     pub client_body_timeout: Duration,
@@ -95,7 +95,7 @@ pub struct GatewayParts {
     pub managed: bool,
     pub wrap_references: bool,
     pub service_token: Option<String>,
-    pub auth: Option<crate::auth::Auth>,
+    pub(crate) auth: Option<crate::auth::Auth>,
 }
 
 /// The methods OpenMetadata's API answers. Anything else (extension methods, lower-case

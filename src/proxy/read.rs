@@ -160,7 +160,7 @@ impl Gateway {
                     within.as_millis()
                 )),
                 CollectTimedError::Collect(CollectError::TooLarge) => refused(Unreadable::TooLarge),
-                CollectTimedError::Collect(CollectError::Io(_)) => refused(Unreadable::Incomplete),
+                CollectTimedError::Collect(CollectError::Io) => refused(Unreadable::Incomplete),
             })
     }
 

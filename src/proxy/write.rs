@@ -123,7 +123,7 @@ impl Gateway {
                         "request body is larger than {limit} bytes"
                     ))
                 }
-                CollectTimedError::Collect(CollectError::Io(_)) => {
+                CollectTimedError::Collect(CollectError::Io) => {
                     GatewayError::BadRequest("request body could not be read".into())
                 }
             })?;

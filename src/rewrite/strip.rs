@@ -91,7 +91,7 @@ pub struct Stripper<'a> {
     /// The entity's id root, e.g. `/openmetadata/database/mysql-test`.
     pub root: String,
     /// Who owns the root (claimed when the first secret is stored under it).
-    pub owner: Owner,
+    pub(crate) owner: Owner,
     /// The entity's root from an earlier version (a name with `/`): references there are
     /// its own and are re-keyed into `root`.
     pub legacy_root: Option<String>,
@@ -106,7 +106,7 @@ pub struct Stripper<'a> {
 /// The result of stripping one entity.
 #[derive(Debug, Default)]
 pub struct Stripped {
-    pub plan: Plan,
+    pub(crate) plan: Plan,
     /// The new value of every secret field that changed, by location (for byte-exact edits).
     pub edits: Vec<(Vec<Step>, Value)>,
     pub audit: Vec<AuditEntry>,

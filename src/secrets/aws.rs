@@ -241,13 +241,13 @@ impl SecretStore for SecretsManagerStore {
 
 // === SSM Parameter Store ===
 
-pub struct SsmStore {
+pub(crate) struct SsmStore {
     client: aws_sdk_ssm::Client,
     tags: Vec<(String, String)>,
 }
 
 impl SsmStore {
-    pub fn new(sdk: &SdkConfig, tags: Vec<(String, String)>) -> SsmStore {
+    pub(crate) fn new(sdk: &SdkConfig, tags: Vec<(String, String)>) -> SsmStore {
         SsmStore {
             client: aws_sdk_ssm::Client::new(sdk),
             tags,

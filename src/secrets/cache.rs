@@ -20,7 +20,7 @@ use crate::metrics::Metrics;
 
 /// Background refreshes in flight at once, per cache: spreads a burst of due entries out
 /// instead of sending them to the store all together.
-pub const MAX_CONCURRENT_REFRESHES: usize = 16;
+pub(crate) const MAX_CONCURRENT_REFRESHES: usize = 16;
 
 /// What the cache keeps and for how long.
 #[derive(Debug, Clone, Copy)]
@@ -106,14 +106,6 @@ impl CachedStore {
             }
         }
         CachedStore { shared }
-    }
-
-    pub fn len(&self) -> usize {
-        self.shared.entries().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     fn flight(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -485,7 +477,7 @@ impl SecretStore for CachedStore {
 
 /// Bounded retries of transient errors with exponential backoff and jitter, and a token
 /// bucket that keeps writes under the configured rate (AWS: 50 writes/s per region).
-pub struct Resilient {
+pub(crate) struct Resilient {
     inner: Arc<dyn SecretStore>,
     retries: u32,
     rate: f64,
@@ -494,7 +486,7 @@ pub struct Resilient {
 
 impl Resilient {
     /// `writes_per_sec: None`: writes are not rate-limited.
-    pub fn new(
+    pub(crate) fn new(
         inner: Arc<dyn SecretStore>,
         retries: u32,
         writes_per_sec: Option<f64>,
@@ -937,7 +929,7 @@ mod tests {
         c.get("/b").await.unwrap();
         c.get("/a").await.unwrap();
         c.get("/c").await.unwrap();
-        assert_eq!(c.len(), 2);
+        assert_eq!(c.shared.entries().len(), 2);
         let before = mem.calls.load(Ordering::SeqCst);
         c.get("/a").await.unwrap();
         assert_eq!(mem.calls.load(Ordering::SeqCst), before, "/a stayed cached");

@@ -23,7 +23,6 @@ const SECRETS: TableDefinition<&str, &str> = TableDefinition::new("secrets");
 pub struct EmbeddedStore {
     db: Arc<Database>,
     keys: FernetKeys,
-    path: PathBuf,
     committer: Option<Committer>,
 }
 
@@ -192,13 +191,8 @@ impl EmbeddedStore {
         Ok(EmbeddedStore {
             db,
             keys,
-            path: path.to_path_buf(),
             committer: Some(committer),
         })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     fn get_sync(&self, id: &str) -> Result<Option<String>, StoreError> {
@@ -272,7 +266,7 @@ impl EmbeddedStore {
     /// Re-encrypts with the first key every value another configured key encrypted, in one
     /// transaction: all or nothing. Values already under the first key are not touched, so a
     /// second run finds nothing to do.
-    pub fn reencrypt(&self, dry_run: bool) -> Result<Rotation, StoreError> {
+    pub(crate) fn reencrypt(&self, dry_run: bool) -> Result<Rotation, StoreError> {
         let txn = self.db.begin_write().map_err(unavailable)?;
         let mut r = Rotation::default();
         {

@@ -2,7 +2,7 @@
 //! decrypt), tokens that never expire. Keys are accepted in url-safe or standard base64
 //! (OpenMetadata's public default key is written in the standard alphabet).
 
-pub const PREFIX: &str = "fernet:";
+pub(crate) const PREFIX: &str = "fernet:";
 
 #[derive(Clone)]
 pub struct FernetKeys {
@@ -16,7 +16,7 @@ impl std::fmt::Debug for FernetKeys {
 }
 
 /// Parses one key, tolerating the standard base64 alphabet and missing padding.
-pub fn parse_key(key: &str) -> Option<fernet::Fernet> {
+pub(crate) fn parse_key(key: &str) -> Option<fernet::Fernet> {
     fernet::Fernet::new(&crate::config::normalise_fernet_key(key))
 }
 
@@ -57,7 +57,7 @@ impl FernetKeys {
     }
 
     /// The first key (the one that encrypts) opens `value`: rotating it would change nothing.
-    pub fn opens_with_first(&self, value: &str) -> bool {
+    pub(crate) fn opens_with_first(&self, value: &str) -> bool {
         let token = value.strip_prefix(PREFIX).unwrap_or(value).trim();
         self.keys.first().is_some_and(|k| k.decrypt(token).is_ok())
     }
@@ -75,10 +75,6 @@ impl FernetKeys {
         }
         Err(FernetError::Undecryptable)
     }
-}
-
-pub fn is_fernet(value: &str) -> bool {
-    value.starts_with(PREFIX)
 }
 
 #[cfg(test)]

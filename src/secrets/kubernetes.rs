@@ -29,7 +29,7 @@ use crate::config::KubernetesParams;
 const VENDOR: &str = "kubernetes";
 const SELECTOR: &str = "app%3Dopenmetadata%2Cmanaged-by%3Dopenmetadata-secrets-manager";
 /// Where a pod's service account is mounted.
-pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+pub(crate) const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 
 /// How requests prove who they are (a client certificate lives in the TLS config).
 enum Auth {
@@ -121,7 +121,7 @@ fn named<'a>(doc: &'a Yaml, list: &str, name: &str) -> Result<&'a Yaml, String> 
 
 impl Connection {
     /// The current context of a kubeconfig file.
-    pub fn from_kubeconfig(path: &Path) -> Result<Connection, String> {
+    pub(crate) fn from_kubeconfig(path: &Path) -> Result<Connection, String> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
         let docs = YamlLoader::load_from_str(&text)
@@ -220,7 +220,7 @@ impl Connection {
 
     /// What the configuration says: in-cluster, the kubeconfig given, `KUBECONFIG`,
     /// `~/.kube/config`, and in a pod with none of those, its service account.
-    pub fn from_params(
+    pub(crate) fn from_params(
         p: &KubernetesParams,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Connection, String> {

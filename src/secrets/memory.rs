@@ -12,7 +12,7 @@ pub struct MemoryStore {
     map: Mutex<BTreeMap<String, String>>,
     down: AtomicBool,
     /// Backend calls made (tests count them).
-    pub calls: AtomicU64,
+    pub(crate) calls: AtomicU64,
 }
 
 impl MemoryStore {

@@ -21,7 +21,8 @@ pub mod transaction;
 use std::future::Future;
 use std::pin::Pin;
 
-pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+pub(crate) type StoreFuture<'a, T> =
+    Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
 
 /// One taxonomy of store failures across providers.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -38,7 +39,7 @@ pub enum StoreError {
 
 impl StoreError {
     /// Worth trying again after a pause.
-    pub fn is_transient(&self) -> bool {
+    pub(crate) fn is_transient(&self) -> bool {
         matches!(self, StoreError::Throttled(_) | StoreError::Unavailable(_))
     }
 
@@ -178,7 +179,7 @@ fn process_env(key: &str) -> Option<String> {
 }
 
 /// Puts retries, the write rate limit (AWS providers, Google) and the read cache in front of a backend.
-pub fn wrap_store(
+pub(crate) fn wrap_store(
     backend: std::sync::Arc<dyn SecretStore>,
     config: &crate::config::Config,
     metrics: std::sync::Arc<crate::metrics::Metrics>,

@@ -9,7 +9,7 @@ use super::{SecretStore, StoreError, StoreFuture};
 use crate::http::body::{collect_limited, empty, full};
 use crate::http::upstream::Upstream;
 
-pub struct OpenBaoStore {
+pub(crate) struct OpenBaoStore {
     client: Upstream,
     token: HeaderValue,
     mount: String,
@@ -49,7 +49,7 @@ fn status_error(status: StatusCode) -> StoreError {
 }
 
 impl OpenBaoStore {
-    pub fn new(client: Upstream, token: &str, mount: &str) -> Result<OpenBaoStore, String> {
+    pub(crate) fn new(client: Upstream, token: &str, mount: &str) -> Result<OpenBaoStore, String> {
         Ok(OpenBaoStore {
             client,
             token: HeaderValue::from_str(token).map_err(|_| {

@@ -10,27 +10,27 @@
 use super::{SecretStore, StoreError};
 
 /// The last segment of an owner marker.
-pub const MARKER: &str = ".owner";
+pub(crate) const MARKER: &str = ".owner";
 
 /// The marker that records which entity owns an id root.
-pub fn owner_marker(root: &str) -> String {
+pub(crate) fn owner_marker(root: &str) -> String {
     format!("{root}/{MARKER}")
 }
 
 /// Who an entity is, as its owner marker says it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Owner {
+pub(crate) struct Owner {
     /// `<kind>:<name>` for top-level entities (their name is their fully qualified name),
     /// `<kind>:<parent FQN>.<name>` for scoped ones (ingestion pipelines).
-    pub value: String,
+    pub(crate) value: String,
     /// What markers written before owners were entities said (`<kind>:<name>` for scoped
     /// kinds): still taken as this entity's, and rewritten to `value` on its next write.
-    pub legacy: Option<String>,
+    pub(crate) legacy: Option<String>,
 }
 
 impl Owner {
     /// An owner whose marker value has always been the same.
-    pub fn new(value: impl Into<String>) -> Owner {
+    pub(crate) fn new(value: impl Into<String>) -> Owner {
         Owner {
             value: value.into(),
             legacy: None,
@@ -38,20 +38,20 @@ impl Owner {
     }
 
     /// Whether a marker holding `marker` names this entity.
-    pub fn named_by(&self, marker: &str) -> bool {
+    pub(crate) fn named_by(&self, marker: &str) -> bool {
         marker == self.value || self.legacy.as_deref() == Some(marker)
     }
 }
 
 /// A root another entity owns.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Taken {
-    pub root: String,
+pub(crate) struct Taken {
+    pub(crate) root: String,
     /// The marker's value: the owning entity's kind and fully qualified name.
-    pub holder: String,
+    pub(crate) holder: String,
     /// Found by the create-only write itself: another writer claimed the root between this
     /// write's look-up and its claim.
-    pub at_claim: bool,
+    pub(crate) at_claim: bool,
 }
 
 impl std::fmt::Display for Taken {
@@ -72,7 +72,7 @@ impl std::error::Error for Taken {}
 
 /// Why a root could not be located or claimed.
 #[derive(Debug, thiserror::Error)]
-pub enum OwnershipError {
+pub(crate) enum OwnershipError {
     #[error(transparent)]
     Taken(#[from] Taken),
     #[error(transparent)]
@@ -81,16 +81,16 @@ pub enum OwnershipError {
 
 /// Where an entity's secrets live.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Located {
-    pub root: String,
+pub(crate) struct Located {
+    pub(crate) root: String,
     /// The root's marker names the entity already (else no entity owns it yet).
-    pub owned: bool,
+    pub(crate) owned: bool,
 }
 
 /// Where an entity's secrets live: the first of `roots` whose marker holds the owner's
 /// value; else the first whose marker holds its legacy value; else the first no entity
 /// owns; else a conflict naming the first root's owner. Reads only.
-pub async fn locate(
+pub(crate) async fn locate(
     store: &dyn SecretStore,
     owner: &Owner,
     roots: &[String],
@@ -128,7 +128,7 @@ pub async fn locate(
 
 /// What claiming a root changed, for the undo of a refused write.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Claimed {
+pub(crate) enum Claimed {
     /// The marker already named this entity: nothing changed.
     Already,
     /// The marker was created: undone by deleting it.
@@ -139,7 +139,7 @@ pub enum Claimed {
 
 /// Claims `root` for `owner` with the store's create-only write; a root another entity owns
 /// is [`Taken`] and nothing is written.
-pub async fn claim(
+pub(crate) async fn claim(
     store: &dyn SecretStore,
     root: &str,
     owner: &Owner,
@@ -174,7 +174,7 @@ pub async fn claim(
 /// Whether `id` lies inside the root of another entity nested below `root` (possible only
 /// for ids written before names were kept to one segment): some id between `root` and `id`
 /// carries an owner marker.
-pub async fn inside_a_nested_root(
+pub(crate) async fn inside_a_nested_root(
     store: &dyn SecretStore,
     root: &str,
     id: &str,

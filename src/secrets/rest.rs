@@ -30,19 +30,19 @@ pub(crate) enum Payload {
 
 /// A whole answer.
 pub(crate) struct Reply {
-    pub status: StatusCode,
-    pub body: Bytes,
+    pub(crate) status: StatusCode,
+    pub(crate) body: Bytes,
 }
 
 impl Reply {
     /// The body as JSON; a body that is not JSON means the service misbehaved.
-    pub fn json(&self, vendor: &str) -> Result<Value, StoreError> {
+    pub(crate) fn json(&self, vendor: &str) -> Result<Value, StoreError> {
         serde_json::from_slice(&self.body)
             .map_err(|_| StoreError::Unavailable(format!("{vendor}: answer is not JSON")))
     }
 
     /// `Ok` for a success status, the vendor's status error otherwise.
-    pub fn success(&self, vendor: &str) -> Result<(), StoreError> {
+    pub(crate) fn success(&self, vendor: &str) -> Result<(), StoreError> {
         if self.status.is_success() {
             Ok(())
         } else {
@@ -51,7 +51,7 @@ impl Reply {
     }
 
     /// `Ok` for a delete that happened or found nothing to delete.
-    pub fn deleted(&self, vendor: &str) -> Result<(), StoreError> {
+    pub(crate) fn deleted(&self, vendor: &str) -> Result<(), StoreError> {
         if self.status == StatusCode::NOT_FOUND {
             return Ok(());
         }
@@ -59,7 +59,7 @@ impl Reply {
     }
 
     /// The body as JSON, for a success status only.
-    pub fn success_json(&self, vendor: &str) -> Result<Value, StoreError> {
+    pub(crate) fn success_json(&self, vendor: &str) -> Result<Value, StoreError> {
         self.success(vendor)?;
         self.json(vendor)
     }
@@ -86,14 +86,18 @@ fn upstream_config(base: &Uri, ca_file: Option<&Path>) -> UpstreamConfig {
 
 impl Rest {
     /// A client for `base` trusting the system roots plus `ca_file`.
-    pub fn new(vendor: &'static str, base: &Uri, ca_file: Option<&Path>) -> Result<Rest, String> {
+    pub(crate) fn new(
+        vendor: &'static str,
+        base: &Uri,
+        ca_file: Option<&Path>,
+    ) -> Result<Rest, String> {
         let client = Upstream::new(&upstream_config(base, ca_file))
             .map_err(|e| format!("{vendor} client: {e}"))?;
         Ok(Rest { client, vendor })
     }
 
     /// A client for `base` with its own TLS settings.
-    pub fn with_tls(vendor: &'static str, base: &Uri, tls: rustls::ClientConfig) -> Rest {
+    pub(crate) fn with_tls(vendor: &'static str, base: &Uri, tls: rustls::ClientConfig) -> Rest {
         Rest {
             client: Upstream::with_tls(&upstream_config(base, None), tls),
             vendor,
@@ -102,7 +106,7 @@ impl Rest {
 
     /// Sends one request with the bearer from `token`; a 401 drops the cached token and the
     /// request is sent once more with a fresh one.
-    pub async fn call_with_token(
+    pub(crate) async fn call_with_token(
         &self,
         token: &TokenCache,
         method: Method,
@@ -128,7 +132,7 @@ impl Rest {
     }
 
     /// Sends one request to `path_and_query` (below the base path).
-    pub async fn call(
+    pub(crate) async fn call(
         &self,
         method: Method,
         path_and_query: &str,
@@ -223,7 +227,7 @@ pub(crate) struct TokenCache {
 }
 
 impl TokenCache {
-    pub fn new(source: Box<dyn TokenSource>) -> TokenCache {
+    pub(crate) fn new(source: Box<dyn TokenSource>) -> TokenCache {
         TokenCache {
             source,
             current: tokio::sync::Mutex::new(None),
@@ -231,7 +235,7 @@ impl TokenCache {
     }
 
     /// `Authorization: Bearer ...` (marked sensitive so it is never logged).
-    pub async fn bearer(&self) -> Result<HeaderValue, StoreError> {
+    pub(crate) async fn bearer(&self) -> Result<HeaderValue, StoreError> {
         let mut cur = self.current.lock().await;
         if let Some((v, until)) = cur.as_ref() {
             if Instant::now() < *until {
@@ -250,7 +254,7 @@ impl TokenCache {
     }
 
     /// Forgets the token (after a 401: it was revoked or the clock is off).
-    pub async fn invalidate(&self) {
+    pub(crate) async fn invalidate(&self) {
         *self.current.lock().await = None;
     }
 }

@@ -11,30 +11,30 @@ use std::sync::{Arc, Mutex};
 use super::ownership::{self, Claimed, Owner, OwnershipError, Taken};
 use super::{SecretStore, StoreError};
 
-pub use super::ownership::owner_marker;
+pub(crate) use super::ownership::owner_marker;
 
 /// The store changes one write needs.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Plan {
+pub(crate) struct Plan {
     /// (id, value): written before forwarding.
-    pub puts: Vec<(String, String)>,
+    pub(crate) puts: Vec<(String, String)>,
     /// Ids deleted once the upstream has accepted the write, in this order.
-    pub deletes: Vec<String>,
+    pub(crate) deletes: Vec<String>,
     /// The id root the values go under and who owns it.
-    pub claim: Option<Claim>,
+    pub(crate) claim: Option<Claim>,
 }
 
 /// Who the secrets under an id root belong to.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Claim {
+pub(crate) struct Claim {
     /// e.g. `/openmetadata/database/mysql-test`.
-    pub root: String,
-    pub owner: Owner,
+    pub(crate) root: String,
+    pub(crate) owner: Owner,
 }
 
 /// Why a transaction could not go ahead.
 #[derive(Debug, thiserror::Error)]
-pub enum TxnError {
+pub(crate) enum TxnError {
     /// The root belongs to another entity; nothing was written.
     #[error(transparent)]
     Conflict(Taken),
@@ -52,7 +52,7 @@ impl From<OwnershipError> for TxnError {
 }
 
 /// A write in progress: what to undo if the upstream refuses it, what to delete if it accepts.
-pub struct StoreTxn<'a> {
+pub(crate) struct StoreTxn<'a> {
     store: &'a dyn SecretStore,
     undo: Vec<(String, Option<String>)>,
     deletes: Vec<String>,
@@ -60,7 +60,10 @@ pub struct StoreTxn<'a> {
 
 impl<'a> StoreTxn<'a> {
     /// Claims the plan's root and writes its values. Nothing is left behind on an error.
-    pub async fn begin(store: &'a dyn SecretStore, plan: &Plan) -> Result<StoreTxn<'a>, TxnError> {
+    pub(crate) async fn begin(
+        store: &'a dyn SecretStore,
+        plan: &Plan,
+    ) -> Result<StoreTxn<'a>, TxnError> {
         let mut txn = StoreTxn {
             store,
             undo: Vec::new(),
@@ -93,7 +96,7 @@ impl<'a> StoreTxn<'a> {
     }
 
     /// How many values this transaction wrote (its owner marker not counted).
-    pub fn written(&self) -> usize {
+    pub(crate) fn written(&self) -> usize {
         self.undo
             .iter()
             .filter(|(id, _)| !id.ends_with(ownership::MARKER))
@@ -101,7 +104,7 @@ impl<'a> StoreTxn<'a> {
     }
 
     /// The upstream refused (or never answered): every value written goes back to what it was.
-    pub async fn rollback(self) {
+    pub(crate) async fn rollback(self) {
         for (id, previous) in self.undo.iter().rev() {
             let r = match previous {
                 Some(v) => self.store.put(id, v).await,
@@ -115,7 +118,7 @@ impl<'a> StoreTxn<'a> {
 
     /// The upstream accepted: the deferred deletes go ahead. A delete that fails leaves an
     /// orphan (logged), never a broken entity.
-    pub async fn commit(self) {
+    pub(crate) async fn commit(self) {
         for id in &self.deletes {
             if let Err(e) = self.store.delete(id).await {
                 tracing::warn!(secret_id = %id, error = %e, "could not delete a secret nothing refers to");
@@ -126,13 +129,13 @@ impl<'a> StoreTxn<'a> {
 
 /// One async lock per entity id root.
 #[derive(Default)]
-pub struct EntityLocks {
+pub(crate) struct EntityLocks {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl EntityLocks {
     /// Waits for the lock of `root`; held until the guard drops.
-    pub async fn lock(&self, root: &str) -> tokio::sync::OwnedMutexGuard<()> {
+    pub(crate) async fn lock(&self, root: &str) -> tokio::sync::OwnedMutexGuard<()> {
         let lock = {
             let mut locks = match self.locks.lock() {
                 Ok(l) => l,

@@ -39,7 +39,7 @@ use crate::secrets::StoreError;
 /// What is wrong with one secret field.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, PartialOrd, Ord)]
 #[serde(rename_all = "kebab-case")]
-pub enum Problem {
+pub(crate) enum Problem {
     Plaintext,
     FernetPlaintext,
     FernetUndecryptable,
@@ -49,7 +49,7 @@ pub enum Problem {
 }
 
 impl Problem {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Problem::Plaintext => "plaintext",
             Problem::FernetPlaintext => "fernet-plaintext",
@@ -63,47 +63,47 @@ impl Problem {
 
 /// One secret field that holds something other than its reference. Never a value.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct Finding {
-    pub kind: String,
-    pub name: String,
-    pub id: String,
+pub(crate) struct Finding {
+    pub(crate) kind: String,
+    pub(crate) name: String,
+    pub(crate) id: String,
     /// JSONPath of the field.
-    pub field: String,
-    pub problem: Problem,
+    pub(crate) field: String,
+    pub(crate) problem: Problem,
     /// The id the field refers to (reference findings).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub reference: Option<String>,
+    pub(crate) reference: Option<String>,
     /// The id the gateway would have built for the field (managed providers).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub expected: Option<String>,
+    pub(crate) expected: Option<String>,
 }
 
 /// An entity that could not be read whole.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct Unread {
-    pub kind: String,
-    pub name: String,
-    pub id: String,
-    pub error: String,
+pub(crate) struct Unread {
+    pub(crate) kind: String,
+    pub(crate) name: String,
+    pub(crate) id: String,
+    pub(crate) error: String,
 }
 
 /// Everything an audit found.
 #[derive(Debug, Default, Serialize)]
-pub struct AuditResult {
+pub(crate) struct AuditResult {
     /// No finding, no unread entity, no unreadable value, no orphan left.
-    pub clean: bool,
-    pub entities: usize,
-    pub secret_fields: usize,
+    pub(crate) clean: bool,
+    pub(crate) entities: usize,
+    pub(crate) secret_fields: usize,
     /// Findings by problem, plus `orphan` and `unreadable-secret`.
-    pub counts: BTreeMap<&'static str, usize>,
-    pub findings: Vec<Finding>,
-    pub failed: Vec<Unread>,
+    pub(crate) counts: BTreeMap<&'static str, usize>,
+    pub(crate) findings: Vec<Finding>,
+    pub(crate) failed: Vec<Unread>,
     /// Orphans are judged only with a managed provider and every kind audited.
-    pub orphans_checked: bool,
-    pub orphans: Vec<String>,
-    pub orphans_deleted: Vec<String>,
+    pub(crate) orphans_checked: bool,
+    pub(crate) orphans: Vec<String>,
+    pub(crate) orphans_deleted: Vec<String>,
     /// Stored ids whose value no configured key opens (embedded store).
-    pub unreadable: Vec<String>,
+    pub(crate) unreadable: Vec<String>,
 }
 
 /// The flags of `audit`.

@@ -21,17 +21,17 @@ use super::report::EntityReport;
 /// What a checkpoint belongs to; a run with another header refuses to use it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub(crate) struct Header {
-    pub checkpoint: u32,
-    pub command: String,
-    pub kinds: Vec<String>,
-    pub upstream: String,
+    pub(crate) checkpoint: u32,
+    pub(crate) command: String,
+    pub(crate) kinds: Vec<String>,
+    pub(crate) upstream: String,
 }
 
 pub(crate) struct Checkpoint {
     path: PathBuf,
     file: File,
     /// Entities already handled, in the order they were.
-    pub done: Vec<EntityReport>,
+    pub(crate) done: Vec<EntityReport>,
 }
 
 impl Checkpoint {

@@ -59,7 +59,7 @@ pub(crate) fn toolkit<'a>(gateway: &'a Gateway, rules: &'a RuleSet) -> Result<To
 
 /// Where a command's resume file goes by default: beside the embedded store's file (the
 /// gateway's data directory, `data/` unless configured), named after the command.
-pub fn default_checkpoint(cfg: &Config, command: &str) -> PathBuf {
+pub(crate) fn default_checkpoint(cfg: &Config, command: &str) -> PathBuf {
     let dir = cfg
         .secrets
         .embedded_path

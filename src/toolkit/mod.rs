@@ -34,18 +34,18 @@ pub use runner::RunOptions;
 
 /// What every command works with: the upstream (read and patched with the service token), the
 /// store, the rules and the id builder of one gateway configuration.
-pub struct Toolkit<'a> {
-    pub upstream: &'a Upstream,
-    pub store: &'a dyn SecretStore,
-    pub rules: &'a RuleSet,
-    pub ids: &'a IdBuilder,
-    pub fernet: &'a FernetKeys,
+pub(crate) struct Toolkit<'a> {
+    pub(crate) upstream: &'a Upstream,
+    pub(crate) store: &'a dyn SecretStore,
+    pub(crate) rules: &'a RuleSet,
+    pub(crate) ids: &'a IdBuilder,
+    pub(crate) fernet: &'a FernetKeys,
     /// Values live in the store (managed providers) rather than upstream as Fernet tokens.
-    pub managed: bool,
-    pub wrap_references: bool,
-    pub max_body_bytes: usize,
+    pub(crate) managed: bool,
+    pub(crate) wrap_references: bool,
+    pub(crate) max_body_bytes: usize,
     /// `Bearer <service token>`: only bots read secrets in clear.
-    pub service_auth: HeaderValue,
+    pub(crate) service_auth: HeaderValue,
 }
 
 /// Where an entity's secrets live and who owns that place.
@@ -86,7 +86,7 @@ pub(crate) fn text<'v>(entity: &'v Value, key: &str) -> &'v str {
 
 /// Why one entity could not be handled.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum EntityError {
+pub(crate) enum EntityError {
     /// This entity only: recorded as failed, the run goes on.
     Failed(String),
     /// OpenMetadata or the store cannot be reached: the run stops, and the next run starts
@@ -95,7 +95,7 @@ pub enum EntityError {
 }
 
 impl EntityError {
-    pub fn message(&self) -> &str {
+    pub(crate) fn message(&self) -> &str {
         match self {
             EntityError::Failed(m) | EntityError::Stop(m) => m,
         }
@@ -126,7 +126,7 @@ impl From<StoreError> for EntityError {
 
 /// The rules of the kinds a command covers: those named by `--kind` (any ruled kind), else
 /// every rule `default` picks. An unknown name is an error that lists the known ones.
-pub fn select_kinds<'r>(
+pub(crate) fn select_kinds<'r>(
     rules: &'r RuleSet,
     kinds: &[String],
     default: impl Fn(&Rule) -> bool,
@@ -153,7 +153,7 @@ pub fn select_kinds<'r>(
 }
 
 /// A reference held in a field: `secret:<id>` bare or Fernet-wrapped (opened with any key).
-pub fn reference_in(v: &Value, fernet: &FernetKeys) -> Option<String> {
+pub(crate) fn reference_in(v: &Value, fernet: &FernetKeys) -> Option<String> {
     match classify(v)? {
         FieldValue::Reference(r) => Some(r),
         FieldValue::Fernet(t) => match classify(&Value::String(fernet.decrypt(&t).ok()?))? {

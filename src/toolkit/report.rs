@@ -12,7 +12,7 @@ use crate::rules::Rule;
 /// What happened to one entity.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Its secret fields were rewritten upstream (in a dry run: would be).
     Changed,
     /// Nothing to do.
@@ -24,7 +24,7 @@ pub enum Outcome {
 /// What happened to one secret field (or, for `rotate-fernet`, one `fernet:` value).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
 #[serde(rename_all = "kebab-case")]
-pub enum Action {
+pub(crate) enum Action {
     /// A value moved into the store.
     Moved,
     /// A reference to another field of the same entity now points at this field's own id.
@@ -44,7 +44,7 @@ pub enum Action {
 }
 
 impl Action {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Action::Moved => "moved",
             Action::Rekeyed => "rekeyed",
@@ -59,33 +59,33 @@ impl Action {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct FieldReport {
+pub(crate) struct FieldReport {
     /// JSONPath of the field.
-    pub field: String,
-    pub action: Action,
+    pub(crate) field: String,
+    pub(crate) action: Action,
     /// The id the field refers to afterwards (or, restored, referred to before).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub secret_id: Option<String>,
+    pub(crate) secret_id: Option<String>,
     /// Copied: the other entity's id the value came from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub from: Option<String>,
+    pub(crate) from: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct EntityReport {
-    pub kind: String,
-    pub id: String,
-    pub name: String,
-    pub outcome: Outcome,
+pub(crate) struct EntityReport {
+    pub(crate) kind: String,
+    pub(crate) id: String,
+    pub(crate) name: String,
+    pub(crate) outcome: Outcome,
     #[serde(default)]
-    pub fields: Vec<FieldReport>,
+    pub(crate) fields: Vec<FieldReport>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
+    pub(crate) error: Option<String>,
 }
 
 impl EntityReport {
     /// An empty report for an entity of `rule`'s kind.
-    pub fn of(rule: &Rule, entity: &Value) -> EntityReport {
+    pub(crate) fn of(rule: &Rule, entity: &Value) -> EntityReport {
         let s = |k: &str| super::text(entity, k).to_string();
         EntityReport {
             kind: rule.kind.clone(),
@@ -98,11 +98,11 @@ impl EntityReport {
     }
 
     /// The checkpoint's key: kind and id.
-    pub fn key(&self) -> (String, String) {
+    pub(crate) fn key(&self) -> (String, String) {
         (self.kind.clone(), self.id.clone())
     }
 
-    pub fn field(&mut self, field: String, action: Action, secret_id: Option<String>) {
+    pub(crate) fn field(&mut self, field: String, action: Action, secret_id: Option<String>) {
         self.fields.push(FieldReport {
             field,
             action,
@@ -114,17 +114,17 @@ impl EntityReport {
 
 /// Counts over a run's reports.
 #[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
-pub struct Tally {
-    pub entities: usize,
-    pub changed: usize,
-    pub unchanged: usize,
-    pub failed: usize,
+pub(crate) struct Tally {
+    pub(crate) entities: usize,
+    pub(crate) changed: usize,
+    pub(crate) unchanged: usize,
+    pub(crate) failed: usize,
     /// Fields by action.
-    pub fields: BTreeMap<&'static str, usize>,
+    pub(crate) fields: BTreeMap<&'static str, usize>,
 }
 
 impl Tally {
-    pub fn of(reports: &[EntityReport]) -> Tally {
+    pub(crate) fn of(reports: &[EntityReport]) -> Tally {
         let mut t = Tally::default();
         for r in reports {
             t.entities += 1;
@@ -141,7 +141,7 @@ impl Tally {
     }
 
     /// Fields with any of these actions.
-    pub fn count(&self, actions: &[Action]) -> usize {
+    pub(crate) fn count(&self, actions: &[Action]) -> usize {
         actions
             .iter()
             .map(|a| self.fields.get(a.as_str()).copied().unwrap_or(0))
@@ -151,19 +151,19 @@ impl Tally {
 
 /// The `--report FILE` document.
 #[derive(Debug, Serialize)]
-pub struct ReportFile<'a> {
-    pub command: &'a str,
-    pub dry_run: bool,
+pub(crate) struct ReportFile<'a> {
+    pub(crate) command: &'a str,
+    pub(crate) dry_run: bool,
     /// Every entity of the walk was handled (false: stopped or interrupted; run again).
-    pub complete: bool,
+    pub(crate) complete: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub stopped: Option<&'a str>,
-    pub summary: &'a Tally,
-    pub entities: &'a [EntityReport],
+    pub(crate) stopped: Option<&'a str>,
+    pub(crate) summary: &'a Tally,
+    pub(crate) entities: &'a [EntityReport],
 }
 
 /// Writes the report whole or not at all (a temporary file renamed over `path`).
-pub fn write_report(path: &Path, report: &ReportFile<'_>) -> Result<(), String> {
+pub(crate) fn write_report(path: &Path, report: &ReportFile<'_>) -> Result<(), String> {
     let text = serde_json::to_vec_pretty(report).map_err(|e| e.to_string())?;
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, text)

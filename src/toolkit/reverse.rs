@@ -18,7 +18,7 @@ use crate::rules::jsonpath::{get, get_mut, render};
 use crate::rules::Rule;
 
 pub(crate) struct Reverse<'t, 'a> {
-    pub tk: &'t Toolkit<'a>,
+    pub(crate) tk: &'t Toolkit<'a>,
 }
 
 impl Job for Reverse<'_, '_> {

@@ -17,7 +17,7 @@ use crate::rules::Rule;
 use crate::secrets::fernet::PREFIX;
 
 pub(crate) struct Rotate<'t, 'a> {
-    pub tk: &'t Toolkit<'a>,
+    pub(crate) tk: &'t Toolkit<'a>,
 }
 
 /// Every string of `doc` that is a `fernet:` token, with where it is.

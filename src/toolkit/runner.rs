@@ -54,16 +54,16 @@ pub struct RunOptions {
 /// How a run went.
 #[derive(Debug)]
 pub(crate) struct RunResult {
-    pub reports: Vec<EntityReport>,
-    pub tally: Tally,
+    pub(crate) reports: Vec<EntityReport>,
+    pub(crate) tally: Tally,
     /// Why the run stopped before the end (OpenMetadata or the store unreachable).
-    pub stopped: Option<String>,
+    pub(crate) stopped: Option<String>,
     /// Ctrl-C ended the run between two entities.
-    pub interrupted: bool,
+    pub(crate) interrupted: bool,
 }
 
 impl RunResult {
-    pub fn complete(&self) -> bool {
+    pub(crate) fn complete(&self) -> bool {
         self.stopped.is_none() && !self.interrupted
     }
 }
