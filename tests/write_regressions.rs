@@ -330,3 +330,44 @@ async fn secrets_under_names_outside_the_rules_are_stored_not_forwarded() {
         Some("sasl-plaintext")
     );
 }
+
+/// Hostile probe, after issue 10: the gateway applies a PATCH to the entity as its service
+/// token reads it, so a `copy` (or `move`) out of a secret field into a plain one would hand
+/// the caller whatever the upstream holds there: a plain value written before the gateway, or
+/// the token OpenMetadata generates for a bot.
+#[tokio::test]
+async fn a_secret_copied_or_moved_into_a_plain_field_is_refused_and_nothing_is_forwarded() {
+    let (emu, gw, _mem) = mem_stack().await;
+    let legacy = "legacy-plaintext-from-before-the-gateway";
+    let seeded = emu.seed(
+        "services/databaseServices",
+        json!({"name": "legacy", "serviceType": "Mysql", "description": "d",
+            "connection": {"config": {"type": "Mysql", "username": "u",
+                "authType": {"password": legacy}}}}),
+    );
+    let id = seeded["id"].as_str().expect("id").to_string();
+    emu.clear_recorded();
+    for ops in [
+        json!([{"op": "copy", "from": "/connection/config/authType/password", "path": "/description"}]),
+        json!([{"op": "move", "from": "/connection/config/authType/password", "path": "/description"}]),
+        json!([{"op": "copy", "from": "/connection/config/authType", "path": "/displayName"}]),
+        json!([{"op": "copy", "from": "/connection", "path": "/extension"}]),
+    ] {
+        let a = json_patch(&gw, &format!("{DB}/{id}"), ops.clone()).await;
+        assert_eq!(a.status, 422, "{ops}: {}", a.text());
+        for form in leak_forms(legacy) {
+            assert!(
+                !contains(&a.body, &form),
+                "{ops}: the answer shows the value"
+            );
+        }
+    }
+    assert!(
+        emu.recorded().iter().all(|r| r.method != Method::PATCH),
+        "a refused patch was forwarded"
+    );
+    let stored = emu
+        .entity("services/databaseServices", "legacy")
+        .expect("stored");
+    assert_eq!(stored["description"], "d");
+}

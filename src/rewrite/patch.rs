@@ -141,16 +141,63 @@ pub(crate) fn apply(
                     }
                     _ => {}
                 }
+                let carried = carried_secrets(&doc, op, secrets);
                 json_patch::patch_unsafe(&mut doc, std::slice::from_ref(op)).map_err(|e| {
                     GatewayError::BadRequest(format!(
                         "JSON Patch operation {n} cannot be applied to the entity: {}",
                         e.kind
                     ))
                 })?;
+                if !carried.is_empty() && carried.iter().any(|to| !secrets(&doc).contains(to)) {
+                    return Err(GatewayError::Unprocessable(format!(
+                        "JSON Patch operation {n} would carry a secret field's value into a field that is not secret"
+                    )));
+                }
             }
             Ok(doc)
         }
     }
+}
+
+/// Where the secret values a `move` or `copy` takes along land: for each secret field at or
+/// below `from` (or holding it), the same place below `path`. Every one of them must be a
+/// secret field once the op is applied, or the op would put a value (plain, a reference, a
+/// token) where it is forwarded and shown as it is.
+fn carried_secrets(
+    doc: &Value,
+    op: &PatchOperation,
+    secrets: SecretLocations<'_>,
+) -> Vec<Vec<Step>> {
+    let (from, target) = match op {
+        PatchOperation::Move(m) => {
+            // A move removes first: the target is read on the document without `from`.
+            let mut without = doc.clone();
+            let removal = json_patch::RemoveOperation {
+                path: m.from.clone(),
+            };
+            let _ = json_patch::patch_unsafe(&mut without, &[PatchOperation::Remove(removal)]);
+            (
+                steps_of(doc, m.from.as_str()),
+                steps_of(&without, m.path.as_str()),
+            )
+        }
+        PatchOperation::Copy(c) => (
+            steps_of(doc, c.from.as_str()),
+            steps_of(doc, c.path.as_str()),
+        ),
+        _ => return Vec::new(),
+    };
+    let mut out = Vec::new();
+    for s in secrets(doc) {
+        if s.starts_with(&from) {
+            let mut to = target.clone();
+            to.extend_from_slice(&s[from.len()..]);
+            out.push(to);
+        } else if from.starts_with(&s) {
+            out.push(target.clone());
+        }
+    }
+    out
 }
 
 /// Secret locations inside a value that would sit at `at`: the rule's finder run on a document
@@ -282,6 +329,39 @@ mod tests {
         .unwrap();
         let out = apply(&cur, &body, &pw_secrets).unwrap();
         assert_eq!(out, json!({"c": {"password": "p"}, "d": "x"}));
+    }
+
+    #[test]
+    fn copy_or_move_of_a_secret_into_a_field_that_is_not_secret_is_422() {
+        let cur = json!({"c": {"password": "hunter2", "user": "u"}, "d": "x", "l": [1, 2]});
+        let refused = [
+            json!([{"op":"copy","from":"/c/password","path":"/d"}]),
+            json!([{"op":"move","from":"/c/password","path":"/description"}]),
+            json!([{"op":"copy","from":"/c","path":"/e"}]),
+            json!([{"op":"copy","from":"/c/password","path":"/l/-"}]),
+            json!([{"op":"copy","from":"/c/password","path":"/l/0"}]),
+            json!([{"op":"add","path":"/c/password","value":"p"},{"op":"copy","from":"/c/password","path":"/d"}]),
+        ];
+        for ops in refused {
+            let body = PatchBody::parse(Media::JsonPatch, ops.clone()).unwrap();
+            assert!(
+                matches!(
+                    apply(&cur, &body, &pw_secrets),
+                    Err(GatewayError::Unprocessable(_))
+                ),
+                "{ops}"
+            );
+        }
+        let accepted = [
+            json!([{"op":"copy","from":"/c/user","path":"/d"}]),
+            json!([{"op":"copy","from":"/d","path":"/c/password"}]),
+            json!([{"op":"copy","from":"/c/password","path":"/c/password"}]),
+            json!([{"op":"move","from":"/l/0","path":"/l/1"}]),
+        ];
+        for ops in accepted {
+            let body = PatchBody::parse(Media::JsonPatch, ops.clone()).unwrap();
+            assert!(apply(&cur, &body, &pw_secrets).is_ok(), "{ops}");
+        }
     }
 
     #[test]
