@@ -105,6 +105,20 @@ KINDS = {
         {"methods": ["GET"], "path": "/auth-mechanism/{id}", "op": "read", "response_at": "$.authenticationMechanism"},
         {"methods": ["PUT"], "path": "/generateToken/{id}", "op": "action", "response_at": "$.authenticationMechanism.config"},
         {"methods": ["PUT"], "path": "/revokeToken", "op": "action", "response_at": "$.authenticationMechanism.config"},
+        # A person's own credentials: the password OpenMetadata hashes, the tokens it issues to
+        # the caller. Not connection secrets: forwarded as they are, both ways.
+        {"methods": ["POST"], "path": "/login", "op": "forward"},
+        {"methods": ["POST"], "path": "/signup", "op": "forward"},
+        {"methods": ["POST"], "path": "/refresh", "op": "forward"},
+        {"methods": ["POST"], "path": "/logout", "op": "forward"},
+        {"methods": ["POST"], "path": "/checkEmailInUse", "op": "forward"},
+        {"methods": ["POST"], "path": "/generatePasswordResetLink", "op": "forward"},
+        {"methods": ["POST"], "path": "/password/reset", "op": "forward"},
+        {"methods": ["PUT"], "path": "/changePassword", "op": "forward"},
+        {"methods": ["GET"], "path": "/registrationConfirmation", "op": "forward"},
+        {"methods": ["GET"], "path": "/resendRegistrationToken", "op": "forward"},
+        {"methods": ["GET", "PUT"], "path": "/security/token", "op": "forward"},
+        {"methods": ["PUT"], "path": "/security/token/revoke", "op": "forward"},
     ]),
 }
 

@@ -37,6 +37,13 @@ pub fn explain(
         m.rule.file.display()
     ));
     match m.route {
+        Some(r) if r.op == crate::rules::Op::Forward => {
+            out.push_str(&format!(
+                "route: {} {}{} -> Forward (a person's own credentials: forwarded as sent both ways, as a route without rules; JSON answers still get the secret:/fernet: safety net)\n",
+                method, m.rule.collection, r.path
+            ));
+            return Ok(out);
+        }
         Some(r) => out.push_str(&format!(
             "route: {} {}{} -> {:?}\n",
             method, m.rule.collection, r.path, r.op

@@ -371,3 +371,77 @@ async fn a_secret_copied_or_moved_into_a_plain_field_is_refused_and_nothing_is_f
         .expect("stored");
     assert_eq!(stored["description"], "d");
 }
+
+/// Hostile probe, after issue 10: OpenMetadata's own login, sign-up, token and password routes
+/// under `/api/v1/users` were refused (a `password` key on an unknown route) or had their
+/// answers masked, so basic-auth login could not work through the gateway. They carry a
+/// person's own credentials, not connection secrets: forwarded as sent, both ways.
+#[tokio::test]
+async fn login_and_password_routes_are_forwarded_as_sent_both_ways() {
+    let (emu, gw, mem) = mem_stack().await;
+    let tokens = json!({"tokenType": "Bearer", "accessToken": "eyJhbGciOiJSUzI1NiJ9.access.sig",
+        "refreshToken": "refresh-token-1234", "expiryDuration": 3600});
+    for (method, path, body) in [
+        (
+            Method::POST,
+            "/api/v1/users/login",
+            json!({"email": "a@b.c", "password": "bXktcGFzc3dvcmQ="}),
+        ),
+        (
+            Method::POST,
+            "/api/v1/users/signup",
+            json!({"email": "a@b.c", "firstName": "a", "lastName": "b", "password": "S3cret!pass"}),
+        ),
+        (
+            Method::POST,
+            "/api/v1/users/refresh",
+            json!({"refreshToken": "refresh-token-1234"}),
+        ),
+        (
+            Method::PUT,
+            "/api/v1/users/changePassword",
+            json!({"username": "a", "oldPassword": "Old!pass1", "newPassword": "New!pass2", "confirmPassword": "New!pass2", "requestType": "SELF"}),
+        ),
+        (
+            Method::POST,
+            "/api/v1/users/password/reset",
+            json!({"username": "a", "password": "New!pass3", "confirmPassword": "New!pass3", "token": "reset-token"}),
+        ),
+        (
+            Method::PUT,
+            "/api/v1/users/security/token",
+            json!({"tokenName": "t", "JWTTokenExpiry": "Unlimited"}),
+        ),
+    ] {
+        // The emulator has no such route (it records the request and answers 404).
+        emu.clear_recorded();
+        let sent = body.to_string();
+        let a = call(&gw, method.clone(), path, "application/json", sent.clone()).await;
+        assert_ne!(a.status, 400, "{method} {path}: {}", a.text());
+        let r = emu.recorded();
+        let got = r
+            .iter()
+            .find(|r| r.path_and_query == path)
+            .expect("forwarded");
+        assert_eq!(
+            got.body.as_ref(),
+            sent.as_bytes(),
+            "{path}: forwarded as sent"
+        );
+        // With an answer as OpenMetadata gives it, the caller sees its own tokens.
+        emu.set_canned(path, support::emulator::Canned::json(tokens.to_string()));
+        let a = call(&gw, method.clone(), path, "application/json", sent).await;
+        emu.clear_canned();
+        assert_eq!(a.status, 200, "{method} {path}: {}", a.text());
+        assert_eq!(
+            a.json()["accessToken"],
+            tokens["accessToken"],
+            "{path}: the caller's own token"
+        );
+        assert_eq!(a.json()["refreshToken"], tokens["refreshToken"], "{path}");
+    }
+    assert!(
+        mem.list("/").await.unwrap().is_empty(),
+        "nothing went to the store"
+    );
+}

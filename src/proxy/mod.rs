@@ -36,7 +36,7 @@ use crate::http::upstream::Upstream;
 use crate::metrics::Metrics;
 use crate::policy::decide;
 use crate::rules::ids::IdBuilder;
-use crate::rules::{RouteMatch, RuleSet};
+use crate::rules::{Op, RouteMatch, RuleSet};
 use crate::secrets::fernet::FernetKeys;
 use crate::secrets::transaction::{EntityLocks, StoreTxn};
 use crate::secrets::SecretStore;
@@ -185,7 +185,11 @@ impl Gateway {
         ctx.caller = self.identify(req.headers()).await;
         // 2. route
         let live = self.live();
-        if let Some(m) = live.rules.match_request(req.method(), &norm) {
+        if let Some(m) = live
+            .rules
+            .match_request(req.method(), &norm)
+            .filter(|m| m.op() != Op::Forward)
+        {
             ctx.route_class = "ruled";
             // Boxed: the ruled phases' large state stays out of every pass-through request's
             // future (which hyper moves and keeps per connection).

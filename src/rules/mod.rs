@@ -131,6 +131,10 @@ pub enum Op {
     Import,
     /// CSV export: the answer is text, not an entity.
     Export,
+    /// A person's own credentials (login, sign-up, token refresh, password change, personal
+    /// access tokens): not connection secrets, so handled as a route without rules (forwarded
+    /// as sent, the answer streamed through the safety net).
+    Forward,
 }
 
 #[derive(Debug, Clone)]
@@ -699,8 +703,9 @@ impl Compiler<'_> {
             "action" => Op::Action,
             "import" => Op::Import,
             "export" => Op::Export,
+            "forward" => Op::Forward,
             other => {
-                self.problem(line, format!("route {:?}: op {other:?} is not one of read, create, patch, delete, action, import, export", r.path));
+                self.problem(line, format!("route {:?}: op {other:?} is not one of read, create, patch, delete, action, import, export, forward", r.path));
                 Op::Action
             }
         };
