@@ -445,3 +445,33 @@ async fn login_and_password_routes_are_forwarded_as_sent_both_ways() {
         "nothing went to the store"
     );
 }
+
+/// Hostile probe, after issue 10: a JSON Patch body sent to a route under a ruled collection
+/// that does not take one was judged by its key names (`op`, `path`, `value`) and forwarded
+/// with the plain value.
+#[tokio::test]
+async fn a_json_patch_on_a_route_that_takes_none_is_judged_by_the_fields_it_sets() {
+    let (emu, gw, _mem) = mem_stack().await;
+    let id = mysql(&gw, "patched", "first").await;
+    let value = "patch-body-plaintext-on-an-odd-route";
+    let ops =
+        json!([{"op": "replace", "path": "/connection/config/authType/password", "value": value}]);
+    let named = json!([{"op": "add", "path": "/connection/config/connectionOptions/sslpassword", "value": value}]);
+    emu.clear_recorded();
+    for (method, path, body) in [
+        (Method::PUT, format!("{DB}/{id}"), &ops),
+        (Method::POST, format!("{DB}/{id}"), &ops),
+        (Method::POST, format!("{DB}/name/patched"), &ops),
+        (Method::PATCH, format!("{DB}/{id}/x"), &ops),
+        (Method::PUT, format!("{DB}/restore"), &ops),
+        (Method::PUT, format!("{DB}/restore"), &named),
+    ] {
+        for ct in ["application/json-patch+json", "application/json"] {
+            let a = call(&gw, method.clone(), &path, ct, body.to_string()).await;
+            assert_eq!(a.status, 400, "{method} {path} {ct}: {}", a.text());
+        }
+    }
+    for form in leak_forms(value) {
+        assert!(!contains(&emu.everything_received(), &form), "forwarded");
+    }
+}

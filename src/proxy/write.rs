@@ -349,21 +349,10 @@ impl Gateway {
         }
         let doc = parse_strict(&raw).map_err(GatewayError::BadRequest)?;
         refuse_bad_shape(rules, m.rule, &doc)?;
-        for f in rules
-            .find_secrets(m.rule, &doc)
-            .into_iter()
-            .chain(rules.find_by_name(&doc))
-        {
-            let v = crate::rules::jsonpath::get(&doc, &f.steps);
-            if matches!(
-                v.and_then(classify),
-                Some(FieldValue::Plain(_)) | Some(FieldValue::Fernet(_))
-            ) {
-                return Err(GatewayError::BadRequest(format!(
-                    "{}: secret values are not accepted on this route",
-                    render(&f.steps)
-                )));
-            }
+        refuse_secret_values(rules, m.rule, &doc)?;
+        // A JSON Patch sent where none is expected is judged by the fields it would set.
+        for placed in crate::rewrite::patch::placed_values(&doc).unwrap_or_default() {
+            refuse_secret_values(rules, m.rule, &placed)?;
         }
         self.guard(rules, m.rule, None).check(&doc, None)?;
         Ok(self.forward_bytes(parts, raw.to_vec(), None))
@@ -694,4 +683,30 @@ fn refuse_bad_shape(rules: &RuleSet, rule: &Rule, doc: &Value) -> Result<(), Gat
         ))),
         None => Ok(()),
     }
+}
+
+/// A body that holds a secret value (plain or `fernet:`) at a rule's secret path or under a
+/// secret-looking name is refused: routes other than create and patch take references only.
+fn refuse_secret_values(
+    rules: &RuleSet,
+    rule: &crate::rules::Rule,
+    doc: &Value,
+) -> Result<(), GatewayError> {
+    for f in rules
+        .find_secrets(rule, doc)
+        .into_iter()
+        .chain(rules.find_by_name(doc))
+    {
+        let v = crate::rules::jsonpath::get(doc, &f.steps);
+        if matches!(
+            v.and_then(classify),
+            Some(FieldValue::Plain(_)) | Some(FieldValue::Fernet(_))
+        ) {
+            return Err(GatewayError::BadRequest(format!(
+                "{}: secret values are not accepted on this route",
+                render(&f.steps)
+            )));
+        }
+    }
+    Ok(())
 }

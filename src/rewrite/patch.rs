@@ -200,10 +200,42 @@ fn carried_secrets(
     out
 }
 
-/// Secret locations inside a value that would sit at `at`: the rule's finder run on a document
-/// holding only that value.
-fn secrets_in_value(at: &[Step], value: &Value, secrets: SecretLocations<'_>) -> Vec<Vec<Step>> {
-    let mut wrapped = value.clone();
+/// For a body shaped as a JSON Patch (an array of objects with an `op`), each op's `value`
+/// placed at its `path` in a document of its own, so that what a route that does not expect a
+/// patch receives can be judged as the entity fields the patch would set. `None` for other bodies.
+pub(crate) fn placed_values(body: &Value) -> Option<Vec<Value>> {
+    let ops = body.as_array()?;
+    if ops.is_empty() || !ops.iter().all(|o| o.get("op").is_some()) {
+        return None;
+    }
+    let mut out = Vec::new();
+    for op in ops {
+        let (Some(path), Some(value)) = (op.get("path").and_then(Value::as_str), op.get("value"))
+        else {
+            continue;
+        };
+        let steps: Vec<Step> = match jsonptr::Pointer::parse(path) {
+            Ok(p) => p
+                .tokens()
+                .map(|t| {
+                    let t = t.decoded();
+                    match t.parse::<usize>() {
+                        Ok(i) if i < 1024 => Step::Index(i),
+                        _ => Step::Key(t.to_string()),
+                    }
+                })
+                .collect(),
+            // Not a pointer: judged as a key of that name.
+            Err(_) => vec![Step::Key(path.to_string())],
+        };
+        out.push(wrap(&steps, value.clone()));
+    }
+    Some(out)
+}
+
+/// `value` as it would sit at `at` in an otherwise empty document.
+fn wrap(at: &[Step], value: Value) -> Value {
+    let mut wrapped = value;
     for step in at.iter().rev() {
         wrapped = match step {
             Step::Key(k) => {
@@ -218,7 +250,13 @@ fn secrets_in_value(at: &[Step], value: &Value, secrets: SecretLocations<'_>) ->
             }
         };
     }
-    secrets(&wrapped)
+    wrapped
+}
+
+/// Secret locations inside a value that would sit at `at`: the rule's finder run on a document
+/// holding only that value.
+fn secrets_in_value(at: &[Step], value: &Value, secrets: SecretLocations<'_>) -> Vec<Vec<Step>> {
+    secrets(&wrap(at, value.clone()))
 }
 
 /// One is an ancestor of (or the same as) the other.
