@@ -11,17 +11,47 @@
 use std::collections::HashSet;
 
 /// A name holding one of these anywhere is a secret.
-const CONTAINS: &[&str] = &["password", "passwd", "passphrase", "secret", "credential"];
+const CONTAINS: &[&str] = &[
+    "password",
+    "passwd",
+    "passphrase",
+    "secret",
+    "credential",
+    // Kafka's `sasl.jaas.config` holds the login module's password.
+    "jaasconfig",
+];
 
 /// A name ending in one of these, or in its plural, is a secret (`secretkey` is already covered
 /// by `secret`). Only endings: `tokenEndpoint`, `tokenType`, `JWTTokenExpiry`, `privateKeyId`,
 /// `privateKeyPath` and `apiKeyId` are plain fields.
-const ENDS_WITH: &[&str] = &["token", "apikey", "privatekey", "accesskey"];
+const ENDS_WITH: &[&str] = &[
+    "token",
+    "apikey",
+    "privatekey",
+    "accesskey",
+    // Free-form option names seen in drivers' and SDKs' settings (hostile probe): none is a
+    // plain field of OpenMetadata 2.0.7's models.
+    "accountkey",
+    "sessionkey",
+    "encryptionkey",
+    "masterkey",
+    "clientkey",
+    "keypem",
+    "apikeyvalue",
+    "tokenvalue",
+];
 
 /// Secret fields of OpenMetadata 2.0.7 (`CustomSecretStr`) that no pattern above matches and
 /// whose name is never a plain field there. Broader patterns would catch plain fields:
 /// `clientCertificate`, `rootCertificate` (Qlik: file paths), `clientCertPath`.
 const EXACT: &[&str] = &[
+    "authorization",
+    "connectionstring",
+    "keyfilejson",
+    "pass",
+    "pw",
+    "pwd",
+    "serviceaccountjson",
     "authstring",
     "basicauthuserinfo",
     "cacertificate",
@@ -49,10 +79,10 @@ const NOT_SECRET_WORDS: &[&str] = &["secretsmanager"];
 ///   clear (not `format: password`) because its server verifies Slack's requests with it.
 const NOT_SECRET: &[&str] = &["gitcredentials", "useawscredentials", "signingsecret"];
 
-/// The form names are compared in: lower-cased, `_` and `-` dropped.
+/// The form names are compared in: lower-cased, `_`, `-` and `.` dropped.
 pub(crate) fn norm_key(k: &str) -> String {
     k.chars()
-        .filter(|c| *c != '_' && *c != '-')
+        .filter(|c| !matches!(c, '_' | '-' | '.'))
         .flat_map(|c| c.to_lowercase())
         .collect()
 }
@@ -88,6 +118,33 @@ mod tests {
     #[test]
     fn names_are_compared_lower_cased_without_underscores_or_dashes() {
         assert_eq!(norm_key("SASL_Pass-word"), "saslpassword");
+    }
+
+    #[test]
+    fn option_names_the_hostile_probe_found_missed_are_secret() {
+        for n in [
+            "pwd",
+            "pass",
+            "pw",
+            "sasl.jaas.config",
+            "private_key_pem",
+            "privateKeyPem",
+            "Authorization",
+            "accountKey",
+            "sessionKey",
+            "encryptionKey",
+            "masterKey",
+            "clientKey",
+            "apiKeyValue",
+            "refreshTokenValue",
+            "keyfile_json",
+            "serviceAccountJson",
+            "connectionString",
+        ] {
+            assert!(secret(n), "{n}");
+        }
+        assert!(!secret("passive"));
+        assert!(!secret("primaryKey"));
     }
 
     #[test]
