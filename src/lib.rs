@@ -44,6 +44,30 @@ pub struct App {
     tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
+/// The client the JWKS is fetched with: its own, for `auth.jwks_url` as written (its host,
+/// its whole path), trusting what the upstream client trusts.
+fn jwks_client(config: &Config) -> Result<Upstream, StartError> {
+    let url = &config.auth.jwks_url;
+    let origin = format!(
+        "{}://{}",
+        url.scheme_str().unwrap_or("http"),
+        url.authority().map(|a| a.as_str()).unwrap_or_default()
+    );
+    let origin = origin
+        .parse()
+        .map_err(|_| StartError(format!("auth.jwks_url: {url} has no host")))?;
+    Upstream::new(&config::UpstreamConfig {
+        url: origin,
+        base_path: String::new(),
+        ca_file: config.upstream.ca_file.clone(),
+        timeout: config.upstream.timeout,
+        service_token: None,
+        pool_idle_per_host: 2,
+        body_timeout: config.upstream.body_timeout,
+    })
+    .map_err(|e| StartError(format!("auth.jwks_url: {e}")))
+}
+
 /// Builds everything a running gateway needs from a validated config.
 pub async fn build_app(config: Config) -> Result<App, StartError> {
     build_app_with_store(config, None).await
@@ -90,7 +114,7 @@ pub async fn build_app_with_store(
             .await
             .map_err(StartError)?,
     };
-    let auth = auth::Auth::new(&config.auth, upstream.clone(), true)
+    let auth = auth::Auth::new(&config.auth, jwks_client(&config)?, true)
         .map_err(|e| StartError(format!("auth: {e}")))?;
     let gateway = Arc::new(Gateway::new(proxy::GatewayParts {
         upstream: upstream.clone(),

@@ -238,6 +238,43 @@ async fn the_safety_net_masks_references_on_unruled_routes() {
     assert_eq!(a.json(), json!({"x": "*********", "y": "*********"}));
 }
 
+/// Hostile probe: `auth.jwks_url` on another host than the upstream was fetched from the
+/// upstream (only its path was used), so bots' tokens were not recognised.
+#[tokio::test]
+async fn the_jwks_is_fetched_from_the_host_auth_jwks_url_names() {
+    let emu = Emulator::start().await; // answers an empty key set
+    let idp = Emulator::start().await;
+    idp.set_jwks(jwt::jwks());
+    let mut cfg = config_for(&emu.url());
+    cfg.auth.jwks_url = format!("{}/api/v1/system/config/jwks?v=1", idp.url())
+        .parse()
+        .expect("uri");
+    let gw = start_gateway(cfg).await;
+    let a = post(&gw, DB, &mysql("jwks-host", "jwks-host-password")).await;
+    assert_eq!(a.status, 201, "{}", a.text());
+    let id = a.json()["id"].as_str().expect("id").to_string();
+    let a = send(
+        &client(),
+        Method::GET,
+        &gw.url(&format!("{DB}/{id}")),
+        &[("authorization", &format!("Bearer {}", jwt::bot()))],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(
+        a.json()["connection"]["config"]["authType"]["password"],
+        "jwks-host-password",
+        "a bot resolves: its token was verified with the keys from auth.jwks_url"
+    );
+    assert!(
+        idp.recorded()
+            .iter()
+            .any(|r| r.path_and_query == "/api/v1/system/config/jwks?v=1"),
+        "fetched from the named host and path"
+    );
+}
+
 // === the flow on Azure Key Vault, Google Secret Manager and Kubernetes Secrets ===
 
 #[path = "support/vendor_emulators.rs"]
