@@ -238,6 +238,25 @@ async fn the_safety_net_masks_references_on_unruled_routes() {
     assert_eq!(a.json(), json!({"x": "*********", "y": "*********"}));
 }
 
+/// Hostile probe: a `Range` request on a route without rules could get a part of an answer
+/// that begins inside a reference (`secret:/...` without its opening quote), which the safety
+/// net's marker scan does not see. Callers who do not resolve get whole answers.
+#[tokio::test]
+async fn a_range_cannot_cut_a_reference_out_of_the_safety_nets_sight() {
+    let (_emu, gw) = stack().await;
+    let body = r#"{"x":"secret:/openmetadata/database/a/password"}"#;
+    let a = send(
+        &client(),
+        Method::POST,
+        &gw.url("/__test/echo"),
+        &[("content-type", "application/json"), ("range", "bytes=6-")],
+        body,
+    )
+    .await;
+    assert!(!a.text().contains("secret:/openmetadata"), "{}", a.text());
+    assert_eq!(a.json(), json!({"x": "*********"}));
+}
+
 /// Hostile probe: `auth.jwks_url` on another host than the upstream was fetched from the
 /// upstream (only its path was used), so bots' tokens were not recognised.
 #[tokio::test]
