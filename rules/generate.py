@@ -91,13 +91,13 @@ KINDS = {
     "llmService": ("llm", "$.connection.config", ["$.connection.config"], []),
     "mcpService": ("mcp", "$.connection.config", ["$.connection.config"], []),
     "securityService": ("security", "$.connection.config", ["$.connection.config"], []),
-    "ingestionPipeline": ("pipeline", "$", ["$.sourceConfig.config", "$.openMetadataServerConnection"], [
+    "ingestionPipeline": ("pipeline", "$", ["$"], [
         {"methods": ["POST"], "path": "/deploy/{id}", "op": "action"},
         {"methods": ["POST"], "path": "/trigger/{id}", "op": "action"},
         {"methods": ["POST"], "path": "/toggleIngestion/{id}", "op": "action"},
         {"methods": ["POST"], "path": "/kill/{id}", "op": "action"},
     ]),
-    "workflow": ("workflow", "$", ["$.request.connection.config", "$.openMetadataServerConnection"], [
+    "workflow": ("workflow", "$", ["$"], [
         {"methods": ["POST"], "path": "/trigger/{id}", "op": "action"},
     ]),
     "user (bot user)": ("bot", "$.authenticationMechanism", ["$.authenticationMechanism.config"], [

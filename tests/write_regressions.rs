@@ -475,3 +475,67 @@ async fn a_json_patch_on_a_route_that_takes_none_is_judged_by_the_fields_it_sets
         assert!(!contains(&emu.everything_received(), &form), "forwarded");
     }
 }
+
+/// Hostile probe, after issue 10: pipelines and workflows take their field parts from the
+/// whole document (`$`), but the safety net looked only below `sourceConfig.config`,
+/// `request.connection.config` and `openMetadataServerConnection`, so a secret-named field
+/// elsewhere (`airflowConfig.password`, `response.steps[].password`) went upstream in clear.
+#[tokio::test]
+async fn secret_named_fields_anywhere_in_a_pipeline_or_workflow_are_stored_not_forwarded() {
+    let (emu, gw, mem) = mem_stack().await;
+    let svc = call(
+        &gw,
+        Method::POST,
+        DB,
+        "application/json",
+        json!({"name": "pipe-svc", "serviceType": "Mysql"}).to_string(),
+    )
+    .await;
+    assert_eq!(svc.status, 201, "{}", svc.text());
+    let svc_id = svc.json()["id"].as_str().expect("id").to_string();
+    let pipe = json!({"name": "meta", "pipelineType": "metadata",
+        "service": {"id": svc_id, "type": "databaseService"},
+        "sourceConfig": {"config": {"type": "DatabaseMetadata"}},
+        "airflowConfig": {"scheduleInterval": "0 * * * *", "password": "airflow-plaintext-1"}});
+    let a = call(
+        &gw,
+        Method::POST,
+        "/api/v1/services/ingestionPipelines",
+        "application/json",
+        pipe.to_string(),
+    )
+    .await;
+    assert_eq!(a.status, 201, "{}", a.text());
+    assert_eq!(
+        mem.get("/openmetadata/pipeline/meta/airflowconfig/password")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("airflow-plaintext-1")
+    );
+    let wf = json!({"name": "tc-1", "workflowType": "TEST_CONNECTION",
+        "request": {"connection": {"config": {"type": "Mysql", "username": "u",
+            "authType": {"password": "wf-conn-plaintext"}}}, "serviceType": "Database", "connectionType": "Mysql"},
+        "response": {"status": "Successful", "steps": [{"name": "s", "passed": true, "password": "wf-step-plaintext"}]}});
+    let a = call(
+        &gw,
+        Method::POST,
+        "/api/v1/automations/workflows",
+        "application/json",
+        wf.to_string(),
+    )
+    .await;
+    assert_eq!(a.status, 201, "{}", a.text());
+    for v in [
+        "airflow-plaintext-1",
+        "wf-conn-plaintext",
+        "wf-step-plaintext",
+    ] {
+        for form in leak_forms(v) {
+            assert!(
+                !contains(&emu.everything_received(), &form),
+                "{v} forwarded"
+            );
+        }
+    }
+}
