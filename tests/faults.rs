@@ -512,9 +512,14 @@ async fn a_stopped_store_gets_writes_503_with_nothing_forwarded_and_recovers_wit
         assert_om_error(&got, 503, "a write with the store down");
         assert_no_leak(&got.answer("write").body, &passwords, "a 503");
     }
-    // Users still read (masks need no store).
+    // Users still read (masks need no store); bots get what they read before from the cache.
     let got = read(&api, "before", &jwt::user()).await;
     assert_eq!(got.answer("user read").status, 200);
+    let got = read(&api, "before", &jwt::bot()).await;
+    assert_eq!(
+        password_of(&got.answer("a cached bot read").json()).as_deref(),
+        Some("pw-before-1d7")
+    );
     let forwarded = emu.everything_received();
     assert!(
         !contains(&forwarded, b"down-tag-"),
