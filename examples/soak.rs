@@ -12,6 +12,10 @@
 //! | 15% | update of one of the worker's own services with a new password (bot) | 200 |
 //! | 25% | pass-through GET (`/__test/json2k`) | 200, 12 items |
 //!
+//! Every create adds a service (10,000 over a run): the gateway's read cache and entity locks
+//! grow with them up to their bound (`cache_max_entries`, 10,000 by default), which the RSS
+//! figure includes.
+//!
 //! Then every byte the emulator received and every entity it stores is searched for the
 //! passwords' common prefix (no plaintext upstream), and the gateway's RSS at the end is
 //! compared with its RSS after the first 10,000 requests. Prints every figure; exits 1 if a
@@ -503,11 +507,22 @@ async fn main() {
     // RSS after the first 10,000, then the peak until the end.
     let mut rss_10k = 0;
     let mut peak = 0;
+    let mut shown = 0;
     while workers.iter().any(|w| !w.is_finished()) {
         let r = rss_kib(pid);
         peak = peak.max(r);
-        if rss_10k == 0 && ctx.done.load(Ordering::Relaxed) >= RSS_AT {
+        let done = ctx.done.load(Ordering::Relaxed);
+        if rss_10k == 0 && done >= RSS_AT {
             rss_10k = r;
+        }
+        if done / RSS_AT > shown {
+            shown = done / RSS_AT;
+            eprintln!(
+                "  {done} done after {:.1} s, gateway RSS {} MiB, {} failed",
+                started.elapsed().as_secs_f64(),
+                r / 1024,
+                ctx.failed.load(Ordering::Relaxed)
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -656,24 +656,24 @@ impl Emulator {
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(10);
                 let after = qp(query, "after");
-                let all: Vec<(String, Value)> = st
+                // Only the page is copied (the soak lists a collection of thousands).
+                let all: Vec<(&String, &Entity)> = st
                     .collections
                     .get(coll)
                     .map(|c| {
                         c.iter()
                             .filter(|(_, e)| include_deleted || !e.deleted)
-                            .map(|(id, e)| (id.clone(), e.json.clone()))
                             .collect()
                     })
                     .unwrap_or_default();
                 let start = after
-                    .and_then(|a| all.iter().position(|(id, _)| *id == a).map(|p| p + 1))
+                    .and_then(|a| all.iter().position(|(id, _)| **id == a).map(|p| p + 1))
                     .unwrap_or(0);
                 let page: Vec<Value> = all
                     .iter()
                     .skip(start)
                     .take(limit)
-                    .map(|(_, v)| v.clone())
+                    .map(|(_, e)| e.json.clone())
                     .collect();
                 let mut paging = json!({"total": all.len()});
                 if start + limit < all.len() {
