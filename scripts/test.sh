@@ -48,6 +48,8 @@ if [ -n "$BAO_BIN" ]; then
   "$BAO_BIN" server -dev -dev-root-token-id="$OMSP_TEST_BAO_TOKEN" -dev-listen-address="127.0.0.1:$BAO_PORT" > build/bao.log 2>&1 &
   PIDS+=($!)
   export OMSP_TEST_BAO_ADDR="http://127.0.0.1:$BAO_PORT"
+  # tests/faults.rs stops and restarts a dev server of its own.
+  export OMSP_TEST_BAO_BIN="$BAO_BIN"
 fi
 export OMSP_TEST_PYTHON="$VENV/bin/python"
 export OMSP_REQUIRE_EXTERNAL=1
@@ -86,7 +88,7 @@ check_deploy_rules() {
 check_deploy_rules
 echo "deploy: Dockerfile lint clean, $(grep -c '^kind:' build/kubernetes.yaml) Kubernetes resources valid"
 
-# The crash-safety test runs the examples/embedded-writer binary.
+# The crash-safety test runs the examples/embedded-writer binary, tests/faults.rs om-emulator.
 cargo build --examples
 # The vendor emulators must answer what each vendor's own Python client accepts.
 "$VENV/bin/python" tests/vendor_sdk_check.py target/debug/examples/vendor-emulators 2>&1 | tee build/vendor-sdk.log

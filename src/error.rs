@@ -67,6 +67,17 @@ impl GatewayError {
         }
     }
 
+    /// Whether an upstream request that failed this way may still have been applied: it
+    /// timed out or broke off after it was sent. Only a connection never made is certain
+    /// not to have reached the upstream.
+    pub fn upstream_may_have_applied(&self) -> bool {
+        match self {
+            GatewayError::GatewayTimeout(_) => true,
+            GatewayError::BadGateway(m) => m != crate::http::upstream::UNREACHABLE,
+            _ => false,
+        }
+    }
+
     /// The message a client may see.
     pub fn public_message(&self) -> String {
         match self {

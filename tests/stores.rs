@@ -16,6 +16,7 @@ mod support;
 
 use om_secrets_proxy::secrets::{open_store, SecretStore};
 use support::external;
+use support::process::example_binary;
 
 fn unique() -> String {
     format!("t{:016x}", fastrand::u64(..))
@@ -233,31 +234,6 @@ async fn an_unreachable_aws_endpoint_is_unavailable_not_absent() {
         matches!(e, om_secrets_proxy::secrets::StoreError::Unavailable(_)),
         "{e:?}"
     );
-}
-
-/// An example binary built by cargo: `examples/NAME`, or the hashed name `cargo test
-/// --all-targets` gives it (`examples/NAME_WITH_UNDERSCORES-<hash>`).
-fn example_binary(name: &str) -> std::path::PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap().join("examples");
-    let plain = dir.join(name);
-    if plain.is_file() {
-        return plain;
-    }
-    let prefix = format!("{}-", name.replace('-', "_"));
-    std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| {
-            let f = p.file_name().unwrap().to_string_lossy().to_string();
-            f.starts_with(&prefix) && p.extension().is_none() && p.is_file()
-        })
-        .unwrap_or_else(|| {
-            panic!(
-                "{name} not built in {}: run cargo build --examples",
-                dir.display()
-            )
-        })
 }
 
 #[test]

@@ -25,6 +25,9 @@ enum Transport {
     Tls(Box<Client<Connector, Body>>),
 }
 
+/// The message of the one upstream failure where the request certainly was not sent.
+pub(crate) const UNREACHABLE: &str = "upstream OpenMetadata server is unreachable";
+
 #[derive(Clone)]
 pub(crate) struct Upstream {
     client: Transport,
@@ -131,7 +134,9 @@ impl Upstream {
         }
     }
 
-    /// Sends a request upstream; the answer's headers must arrive within the timeout.
+    /// Sends a request upstream; the answer's headers must arrive within the timeout. A
+    /// connection that could not be made is a 502 with [`UNREACHABLE`] (the request was not
+    /// sent); anything else failing is a 502 or a 504 after the request may have been applied.
     pub(crate) async fn send(
         &self,
         mut req: Request<Body>,
@@ -160,7 +165,7 @@ impl Upstream {
             Ok(Err((connect, error))) => {
                 tracing::warn!(error = %error, connect, "upstream request failed");
                 Err(GatewayError::BadGateway(if connect {
-                    "upstream OpenMetadata server is unreachable".into()
+                    UNREACHABLE.into()
                 } else {
                     "upstream OpenMetadata server failed to answer".into()
                 }))

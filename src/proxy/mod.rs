@@ -7,7 +7,8 @@
 //!    secrets become references, and the store changes are planned (`write.rs`);
 //! 4. `store`         – the planned changes as one store transaction (`secrets::transaction`);
 //! 5. `forward`       – one pooled upstream client; hop-by-hop headers dropped, X-Forwarded-*
-//!    set (`forward.rs`); a refused write rolls the store back, an accepted one commits;
+//!    set (`forward.rs`); a refused write rolls the store back, an accepted one commits, one
+//!    whose outcome is unknown (timed out, broken off) keeps its values;
 //! 6. `rewrite_answer`– secret fields resolved, referenced or masked per caller, found by
 //!    structure wherever they sit; a ruled answer that cannot be read whole is refused (502)
 //!    for every caller (`read.rs`);
@@ -235,6 +236,11 @@ impl Gateway {
         };
         let resp = match resp {
             Ok(r) => r,
+            Err(e) if e.upstream_may_have_applied() => {
+                // The upstream may hold the references by now (or later): the values stay.
+                txn.keep();
+                return Err(e);
+            }
             Err(e) => {
                 txn.rollback().await;
                 return Err(e);

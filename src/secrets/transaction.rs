@@ -116,6 +116,20 @@ impl<'a> StoreTxn<'a> {
         }
     }
 
+    /// The upstream may or may not have applied the write (it timed out or broke off after
+    /// the request was sent): every value written stays, so no reference the upstream may
+    /// now hold dangles, and the deferred deletes are skipped. If the upstream did not apply
+    /// it, what is left is at worst an orphan, which `audit` names.
+    pub fn keep(self) {
+        if !self.deletes.is_empty() || !self.undo.is_empty() {
+            tracing::warn!(
+                written = self.written(),
+                deletes_skipped = self.deletes.len(),
+                "upstream outcome unknown: the secrets written stay"
+            );
+        }
+    }
+
     /// The upstream accepted: the deferred deletes go ahead. A delete that fails leaves an
     /// orphan (logged), never a broken entity.
     pub(crate) async fn commit(self) {
@@ -217,6 +231,25 @@ mod tests {
         assert!(store.get("/om/database/a/gone").await.unwrap().is_some());
         txn.commit().await;
         assert_eq!(store.get("/om/database/a/gone").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn an_unknown_outcome_keeps_every_value_and_skips_the_deletes() {
+        let store = MemoryStore::new();
+        store.put("/om/database/a/gone", "v").await.unwrap();
+        let txn = StoreTxn::begin(
+            &store,
+            &plan(&[("/om/database/a/p", "x")], &["/om/database/a/gone"]),
+        )
+        .await
+        .unwrap();
+        txn.keep();
+        assert_eq!(
+            store.get("/om/database/a/p").await.unwrap().as_deref(),
+            Some("x")
+        );
+        assert!(store.get("/om/database/a/.owner").await.unwrap().is_some());
+        assert!(store.get("/om/database/a/gone").await.unwrap().is_some());
     }
 
     #[tokio::test]

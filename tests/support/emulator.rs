@@ -55,6 +55,9 @@ struct State {
     version: Option<String>,
     /// Answers served as they are for a path, whatever the method (a misbehaving upstream).
     canned: BTreeMap<String, Canned>,
+    /// Every request but `/api/v1/system/*` waits this long after it is recorded and before
+    /// it is handled (a slow upstream that still applies what it got).
+    delay: Option<Duration>,
 }
 
 /// An answer served byte for byte, optionally stalling forever after its body.
@@ -151,9 +154,16 @@ impl Emulator {
                 let _ = stream.set_nodelay(true);
                 let emu = server.clone();
                 tokio::spawn(async move {
+                    // Each request is handled to the end in a task of its own, as Jetty does:
+                    // a client that goes away does not undo what it sent.
                     let svc = service_fn(move |req| {
                         let emu = emu.clone();
-                        async move { Ok::<_, Infallible>(emu.handle(req).await) }
+                        async move {
+                            let handled = tokio::spawn(async move { emu.handle(req).await });
+                            Ok::<_, Infallible>(handled.await.unwrap_or_else(|_| {
+                                om_error(StatusCode::INTERNAL_SERVER_ERROR, "emulator panicked")
+                            }))
+                        }
                     });
                     let _ = auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), svc)
@@ -314,6 +324,11 @@ impl Emulator {
             .insert(path.to_string(), answer);
     }
 
+    /// Delays every request but `/api/v1/system/*` by `delay` between recording and handling.
+    pub fn set_delay(&self, delay: Option<Duration>) {
+        self.state.lock().expect("state").delay = delay;
+    }
+
     pub fn clear_canned(&self) {
         self.state.lock().expect("state").canned.clear();
     }
@@ -460,7 +475,7 @@ impl Emulator {
                 .get(http::header::USER_AGENT)
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|ua| ua.starts_with("om-secrets-proxy/"));
-        {
+        let delay = {
             let mut st = self.state.lock().expect("state");
             if !st.not_recording && !own_question {
                 st.recorded.push(Recorded {
@@ -471,6 +486,10 @@ impl Emulator {
                     version: parts.version,
                 });
             }
+            st.delay.filter(|_| !path.starts_with("/api/v1/system/"))
+        };
+        if let Some(d) = delay {
+            tokio::time::sleep(d).await;
         }
         if let Some(rest) = path.strip_prefix("/__test/") {
             return self
@@ -637,24 +656,24 @@ impl Emulator {
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(10);
                 let after = qp(query, "after");
-                let all: Vec<(String, Value)> = st
+                // Only the page is copied (the soak lists a collection of thousands).
+                let all: Vec<(&String, &Entity)> = st
                     .collections
                     .get(coll)
                     .map(|c| {
                         c.iter()
                             .filter(|(_, e)| include_deleted || !e.deleted)
-                            .map(|(id, e)| (id.clone(), e.json.clone()))
                             .collect()
                     })
                     .unwrap_or_default();
                 let start = after
-                    .and_then(|a| all.iter().position(|(id, _)| *id == a).map(|p| p + 1))
+                    .and_then(|a| all.iter().position(|(id, _)| **id == a).map(|p| p + 1))
                     .unwrap_or(0);
                 let page: Vec<Value> = all
                     .iter()
                     .skip(start)
                     .take(limit)
-                    .map(|(_, v)| v.clone())
+                    .map(|(_, e)| e.json.clone())
                     .collect();
                 let mut paging = json!({"total": all.len()});
                 if start + limit < all.len() {

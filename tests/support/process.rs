@@ -80,3 +80,36 @@ impl Drop for GatewayProcess {
         let _ = self.child.wait();
     }
 }
+
+/// An example binary built by cargo: `examples/NAME`, or the hashed name `cargo test
+/// --all-targets` gives it (`examples/NAME_WITH_UNDERSCORES-<hash>`).
+pub fn example_binary(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test exe");
+    let dir = exe
+        .parent()
+        .and_then(|p| p.parent())
+        .expect("target dir")
+        .join("examples");
+    let plain = dir.join(name);
+    if plain.is_file() {
+        return plain;
+    }
+    let prefix = format!("{}-", name.replace('-', "_"));
+    std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| {
+            let f = p
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .to_string();
+            f.starts_with(&prefix) && p.extension().is_none() && p.is_file()
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "{name} not built in {}: run cargo build --examples",
+                dir.display()
+            )
+        })
+}
