@@ -261,12 +261,33 @@ impl ReadAction {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct PolicyConfig {
     pub bot: ReadAction,
     pub user: ReadAction,
     pub anonymous: ReadAction,
     pub bot_requires_view_all: bool,
+    pub mask_only: MaskOnlyPolicy,
+}
+
+/// Who sees the values of `mask_only` fields (secrets the upstream keeps in clear):
+/// `Resolve` here means "shown as the upstream holds it" (`reveal`), never read from the store.
+#[derive(Debug, Clone)]
+pub struct MaskOnlyPolicy {
+    pub bot: ReadAction,
+    pub user: ReadAction,
+    /// Token subjects (`sub`) that see the values whatever their class (e.g. admins).
+    pub reveal_to: Vec<String>,
+}
+
+impl Default for MaskOnlyPolicy {
+    fn default() -> Self {
+        MaskOnlyPolicy {
+            bot: ReadAction::Mask,
+            user: ReadAction::Mask,
+            reveal_to: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
