@@ -294,7 +294,7 @@ MASK_ONLY_KINDS = {
         "collection": "/api/v1/system/settings",
         "shape": ["$.config_value"],
         "net_markers": ["config_value"],
-        "safety_net": [],
+        "safety_net": ["$.config_value"],
         "current_route": "/{config_type}",
         "routes": [
             {"methods": ["GET"], "path": "", "op": "read"},
@@ -313,7 +313,7 @@ MASK_ONLY_KINDS = {
         "collection": "/api/v1/system/security/config",
         "shape": ["$.authenticationConfiguration"],
         "net_markers": ["authenticationConfiguration"],
-        "safety_net": [],
+        "safety_net": ["$.authenticationConfiguration"],
         "current_route": "",
         "routes": [
             {"methods": ["GET"], "path": "", "op": "read"},
@@ -332,7 +332,7 @@ MASK_ONLY_KINDS = {
         "collection": "/api/v1/governance/workflowDefinitions",
         "shape": ["$.nodes"],
         "net_markers": ["sinkConfig"],
-        "safety_net": [],
+        "safety_net": ["$.nodes"],
         "current_route": "/name/{name}",
         "routes": ENTITY_ROUTES,
         "secrets": [
@@ -352,6 +352,8 @@ MASK_ONLY_KINDS = {
         "current_route": "/name/{name}",
         "routes": [
             {"methods": ["POST"], "path": "/trigger/{name}", "op": "action", "body_at": "$.appConfiguration"},
+            # Run logs may be text: read like a CSV export (UTF-8, no reference marker).
+            {"methods": ["GET"], "path": "/name/{name}/logs", "op": "export"},
         ] + ENTITY_ROUTES,
         "secrets": [
             ("$.appConfiguration.connectionConfig.password", []),
