@@ -4,7 +4,7 @@
 //! gateway must keep from the upstream is the mask a caller sends back in place of a value.
 //!
 //! A write whose fields hold a mask (`*********` or `**********`) is judged against the entity
-//! as the upstream holds it now, read with the service token under the entity's lock (held
+//! as the upstream holds it now, read with the service token under the kind's lock (held
 //! until the upstream has answered): each mask becomes the value the upstream holds at that
 //! same field; a mask with nothing behind it is refused (422) and nothing is forwarded.
 //! - create (POST/PUT on the collection) and actions with a body: the caller's bytes with
@@ -138,7 +138,10 @@ impl Gateway {
         refuse_moves_out_of_secrets(&body, &target, &secrets)?;
         let mut result = patch::apply(&target, &body, &secrets)?;
         for steps in secrets(&result) {
-            if get(&result, &steps).and_then(classify) == Some(FieldValue::Mask) {
+            let v = get(&result, &steps);
+            // A mask the upstream already held (an old bug stored it) and the patch left alone
+            // is not forwarded: the diff leaves it out.
+            if v.and_then(classify) == Some(FieldValue::Mask) && get(&target, &steps) != v {
                 let abs = [at.as_slice(), &steps].concat();
                 let held = held_value(&current.entity, &abs)?;
                 if let Some(slot) = crate::rules::jsonpath::get_mut(&mut result, &steps) {
@@ -157,11 +160,12 @@ impl Gateway {
     }
 
     /// The entity at `path` (under the rule's collection) as the upstream holds it, read with
-    /// the service token under the entity's lock.
+    /// the service token under the lock of the kind (one lock per kind: an entity named by id
+    /// and by name is one entity, and these kinds are written rarely).
     async fn current(&self, rule: &Rule, path: &str) -> Result<Current, GatewayError> {
         let lock = self
             .entity_locks
-            .lock(&format!("mask_only:{}:{path}", rule.kind))
+            .lock(&format!("mask_only:{}", rule.kind))
             .await;
         let entity = self
             .upstream
