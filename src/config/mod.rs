@@ -419,6 +419,19 @@ mod tests {
     }
 
     #[test]
+    fn mask_only_values_are_masked_for_everyone_unless_the_config_reveals_them() {
+        let c = Config::defaults();
+        assert_eq!(c.policy.mask_only.bot, ReadAction::Mask);
+        assert_eq!(c.policy.mask_only.user, ReadAction::Mask);
+        assert!(c.policy.mask_only.reveal_to.is_empty());
+        let c = parse("[policy.mask_only]\nbot = \"reveal\"\nreveal_to = [\"admin\"]\n").unwrap();
+        assert_eq!(c.policy.mask_only.bot, ReadAction::Resolve);
+        assert_eq!(c.policy.mask_only.reveal_to, vec!["admin".to_string()]);
+        let e = parse("[policy.mask_only]\nuser = \"resolve\"\n").unwrap_err();
+        assert!(e.to_string().contains("policy.mask_only.user"), "{e}");
+    }
+
+    #[test]
     fn unknown_keys_are_rejected_with_their_name() {
         let e = parse("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n").unwrap_err();
         assert!(e.to_string().contains("lisen"), "{e}");
