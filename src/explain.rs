@@ -27,7 +27,7 @@ pub fn explain(
     out.push_str(&format!("request: {method} {}\n", norm.canonical()));
     let Some(m) = rules.match_request(&method, &norm) else {
         out.push_str(
-            "rule: none (passed through; JSON answers still get the secret:/fernet: safety net)\n",
+            "rule: none (passed through; JSON answers still get the safety net: secret:/fernet: strings, and the fields of mask_only kinds)\n",
         );
         return Ok(out);
     };
