@@ -846,3 +846,69 @@ fn generated_patches_never_forward_a_mask() {
         });
     });
 }
+
+// === the write guard and merge patches ===
+
+#[test]
+fn the_write_guard_refuses_a_mask_in_a_mask_only_field_and_nothing_else() {
+    use om_secrets_proxy::rewrite::guard::Guard;
+    let rules = om_secrets_proxy::rules::RuleSet::load(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("rules"),
+        &[],
+    )
+    .expect("rules");
+    let rule = rules
+        .rules
+        .iter()
+        .find(|r| r.kind == "eventSubscription")
+        .expect("rule");
+    let ids = om_secrets_proxy::rules::ids::IdBuilder::new("", "openmetadata");
+    let fernet = om_secrets_proxy::secrets::fernet::FernetKeys::new(&[]).expect("no keys");
+    let guard = Guard {
+        rules: &rules,
+        rule,
+        ids: &ids,
+        fernet: &fernet,
+        root: None,
+        managed: true,
+    };
+    let with = |v: &str| json!({"name": "h", "destinations": [{"config": {"secretKey": v}}]});
+    // Values travel in clear (the server needs them); so may references and tokens.
+    for ok in ["plain", "", "secret:/x", "fernet:abc"] {
+        assert!(guard.check(&with(ok), None).is_ok(), "{ok}");
+    }
+    for mask in [MASK, SDK_MASK] {
+        let e = guard
+            .check(&with(mask), None)
+            .expect_err("a mask never leaves");
+        assert!(!e.to_string().contains(mask), "{e}");
+        // One the upstream already held, left as it was, may stay.
+        assert!(guard.check(&with(mask), Some(&with(mask))).is_ok());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merge_patch_that_sends_a_mask_back_keeps_the_value() {
+    let (emu, gw, _mem) = setup(|_| {}).await;
+    let email = json!({"config_type": "emailConfiguration", "config_value": {
+        "username": "mailer", "password": "SMTP-pw-41", "senderMail": "om@example.org"}});
+    assert_eq!(write(&gw, Method::PUT, SETTINGS, email).await.status, 200);
+    let a = send(
+        &client(),
+        Method::PATCH,
+        &gw.url(&format!("{SETTINGS}/emailConfiguration")),
+        &[("content-type", "application/merge-patch+json")],
+        json!({"password": MASK, "username": "mailer-2"}).to_string(),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    let r = last_forwarded(&emu, Method::PATCH, SETTINGS);
+    assert!(
+        !contains(&r.body, MASK.as_bytes()),
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let held = emu.setting("emailConfiguration").expect("email");
+    assert_eq!(held["password"], "SMTP-pw-41");
+    assert_eq!(held["username"], "mailer-2");
+}
