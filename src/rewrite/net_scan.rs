@@ -5,9 +5,8 @@
 
 use std::sync::Arc;
 
-use memchr::memmem::Finder;
-
 use super::scan::{MarkerScan, CARRY};
+use crate::rules::words::Words;
 
 /// The longest `net_markers` word a rule may declare.
 pub const MAX_WORD: usize = 32;
@@ -15,7 +14,7 @@ pub const MAX_WORD: usize = 32;
 /// Scans for a set of words, chunk by chunk.
 #[derive(Debug)]
 pub struct WordScan {
-    words: Arc<[Finder<'static>]>,
+    words: Arc<Words>,
     /// The longest word's length minus one: what a split word leaves in the earlier chunk.
     carry: usize,
     tail: [u8; MAX_WORD],
@@ -25,8 +24,11 @@ pub struct WordScan {
 
 impl WordScan {
     /// `None` when there is nothing to look for.
-    pub fn new(words: Arc<[Finder<'static>]>) -> Option<WordScan> {
-        let longest = words.iter().map(|w| w.needle().len()).max()?;
+    pub fn new(words: Arc<Words>) -> Option<WordScan> {
+        if words.is_empty() {
+            return None;
+        }
+        let longest = words.longest();
         Some(WordScan {
             carry: longest.clamp(1, MAX_WORD) - 1,
             words,
@@ -37,7 +39,7 @@ impl WordScan {
     }
 
     fn any_in(&self, bytes: &[u8]) -> bool {
-        self.words.iter().any(|w| w.find(bytes).is_some())
+        self.words.any_in(bytes)
     }
 
     /// Scans the next chunk; true once any word has been seen.
@@ -76,7 +78,7 @@ pub struct NetScan {
 
 impl NetScan {
     /// `refs`: look for reference markers; `words`: the `mask_only` rules' words, if any.
-    pub fn new(refs: bool, words: Option<Arc<[Finder<'static>]>>) -> NetScan {
+    pub fn new(refs: bool, words: Option<Arc<Words>>) -> NetScan {
         NetScan {
             refs: refs.then(MarkerScan::default),
             words: words.and_then(WordScan::new),
@@ -110,11 +112,8 @@ impl NetScan {
 mod tests {
     use super::*;
 
-    fn words(ws: &[&str]) -> Arc<[Finder<'static>]> {
-        ws.iter()
-            .map(|w| Finder::new(w.as_bytes()).into_owned())
-            .collect::<Vec<_>>()
-            .into()
+    fn words(ws: &[&str]) -> Arc<Words> {
+        Arc::new(Words::new(ws))
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod ids;
 pub mod jsonpath;
 mod names;
 mod roots;
+pub mod words;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -266,7 +267,7 @@ impl std::fmt::Display for Problem {
 pub struct RuleSet {
     pub rules: Vec<Rule>,
     /// The `net_markers` of every `mask_only` rule, ready to search for.
-    net_words: std::sync::Arc<[memchr::memmem::Finder<'static>]>,
+    net_words: std::sync::Arc<words::Words>,
     /// `rules.safety_net_keys`, normalised: exact names the safety net adds to [`names`].
     safety_keys: HashSet<String>,
 }
@@ -377,11 +378,7 @@ impl RuleSet {
             .collect();
         words.sort_unstable();
         words.dedup();
-        let net_words = words
-            .iter()
-            .map(|w| memchr::memmem::Finder::new(w.as_bytes()).into_owned())
-            .collect::<Vec<_>>()
-            .into();
+        let net_words = std::sync::Arc::new(words::Words::new(&words));
         Ok(RuleSet {
             rules,
             net_words,
@@ -391,7 +388,7 @@ impl RuleSet {
 
     /// The words whose presence in an unruled JSON answer makes the safety net read it for
     /// `mask_only` fields (empty when no rule is `mask_only`).
-    pub fn net_words(&self) -> &std::sync::Arc<[memchr::memmem::Finder<'static>]> {
+    pub fn net_words(&self) -> &std::sync::Arc<words::Words> {
         &self.net_words
     }
 
