@@ -2,7 +2,11 @@
 //! `shared/spec/openmetadata.md`, storing what it receives verbatim (no masking, which is
 //! the worst case for the gateway) and recording every request it gets.
 //!
-//! Also a few test-only routes under `/__test/` (echo, slow, large stream).
+//! Also the routes of the secrets OpenMetadata keeps in clear (`/events/subscriptions`,
+//! `/governance/workflowDefinitions`, `/apps` with `trigger/{name}`, `/system/settings`,
+//! `/system/security/config`), whose updates carry change descriptions and emit change events
+//! (`GET /events`) as OpenMetadata 2.0's do, and a few test-only routes under `/__test/`
+//! (echo, slow, large stream).
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
