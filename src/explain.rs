@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use crate::config::Config;
 use crate::http::path::NormPath;
-use crate::policy::{decide, CallerClass};
+use crate::policy::{decide, decide_mask_only, CallerClass};
 use crate::rules::ids::IdBuilder;
 use crate::rules::jsonpath::render;
 use crate::rules::{Found, Rule, RuleSet};
@@ -27,7 +27,7 @@ pub fn explain(
     out.push_str(&format!("request: {method} {}\n", norm.canonical()));
     let Some(m) = rules.match_request(&method, &norm) else {
         out.push_str(
-            "rule: none (passed through; JSON answers still get the secret:/fernet: safety net)\n",
+            "rule: none (passed through; JSON answers still get the safety net: secret:/fernet: strings, and the fields of mask_only kinds)\n",
         );
         return Ok(out);
     };
@@ -55,10 +55,26 @@ pub fn explain(
     for (k, v) in &m.params {
         out.push_str(&format!("  {k} = {v}\n"));
     }
+    if m.rule.is_mask_only() {
+        out.push_str("mode: mask_only (values stay in OpenMetadata, which needs them in clear; masked on reads; a mask sent back is replaced by the value OpenMetadata holds, 422 when it holds none; nothing goes to the key store)\n");
+    }
     if let Some(body) = body {
         out.push_str(&secrets_in_body(cfg, rules, m.rule, body)?);
     }
     let p = &cfg.policy;
+    if m.rule.is_mask_only() {
+        let shown = |c| match decide_mask_only(c, "", p, &m.rule.policy) {
+            crate::config::ReadAction::Resolve => "reveal",
+            _ => "mask",
+        };
+        out.push_str(&format!(
+            "reads: bot={} user={} anonymous={} (mask_only; subjects in policy.mask_only.reveal_to: reveal)\n",
+            shown(CallerClass::Bot),
+            shown(CallerClass::User),
+            shown(CallerClass::Anonymous),
+        ));
+        return Ok(out);
+    }
     out.push_str(&format!(
         "reads: bot={} user={} anonymous={}\n",
         decide(CallerClass::Bot, p, &m.rule.policy).name(),
@@ -82,6 +98,9 @@ fn secrets_in_body(
     let ids = IdBuilder::new(&cfg.secrets.prefix, &cfg.secrets.cluster_name);
     let root = ids.root(&rule.root_template, name);
     let found = rules.find_secrets(rule, &doc);
+    if rule.is_mask_only() {
+        return Ok(mask_only_in_body(rule, &doc, &found));
+    }
     if let Some(t) = doc
         .pointer("/connection/config/type")
         .and_then(Value::as_str)
@@ -122,6 +141,27 @@ fn secrets_in_body(
         ));
     }
     Ok(out)
+}
+
+/// The `mask_only` fields a body holds: what each becomes upstream (never a store id).
+fn mask_only_in_body(rule: &Rule, doc: &Value, found: &[Found]) -> String {
+    let mut out = format!("masked-only fields in body: {}\n", found.len());
+    for f in found {
+        let why = match f.rule_path {
+            Some(n) => format!("rule path {}", rule.secret_paths[n]),
+            None => "name-based safety net".to_string(),
+        };
+        let v = crate::rules::jsonpath::get(doc, &f.steps);
+        let fate = match v.and_then(crate::rewrite::classify) {
+            Some(crate::rewrite::FieldValue::Mask) => {
+                "mask: replaced by the value OpenMetadata holds there (422 if none)"
+            }
+            Some(crate::rewrite::FieldValue::Clear) => "empty: forwarded as sent",
+            _ => "value: forwarded as sent (OpenMetadata needs it); masked on reads",
+        };
+        out.push_str(&format!("  {} -> {fate}  [{why}]\n", render(&f.steps)));
+    }
+    out
 }
 
 /// What applies to a connection type no supported version's inventory knows: every rule path

@@ -124,7 +124,7 @@ pub async fn build_app_with_store(
         upstream_body_timeout: config.upstream.body_timeout,
         live: proxy::Live {
             rules,
-            policy: config.policy,
+            policy: config.policy.clone(),
         },
         ids: rules::ids::IdBuilder::new(&config.secrets.prefix, &config.secrets.cluster_name),
         store: store.clone(),

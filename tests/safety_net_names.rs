@@ -173,7 +173,8 @@ fn the_data_was_extracted_under_every_safety_net_subtree_of_the_rules() {
     let d = data();
     let roots = d["_meta"]["roots"].as_object().expect("roots");
     let mut checked = 0;
-    for rule in &shipped(&[]).rules {
+    // `mask_only` kinds are not in the ingestion package the data comes from.
+    for rule in shipped(&[]).rules.iter().filter(|r| !r.is_mask_only()) {
         let text = std::fs::read_to_string(&rule.file).expect("rule file readable");
         let raw: Value = serde_json::from_str(&text).expect("rule file is JSON");
         for base in raw["safety_net"].as_array().expect("safety_net") {

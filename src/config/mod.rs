@@ -261,12 +261,33 @@ impl ReadAction {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct PolicyConfig {
     pub bot: ReadAction,
     pub user: ReadAction,
     pub anonymous: ReadAction,
     pub bot_requires_view_all: bool,
+    pub mask_only: MaskOnlyPolicy,
+}
+
+/// Who sees the values of `mask_only` fields (secrets the upstream keeps in clear):
+/// `Resolve` here means "shown as the upstream holds it" (`reveal`), never read from the store.
+#[derive(Debug, Clone)]
+pub struct MaskOnlyPolicy {
+    pub bot: ReadAction,
+    pub user: ReadAction,
+    /// Token subjects (`sub`) that see the values whatever their class (e.g. admins).
+    pub reveal_to: Vec<String>,
+}
+
+impl Default for MaskOnlyPolicy {
+    fn default() -> Self {
+        MaskOnlyPolicy {
+            bot: ReadAction::Mask,
+            user: ReadAction::Mask,
+            reveal_to: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -395,6 +416,19 @@ mod tests {
             c.auth.jwks_url.to_string(),
             "http://127.0.0.1:8585/api/v1/system/config/jwks"
         );
+    }
+
+    #[test]
+    fn mask_only_values_are_masked_for_everyone_unless_the_config_reveals_them() {
+        let c = Config::defaults();
+        assert_eq!(c.policy.mask_only.bot, ReadAction::Mask);
+        assert_eq!(c.policy.mask_only.user, ReadAction::Mask);
+        assert!(c.policy.mask_only.reveal_to.is_empty());
+        let c = parse("[policy.mask_only]\nbot = \"reveal\"\nreveal_to = [\"admin\"]\n").unwrap();
+        assert_eq!(c.policy.mask_only.bot, ReadAction::Resolve);
+        assert_eq!(c.policy.mask_only.reveal_to, vec!["admin".to_string()]);
+        let e = parse("[policy.mask_only]\nuser = \"resolve\"\n").unwrap_err();
+        assert!(e.to_string().contains("policy.mask_only.user"), "{e}");
     }
 
     #[test]

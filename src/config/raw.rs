@@ -211,6 +211,7 @@ pub(crate) struct RawPolicy {
     pub(crate) user: String,
     pub(crate) anonymous: String,
     pub(crate) bot_requires_view_all: bool,
+    pub(crate) mask_only: RawMaskOnlyPolicy,
 }
 
 impl Default for RawPolicy {
@@ -220,6 +221,26 @@ impl Default for RawPolicy {
             user: "mask".into(),
             anonymous: "mask".into(),
             bot_requires_view_all: false,
+            mask_only: RawMaskOnlyPolicy::default(),
+        }
+    }
+}
+
+/// `[policy.mask_only]`: who sees the values of `mask_only` rules' fields.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawMaskOnlyPolicy {
+    pub(crate) bot: String,
+    pub(crate) user: String,
+    pub(crate) reveal_to: Vec<String>,
+}
+
+impl Default for RawMaskOnlyPolicy {
+    fn default() -> Self {
+        RawMaskOnlyPolicy {
+            bot: "mask".into(),
+            user: "mask".into(),
+            reveal_to: Vec::new(),
         }
     }
 }

@@ -475,11 +475,27 @@ fn validate_policy(raw: RawPolicy, err: Err<'_>) -> PolicyConfig {
             ReadAction::Mask
         })
     };
+    let reveal = |key: &str, v: &str, err: &mut dyn FnMut(&str, String)| -> ReadAction {
+        match v {
+            "reveal" => ReadAction::Resolve,
+            "mask" => ReadAction::Mask,
+            _ => {
+                err(key, format!("{v:?} is not one of reveal, mask"));
+                ReadAction::Mask
+            }
+        }
+    };
+    let m = &raw.mask_only;
     PolicyConfig {
         bot: action("policy.bot", &raw.bot, err),
         user: action("policy.user", &raw.user, err),
         anonymous: action("policy.anonymous", &raw.anonymous, err),
         bot_requires_view_all: raw.bot_requires_view_all,
+        mask_only: crate::config::MaskOnlyPolicy {
+            bot: reveal("policy.mask_only.bot", &m.bot, err),
+            user: reveal("policy.mask_only.user", &m.user, err),
+            reveal_to: m.reveal_to.iter().map(|s| s.trim().to_string()).collect(),
+        },
     }
 }
 

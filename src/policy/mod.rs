@@ -35,6 +35,44 @@ pub fn decide(caller: CallerClass, defaults: &PolicyConfig, rule: &PolicyOverrid
     }
 }
 
+/// What a caller sees in a `mask_only` field (a secret the upstream keeps in clear): the value
+/// as the upstream holds it (`Resolve`, "reveal") or the mask. Deny by default: anonymous
+/// callers never see it; a subject listed in `policy.mask_only.reveal_to` does (admins, say);
+/// otherwise the rule's `policy`, else `[policy.mask_only]` (`mask` for bots and users unless
+/// configured). `Reference` means nothing here and is `Mask`.
+pub fn decide_mask_only(
+    caller: CallerClass,
+    sub: &str,
+    defaults: &PolicyConfig,
+    rule: &PolicyOverride,
+) -> ReadAction {
+    let m = &defaults.mask_only;
+    let chosen = match caller {
+        CallerClass::Anonymous => return ReadAction::Mask,
+        _ if m.reveal_to.iter().any(|s| s == sub) => ReadAction::Resolve,
+        CallerClass::Bot => rule.bot.unwrap_or(m.bot),
+        CallerClass::User => rule.user.unwrap_or(m.user),
+    };
+    match chosen {
+        ReadAction::Resolve => ReadAction::Resolve,
+        _ => ReadAction::Mask,
+    }
+}
+
+/// The read action for a caller on one rule's fields, whatever the rule's mode.
+pub fn decide_for(
+    caller: CallerClass,
+    sub: &str,
+    defaults: &PolicyConfig,
+    rule: &crate::rules::Rule,
+) -> ReadAction {
+    if rule.is_mask_only() {
+        decide_mask_only(caller, sub, defaults, &rule.policy)
+    } else {
+        decide(caller, defaults, &rule.policy)
+    }
+}
+
 /// The more restrictive of two read actions (`mask` before `reference` before `resolve`): what
 /// a caller sees where two rules, or a rule and a permission, apply to one field.
 pub fn narrower(a: ReadAction, b: ReadAction) -> ReadAction {
@@ -62,6 +100,7 @@ mod tests {
             user: ReadAction::Mask,
             anonymous: ReadAction::Mask,
             bot_requires_view_all: false,
+            mask_only: Default::default(),
         }
     }
 
@@ -110,6 +149,61 @@ mod tests {
         assert_eq!(
             decide(CallerClass::User, &d, &PolicyOverride::default()),
             ReadAction::Reference
+        );
+    }
+
+    #[test]
+    fn mask_only_fields_are_masked_for_bots_and_users_by_default() {
+        let o = PolicyOverride::default();
+        for class in [CallerClass::Bot, CallerClass::User, CallerClass::Anonymous] {
+            assert_eq!(
+                decide_mask_only(class, "ingestion-bot", &defaults(), &o),
+                ReadAction::Mask
+            );
+        }
+    }
+
+    #[test]
+    fn a_subject_listed_in_reveal_to_sees_mask_only_values() {
+        let mut d = defaults();
+        d.mask_only.reveal_to = vec!["admin".into()];
+        let o = PolicyOverride::default();
+        assert_eq!(
+            decide_mask_only(CallerClass::User, "admin", &d, &o),
+            ReadAction::Resolve
+        );
+        assert_eq!(
+            decide_mask_only(CallerClass::User, "alice", &d, &o),
+            ReadAction::Mask
+        );
+    }
+
+    #[test]
+    fn anonymous_callers_never_see_mask_only_values() {
+        let mut d = defaults();
+        d.mask_only.reveal_to = vec!["anonymous".into()];
+        d.mask_only.user = ReadAction::Resolve;
+        assert_eq!(
+            decide_mask_only(CallerClass::Anonymous, "anonymous", &d, &Default::default()),
+            ReadAction::Mask
+        );
+    }
+
+    #[test]
+    fn a_rule_or_the_config_may_reveal_mask_only_values_to_bots() {
+        let mut d = defaults();
+        d.mask_only.bot = ReadAction::Resolve;
+        assert_eq!(
+            decide_mask_only(CallerClass::Bot, "b", &d, &Default::default()),
+            ReadAction::Resolve
+        );
+        let o = PolicyOverride {
+            bot: Some(ReadAction::Mask),
+            ..Default::default()
+        };
+        assert_eq!(
+            decide_mask_only(CallerClass::Bot, "b", &d, &o),
+            ReadAction::Mask
         );
     }
 

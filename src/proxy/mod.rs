@@ -198,7 +198,17 @@ impl Gateway {
         }
         // 5-6 for unruled routes: streamed both ways; JSON answers pass the safety net.
         let action = decide(ctx.caller.class, &live.policy, &Default::default());
-        self.pass_through(req, ctx, action).await
+        let hide_mask_only = crate::policy::decide_mask_only(
+            ctx.caller.class,
+            &ctx.caller.sub,
+            &live.policy,
+            &Default::default(),
+        ) != crate::config::ReadAction::Resolve;
+        let net = passthrough::Net {
+            refs: action != crate::config::ReadAction::Resolve,
+            mask_only: (hide_mask_only && !live.rules.net_words().is_empty()).then(|| live.clone()),
+        };
+        self.pass_through(req, ctx, net).await
     }
 
     /// The 408 of a client that did not send its body in time.
@@ -256,7 +266,8 @@ impl Gateway {
         // 7. audit (secret operations; the access line is written by `handle`)
         audit::secret_ops(&ctx.caller.sub, &m.rule.kind, &write.audit, accepted);
         // 6. rewrite answer
-        let action = decide(ctx.caller.class, &live.policy, &m.rule.policy);
+        let action =
+            crate::policy::decide_for(ctx.caller.class, &ctx.caller.sub, &live.policy, m.rule);
         let permit = self.view_all_permit(action, live, &m, caller_auth);
         let scope = read::Scope {
             rules: &live.rules,
@@ -266,6 +277,7 @@ impl Gateway {
         };
         let reader = read::Reader {
             class: ctx.caller.class,
+            sub: &ctx.caller.sub,
             policy: &live.policy,
             permit: permit
                 .as_ref()

@@ -24,24 +24,49 @@ use serde_json::Value;
 
 use super::context::RequestCtx;
 use super::{headers, Gateway};
-use crate::config::ReadAction;
 use crate::error::GatewayError;
 use crate::http::body::{self, full, Body, BoxError};
+use crate::rewrite::net_scan::NetScan;
 use crate::rewrite::response::mask_references;
-use crate::rewrite::scan::{json_like, MarkerScan, CARRY};
+use crate::rewrite::scan::json_like;
+
+/// What the safety net does for one caller on an unruled route.
+pub(super) struct Net {
+    /// Mask `secret:` / `fernet:` strings (callers who do not resolve).
+    pub refs: bool,
+    /// Mask `mask_only` rules' fields (callers who may not see them): the rules in force.
+    pub mask_only: Option<std::sync::Arc<super::Live>>,
+}
+
+impl Net {
+    fn scan(&self) -> NetScan {
+        let words = self.mask_only.as_ref().map(|l| l.rules.net_words().clone());
+        NetScan::new(self.refs, words)
+    }
+
+    /// The parsed answer, masked as this caller needs.
+    fn mask(&self, doc: &mut Value) {
+        if self.refs {
+            mask_references(doc);
+        }
+        if let Some(live) = &self.mask_only {
+            crate::rewrite::mask_only::mask_fields(&live.rules, doc);
+        }
+    }
+}
 
 impl Gateway {
-    /// Forwards a request on a route without rules and returns the answer per `action`.
+    /// Forwards a request on a route without rules and returns the answer through `net`.
     pub(super) async fn pass_through(
         &self,
         req: Request<Incoming>,
         ctx: &RequestCtx,
-        action: ReadAction,
+        net: Net,
     ) -> Result<Response<Body>, GatewayError> {
         let (conn, request_id) = (ctx.conn, &ctx.request_id);
         let (mut parts, incoming) = req.into_parts();
         let uri = self.upstream.uri_from(parts.uri.path_and_query())?;
-        if action != ReadAction::Resolve && parts.headers.contains_key(header::RANGE) {
+        if (net.refs || net.mask_only.is_some()) && parts.headers.contains_key(header::RANGE) {
             // A part of an answer can begin inside a marker (`secret:...` without its quote),
             // where the safety net would not see it: such callers get whole answers.
             parts.headers.remove(header::RANGE);
@@ -75,18 +100,19 @@ impl Gateway {
             }
             other => other?,
         };
-        self.unruled_answer(resp, action).await
+        self.unruled_answer(resp, net).await
     }
 
     /// The answer on a route without rules: streamed, or read by the safety net (module doc).
     pub(super) async fn unruled_answer(
         &self,
         resp: Response<Incoming>,
-        action: ReadAction,
+        net: Net,
     ) -> Result<Response<Body>, GatewayError> {
         let (mut parts, incoming) = resp.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
-        if action == ReadAction::Resolve || !json_like(parts.headers.get(header::CONTENT_TYPE)) {
+        let scan = net.scan();
+        if !scan.active() || !json_like(parts.headers.get(header::CONTENT_TYPE)) {
             // Streamed as it comes; an upstream that stalls longer than the idle limit is cut off.
             let timed = body::Timed::new(
                 incoming,
@@ -99,7 +125,7 @@ impl Gateway {
             .headers
             .get(header::CONTENT_ENCODING)
             .is_none_or(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"identity"));
-        let held = match self.hold_for_scan(incoming, identity).await? {
+        let held = match self.hold_for_scan(incoming, identity, scan).await? {
             Hold::Whole(held) => held,
             Hold::Streaming(body) => return Ok(Response::from_parts(parts, Body::new(body))),
         };
@@ -109,7 +135,7 @@ impl Gateway {
                 Body::new(Scanned::replay(held.chunks)),
             ));
         }
-        self.mask_held(parts, concat(held.chunks, held.total), identity)
+        self.mask_held(parts, concat(held.chunks, held.total), identity, &net)
     }
 
     /// Reads the answer's chunks, scanning each once, until its end or until it passes
@@ -118,9 +144,10 @@ impl Gateway {
         &self,
         mut incoming: Incoming,
         identity: bool,
+        scan: NetScan,
     ) -> Result<Hold, GatewayError> {
         let mut held = Held {
-            scan: MarkerScan::default(),
+            scan,
             chunks: VecDeque::new(),
             total: 0,
         };
@@ -167,6 +194,7 @@ impl Gateway {
         mut parts: http::response::Parts,
         raw: Bytes,
         identity: bool,
+        net: &Net,
     ) -> Result<Response<Body>, GatewayError> {
         let decoded =
             crate::http::encoding::decode(&parts.headers, raw.clone(), self.max_body_bytes)
@@ -175,13 +203,13 @@ impl Gateway {
                         "upstream answer cannot be decoded for inspection".into(),
                     )
                 })?;
-        if !identity && !crate::rewrite::scan::has_marker(&decoded) {
+        if !identity && !net.scan().feed(&decoded) {
             return Ok(Response::from_parts(parts, full(raw)));
         }
         let mut doc: Value = serde_json::from_slice(&decoded).map_err(|_| {
             GatewayError::BadGateway("upstream answer could hold secrets and is not JSON".into())
         })?;
-        mask_references(&mut doc);
+        net.mask(&mut doc);
         let bytes = Bytes::from(doc.to_string());
         for h in [
             header::CONTENT_ENCODING,
@@ -203,7 +231,7 @@ impl Gateway {
 
 /// An answer's chunks read so far, with the marker scan over them.
 struct Held {
-    scan: MarkerScan,
+    scan: NetScan,
     chunks: VecDeque<Bytes>,
     total: usize,
 }
@@ -225,10 +253,10 @@ fn concat(mut chunks: VecDeque<Bytes>, total: usize) -> Bytes {
     out.freeze()
 }
 
-/// Removes the last `CARRY` bytes from the end of `chunks` (across chunks) and returns them.
-fn split_tail(chunks: &mut VecDeque<Bytes>) -> Bytes {
+/// Removes the last `carry` bytes from the end of `chunks` (across chunks) and returns them.
+fn split_tail(chunks: &mut VecDeque<Bytes>, carry: usize) -> Bytes {
     let mut parts: Vec<Bytes> = Vec::new();
-    let mut need = CARRY;
+    let mut need = carry;
     while need > 0 {
         let Some(mut last) = chunks.pop_back() else {
             break;
@@ -246,7 +274,7 @@ fn split_tail(chunks: &mut VecDeque<Bytes>) -> Bytes {
         0 => Bytes::new(),
         1 => parts.pop().unwrap_or_default(),
         _ => {
-            let mut out = BytesMut::with_capacity(CARRY);
+            let mut out = BytesMut::with_capacity(carry);
             for p in parts.iter().rev() {
                 out.extend_from_slice(p);
             }
@@ -265,7 +293,7 @@ struct Scanned {
 
 struct Rest {
     incoming: Incoming,
-    scan: MarkerScan,
+    scan: NetScan,
     /// Bytes not sent until the next chunk is scanned (a marker could start in them).
     held: Bytes,
     trailers: Option<http::HeaderMap>,
@@ -281,8 +309,8 @@ impl Scanned {
         }
     }
 
-    fn streaming(mut ready: VecDeque<Bytes>, incoming: Incoming, scan: MarkerScan) -> Scanned {
-        let held = split_tail(&mut ready);
+    fn streaming(mut ready: VecDeque<Bytes>, incoming: Incoming, scan: NetScan) -> Scanned {
+        let held = split_tail(&mut ready, scan.carry());
         Scanned {
             ready,
             rest: Some(Rest {
@@ -342,7 +370,7 @@ impl HttpBody for Scanned {
                             this.ready.push_back(held);
                         }
                         this.ready.push_back(data);
-                        rest.held = split_tail(&mut this.ready);
+                        rest.held = split_tail(&mut this.ready, rest.scan.carry());
                     }
                     Err(frame) => {
                         if let Ok(t) = frame.into_trailers() {
@@ -381,11 +409,11 @@ mod tests {
             .iter()
             .map(|s| Bytes::from_static(s.as_bytes()))
             .collect();
-        let tail = split_tail(&mut q);
+        let tail = split_tail(&mut q, 7);
         assert_eq!(&tail[..], b"defghij");
         assert_eq!(q, VecDeque::from(vec![Bytes::from_static(b"abc")]));
         let mut short: VecDeque<Bytes> = VecDeque::from(vec![Bytes::from_static(b"ab")]);
-        assert_eq!(&split_tail(&mut short)[..], b"ab");
+        assert_eq!(&split_tail(&mut short, 7)[..], b"ab");
         assert!(short.is_empty());
     }
 }

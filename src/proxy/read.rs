@@ -23,7 +23,7 @@ use crate::config::{PolicyConfig, ReadAction};
 use crate::error::GatewayError;
 use crate::http::body::{self, collect_within, full, Body, CollectError, CollectTimedError};
 use crate::http::encoding::{decode, DecodeError};
-use crate::policy::{decide, CallerClass};
+use crate::policy::{decide_for, CallerClass};
 use crate::rewrite::json::{parse_answer, to_vec};
 use crate::rewrite::refusal::{looks_compressed, Unreadable};
 use crate::rewrite::response::{may_hold_references, Permit, ReadCtx};
@@ -44,6 +44,8 @@ pub(super) struct Scope<'a> {
 /// Who reads the answer.
 pub(super) struct Reader<'a> {
     pub class: CallerClass,
+    /// The verified token's subject (`policy.mask_only.reveal_to`).
+    pub sub: &'a str,
     pub policy: &'a PolicyConfig,
     pub permit: Option<&'a dyn Permit>,
 }
@@ -116,9 +118,9 @@ impl Gateway {
             .rules
             .rules
             .iter()
-            .map(|r| decide(reader.class, reader.policy, &r.policy))
+            .map(|r| decide_for(reader.class, reader.sub, reader.policy, r))
             .collect();
-        let action = decide(reader.class, reader.policy, &scope.rule.policy);
+        let action = decide_for(reader.class, reader.sub, reader.policy, scope.rule);
         if scope.op == Op::Export && !is_json(&parts.headers, &decoded) {
             let text = std::str::from_utf8(&decoded).map_err(|_| refused(Unreadable::NotText))?;
             if action != ReadAction::Resolve

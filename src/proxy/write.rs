@@ -9,6 +9,8 @@
 //! - any other ruled route: a body may carry references but never a value;
 //! - GET, HEAD, DELETE and OPTIONS carry no body.
 //!
+//! `mask_only` rules (values the upstream keeps in clear) take their own path: `unmask.rs`.
+//!
 //! Whatever the route, the write guard checks the entity as the upstream will hold it before
 //! a byte is forwarded (`rewrite::guard`). A create or patch that would leave an entity nested
 //! deeper than `rewrite::json::MAX_DEPTH` levels is refused (400), so every entity written
@@ -37,6 +39,8 @@ use crate::rules::jsonpath::{render, Step};
 use crate::rules::{Op, RouteMatch, Rule, RuleSet};
 use crate::secrets::ownership::{self, owner_marker};
 use crate::secrets::transaction::Plan;
+
+mod unmask;
 
 /// What phase 3 hands to the store transaction and the forwarder.
 pub(super) struct Prepared {
@@ -70,6 +74,9 @@ impl Gateway {
         parts: &mut http::request::Parts,
         incoming: Incoming,
     ) -> Result<Prepared, GatewayError> {
+        if m.rule.is_mask_only() {
+            return self.prepare_mask_only(rules, m, parts, incoming).await;
+        }
         if !is_write(&parts.method) {
             self.refuse_body(incoming).await?;
             let hard = crate::http::path::query_param(parts.uri.query(), "hardDelete")

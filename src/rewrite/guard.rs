@@ -8,6 +8,9 @@
 //! - either way, a value the upstream already held and the gateway cannot improve (a Fernet
 //!   token no configured key opens, a mask an old OpenMetadata bug stored) may stay as it was.
 //!
+//! For a `mask_only` rule's fields (values the upstream keeps in clear) the one rule is: never
+//! the mask in place of a value (unless the upstream already held exactly that).
+//!
 //! Anything else means the write path has a bug: the write is refused (500) and nothing is
 //! forwarded. The message names the field, never its value.
 
@@ -44,7 +47,14 @@ impl Guard<'_> {
                 continue;
             }
             let untouched = current.and_then(|c| get(c, &f.steps)) == Some(v);
-            if !self.allowed(v, &f.steps, untouched) {
+            let allowed = if self.rule.is_mask_only() {
+                // The upstream needs these values in clear; what must never reach it is the
+                // mask in place of one (unless it already held that).
+                untouched || classify(v) != Some(FieldValue::Mask)
+            } else {
+                self.allowed(v, &f.steps, untouched)
+            };
+            if !allowed {
                 let field = render(&f.steps);
                 tracing::error!(field = %field, kind = %self.rule.kind, "write guard: a secret field would leave unprotected; refused");
                 return Err(GatewayError::Internal(format!(

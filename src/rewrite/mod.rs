@@ -7,6 +7,8 @@
 
 pub mod guard;
 pub mod json;
+pub mod mask_only;
+pub mod net_scan;
 pub(crate) mod owner;
 pub mod patch;
 pub mod refusal;

@@ -72,6 +72,9 @@ struct Field {
     action: ReadAction,
     /// A failure to resolve it fails the answer (rather than masking it).
     strict: bool,
+    /// A `mask_only` rule names it: its value is plain upstream; "resolve" shows it as it
+    /// is and never reads the store.
+    mask_only: bool,
     original: Value,
 }
 
@@ -146,9 +149,12 @@ impl ReadCtx<'_> {
             }
             for f in fields {
                 let path = || join(&dc.prefix, &f.steps);
-                let shown = self
-                    .shown(f.action, f.original, f.strict, path, degraded)
-                    .await?;
+                let shown = if f.mask_only {
+                    revealed(f.action, f.original)
+                } else {
+                    self.shown(f.action, f.original, f.strict, path, degraded)
+                        .await?
+                };
                 if let Some(slot) = get_mut(doc, &f.steps) {
                     *slot = shown;
                 }
@@ -172,23 +178,27 @@ impl ReadCtx<'_> {
             dc.inherited.is_none() && (!scan.owners[0].rules.is_empty() || !dc.anchor.is_empty());
         // Per location: whether a rule names it, the narrowest action of the rules that do
         // (a location no rule names is masked), and whether it fails the answer.
-        let mut fields: BTreeMap<&[Step], (bool, ReadAction, bool)> = BTreeMap::new();
+        let mut fields: BTreeMap<&[Step], (bool, ReadAction, bool, bool)> = BTreeMap::new();
         for h in &scan.hits {
             let a = narrower(seen[h.owner], self.actions[h.rule]);
             let strict = own_entity && h.owner == 0;
-            let f = fields.entry(&h.steps).or_insert((h.scoped, a, strict));
+            let plain = self.rules.rules[h.rule].is_mask_only();
+            let f = fields
+                .entry(&h.steps)
+                .or_insert((h.scoped, a, strict, plain));
             match (f.0, h.scoped) {
-                (false, true) => *f = (true, a, strict),
+                (false, true) => *f = (true, a, strict, plain),
                 (true, true) => {
                     f.1 = narrower(f.1, a);
                     f.2 |= strict;
+                    f.3 |= plain;
                 }
                 _ => {}
             }
         }
         fields
             .into_iter()
-            .filter_map(|(steps, (scoped, action, strict))| {
+            .filter_map(|(steps, (scoped, action, strict, mask_only))| {
                 let action = if scoped { action } else { ReadAction::Mask };
                 let v = get(doc, steps)?;
                 let keep = match v {
@@ -200,6 +210,7 @@ impl ReadCtx<'_> {
                     steps: steps.to_vec(),
                     action,
                     strict,
+                    mask_only,
                     original: v.clone(),
                 })
             })
@@ -311,6 +322,17 @@ impl ReadCtx<'_> {
             };
         }
         Ok(Some(value))
+    }
+}
+
+/// A `mask_only` field as the caller sees it: the value the upstream holds when the caller may
+/// see it (`Resolve`, "reveal"), unless it is (or quotes) a reference or a token, which are
+/// never resolved here; the mask otherwise.
+fn revealed(action: ReadAction, original: Value) -> Value {
+    match (action, &original) {
+        (ReadAction::Resolve, Value::String(s)) if !holds_marker(s) => original,
+        (ReadAction::Resolve, Value::Number(_) | Value::Bool(_)) => original,
+        _ => Value::String(MASK.into()),
     }
 }
 

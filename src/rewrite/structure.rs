@@ -129,7 +129,8 @@ impl<'a> Scanner<'a> {
         let mut types = Vec::new();
         for (i, rule) in rules.rules.iter().enumerate() {
             let own = (!rule.field_base.is_empty()).then_some(&rule.field_base);
-            for base in own.into_iter().chain(&rule.safety_net) {
+            // `mask_only` kinds are found by their `shape` (an array counts: `destinations`).
+            for base in own.into_iter().chain(&rule.safety_net).chain(&rule.shape) {
                 let at = keys(base);
                 match shapes.iter_mut().find(|(s, _)| *s == at) {
                     Some((_, rs)) => rs.push(i),
@@ -436,7 +437,7 @@ impl<'d> Walk<'_, 'd> {
         let mut kinds: Vec<usize> = s
             .shapes
             .iter()
-            .filter(|(shape, _)| matches!(get(v, shape), Some(Value::Object(_))))
+            .filter(|(shape, _)| matches!(get(v, shape), Some(Value::Object(_) | Value::Array(_))))
             .flat_map(|(_, rules)| rules.iter().copied())
             .collect();
         kinds.sort_unstable();

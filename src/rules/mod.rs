@@ -6,6 +6,7 @@ pub mod ids;
 pub mod jsonpath;
 mod names;
 mod roots;
+pub mod words;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -33,8 +34,26 @@ struct RawRule {
     #[allow(dead_code)]
     description: Option<String>,
     collection: String,
-    root: String,
+    /// `stored` (default): values go to the key store. `mask_only`: values stay upstream in
+    /// clear; reads mask them, writes put back what a mask stands for.
+    #[serde(default)]
+    mode: Option<String>,
+    /// Required for `stored` rules; `mask_only` rules keep nothing in the store.
+    #[serde(default)]
+    root: Option<String>,
     field_base: String,
+    /// `mask_only`: member paths whose presence (an object or an array) marks an object as an
+    /// entity of the kind, wherever it sits in an answer.
+    #[serde(default)]
+    shape: Vec<String>,
+    /// `mask_only`: words whose presence in an unruled JSON answer makes the safety net read
+    /// it whole and mask this kind's fields in it.
+    #[serde(default)]
+    net_markers: Vec<String>,
+    /// `mask_only`: the route (under the collection) that answers the entity a create body
+    /// names; `{member}` is the body's top-level string member of that name.
+    #[serde(default)]
+    current_route: Option<String>,
     #[serde(default)]
     safety_net: Vec<String>,
     #[serde(default)]
@@ -92,6 +111,9 @@ struct RawRoute {
     op: String,
     #[serde(default)]
     response_at: Option<String>,
+    /// The request body is the entity's subtree at this path (`mask_only` routes).
+    #[serde(default)]
+    body_at: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -151,6 +173,18 @@ pub struct Route {
     pub path: String,
     /// The answer is the entity's subtree at this path (user token routes).
     pub response_at: Vec<String>,
+    /// The request body is the entity's subtree at this path (`mask_only` routes).
+    pub body_at: Vec<String>,
+}
+
+/// What the gateway does with a kind's secret values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Values go to the key store; the upstream holds references.
+    Stored,
+    /// Values stay upstream (the server needs them in clear): masked on reads, a mask sent
+    /// back is replaced by the value the upstream holds; nothing goes to the store.
+    MaskOnly,
 }
 
 /// Per-kind refinements of the config's read policy.
@@ -165,6 +199,7 @@ pub struct PolicyOverride {
 #[derive(Debug, Clone)]
 pub struct Rule {
     pub kind: String,
+    pub mode: Mode,
     pub file: PathBuf,
     pub collection: String,
     collection_segs: Vec<String>,
@@ -187,6 +222,12 @@ pub struct Rule {
     pub list_query: Option<String>,
     pub credentials_route: Option<String>,
     pub scope: Option<Scope>,
+    /// `mask_only`: subtrees whose presence marks an entity of the kind (see `shape`).
+    pub(crate) shape: Vec<Vec<String>>,
+    /// `mask_only`: words that make the unruled safety net read an answer.
+    pub net_markers: Vec<String>,
+    /// `mask_only`: the route answering the entity a create body names.
+    pub current_route: Option<String>,
 }
 
 /// Entities of a kind that live under a parent: their identity is the parent's fully
@@ -229,6 +270,8 @@ impl std::fmt::Display for Problem {
 #[derive(Debug, Clone, Default)]
 pub struct RuleSet {
     pub rules: Vec<Rule>,
+    /// The `net_markers` of every `mask_only` rule, ready to search for.
+    net_words: std::sync::Arc<words::Words>,
     /// `rules.safety_net_keys`, normalised: exact names the safety net adds to [`names`].
     safety_keys: HashSet<String>,
 }
@@ -333,10 +376,24 @@ impl RuleSet {
         if !problems.is_empty() {
             return Err(problems);
         }
+        let mut words: Vec<&str> = rules
+            .iter()
+            .flat_map(|r| r.net_markers.iter().map(String::as_str))
+            .collect();
+        words.sort_unstable();
+        words.dedup();
+        let net_words = std::sync::Arc::new(words::Words::new(&words));
         Ok(RuleSet {
             rules,
+            net_words,
             safety_keys: safety_net_keys.iter().map(|k| names::norm_key(k)).collect(),
         })
+    }
+
+    /// The words whose presence in an unruled JSON answer makes the safety net read it for
+    /// `mask_only` fields (empty when no rule is `mask_only`).
+    pub fn net_words(&self) -> &std::sync::Arc<words::Words> {
+        &self.net_words
     }
 
     /// The rule and route a request matches. Literal segments compare case-insensitively.
@@ -610,6 +667,7 @@ fn match_pattern(pattern: &[PatSeg], segs: &[String]) -> Option<Vec<(String, Str
 fn nesting_roots(rules: &[Rule]) -> Vec<Problem> {
     let templates: Vec<(&Rule, &str, Vec<roots::TSeg>)> = rules
         .iter()
+        .filter(|r| r.mode == Mode::Stored)
         .flat_map(|r| {
             let scoped = r.scope.as_ref().map(|s| (s.root_template.as_str(), true));
             std::iter::once((r.root_template.as_str(), false))
@@ -730,12 +788,17 @@ impl Compiler<'_> {
             Some(p) => self.keys(p, "response_at", line),
             None => Vec::new(),
         };
+        let body_at = match &r.body_at {
+            Some(p) => self.keys(p, "body_at", line),
+            None => Vec::new(),
+        };
         Route {
             methods,
             pattern,
             op,
             path: r.path.clone(),
             response_at,
+            body_at,
         }
     }
 
@@ -758,7 +821,7 @@ impl Compiler<'_> {
         (trie, segs_of)
     }
 
-    fn policy(&mut self, raw: Option<&RawPolicy>) -> PolicyOverride {
+    fn policy(&mut self, raw: Option<&RawPolicy>, mode: Mode) -> PolicyOverride {
         let mut policy = PolicyOverride::default();
         let Some(p) = raw else {
             return policy;
@@ -766,12 +829,21 @@ impl Compiler<'_> {
         let line = self.line_of("\"policy\"");
         let mut act = |v: &Option<String>, who: &str| -> Option<ReadAction> {
             let v = v.as_ref()?;
-            let a = ReadAction::parse(v);
+            // `mask_only` values are shown as they are (`reveal`) or masked; never resolved
+            // from the store nor shown as references.
+            let (a, allowed) = match mode {
+                Mode::Stored => (ReadAction::parse(v), "resolve, reference, mask"),
+                Mode::MaskOnly => (
+                    match v.as_str() {
+                        "reveal" => Some(ReadAction::Resolve),
+                        "mask" => Some(ReadAction::Mask),
+                        _ => None,
+                    },
+                    "reveal, mask (mask_only rule)",
+                ),
+            };
             if a.is_none() {
-                self.problem(
-                    line,
-                    format!("policy.{who}: {v:?} is not one of resolve, reference, mask"),
-                );
+                self.problem(line, format!("policy.{who}: {v:?} is not one of {allowed}"));
             }
             a
         };
@@ -790,6 +862,67 @@ impl Compiler<'_> {
     }
 }
 
+impl Compiler<'_> {
+    /// The rule's mode, and the keys each mode needs or refuses: a `stored` rule needs a
+    /// root; a `mask_only` rule keeps nothing in the store (no root, no scope) and needs a
+    /// shape to be found by in answers.
+    fn mode(&mut self, raw: &RawRule) -> Mode {
+        let line = self.line_of("\"mode\"");
+        let mode = match raw.mode.as_deref() {
+            None | Some("stored") => Mode::Stored,
+            Some("mask_only") => Mode::MaskOnly,
+            Some(other) => {
+                self.problem(
+                    line,
+                    format!("mode {other:?} is not one of stored, mask_only"),
+                );
+                Mode::Stored
+            }
+        };
+        match (mode, &raw.root) {
+            (Mode::Stored, Some(root)) => {
+                if let Err(e) = roots::parse(root, false) {
+                    let line = self.line_of("\"root\"");
+                    self.problem(line, e);
+                }
+            }
+            (Mode::Stored, None) => self.problem(None, "a stored rule needs a \"root\"".into()),
+            (Mode::MaskOnly, _) if raw.scope.is_some() => self.problem(
+                line,
+                "a mask_only rule keeps nothing in the key store: no \"scope\"".into(),
+            ),
+            (Mode::MaskOnly, Some(_)) => self.problem(
+                line,
+                "a mask_only rule keeps nothing in the key store: no \"root\"".into(),
+            ),
+            (Mode::MaskOnly, None) => {}
+        }
+        let stored_only = !raw.shape.is_empty()
+            || !raw.net_markers.is_empty()
+            || raw.current_route.is_some()
+            || raw.routes.iter().any(|r| r.body_at.is_some());
+        if mode == Mode::Stored && stored_only {
+            self.problem(
+                line,
+                "shape, net_markers, current_route and body_at belong to mask_only rules".into(),
+            );
+        }
+        for w in &raw.net_markers {
+            if w.is_empty() || w.len() > 32 {
+                let line = self.line_of(&format!("{w:?}"));
+                self.problem(line, format!("net_markers: {w:?} must be 1 to 32 bytes"));
+            }
+        }
+        if mode == Mode::MaskOnly && raw.shape.is_empty() {
+            self.problem(
+                line,
+                "a mask_only rule needs a \"shape\" (how its entities are found in answers)".into(),
+            );
+        }
+        mode
+    }
+}
+
 fn compile_rule(file: &Path, text: &str) -> Result<Rule, Vec<Problem>> {
     let raw: RawRule = serde_json::from_str(text).map_err(|e| {
         vec![Problem {
@@ -804,10 +937,15 @@ fn compile_rule(file: &Path, text: &str) -> Result<Rule, Vec<Problem>> {
         problems: Vec::new(),
     };
     let collection_segs = c.collection(&raw.collection);
-    if let Err(e) = roots::parse(&raw.root, false) {
-        let line = c.line_of("\"root\"");
-        c.problem(line, e);
-    }
+    let mode = c.mode(&raw);
+    let shape = raw
+        .shape
+        .iter()
+        .map(|p| {
+            let line = c.line_of(p);
+            c.keys(p, "shape", line)
+        })
+        .collect();
     if let Some(sc) = &raw.scope {
         let line = c.line_of("\"scope\"");
         if let Err(e) = roots::parse(&sc.root, true) {
@@ -832,7 +970,7 @@ fn compile_rule(file: &Path, text: &str) -> Result<Rule, Vec<Problem>> {
         .collect();
     let routes = raw.routes.iter().map(|r| c.route(r)).collect();
     let (trie, secret_segs) = c.secrets(&raw.secrets);
-    let policy = c.policy(raw.policy.as_ref());
+    let policy = c.policy(raw.policy.as_ref(), mode);
     for p in &raw.allowed_reference_prefixes {
         if !p.starts_with('/') {
             let line = c.line_of(p);
@@ -847,10 +985,11 @@ fn compile_rule(file: &Path, text: &str) -> Result<Rule, Vec<Problem>> {
     }
     Ok(Rule {
         kind: raw.kind.clone(),
+        mode,
         file: file.to_path_buf(),
         collection: raw.collection,
         collection_segs,
-        root_template: raw.root,
+        root_template: raw.root.unwrap_or_default(),
         field_base,
         secret_paths: raw.secrets.iter().map(|s| s.path.clone()).collect(),
         secret_types: raw.secrets.iter().map(|s| s.types.clone()).collect(),
@@ -864,17 +1003,25 @@ fn compile_rule(file: &Path, text: &str) -> Result<Rule, Vec<Problem>> {
         permission_resource: raw.permission_resource.unwrap_or_else(|| raw.kind.clone()),
         entity_fields: raw.entity_fields,
         masks_from_service: raw.masks_from_service,
-        migrate: raw.migrate,
+        migrate: raw.migrate && mode == Mode::Stored,
         list_query: raw.list_query,
         credentials_route: raw.credentials_route,
         scope: raw.scope.map(|s| Scope {
             reference: s.reference,
             root_template: s.root,
         }),
+        shape,
+        net_markers: raw.net_markers,
+        current_route: raw.current_route,
     })
 }
 
 impl Rule {
+    /// Values stay upstream; reads mask them (see [`Mode::MaskOnly`]).
+    pub fn is_mask_only(&self) -> bool {
+        self.mode == Mode::MaskOnly
+    }
+
     /// The subtrees the name-based safety net searches, as JSONPath (`$.connection.config`).
     pub(crate) fn safety_net_paths(&self) -> Vec<String> {
         self.safety_net
@@ -928,6 +1075,10 @@ pub const STRING_UNION_KEYS: &[&str] = &["gcpConfig"];
 
 /// Where a document of this rule's kind declares the type its secret groups are keyed by.
 pub(crate) fn type_locations(rule: &Rule) -> Vec<Vec<String>> {
+    if rule.mode == Mode::MaskOnly {
+        // Their paths apply whatever a document declares.
+        return Vec::new();
+    }
     let own = |keys: &[&str]| keys.iter().map(|k| k.to_string()).collect::<Vec<_>>();
     if rule.field_base.is_empty() {
         // Ingestion pipelines and automations workflows.

@@ -249,7 +249,13 @@ pub async fn audit(app: &App, mut opts: AuditOptions, json: bool) -> u8 {
         Ok(prepared) => prepared,
         Err(code) => return code,
     };
-    let every_kind = rules.len() == live.rules.rules.len();
+    let every_kind = rules.len()
+        == live
+            .rules
+            .rules
+            .iter()
+            .filter(|r| !r.is_mask_only())
+            .count();
     opts.read_values = app.config.secrets.provider.backend == Backend::Embedded;
     let r = match super::audit::audit(&tk, rules, every_kind, &opts).await {
         Ok(r) => r,

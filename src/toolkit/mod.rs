@@ -124,20 +124,22 @@ impl From<StoreError> for EntityError {
     }
 }
 
-/// The rules of the kinds a command covers: those named by `--kind` (any ruled kind), else
+/// The rules of the kinds a command covers: those named by `--kind` (any stored kind), else
 /// every rule `default` picks. An unknown name is an error that lists the known ones.
+/// `mask_only` kinds are never covered: their values stay in OpenMetadata by design.
 pub(crate) fn select_kinds<'r>(
     rules: &'r RuleSet,
     kinds: &[String],
     default: impl Fn(&Rule) -> bool,
 ) -> Result<Vec<&'r Rule>, String> {
+    let stored = || rules.rules.iter().filter(|r| !r.is_mask_only());
     if kinds.is_empty() {
-        return Ok(rules.rules.iter().filter(|r| default(r)).collect());
+        return Ok(stored().filter(|r| default(r)).collect());
     }
     let mut out: Vec<&Rule> = Vec::new();
     for k in kinds {
-        let Some(rule) = rules.rules.iter().find(|r| r.kind.eq_ignore_ascii_case(k)) else {
-            let known: Vec<&str> = rules.rules.iter().map(|r| r.kind.as_str()).collect();
+        let Some(rule) = stored().find(|r| r.kind.eq_ignore_ascii_case(k)) else {
+            let known: Vec<&str> = stored().map(|r| r.kind.as_str()).collect();
             return Err(format!(
                 "--kind {k:?}: no rule file has this kind; known kinds: {}",
                 known.join(", ")

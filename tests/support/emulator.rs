@@ -2,7 +2,11 @@
 //! `shared/spec/openmetadata.md`, storing what it receives verbatim (no masking, which is
 //! the worst case for the gateway) and recording every request it gets.
 //!
-//! Also a few test-only routes under `/__test/` (echo, slow, large stream).
+//! Also the routes of the secrets OpenMetadata keeps in clear (`/events/subscriptions`,
+//! `/governance/workflowDefinitions`, `/apps` with `trigger/{name}`, `/system/settings`,
+//! `/system/security/config`), whose updates carry change descriptions and emit change events
+//! (`GET /events`) as OpenMetadata 2.0's do, and a few test-only routes under `/__test/`
+//! (echo, slow, large stream).
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -58,6 +62,69 @@ struct State {
     /// Every request but `/api/v1/system/*` waits this long after it is recorded and before
     /// it is handled (a slow upstream that still applies what it got).
     delay: Option<Duration>,
+    /// Change events of the collections in [`TRACKED`] (`GET /api/v1/events`).
+    events: Vec<Value>,
+    /// `/system/settings`: config type -> config value.
+    settings: BTreeMap<String, Value>,
+    /// `/system/security/config`.
+    security: Option<Value>,
+}
+
+/// Collections whose updates carry a change description and emit change events here, as
+/// OpenMetadata's do (the entities `mask_only` rules cover).
+pub const TRACKED: [&str; 3] = [
+    "events/subscriptions",
+    "governance/workflowDefinitions",
+    "apps",
+];
+
+fn entity_type(coll: &str) -> &'static str {
+    match coll {
+        "events/subscriptions" => "eventsubscription",
+        "governance/workflowDefinitions" => "workflowDefinition",
+        _ => "app",
+    }
+}
+
+/// OpenMetadata's change description of an update: each changed field with its old and new
+/// value (strings as they are, anything else as JSON text).
+fn describe_change(old: &Value, new: &mut Value) {
+    const META: [&str; 8] = [
+        "id",
+        "version",
+        "updatedAt",
+        "updatedBy",
+        "href",
+        "changeDescription",
+        "fullyQualifiedName",
+        "deleted",
+    ];
+    let text = |v: Option<&Value>| match v {
+        Some(Value::String(s)) => json!(s),
+        Some(v) => json!(v.to_string()),
+        None => Value::Null,
+    };
+    let mut updated = Vec::new();
+    if let Some(m) = new.as_object() {
+        for (k, nv) in m.iter().filter(|(k, _)| !META.contains(&k.as_str())) {
+            if old.get(k) != Some(nv) {
+                updated.push(
+                    json!({"name": k, "oldValue": text(old.get(k)), "newValue": text(Some(nv))}),
+                );
+            }
+        }
+    }
+    new["changeDescription"] = json!({"fieldsAdded": [], "fieldsUpdated": updated,
+        "fieldsDeleted": [], "previousVersion": old["version"]});
+}
+
+/// A change event as `GET /api/v1/events` lists it: the entity as JSON text.
+fn change_event(coll: &str, event_type: &str, entity: &Value) -> Value {
+    json!({"eventType": event_type, "entityType": entity_type(coll), "entityId": entity["id"],
+        "entityFullyQualifiedName": entity["fullyQualifiedName"], "userName": "admin",
+        "timestamp": 1_700_000_000_000u64, "currentVersion": entity["version"],
+        "changeDescription": entity.get("changeDescription").cloned().unwrap_or(Value::Null),
+        "entity": entity.to_string()})
 }
 
 /// An answer served byte for byte, optionally stalling forever after its body.
@@ -545,6 +612,29 @@ impl Emulator {
             (m, ["automations", "workflows", tail @ ..]) => {
                 self.collection("automations/workflows", m, tail, &query, &bytes)
             }
+            (m, ["events", "subscriptions", tail @ ..]) => {
+                self.collection("events/subscriptions", m, tail, &query, &bytes)
+            }
+            (Method::GET, ["events"]) => {
+                let events = self.state.lock().expect("state").events.clone();
+                json_resp(
+                    StatusCode::OK,
+                    &json!({"data": events, "paging": {"total": events.len()}}),
+                )
+            }
+            (m, ["governance", "workflowDefinitions", tail @ ..]) => {
+                self.collection("governance/workflowDefinitions", m, tail, &query, &bytes)
+            }
+            (Method::POST, ["apps", "trigger", name]) => {
+                // OpenMetadata answers a trigger with an empty 200.
+                match self.find(&self.state.lock().expect("state"), "apps", name, true) {
+                    Some(_) => Response::new(Full::new(Bytes::new()).boxed()),
+                    None => om_error(StatusCode::NOT_FOUND, "App not found"),
+                }
+            }
+            (m, ["apps", tail @ ..]) => self.collection("apps", m, tail, &query, &bytes),
+            (m, ["system", "settings", tail @ ..]) => self.settings(m, tail, &bytes),
+            (m, ["system", "security", "config"]) => self.security_config(m, &bytes),
             (m, ["bots", tail @ ..]) => self.collection("bots", m, tail, &query, &bytes),
             (m, ["users", tail @ ..]) => self.users(m, tail, &query, &bytes),
             _ => om_error(StatusCode::NOT_FOUND, "HTTP 404 Not Found"),
@@ -717,7 +807,13 @@ impl Emulator {
                         let version = old["version"].as_f64().unwrap_or(0.1) + 0.1;
                         e.history.push(old.to_string());
                         finish_entity(&mut v, &id, coll, (version * 10.0).round() / 10.0);
+                        if TRACKED.contains(&coll) {
+                            describe_change(&old, &mut v);
+                        }
                         e.json = v.clone();
+                        if TRACKED.contains(&coll) {
+                            st.events.push(change_event(coll, "entityUpdated", &v));
+                        }
                         json_resp(StatusCode::OK, &v)
                     }
                     (_, None) => {
@@ -732,6 +828,9 @@ impl Emulator {
                                 deleted: false,
                             },
                         );
+                        if TRACKED.contains(&coll) {
+                            st.events.push(change_event(coll, "entityCreated", &v));
+                        }
                         json_resp(StatusCode::CREATED, &v)
                     }
                 }
@@ -791,6 +890,9 @@ impl Emulator {
                     .expect("entity");
                 match (m, after) {
                     (Method::GET, []) => json_resp(StatusCode::OK, &entity.json),
+                    (Method::GET, ["destinations"]) => {
+                        json_resp(StatusCode::OK, &entity.json["destinations"])
+                    }
                     (Method::GET, ["versions"]) => {
                         let mut versions: Vec<Value> = vec![json!(entity.json.to_string())];
                         versions.extend(entity.history.iter().rev().map(|s| json!(s)));
@@ -830,7 +932,13 @@ impl Emulator {
                         let version = entity.json["version"].as_f64().unwrap_or(0.1) + 0.1;
                         entity.history.push(entity.json.to_string());
                         finish_entity(&mut doc, &id, coll, (version * 10.0).round() / 10.0);
+                        if TRACKED.contains(&coll) {
+                            describe_change(&entity.json, &mut doc);
+                        }
                         entity.json = doc.clone();
+                        if TRACKED.contains(&coll) {
+                            st.events.push(change_event(coll, "entityUpdated", &doc));
+                        }
                         json_resp(StatusCode::OK, &doc)
                     }
                     (Method::PUT, ["testConnectionResult"]) => {
@@ -859,6 +967,102 @@ impl Emulator {
                 }
             }
         }
+    }
+
+    /// `/system/settings`: `{"config_type", "config_value"}` documents; a PATCH applies to
+    /// the config value, as OpenMetadata's `patchSetting` does.
+    fn settings(&self, method: Method, tail: &[&str], body: &Bytes) -> Response<EmuBody> {
+        let mut st = self.state.lock().expect("state");
+        let setting = |k: &str, v: &Value| json!({"config_type": k, "config_value": v});
+        match (method, tail) {
+            (Method::GET, []) => {
+                let data: Vec<Value> = st.settings.iter().map(|(k, v)| setting(k, v)).collect();
+                json_resp(
+                    StatusCode::OK,
+                    &json!({"data": data, "paging": {"total": data.len()}}),
+                )
+            }
+            (Method::GET, [name]) => match st.settings.get(*name) {
+                Some(v) => json_resp(StatusCode::OK, &setting(name, v)),
+                None => om_error(StatusCode::NOT_FOUND, "setting not found"),
+            },
+            (Method::PUT, []) => {
+                let Ok(v) = parse_deep(body) else {
+                    return om_error(StatusCode::BAD_REQUEST, "Unable to process JSON");
+                };
+                let Some(k) = v["config_type"].as_str().map(str::to_string) else {
+                    return om_error(StatusCode::BAD_REQUEST, "config_type must not be null");
+                };
+                st.settings.insert(k.clone(), v["config_value"].clone());
+                json_resp(StatusCode::OK, &setting(&k, &v["config_value"]))
+            }
+            (Method::PATCH, [name]) => {
+                let Some(mut cur) = st.settings.get(*name).cloned() else {
+                    return om_error(StatusCode::NOT_FOUND, "setting not found");
+                };
+                let Ok(patch) = serde_json::from_slice::<json_patch::Patch>(body) else {
+                    return om_error(StatusCode::BAD_REQUEST, "Unable to process JSON patch");
+                };
+                if json_patch::patch_unsafe(&mut cur, &patch).is_err() {
+                    return om_error(StatusCode::BAD_REQUEST, "JSON patch failed");
+                }
+                st.settings.insert(name.to_string(), cur.clone());
+                json_resp(StatusCode::OK, &setting(name, &cur))
+            }
+            _ => om_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "HTTP 405 Method Not Allowed",
+            ),
+        }
+    }
+
+    /// `/system/security/config`: one `{"authenticationConfiguration", "authorizerConfiguration"}`.
+    fn security_config(&self, method: Method, body: &Bytes) -> Response<EmuBody> {
+        let mut st = self.state.lock().expect("state");
+        let cur = st.security.clone().unwrap_or_else(|| {
+            json!({"authenticationConfiguration": {"provider": "basic", "providerName": "basic"},
+                   "authorizerConfiguration": {"className": "org.openmetadata.service.security.DefaultAuthorizer"}})
+        });
+        match method {
+            Method::GET => json_resp(StatusCode::OK, &cur),
+            Method::PUT => {
+                let Ok(v) = parse_deep(body) else {
+                    return om_error(StatusCode::BAD_REQUEST, "Unable to process JSON");
+                };
+                st.security = Some(v.clone());
+                json_resp(StatusCode::OK, &v)
+            }
+            Method::PATCH => {
+                let Ok(patch) = serde_json::from_slice::<json_patch::Patch>(body) else {
+                    return om_error(StatusCode::BAD_REQUEST, "Unable to process JSON patch");
+                };
+                let mut doc = cur;
+                if json_patch::patch_unsafe(&mut doc, &patch).is_err() {
+                    return om_error(StatusCode::BAD_REQUEST, "JSON patch failed");
+                }
+                st.security = Some(doc.clone());
+                json_resp(StatusCode::OK, &doc)
+            }
+            _ => om_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "HTTP 405 Method Not Allowed",
+            ),
+        }
+    }
+
+    /// The emulator's `/system/settings` value of `config_type`, as stored.
+    pub fn setting(&self, config_type: &str) -> Option<Value> {
+        self.state
+            .lock()
+            .expect("state")
+            .settings
+            .get(config_type)
+            .cloned()
+    }
+
+    /// The emulator's `/system/security/config`, as stored.
+    pub fn security(&self) -> Option<Value> {
+        self.state.lock().expect("state").security.clone()
     }
 
     fn users(&self, method: Method, tail: &[&str], query: &str, body: &Bytes) -> Response<EmuBody> {

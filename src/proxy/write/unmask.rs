@@ -1,0 +1,299 @@
+//! Phase 3 for `mask_only` rules: secrets OpenMetadata keeps in clear outside connections
+//! (webhook keys, SMTP and LDAP passwords, sink tokens, app credentials). The server needs
+//! these values, so they are forwarded as they are and nothing goes to the key store; what the
+//! gateway must keep from the upstream is the mask a caller sends back in place of a value.
+//!
+//! A write whose fields hold a mask (`*********` or `**********`) is judged against the entity
+//! as the upstream holds it now, read with the service token under the kind's lock (held
+//! until the upstream has answered): each mask becomes the value the upstream holds at that
+//! same field; a mask with nothing behind it is refused (422) and nothing is forwarded.
+//! - create (POST/PUT on the collection) and actions with a body: the caller's bytes with
+//!   only the masks replaced; the entity is the one the rule's `current_route` names (filled
+//!   from the route's parameters, then the body's members); a route's `body_at` says the body
+//!   is the entity's subtree there (an app's trigger takes its `appConfiguration`);
+//! - PATCH (JSON Patch or merge patch): applied locally to the entity (or its `body_at`
+//!   subtree: a setting's `config_value`), masks replaced, and the JSON Patch from what the
+//!   upstream holds to the result is forwarded. A `move` or `copy` out of a secret field is
+//!   refused (422): it would put a value people may not see where they can see it.
+//!
+//! The write guard checks what leaves: no mask in place of a value.
+
+use bytes::Bytes;
+use http::HeaderValue;
+use serde_json::Value;
+use tokio::sync::OwnedMutexGuard;
+
+use super::{is_write, refuse_too_deep, set_body_headers, Prepared};
+use crate::error::GatewayError;
+use crate::http::body::{self, full};
+use crate::http::upstream::encode_segment;
+use crate::proxy::Gateway;
+use crate::rewrite::json::parse_strict;
+use crate::rewrite::patch::{self, Media, PatchBody};
+use crate::rewrite::{classify, spans, FieldValue};
+use crate::rules::jsonpath::{get, render, Step};
+use crate::rules::{Op, RouteMatch, Rule, RuleSet};
+use crate::secrets::transaction::Plan;
+
+/// The entity a write's masks stand for, read under its lock.
+struct Current {
+    entity: Value,
+    lock: OwnedMutexGuard<()>,
+}
+
+impl Gateway {
+    /// A write on a `mask_only` route (module doc).
+    pub(super) async fn prepare_mask_only(
+        &self,
+        rules: &RuleSet,
+        m: &RouteMatch<'_>,
+        parts: &mut http::request::Parts,
+        incoming: hyper::body::Incoming,
+    ) -> Result<Prepared, GatewayError> {
+        if !is_write(&parts.method) {
+            self.refuse_body(incoming).await?;
+            return Ok(Prepared::unchanged(body::empty()));
+        }
+        let raw = self.read_body(&parts.headers, incoming).await?;
+        match (m.op(), raw) {
+            (Op::Patch, None) => Err(GatewayError::BadRequest("a PATCH needs a body".into())),
+            (Op::Patch, Some(raw)) => self.unmask_patch(rules, m, parts, raw).await,
+            (_, None) => Ok(Prepared::unchanged(body::empty())),
+            (_, Some(raw)) => self.unmask_body(rules, m, parts, raw).await,
+        }
+    }
+
+    /// A create or action body: the caller's bytes with only the masks replaced.
+    async fn unmask_body(
+        &self,
+        rules: &RuleSet,
+        m: &RouteMatch<'_>,
+        parts: &mut http::request::Parts,
+        raw: Bytes,
+    ) -> Result<Prepared, GatewayError> {
+        let doc = parse_strict(&raw).map_err(GatewayError::BadRequest)?;
+        let at = body_at(m);
+        refuse_too_deep(&wrap_at(&at, doc.clone()))?;
+        let masks = masked_fields(rules, m.rule, &at, &doc);
+        if masks.is_empty() {
+            self.guard(rules, m.rule, None)
+                .check(&wrap_at(&at, doc), None)?;
+            return Ok(self.forward_bytes(parts, raw.to_vec(), None));
+        }
+        let path = current_path(m, m.rule.current_route.as_deref(), &doc).ok_or_else(|| {
+            GatewayError::Unprocessable(format!(
+                "{}: a mask was sent, but the body does not name the {} it stands for",
+                render(&masks[0]),
+                m.rule.kind
+            ))
+        })?;
+        let current = self.current(m.rule, &path).await?;
+        let mut edits = Vec::with_capacity(masks.len());
+        for steps in &masks {
+            let held = held_value(&current.entity, steps)?;
+            edits.push((steps[at.len()..].to_vec(), held));
+        }
+        let out = spans::replace_values(&raw, &edits)
+            .map_err(|e| GatewayError::Internal(e.to_string()))?;
+        let outgoing = parse_strict(&out).map_err(GatewayError::Internal)?;
+        self.guard(rules, m.rule, None)
+            .check(&wrap_at(&at, outgoing), None)?;
+        Ok(self.unmasked(parts, out, None, current.lock))
+    }
+
+    /// A PATCH: applied locally, masks replaced, the difference forwarded as a JSON Patch.
+    async fn unmask_patch(
+        &self,
+        rules: &RuleSet,
+        m: &RouteMatch<'_>,
+        parts: &mut http::request::Parts,
+        raw: Bytes,
+    ) -> Result<Prepared, GatewayError> {
+        let media = Media::of(&parts.headers);
+        if !matches!(media, Media::JsonPatch | Media::MergePatch) {
+            return Err(GatewayError::UnsupportedMediaType(
+                "PATCH takes application/json-patch+json or application/merge-patch+json".into(),
+            ));
+        }
+        let body = PatchBody::parse(media, parse_strict(&raw).map_err(GatewayError::BadRequest)?)?;
+        let route = m.route.map(|r| r.path.as_str()).unwrap_or_default();
+        let path = current_path(m, Some(route), &Value::Null).ok_or_else(|| {
+            GatewayError::Unprocessable("the entity to patch cannot be named".into())
+        })?;
+        let current = self.current(m.rule, &path).await?;
+        let at = body_at(m);
+        let target = get(&current.entity, &at).cloned().ok_or_else(|| {
+            GatewayError::Unprocessable(format!(
+                "{} could not be read from OpenMetadata",
+                render(&at)
+            ))
+        })?;
+        let secrets = |d: &Value| -> Vec<Vec<Step>> {
+            rules
+                .find_secrets_under(m.rule, &at, d)
+                .into_iter()
+                .map(|f| f.steps[at.len()..].to_vec())
+                .collect()
+        };
+        refuse_moves_out_of_secrets(&body, &target, &secrets)?;
+        let mut result = patch::apply(&target, &body, &secrets)?;
+        for steps in secrets(&result) {
+            let v = get(&result, &steps);
+            // A mask the upstream already held (an old bug stored it) and the patch left alone
+            // is not forwarded: the diff leaves it out.
+            if v.and_then(classify) == Some(FieldValue::Mask) && get(&target, &steps) != v {
+                let abs = [at.as_slice(), &steps].concat();
+                let held = held_value(&current.entity, &abs)?;
+                if let Some(slot) = crate::rules::jsonpath::get_mut(&mut result, &steps) {
+                    *slot = held;
+                }
+            }
+        }
+        refuse_too_deep(&wrap_at(&at, result.clone()))?;
+        let ops = patch::diff(&target, &result);
+        let mut after = target.clone();
+        patch::apply_own(&mut after, &ops)?;
+        self.guard(rules, m.rule, None)
+            .check(&wrap_at(&at, after), Some(&wrap_at(&at, target)))?;
+        let ct = HeaderValue::from_static("application/json-patch+json");
+        Ok(self.unmasked(parts, patch::to_bytes(&ops), Some(ct), current.lock))
+    }
+
+    /// The entity at `path` (under the rule's collection) as the upstream holds it, read with
+    /// the service token under the lock of the kind (one lock per kind: an entity named by id
+    /// and by name is one entity, and these kinds are written rarely).
+    async fn current(&self, rule: &Rule, path: &str) -> Result<Current, GatewayError> {
+        let lock = self
+            .entity_locks
+            .lock(&format!("mask_only:{}", rule.kind))
+            .await;
+        let entity = self
+            .upstream
+            .get_json(
+                &format!("{}{path}", rule.collection),
+                self.service_auth.as_ref(),
+                self.max_body_bytes,
+            )
+            .await?
+            .ok_or_else(|| {
+                GatewayError::Unprocessable(format!(
+                    "a mask was sent, but the {} it stands for could not be read from OpenMetadata",
+                    rule.kind
+                ))
+            })?;
+        Ok(Current { entity, lock })
+    }
+
+    fn unmasked(
+        &self,
+        parts: &mut http::request::Parts,
+        bytes: Vec<u8>,
+        content_type: Option<HeaderValue>,
+        lock: OwnedMutexGuard<()>,
+    ) -> Prepared {
+        set_body_headers(&mut parts.headers, bytes.len(), content_type);
+        Prepared {
+            body: full(bytes),
+            plan: Plan::default(),
+            audit: Vec::new(),
+            lock: Some(lock),
+        }
+    }
+}
+
+/// The route's `body_at` as steps (empty: the body is the entity).
+fn body_at(m: &RouteMatch<'_>) -> Vec<Step> {
+    m.route
+        .map(|r| r.body_at.iter().map(|k| Step::Key(k.clone())).collect())
+        .unwrap_or_default()
+}
+
+/// `value` placed at `at` in an otherwise empty entity (what the rule's paths are written for).
+fn wrap_at(at: &[Step], value: Value) -> Value {
+    at.iter().rev().fold(value, |inner, step| match step {
+        Step::Key(k) => {
+            let mut m = serde_json::Map::new();
+            m.insert(k.clone(), inner);
+            Value::Object(m)
+        }
+        Step::Index(_) => Value::Array(vec![inner]),
+    })
+}
+
+/// The secret fields (steps from the entity's root) of a body sitting at `at` that hold a mask.
+fn masked_fields(rules: &RuleSet, rule: &Rule, at: &[Step], doc: &Value) -> Vec<Vec<Step>> {
+    rules
+        .find_secrets_under(rule, at, doc)
+        .into_iter()
+        .filter(|f| get(doc, &f.steps[at.len()..]).and_then(classify) == Some(FieldValue::Mask))
+        .map(|f| f.steps)
+        .collect()
+}
+
+/// What a mask at `steps` stands for: the value the upstream holds there; 422 when it holds
+/// none (absent, empty, null, or a mask itself). The message names the field, not a value.
+fn held_value(current: &Value, steps: &[Step]) -> Result<Value, GatewayError> {
+    let held = get(current, steps);
+    match held.and_then(classify) {
+        Some(FieldValue::Plain(_) | FieldValue::Reference(_) | FieldValue::Fernet(_)) => {
+            Ok(held.cloned().unwrap_or(Value::Null))
+        }
+        _ => Err(GatewayError::Unprocessable(format!(
+            "{}: a mask was sent, but OpenMetadata holds no value there to keep",
+            render(steps)
+        ))),
+    }
+}
+
+/// `template` (`/name/{name}`, `/{config_type}`, `/{id}`) with each `{x}` filled from the
+/// route's parameters, else from the body's top-level string member `x`; `None` when one
+/// cannot be filled.
+fn current_path(m: &RouteMatch<'_>, template: Option<&str>, doc: &Value) -> Option<String> {
+    let template = template?;
+    let mut out = String::new();
+    for seg in template.split('/').filter(|s| !s.is_empty()) {
+        out.push('/');
+        match seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+            Some(name) => {
+                let v = m
+                    .param(name)
+                    .or_else(|| doc.get(name).and_then(Value::as_str))
+                    .filter(|v| !v.is_empty())?;
+                out.push_str(&encode_segment(v));
+            }
+            None => out.push_str(seg),
+        }
+    }
+    Some(out)
+}
+
+/// A JSON Patch `move` or `copy` whose source holds, or lies inside, a secret field.
+fn refuse_moves_out_of_secrets(
+    body: &PatchBody,
+    target: &Value,
+    secrets: &dyn Fn(&Value) -> Vec<Vec<Step>>,
+) -> Result<(), GatewayError> {
+    let PatchBody::Json(p) = body else {
+        return Ok(());
+    };
+    let origin = secrets(target);
+    for op in &p.0 {
+        let from = match op {
+            json_patch::PatchOperation::Move(o) => o.from.as_str(),
+            json_patch::PatchOperation::Copy(o) => o.from.as_str(),
+            _ => continue,
+        };
+        let from = patch::steps_of(target, from);
+        let related = |s: &Vec<Step>| {
+            let n = s.len().min(from.len());
+            s[..n] == from[..n]
+        };
+        if origin.iter().any(related) {
+            return Err(GatewayError::Unprocessable(
+                "JSON Patch move and copy operations may not take a masked-only secret field (or what holds one)"
+                    .into(),
+            ));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,914 @@
+//! Secrets OpenMetadata keeps in clear outside connections (`mask_only` rules, issue 15): for
+//! every shipped row, a write with secrets, reads as a user, a bot and an anonymous caller that
+//! show the mask everywhere (entity, list, versions, change descriptions, change events), a
+//! write that sends the masks back (the upstream keeps the real values, and what it receives
+//! holds them and never the mask), and a mask with nothing behind it (422, nothing forwarded).
+//! Nothing of these goes to the key store.
+
+mod support;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::Method;
+use om_secrets_proxy::secrets::memory::MemoryStore;
+use om_secrets_proxy::secrets::SecretStore;
+use proptest::prelude::*;
+use serde_json::{json, Value};
+use support::emulator::Recorded;
+use support::jwt;
+use support::*;
+
+const MASK: &str = "*********";
+const SDK_MASK: &str = "**********";
+
+/// The emulator, a gateway whose store the test can see, and the gateway's config tweaks.
+async fn setup(
+    tweak: impl FnOnce(&mut om_secrets_proxy::config::Config),
+) -> (Emulator, Gw, Arc<MemoryStore>) {
+    let emu = Emulator::start().await;
+    emu.set_jwks(jwt::jwks());
+    let mem = Arc::new(MemoryStore::new());
+    let mut cfg = config_for(&emu.url());
+    cfg.secrets.cache_ttl = std::time::Duration::ZERO;
+    tweak(&mut cfg);
+    let gw = start_gateway_with_store(cfg, Some(mem.clone())).await;
+    (emu, gw, mem)
+}
+
+async fn req(gw: &Gw, m: Method, path: &str, token: Option<&str>, body: &Value) -> Answer {
+    let ct = if m == Method::PATCH {
+        "application/json-patch+json"
+    } else {
+        "application/json"
+    };
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut h: Vec<(&str, &str)> = vec![("content-type", ct)];
+    if let Some(a) = &auth {
+        h.push(("authorization", a));
+    }
+    let body = if body.is_null() {
+        Bytes::new()
+    } else {
+        Bytes::from(body.to_string())
+    };
+    send(&client(), m, &gw.url(path), &h, body).await
+}
+
+async fn write(gw: &Gw, m: Method, path: &str, body: Value) -> Answer {
+    req(gw, m, path, Some(&jwt::user()), &body).await
+}
+
+/// What the upstream holds, read from the emulator directly.
+async fn upstream(emu: &Emulator, path: &str) -> Value {
+    get(&format!("{}{path}", emu.url())).await.json()
+}
+
+/// Every caller who must not see the values: a user, a bot (mask by default), nobody.
+fn viewers() -> Vec<(&'static str, Option<String>)> {
+    vec![
+        ("user", Some(jwt::user())),
+        ("bot", Some(jwt::bot())),
+        ("anonymous", None),
+    ]
+}
+
+/// Reads `path` as every viewer: 200, the mask shown, no secret in any form.
+async fn hidden_everywhere(gw: &Gw, path: &str, secrets: &[&str]) {
+    for (who, token) in viewers() {
+        let a = req(gw, Method::GET, path, token.as_deref(), &Value::Null).await;
+        assert_eq!(a.status, 200, "{who} GET {path}: {}", a.text());
+        assert!(
+            contains(&a.body, MASK.as_bytes()),
+            "{who} GET {path}: no mask in {}",
+            a.text()
+        );
+        for s in secrets {
+            for form in leak_forms(s) {
+                assert!(
+                    !contains(&a.body, &form),
+                    "{who} GET {path} shows {s}: {}",
+                    a.text()
+                );
+            }
+        }
+    }
+}
+
+/// The last request the upstream received with `method` on a path starting with `prefix`.
+fn last_forwarded(emu: &Emulator, method: Method, prefix: &str) -> Recorded {
+    emu.recorded()
+        .into_iter()
+        .rev()
+        .find(|r| r.method == method && r.path_and_query.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no {method} {prefix} reached the upstream"))
+}
+
+/// The upstream received every value and no mask.
+fn forwarded_values_not_masks(r: &Recorded, secrets: &[&str]) {
+    let body = String::from_utf8_lossy(&r.body);
+    assert!(!body.contains(MASK), "a mask reached the upstream: {body}");
+    for s in secrets {
+        assert!(body.contains(s), "{s} was not forwarded: {body}");
+    }
+}
+
+/// An answer of the gateway turned back into a create request, as a UI sends it.
+fn as_request(mut v: Value) -> Value {
+    if let Some(m) = v.as_object_mut() {
+        for k in [
+            "id",
+            "version",
+            "href",
+            "updatedAt",
+            "updatedBy",
+            "fullyQualifiedName",
+            "deleted",
+            "changeDescription",
+        ] {
+            m.remove(k);
+        }
+    }
+    v
+}
+
+/// A 422 in OpenMetadata's shape that names no secret, and nothing forwarded.
+async fn refused_422(emu: &Emulator, a: &Answer, before: usize) {
+    assert_eq!(a.status, 422, "{}", a.text());
+    let e = a.json();
+    assert_eq!(e["code"], 422);
+    assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()));
+    let writes = emu
+        .recorded()
+        .iter()
+        .filter(|r| r.method != Method::GET)
+        .count();
+    assert_eq!(writes, before, "a refused write reached the upstream");
+}
+
+fn writes_so_far(emu: &Emulator) -> usize {
+    emu.recorded()
+        .iter()
+        .filter(|r| r.method != Method::GET)
+        .count()
+}
+
+async fn store_is_empty(mem: &MemoryStore) {
+    assert!(
+        mem.list("/").await.expect("list").is_empty(),
+        "a mask_only value went to the key store"
+    );
+}
+
+// === event subscriptions ===
+
+const SUBS: &str = "/api/v1/events/subscriptions";
+
+fn subscription() -> Value {
+    json!({"name": "hook", "alertType": "Notification", "description": "alerts",
+        "trigger": {"triggerType": "RealTime"},
+        "destinations": [
+            {"category": "External", "type": "Webhook", "config": {
+                "endpoint": "https://hooks.example.org/in?token=EP-9f1", "secretKey": "SK-hmac-77",
+                "headers": {"Authorization": "Bearer HDR-55a"},
+                "authType": {"type": "bearer", "secretKey": "AT-bearer-31"}}},
+            {"category": "External", "type": "Webhook", "config": {
+                "endpoint": "https://hooks.example.org/two",
+                "authType": {"type": "oauth2", "tokenUrl": "https://idp/token", "clientId": "c",
+                             "clientSecret": "OC-secret-12"}}},
+            {"category": "External", "type": "Slack", "config": {
+                "endpoint": "https://hooks.slack.com/services/T0/B0/SLACK-xyz"}}]})
+}
+
+const SUB_SECRETS: [&str; 7] = [
+    "EP-9f1",
+    "SK-hmac-77",
+    "HDR-55a",
+    "AT-bearer-31",
+    "OC-secret-12",
+    "SLACK-xyz",
+    "https://hooks.example.org/two",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_subscription_secrets_are_masked_everywhere_and_survive_a_mask_round_trip() {
+    let (emu, gw, mem) = setup(|_| {}).await;
+    let created = write(&gw, Method::POST, SUBS, subscription()).await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    forwarded_values_not_masks(&last_forwarded(&emu, Method::POST, SUBS), &SUB_SECRETS);
+    // What the caller got back is masked too.
+    assert_eq!(
+        created.json()["destinations"][0]["config"]["secretKey"],
+        MASK
+    );
+    let id = created.json()["id"].as_str().expect("id").to_string();
+
+    // The masked entity sent back as it was read: every value kept upstream.
+    let seen = req(
+        &gw,
+        Method::GET,
+        &format!("{SUBS}/name/hook"),
+        Some(&jwt::user()),
+        &Value::Null,
+    )
+    .await;
+    let mut back = as_request(seen.json());
+    back["description"] = json!("edited");
+    let put = write(&gw, Method::PUT, SUBS, back).await;
+    assert_eq!(put.status, 200, "{}", put.text());
+    forwarded_values_not_masks(&last_forwarded(&emu, Method::PUT, SUBS), &SUB_SECRETS);
+    let held = upstream(&emu, &format!("{SUBS}/{id}")).await;
+    assert_eq!(held["destinations"][0]["config"]["secretKey"], "SK-hmac-77");
+    assert_eq!(
+        held["destinations"][0]["config"]["headers"]["Authorization"],
+        "Bearer HDR-55a"
+    );
+    assert_eq!(
+        held["destinations"][1]["config"]["authType"]["clientSecret"],
+        "OC-secret-12"
+    );
+    assert_eq!(held["description"], "edited");
+
+    // A JSON Patch that sends a mask (the SDK's too) back, by id and by name.
+    let patch = json!([
+        {"op": "replace", "path": "/destinations/0/config/secretKey", "value": SDK_MASK},
+        {"op": "replace", "path": "/destinations/2/config/endpoint", "value": MASK},
+        {"op": "replace", "path": "/description", "value": "patched"}]);
+    for path in [format!("{SUBS}/{id}"), format!("{SUBS}/name/hook")] {
+        let a = write(&gw, Method::PATCH, &path, patch.clone()).await;
+        assert_eq!(a.status, 200, "{}", a.text());
+        let r = last_forwarded(&emu, Method::PATCH, SUBS);
+        assert!(
+            !contains(&r.body, b"*********"),
+            "{}",
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+    let held = upstream(&emu, &format!("{SUBS}/{id}")).await;
+    assert_eq!(held["destinations"][0]["config"]["secretKey"], "SK-hmac-77");
+    assert_eq!(
+        held["destinations"][2]["config"]["endpoint"],
+        "https://hooks.slack.com/services/T0/B0/SLACK-xyz"
+    );
+
+    // A new value through the gateway reaches the upstream in clear (the server needs it).
+    let a = write(&gw, Method::PATCH, &format!("{SUBS}/{id}"),
+        json!([{"op": "replace", "path": "/destinations/0/config/secretKey", "value": "SK-new-88"}])).await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(
+        upstream(&emu, &format!("{SUBS}/{id}")).await["destinations"][0]["config"]["secretKey"],
+        "SK-new-88"
+    );
+
+    let mut secrets = SUB_SECRETS.to_vec();
+    secrets.push("SK-new-88");
+    for path in [
+        format!("{SUBS}/{id}"),
+        format!("{SUBS}/name/hook"),
+        SUBS.to_string(),
+        format!("{SUBS}/{id}/versions"),
+        format!("{SUBS}/{id}/versions/0.2"),
+        format!("{SUBS}/{id}/destinations"),
+        format!("{SUBS}/name/hook/destinations"),
+        // Change events are on a route without rules: the safety net masks them.
+        "/api/v1/events".to_string(),
+    ] {
+        hidden_everywhere(&gw, &path, &secrets).await;
+    }
+    store_is_empty(&mem).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_subscription_mask_with_nothing_behind_it_is_refused() {
+    let (emu, gw, _mem) = setup(|_| {}).await;
+    // No such subscription upstream yet.
+    let mut body = subscription();
+    body["destinations"][0]["config"]["secretKey"] = json!(MASK);
+    let before = writes_so_far(&emu);
+    let a = write(&gw, Method::POST, SUBS, body).await;
+    refused_422(&emu, &a, before).await;
+    assert!(!a.text().contains("SK-"), "{}", a.text());
+    // It exists, but holds no value where the mask was sent.
+    assert_eq!(
+        write(&gw, Method::POST, SUBS, subscription()).await.status,
+        201
+    );
+    let before = writes_so_far(&emu);
+    let a = write(
+        &gw,
+        Method::PATCH,
+        &format!("{SUBS}/name/hook"),
+        json!([{"op": "add", "path": "/destinations/1/config/secretKey", "value": MASK}]),
+    )
+    .await;
+    refused_422(&emu, &a, before).await;
+    // Moving a secret where people can read it is refused too.
+    let before = writes_so_far(&emu);
+    let a = write(
+        &gw,
+        Method::PATCH,
+        &format!("{SUBS}/name/hook"),
+        json!([{"op": "copy", "from": "/destinations/0/config/secretKey", "path": "/description"}]),
+    )
+    .await;
+    refused_422(&emu, &a, before).await;
+}
+
+// === system settings ===
+
+const SETTINGS: &str = "/api/v1/system/settings";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smtp_and_slack_settings_are_masked_and_survive_a_mask_round_trip() {
+    let (emu, gw, mem) = setup(|_| {}).await;
+    // Nothing stored yet: a mask stands for nothing.
+    let before = writes_so_far(&emu);
+    let masked = json!({"config_type": "emailConfiguration", "config_value": {
+        "username": "mailer", "password": MASK, "senderMail": "om@example.org",
+        "serverEndpoint": "smtp.example.org", "serverPort": 587}});
+    refused_422(
+        &emu,
+        &write(&gw, Method::PUT, SETTINGS, masked.clone()).await,
+        before,
+    )
+    .await;
+
+    let mut email = masked.clone();
+    email["config_value"]["password"] = json!("SMTP-pw-41");
+    assert_eq!(write(&gw, Method::PUT, SETTINGS, email).await.status, 200);
+    let slack = json!({"config_type": "slackAppConfiguration", "config_value": {
+        "clientId": "cid", "clientSecret": "SLC-sec-2", "signingSecret": "SLS-sign-3"}});
+    assert_eq!(write(&gw, Method::PUT, SETTINGS, slack).await.status, 200);
+    forwarded_values_not_masks(
+        &last_forwarded(&emu, Method::PUT, SETTINGS),
+        &["SLC-sec-2", "SLS-sign-3"],
+    );
+
+    // Sent back masked, with PUT and with a PATCH of the config value.
+    let a = write(&gw, Method::PUT, SETTINGS, masked).await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    forwarded_values_not_masks(
+        &last_forwarded(&emu, Method::PUT, SETTINGS),
+        &["SMTP-pw-41"],
+    );
+    let a = write(
+        &gw,
+        Method::PATCH,
+        &format!("{SETTINGS}/slackAppConfiguration"),
+        json!([
+        {"op": "replace", "path": "/signingSecret", "value": MASK},
+        {"op": "replace", "path": "/clientId", "value": "cid-2"}]),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    let r = last_forwarded(&emu, Method::PATCH, SETTINGS);
+    assert!(
+        !contains(&r.body, MASK.as_bytes()),
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    assert_eq!(
+        emu.setting("emailConfiguration").expect("email")["password"],
+        "SMTP-pw-41"
+    );
+    let slack_held = emu.setting("slackAppConfiguration").expect("slack");
+    assert_eq!(slack_held["signingSecret"], "SLS-sign-3");
+    assert_eq!(slack_held["clientId"], "cid-2");
+    // `config_value.password` is a secret of any setting; Slack's holds none.
+    let before = writes_so_far(&emu);
+    let a = write(
+        &gw,
+        Method::PATCH,
+        &format!("{SETTINGS}/slackAppConfiguration"),
+        json!([{"op": "add", "path": "/password", "value": MASK}]),
+    )
+    .await;
+    refused_422(&emu, &a, before).await;
+
+    let secrets = ["SMTP-pw-41", "SLC-sec-2", "SLS-sign-3"];
+    for path in [
+        SETTINGS.to_string(),
+        format!("{SETTINGS}/emailConfiguration"),
+        format!("{SETTINGS}/slackAppConfiguration"),
+    ] {
+        hidden_everywhere(&gw, &path, &secrets[..]).await;
+    }
+    store_is_empty(&mem).await;
+}
+
+// === security configuration ===
+
+const SECURITY: &str = "/api/v1/system/security/config";
+
+fn security() -> Value {
+    json!({"authenticationConfiguration": {"provider": "ldap", "providerName": "LDAP",
+        "ldapConfiguration": {"host": "ldap.example.org", "dnAdminPrincipal": "cn=admin",
+            "dnAdminPassword": "LDAP-bind-5",
+            "trustStoreConfig": {"customTrustManagerConfig": {"trustStoreFilePassword": "TS-pw-6"}}},
+        "oidcConfiguration": {"id": "om", "secret": "OIDC-sec-7"},
+        "samlConfiguration": {"sp": {"entityId": "om", "spPrivateKey": "SAML-key-8"},
+                              "security": {"keyStorePassword": "KS-pw-9"}}},
+        "authorizerConfiguration": {"className": "org.openmetadata.service.security.DefaultAuthorizer"}})
+}
+
+const SECURITY_SECRETS: [&str; 5] = [
+    "LDAP-bind-5",
+    "TS-pw-6",
+    "OIDC-sec-7",
+    "SAML-key-8",
+    "KS-pw-9",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn security_configuration_secrets_are_masked_and_survive_a_mask_round_trip() {
+    let (emu, gw, mem) = setup(|_| {}).await;
+    // OpenMetadata holds no LDAP configuration yet: the mask stands for nothing.
+    let mut masked = security();
+    masked["authenticationConfiguration"]["ldapConfiguration"]["dnAdminPassword"] = json!(MASK);
+    let before = writes_so_far(&emu);
+    refused_422(
+        &emu,
+        &write(&gw, Method::PUT, SECURITY, masked).await,
+        before,
+    )
+    .await;
+
+    assert_eq!(
+        write(&gw, Method::PUT, SECURITY, security()).await.status,
+        200
+    );
+    forwarded_values_not_masks(
+        &last_forwarded(&emu, Method::PUT, SECURITY),
+        &SECURITY_SECRETS,
+    );
+    let seen = req(&gw, Method::GET, SECURITY, Some(&jwt::user()), &Value::Null).await;
+    let a = write(&gw, Method::PUT, SECURITY, seen.json()).await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    forwarded_values_not_masks(
+        &last_forwarded(&emu, Method::PUT, SECURITY),
+        &SECURITY_SECRETS,
+    );
+    let a = write(
+        &gw,
+        Method::PATCH,
+        SECURITY,
+        json!([{"op": "replace",
+        "path": "/authenticationConfiguration/oidcConfiguration/secret", "value": MASK}]),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert!(!contains(
+        &last_forwarded(&emu, Method::PATCH, SECURITY).body,
+        MASK.as_bytes()
+    ));
+    let held = emu.security().expect("security");
+    assert_eq!(
+        held["authenticationConfiguration"]["ldapConfiguration"]["dnAdminPassword"],
+        "LDAP-bind-5"
+    );
+    assert_eq!(
+        held["authenticationConfiguration"]["oidcConfiguration"]["secret"],
+        "OIDC-sec-7"
+    );
+    hidden_everywhere(&gw, SECURITY, &SECURITY_SECRETS).await;
+    store_is_empty(&mem).await;
+}
+
+// === governance workflow definitions ===
+
+const WORKFLOWS: &str = "/api/v1/governance/workflowDefinitions";
+
+fn workflow() -> Value {
+    json!({"name": "sync-to-git", "description": "sinks", "type": "eventBasedEntity",
+        "trigger": {"type": "eventBasedEntity", "config": {"entityTypes": ["table"]}},
+        "nodes": [
+            {"type": "startEvent", "subType": "startEvent", "name": "start"},
+            {"type": "automatedTask", "subType": "sinkTask", "name": "git", "config": {
+                "sinkType": "git", "sinkConfig": {"repositoryUrl": "https://git.example.org/r.git",
+                    "credentials": {"type": "token", "token": "GIT-tok-1", "privateKey": "GIT-key-2",
+                                    "passphrase": "GIT-pass-3"}}}},
+            {"type": "automatedTask", "subType": "sinkTask", "name": "hook", "config": {
+                "sinkType": "webhook", "sinkConfig": {"endpoint": "https://sink.example.org",
+                    "authentication": {"type": "basic", "token": "WH-tok-4", "username": "u",
+                                       "password": "WH-pw-5", "apiKey": "WH-key-6"}}}}],
+        "edges": [{"from": "start", "to": "git"}, {"from": "git", "to": "hook"}]})
+}
+
+const WORKFLOW_SECRETS: [&str; 6] = [
+    "GIT-tok-1",
+    "GIT-key-2",
+    "GIT-pass-3",
+    "WH-tok-4",
+    "WH-pw-5",
+    "WH-key-6",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workflow_sink_credentials_are_masked_and_survive_a_mask_round_trip() {
+    let (emu, gw, mem) = setup(|_| {}).await;
+    let mut masked = workflow();
+    masked["nodes"][1]["config"]["sinkConfig"]["credentials"]["token"] = json!(MASK);
+    let before = writes_so_far(&emu);
+    refused_422(
+        &emu,
+        &write(&gw, Method::POST, WORKFLOWS, masked).await,
+        before,
+    )
+    .await;
+
+    let created = write(&gw, Method::POST, WORKFLOWS, workflow()).await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    let id = created.json()["id"].as_str().expect("id").to_string();
+    let mut back = as_request(created.json());
+    back["description"] = json!("edited");
+    let a = write(&gw, Method::PUT, WORKFLOWS, back).await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    forwarded_values_not_masks(
+        &last_forwarded(&emu, Method::PUT, WORKFLOWS),
+        &WORKFLOW_SECRETS,
+    );
+    let a = write(&gw, Method::PATCH, &format!("{WORKFLOWS}/name/sync-to-git"), json!([
+        {"op": "replace", "path": "/nodes/2/config/sinkConfig/authentication/apiKey", "value": MASK},
+        {"op": "replace", "path": "/description", "value": "patched"}])).await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert!(!contains(
+        &last_forwarded(&emu, Method::PATCH, WORKFLOWS).body,
+        MASK.as_bytes()
+    ));
+    let held = upstream(&emu, &format!("{WORKFLOWS}/{id}")).await;
+    assert_eq!(
+        held["nodes"][1]["config"]["sinkConfig"]["credentials"]["token"],
+        "GIT-tok-1"
+    );
+    assert_eq!(
+        held["nodes"][2]["config"]["sinkConfig"]["authentication"]["apiKey"],
+        "WH-key-6"
+    );
+    for path in [
+        format!("{WORKFLOWS}/{id}"),
+        format!("{WORKFLOWS}/name/sync-to-git"),
+        WORKFLOWS.to_string(),
+        format!("{WORKFLOWS}/{id}/versions"),
+        format!("{WORKFLOWS}/{id}/versions/0.1"),
+        "/api/v1/events".to_string(),
+    ] {
+        hidden_everywhere(&gw, &path, &WORKFLOW_SECRETS).await;
+    }
+    store_is_empty(&mem).await;
+}
+
+// === applications ===
+
+const APPS: &str = "/api/v1/apps";
+
+const APP_SECRETS: [&str; 5] = [
+    "APP-pw-1",
+    "APP-key-2",
+    "APP-pass-3",
+    "xoxp-user-4",
+    "xoxb-bot-5",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_credentials_are_masked_and_survive_a_mask_round_trip_and_a_trigger() {
+    let (emu, gw, mem) = setup(|_| {}).await;
+    let snow = json!({"name": "SnowflakeSync", "appConfiguration": {"type": "Snowflake",
+        "connectionConfig": {"username": "om", "password": "APP-pw-1", "privateKey": "APP-key-2",
+                             "snowflakePrivatekeyPassphrase": "APP-pass-3"}}});
+    let slack = json!({"name": "SlackApplication", "appConfiguration": {
+        "userToken": "xoxp-user-4", "botToken": "xoxb-bot-5"}});
+    assert_eq!(
+        write(&gw, Method::POST, APPS, snow.clone()).await.status,
+        201
+    );
+    assert_eq!(write(&gw, Method::POST, APPS, slack).await.status, 201);
+
+    // A configuration override on a trigger: the mask stands for the app's password.
+    let a = write(
+        &gw,
+        Method::POST,
+        &format!("{APPS}/trigger/SnowflakeSync"),
+        json!({"type": "Snowflake", "connectionConfig": {"username": "om", "password": MASK}}),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    forwarded_values_not_masks(
+        &last_forwarded(&emu, Method::POST, &format!("{APPS}/trigger")),
+        &["APP-pw-1"],
+    );
+    let before = writes_so_far(&emu);
+    let a = write(
+        &gw,
+        Method::POST,
+        &format!("{APPS}/trigger/SlackApplication"),
+        json!({"connectionConfig": {"password": MASK}}),
+    )
+    .await;
+    refused_422(&emu, &a, before).await;
+
+    let seen = req(
+        &gw,
+        Method::GET,
+        &format!("{APPS}/name/SlackApplication"),
+        Some(&jwt::user()),
+        &Value::Null,
+    )
+    .await;
+    let a = write(&gw, Method::PUT, APPS, as_request(seen.json())).await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    forwarded_values_not_masks(
+        &last_forwarded(&emu, Method::PUT, APPS),
+        &["xoxp-user-4", "xoxb-bot-5"],
+    );
+    let mut masked = snow;
+    masked["appConfiguration"]["connectionConfig"]["privateKey"] = json!(MASK);
+    assert_eq!(write(&gw, Method::PUT, APPS, masked).await.status, 200);
+    let held = upstream(&emu, &format!("{APPS}/name/SnowflakeSync")).await;
+    assert_eq!(
+        held["appConfiguration"]["connectionConfig"]["privateKey"],
+        "APP-key-2"
+    );
+    let id = held["id"].as_str().expect("id").to_string();
+    for path in [
+        format!("{APPS}/{id}"),
+        format!("{APPS}/name/SlackApplication"),
+        APPS.to_string(),
+        format!("{APPS}/{id}/versions"),
+        "/api/v1/events".to_string(),
+    ] {
+        hidden_everywhere(&gw, &path, &APP_SECRETS).await;
+    }
+    store_is_empty(&mem).await;
+}
+
+// === policy ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subject_given_reveal_sees_values_but_never_resolves_a_reference() {
+    let (_emu, gw, mem) = setup(|c| c.policy.mask_only.reveal_to = vec!["admin".into()]).await;
+    mem.put("/openmetadata/database/prod/password", "DB-secret-0")
+        .await
+        .expect("put");
+    let mut body = subscription();
+    body["destinations"][1]["config"]["authType"]["clientSecret"] =
+        json!("secret:/openmetadata/database/prod/password");
+    assert_eq!(write(&gw, Method::POST, SUBS, body).await.status, 201);
+    let admin = jwt::rs256("key1", Some("k1"), &jwt::claims("admin", false));
+    let a = req(
+        &gw,
+        Method::GET,
+        &format!("{SUBS}/name/hook"),
+        Some(&admin),
+        &Value::Null,
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    let v = a.json();
+    assert_eq!(v["destinations"][0]["config"]["secretKey"], "SK-hmac-77");
+    assert_eq!(
+        v["destinations"][1]["config"]["authType"]["clientSecret"],
+        MASK
+    );
+    assert!(!a.text().contains("DB-secret-0"));
+    hidden_everywhere(&gw, &format!("{SUBS}/name/hook"), &["SK-hmac-77"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bots_see_mask_only_values_when_the_config_reveals_them_to_bots() {
+    let (_emu, gw, _mem) =
+        setup(|c| c.policy.mask_only.bot = om_secrets_proxy::config::ReadAction::Resolve).await;
+    assert_eq!(
+        write(&gw, Method::POST, SUBS, subscription()).await.status,
+        201
+    );
+    let a = req(
+        &gw,
+        Method::GET,
+        &format!("{SUBS}/name/hook"),
+        Some(&jwt::bot()),
+        &Value::Null,
+    )
+    .await;
+    assert_eq!(
+        a.json()["destinations"][0]["config"]["secretKey"],
+        "SK-hmac-77"
+    );
+    let a = req(
+        &gw,
+        Method::GET,
+        &format!("{SUBS}/name/hook"),
+        Some(&jwt::user()),
+        &Value::Null,
+    )
+    .await;
+    assert_eq!(a.json()["destinations"][0]["config"]["secretKey"], MASK);
+}
+
+// === check and explain ===
+
+#[test]
+fn check_and_explain_know_the_mask_only_rules() {
+    let bin = env!("CARGO_BIN_EXE_om-secrets-proxy");
+    let dir = env!("CARGO_MANIFEST_DIR");
+    let out = std::process::Command::new(bin)
+        .current_dir(dir)
+        .arg("check")
+        .output()
+        .expect("check");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let body = tempfile::NamedTempFile::new().expect("tmp");
+    std::fs::write(
+        body.path(),
+        json!({"config_type": "emailConfiguration", "config_value": {"password": MASK, "username": "u"}}).to_string(),
+    )
+    .expect("write");
+    let out = std::process::Command::new(bin)
+        .current_dir(dir)
+        .args(["explain", "PUT", "/api/v1/system/settings"])
+        .arg(body.path())
+        .output()
+        .expect("explain");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("rule: systemSettings"), "{text}");
+    assert!(text.contains("mode: mask_only"), "{text}");
+    assert!(
+        text.contains("$.config_value.password -> mask: replaced by the value OpenMetadata holds"),
+        "{text}"
+    );
+    assert!(
+        text.contains("reads: bot=mask user=mask anonymous=mask"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("secret:/"),
+        "no store id for a mask_only field: {text}"
+    );
+}
+
+#[test]
+fn check_refuses_a_mask_only_rule_with_a_root_or_without_a_shape() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(
+        dir.path().join("bad.json"),
+        json!({"kind": "x", "mode": "mask_only",
+        "collection": "/api/v1/x", "root": "x/{name}", "field_base": "$", "routes": [],
+        "secrets": [{"path": "$.a.secret"}]})
+        .to_string(),
+    )
+    .expect("write");
+    let problems = om_secrets_proxy::rules::RuleSet::load(dir.path(), &[]).expect_err("refused");
+    let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+    assert!(text.iter().any(|p| p.contains("no \"root\"")), "{text:?}");
+    assert!(
+        text.iter().any(|p| p.contains("needs a \"shape\"")),
+        "{text:?}"
+    );
+}
+
+// === the write invariant for mask_only fields, generated ===
+
+/// Where a generated patch may put values in the event subscription of [`subscription`].
+const PATCH_PATHS: [&str; 6] = [
+    "/destinations/0/config/secretKey",
+    "/destinations/0/config/headers/Authorization",
+    "/destinations/0/config/authType/secretKey",
+    "/destinations/1/config/authType/clientSecret",
+    "/destinations/1/config/secretKey",
+    "/destinations/2/config/endpoint",
+];
+
+fn op_strategy() -> impl Strategy<Value = Value> {
+    let value = prop_oneof![
+        Just(json!(MASK)),
+        Just(json!(SDK_MASK)),
+        (0u32..1000).prop_map(|n| json!(format!("gen-{n}"))),
+        Just(json!("")),
+    ];
+    (0..PATCH_PATHS.len(), value, 0u8..4, 0u32..100).prop_map(|(p, v, kind, n)| match kind {
+        0 => json!({"op": "remove", "path": PATCH_PATHS[p]}),
+        1 => json!({"op": "replace", "path": "/description", "value": format!("d{n}")}),
+        _ => json!({"op": "add", "path": PATCH_PATHS[p], "value": v}),
+    })
+}
+
+/// After any generated PATCH: no mask reached the upstream in any byte of any request, the
+/// upstream holds no mask in a secret field, and a mask that was accepted kept the value the
+/// upstream held there.
+#[test]
+fn generated_patches_never_forward_a_mask() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (emu, gw, _mem) = rt.block_on(setup(|_| {}));
+    rt.block_on(async {
+        assert_eq!(
+            write(&gw, Method::POST, SUBS, subscription()).await.status,
+            201
+        );
+    });
+    let cases = std::env::var("OMSP_PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(48);
+    proptest!(ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() },
+        |(ops in proptest::collection::vec(op_strategy(), 1..5))| {
+        rt.block_on(async {
+            let path = format!("{SUBS}/name/hook");
+            let before = upstream(&emu, &path).await;
+            let a = write(&gw, Method::PATCH, &path, Value::Array(ops.clone())).await;
+            let after = upstream(&emu, &path).await;
+            assert!(!contains(&emu.everything_received(), MASK.as_bytes()), "a mask was forwarded for {ops:?}");
+            for p in PATCH_PATHS {
+                if let Some(v) = after.pointer(p) {
+                    assert!(v != MASK && v != SDK_MASK, "{p} holds a mask after {ops:?}");
+                }
+            }
+            if a.status == 200 {
+                for op in &ops {
+                    let masked = op["value"] == MASK || op["value"] == SDK_MASK;
+                    let p = op["path"].as_str().unwrap_or_default();
+                    let last = ops.iter().rev().find(|o| o["path"] == op["path"]);
+                    if masked && last == Some(op) {
+                        assert_eq!(after.pointer(p), before.pointer(p), "{p} after {ops:?}");
+                    }
+                }
+            } else {
+                assert!(a.status == 422 || a.status == 400, "{} for {ops:?}: {}", a.status, a.text());
+                assert_eq!(after, before, "a refused patch changed the entity: {ops:?}");
+            }
+        });
+    });
+}
+
+// === the write guard and merge patches ===
+
+#[test]
+fn the_write_guard_refuses_a_mask_in_a_mask_only_field_and_nothing_else() {
+    use om_secrets_proxy::rewrite::guard::Guard;
+    let rules = om_secrets_proxy::rules::RuleSet::load(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("rules"),
+        &[],
+    )
+    .expect("rules");
+    let rule = rules
+        .rules
+        .iter()
+        .find(|r| r.kind == "eventSubscription")
+        .expect("rule");
+    let ids = om_secrets_proxy::rules::ids::IdBuilder::new("", "openmetadata");
+    let fernet = om_secrets_proxy::secrets::fernet::FernetKeys::new(&[]).expect("no keys");
+    let guard = Guard {
+        rules: &rules,
+        rule,
+        ids: &ids,
+        fernet: &fernet,
+        root: None,
+        managed: true,
+    };
+    let with = |v: &str| json!({"name": "h", "destinations": [{"config": {"secretKey": v}}]});
+    // Values travel in clear (the server needs them); so may references and tokens.
+    for ok in ["plain", "", "secret:/x", "fernet:abc"] {
+        assert!(guard.check(&with(ok), None).is_ok(), "{ok}");
+    }
+    for mask in [MASK, SDK_MASK] {
+        let e = guard
+            .check(&with(mask), None)
+            .expect_err("a mask never leaves");
+        assert!(!e.to_string().contains(mask), "{e}");
+        // One the upstream already held, left as it was, may stay.
+        assert!(guard.check(&with(mask), Some(&with(mask))).is_ok());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merge_patch_that_sends_a_mask_back_keeps_the_value() {
+    let (emu, gw, _mem) = setup(|_| {}).await;
+    let email = json!({"config_type": "emailConfiguration", "config_value": {
+        "username": "mailer", "password": "SMTP-pw-41", "senderMail": "om@example.org"}});
+    assert_eq!(write(&gw, Method::PUT, SETTINGS, email).await.status, 200);
+    let a = send(
+        &client(),
+        Method::PATCH,
+        &gw.url(&format!("{SETTINGS}/emailConfiguration")),
+        &[("content-type", "application/merge-patch+json")],
+        json!({"password": MASK, "username": "mailer-2"}).to_string(),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    let r = last_forwarded(&emu, Method::PATCH, SETTINGS);
+    assert!(
+        !contains(&r.body, MASK.as_bytes()),
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let held = emu.setting("emailConfiguration").expect("email");
+    assert_eq!(held["password"], "SMTP-pw-41");
+    assert_eq!(held["username"], "mailer-2");
+}
