@@ -49,7 +49,7 @@ pub enum GatewayError {
 }
 
 impl GatewayError {
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
             GatewayError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
@@ -70,7 +70,7 @@ impl GatewayError {
     /// Whether an upstream request that failed this way may still have been applied: it
     /// timed out or broke off after it was sent. Only a connection never made is certain
     /// not to have reached the upstream.
-    pub fn upstream_may_have_applied(&self) -> bool {
+    pub(crate) fn upstream_may_have_applied(&self) -> bool {
         match self {
             GatewayError::GatewayTimeout(_) => true,
             GatewayError::BadGateway(m) => m != crate::http::upstream::UNREACHABLE,
@@ -79,7 +79,7 @@ impl GatewayError {
     }
 
     /// The message a client may see.
-    pub fn public_message(&self) -> String {
+    pub(crate) fn public_message(&self) -> String {
         match self {
             GatewayError::Internal(_) => "internal gateway error".to_string(),
             other => other.to_string(),
@@ -87,7 +87,7 @@ impl GatewayError {
     }
 
     /// The one place where an error becomes a response.
-    pub fn into_response(self) -> Response<Body> {
+    pub(crate) fn into_response(self) -> Response<Body> {
         if let GatewayError::Internal(detail) = &self {
             tracing::error!(detail = %detail, "internal error");
         }
@@ -110,7 +110,7 @@ impl GatewayError {
 }
 
 /// An OpenMetadata-shaped JSON error response.
-pub fn error_response(status: StatusCode, message: &str) -> Response<Body> {
+pub(crate) fn error_response(status: StatusCode, message: &str) -> Response<Body> {
     let body = serde_json::json!({ "code": status.as_u16(), "message": message });
     let bytes = Bytes::from(body.to_string());
     let mut resp = Response::new(full(bytes));

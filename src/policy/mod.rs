@@ -11,19 +11,13 @@ pub enum CallerClass {
     Anonymous,
 }
 
-impl CallerClass {
-    pub fn name(self) -> &'static str {
-        match self {
-            CallerClass::Bot => "bot",
-            CallerClass::User => "user",
-            CallerClass::Anonymous => "anonymous",
-        }
-    }
-}
-
 /// The read action for a caller: the rule's override, else the config's default. Only bots
 /// may ever resolve; a config or rule that grants `resolve` to anyone else gets `mask`.
-pub fn decide(caller: CallerClass, defaults: &PolicyConfig, rule: &PolicyOverride) -> ReadAction {
+pub(crate) fn decide(
+    caller: CallerClass,
+    defaults: &PolicyConfig,
+    rule: &PolicyOverride,
+) -> ReadAction {
     let chosen = match caller {
         CallerClass::Bot => rule.bot.unwrap_or(defaults.bot),
         CallerClass::User => rule.user.unwrap_or(defaults.user),
@@ -40,7 +34,7 @@ pub fn decide(caller: CallerClass, defaults: &PolicyConfig, rule: &PolicyOverrid
 /// callers never see it; a subject listed in `policy.mask_only.reveal_to` does (admins, say);
 /// otherwise the rule's `policy`, else `[policy.mask_only]` (`mask` for bots and users unless
 /// configured). `Reference` means nothing here and is `Mask`.
-pub fn decide_mask_only(
+pub(crate) fn decide_mask_only(
     caller: CallerClass,
     sub: &str,
     defaults: &PolicyConfig,
@@ -60,7 +54,7 @@ pub fn decide_mask_only(
 }
 
 /// The read action for a caller on one rule's fields, whatever the rule's mode.
-pub fn decide_for(
+pub(crate) fn decide_for(
     caller: CallerClass,
     sub: &str,
     defaults: &PolicyConfig,
@@ -75,7 +69,7 @@ pub fn decide_for(
 
 /// The more restrictive of two read actions (`mask` before `reference` before `resolve`): what
 /// a caller sees where two rules, or a rule and a permission, apply to one field.
-pub fn narrower(a: ReadAction, b: ReadAction) -> ReadAction {
+pub(crate) fn narrower(a: ReadAction, b: ReadAction) -> ReadAction {
     fn openness(a: ReadAction) -> u8 {
         match a {
             ReadAction::Mask => 0,
