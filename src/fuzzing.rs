@@ -81,6 +81,12 @@ pub fn run(name: &str, data: &[u8]) {
 
 // === shared fixtures ===
 
+/// `OMSP_FUZZ_DEBUG=1` prints what the write and answer targets produced (triage).
+fn debugging() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("OMSP_FUZZ_DEBUG").is_some())
+}
+
 struct World {
     rules: RuleSet,
     ids: IdBuilder,
@@ -114,7 +120,7 @@ fn world() -> &'static World {
         };
         World {
             rules,
-            ids: IdBuilder::new("openmetadata", "openmetadata"),
+            ids: IdBuilder::new(&cfg.secrets.prefix, &cfg.secrets.cluster_name),
             fernet: FernetKeys::new(&[fernet_key()]).expect("a valid Fernet key"),
             rt,
             auth,
@@ -339,7 +345,11 @@ pub fn rule_match(data: &[u8]) {
         m.as_ref()
             .map(|m| (m.rule.kind.clone(), m.route.map(|r| r.path.clone())))
     };
-    assert_eq!(key(&m), key(&n), "{raw:?} and {variant:?} match differently");
+    assert_eq!(
+        key(&m),
+        key(&n),
+        "{raw:?} and {variant:?} match differently"
+    );
 }
 
 // === the write path ===
@@ -356,8 +366,7 @@ fn current_entity(w: &World, rule: &Rule, managed: bool) -> Value {
         "version": 0.1,
     });
     if let Some(scope) = &rule.scope {
-        doc[scope.reference.as_str()] =
-            json!({"id": "00000000-0000-0000-0000-000000000002", "type": "databaseService",
+        doc[scope.reference.as_str()] = json!({"id": "00000000-0000-0000-0000-000000000002", "type": "databaseService",
                    "fullyQualifiedName": "svc"});
         doc["fullyQualifiedName"] = json!(format!("svc.{name}"));
     }
@@ -461,6 +470,16 @@ pub fn write_rewrite(data: &[u8]) {
         .map(|d| plain_secrets(&w.rules, case.rule, d))
         .unwrap_or_default();
     let baseline = baseline(&w.rules, case.rule, input.as_ref(), current.as_ref(), raw);
+    if debugging() {
+        match &result {
+            Ok(wr) => eprintln!(
+                "{}: forwarded {}",
+                case.rule.kind,
+                String::from_utf8_lossy(&wr.bytes)
+            ),
+            Err(e) => eprintln!("{}: refused {e}", case.rule.kind),
+        }
+    }
     match result {
         Ok(written) => check_written(w, &case, &written, current.as_ref(), &plain, &baseline),
         Err(e) => check_refusal(&e, &plain, &baseline),
@@ -560,10 +579,12 @@ fn check_written(
         let ok = match classify(v) {
             None => true,
             Some(FieldValue::Clear) | Some(FieldValue::Reference(_)) => true,
-            Some(FieldValue::Fernet(t)) => !case.managed || untouched || {
-                let opened = w.fernet.decrypt(&t).ok();
-                opened.is_some_and(|o| o.starts_with(REFERENCE_PREFIX))
-            },
+            Some(FieldValue::Fernet(t)) => {
+                !case.managed || untouched || {
+                    let opened = w.fernet.decrypt(&t).ok();
+                    opened.is_some_and(|o| o.starts_with(REFERENCE_PREFIX))
+                }
+            }
             Some(FieldValue::Mask) => untouched,
             Some(FieldValue::Plain(_)) => false,
         };
@@ -718,8 +739,7 @@ async fn prepare_patch(
     let at = if secrets(current).is_empty() && secrets(&result).is_empty() {
         Located::none(&w.ids, case.rule, &name(current).unwrap_or_default())
     } else {
-        owner::locate_existing(store, &w.ids, &w.fernet, case.rule, current, case.managed)
-            .await?
+        owner::locate_existing(store, &w.ids, &w.fernet, case.rule, current, case.managed).await?
     };
     let s = stripper(w, case, at, store);
     s.strip(&mut result, Some(current)).await?;
@@ -787,6 +807,12 @@ pub fn answer_rewrite(data: &[u8]) {
         ctx.rewrite(&mut doc).await?;
         json::to_vec(&doc).map_err(|e| GatewayError::Internal(e.to_string()))
     });
+    if debugging() {
+        match &out {
+            Ok(o) => eprintln!("{}, {class:?}: {}", rule.kind, String::from_utf8_lossy(o)),
+            Err(e) => eprintln!("{}, {class:?}: refused {e}", rule.kind),
+        }
+    }
     let out = match out {
         Ok(out) => out,
         Err(e) => {
@@ -794,7 +820,10 @@ pub fn answer_rewrite(data: &[u8]) {
                 !matches!(e, GatewayError::Internal(_)),
                 "the read path answered 500: {e}"
             );
-            assert!(!e.to_string().contains(PLANTED), "a stored value in an error");
+            assert!(
+                !e.to_string().contains(PLANTED),
+                "a stored value in an error"
+            );
             return;
         }
     };

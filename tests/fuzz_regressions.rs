@@ -131,77 +131,145 @@ mod seeds {
     }
 
     fn writes() {
-        let rules: Vec<String> = ["apiService", "botUser", "dashboardService", "databaseService",
-            "driveService", "ingestionPipeline", "llmService", "mcpService", "messagingService",
-            "metadataService", "mlmodelService", "pipelineService", "searchService",
-            "securityService", "storageService", "workflow"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let rules: Vec<String> = [
+            "apiService",
+            "botUser",
+            "dashboardService",
+            "databaseService",
+            "driveService",
+            "ingestionPipeline",
+            "llmService",
+            "mcpService",
+            "messagingService",
+            "metadataService",
+            "mlmodelService",
+            "pipelineService",
+            "searchService",
+            "securityService",
+            "storageService",
+            "workflow",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         let idx = |k: &str| rules.iter().position(|r| r == k).expect("rule") as u8;
         let db = idx("databaseService");
         let bot = idx("botUser");
         let ing = idx("ingestionPipeline");
         let wf = idx("workflow");
-        put("write_rewrite", "create-mysql-managed", &with_sel(db | 0x20, &mysql()));
-        put("write_rewrite", "create-mysql-fernet", &with_sel(db, &mysql()));
+        put(
+            "write_rewrite",
+            "create-mysql-managed",
+            &with_sel(db | 0x20, &mysql()),
+        );
+        put(
+            "write_rewrite",
+            "create-mysql-fernet",
+            &with_sel(db, &mysql()),
+        );
         let mut masked = mysql();
         masked["connection"]["config"]["authType"]["password"] = json!("*********");
-        put("write_rewrite", "create-mysql-mask", &with_sel(db | 0x20, &masked));
+        put(
+            "write_rewrite",
+            "create-mysql-mask",
+            &with_sel(db | 0x20, &masked),
+        );
         let mut refd = mysql();
         refd["connection"]["config"]["authType"]["password"] =
             json!("secret:/openmetadata/database/mysql-prod/password");
-        put("write_rewrite", "create-mysql-reference", &with_sel(db | 0x20, &refd));
+        put(
+            "write_rewrite",
+            "create-mysql-reference",
+            &with_sel(db | 0x20, &refd),
+        );
         put(
             "write_rewrite",
             "create-bot",
-            &with_sel(bot | 0x20, &json!({"name": "ingestion-bot", "email": "b@x.org",
+            &with_sel(
+                bot | 0x20,
+                &json!({"name": "ingestion-bot", "email": "b@x.org",
                 "isBot": true, "authenticationMechanism": {"authType": "JWT",
-                "config": {"JWTToken": "eyJhbGciOiJSUzI1NiJ9.e30.c2ln", "JWTTokenExpiry": "Unlimited"}}})),
+                "config": {"JWTToken": "eyJhbGciOiJSUzI1NiJ9.e30.c2ln", "JWTTokenExpiry": "Unlimited"}}}),
+            ),
         );
         put(
             "write_rewrite",
             "create-ingestion",
-            &with_sel(ing | 0x20, &json!({"name": "mysql-prod_metadata", "pipelineType": "metadata",
+            &with_sel(
+                ing | 0x20,
+                &json!({"name": "mysql-prod_metadata", "pipelineType": "metadata",
                 "service": {"id": "0b1e6c3e-1d2f-4c1e-9a53-5d0c4e0d7e11", "type": "databaseService"},
                 "sourceConfig": {"config": {"type": "DatabaseMetadata"}},
-                "openMetadataServerConnection": {"securityConfig": {"jwtToken": "eyJ.x.y"}}})),
+                "openMetadataServerConnection": {"securityConfig": {"jwtToken": "eyJ.x.y"}}}),
+            ),
         );
         put(
             "write_rewrite",
             "create-workflow",
-            &with_sel(wf | 0x20, &json!({"name": "test-connection-1", "workflowType": "TEST_CONNECTION",
+            &with_sel(
+                wf | 0x20,
+                &json!({"name": "test-connection-1", "workflowType": "TEST_CONNECTION",
                 "request": {"serviceType": "Database", "serviceName": "mysql-prod",
                 "connection": {"config": {"type": "Mysql", "username": "u",
-                "authType": {"password": "*********"}, "hostPort": "h:3306"}}}})),
+                "authType": {"password": "*********"}, "hostPort": "h:3306"}}}}),
+            ),
         );
         let patches = [
-            ("patch-replace", json!([{"op": "replace",
-                "path": "/connection/config/authType/password", "value": "new-password-1"}])),
-            ("patch-move", json!([{"op": "move", "from": "/connection/config/authType/password",
-                "path": "/description"}])),
-            ("patch-copy", json!([{"op": "copy", "from": "/connection/config/password",
-                "path": "/connection/config/authType/password"}])),
-            ("patch-test", json!([{"op": "test", "path": "/connection/config/password",
-                "value": "guess-guess"}])),
-            ("patch-add-config", json!([{"op": "add", "path": "/connection",
-                "value": {"config": {"type": "Mysql", "authType": {"password": "p4ssw0rd-added"}}}}])),
+            (
+                "patch-replace",
+                json!([{"op": "replace",
+                "path": "/connection/config/authType/password", "value": "new-password-1"}]),
+            ),
+            (
+                "patch-move",
+                json!([{"op": "move", "from": "/connection/config/authType/password",
+                "path": "/description"}]),
+            ),
+            (
+                "patch-copy",
+                json!([{"op": "copy", "from": "/connection/config/password",
+                "path": "/connection/config/authType/password"}]),
+            ),
+            (
+                "patch-test",
+                json!([{"op": "test", "path": "/connection/config/password",
+                "value": "guess-guess"}]),
+            ),
+            (
+                "patch-add-config",
+                json!([{"op": "add", "path": "/connection",
+                "value": {"config": {"type": "Mysql", "authType": {"password": "p4ssw0rd-added"}}}}]),
+            ),
         ];
         for (name, p) in patches {
-            put("write_rewrite", &format!("{name}-managed"), &with_sel(0x40 | 0x20 | db, &p));
-            put("write_rewrite", &format!("{name}-fernet"), &with_sel(0x40 | db, &p));
+            put(
+                "write_rewrite",
+                &format!("{name}-managed"),
+                &with_sel(0x40 | 0x20 | db, &p),
+            );
+            put(
+                "write_rewrite",
+                &format!("{name}-fernet"),
+                &with_sel(0x40 | db, &p),
+            );
         }
         put(
             "write_rewrite",
             "merge-password",
-            &with_sel(0x80 | 0x20 | db, &json!({"connection": {"config": {
-                "authType": {"password": "merge-password-1"}, "username": null}}})),
+            &with_sel(
+                0x80 | 0x20 | db,
+                &json!({"connection": {"config": {
+                "authType": {"password": "merge-password-1"}, "username": null}}}),
+            ),
         );
         put(
             "write_rewrite",
             "merge-bot-token",
-            &with_sel(0x80 | 0x20 | bot, &json!({"authenticationMechanism": {"config": {
-                "JWTToken": "eyJ.fresh.token"}}})),
+            &with_sel(
+                0x80 | 0x20 | bot,
+                &json!({"authenticationMechanism": {"config": {
+                "JWTToken": "eyJ.fresh.token"}}}),
+            ),
         );
     }
 
@@ -221,12 +289,27 @@ mod seeds {
         let embedded = json!({"name": "wf", "response": {"config": entity.to_string()},
             "stray": token, "deep": [[[{"apiKey": "secret:/openmetadata/llm/x/apikey"}]]]});
         for (i, who) in [0u8, 1, 2, 3].iter().enumerate() {
-            put("answer_rewrite", &format!("entity-{i}"), &with_sel(db | (who << 5), &entity));
-            put("answer_rewrite", &format!("list-{i}"), &with_sel(db | (who << 5), &list));
+            put(
+                "answer_rewrite",
+                &format!("entity-{i}"),
+                &with_sel(db | (who << 5), &entity),
+            );
+            put(
+                "answer_rewrite",
+                &format!("list-{i}"),
+                &with_sel(db | (who << 5), &list),
+            );
         }
         put("answer_rewrite", "embedded-user", &with_sel(15, &embedded));
-        put("answer_rewrite", "bot-token-user", &with_sel(1 | 0x80, &json!({
-            "config": {"JWTToken": "secret:/openmetadata/bot/ingestion-bot/config/jwttoken"}})));
+        put(
+            "answer_rewrite",
+            "bot-token-user",
+            &with_sel(
+                1 | 0x80,
+                &json!({
+            "config": {"JWTToken": "secret:/openmetadata/bot/ingestion-bot/config/jwttoken"}}),
+            ),
+        );
     }
 
     fn tokens() {
@@ -235,17 +318,45 @@ mod seeds {
         let user = json!({"iss": fuzzing::ISSUER, "sub": "alice", "exp": 4_102_444_800u64});
         let expired = json!({"iss": fuzzing::ISSUER, "sub": "alice", "exp": 1_000u64});
         let wrong_iss = json!({"iss": "someone-else", "sub": "alice"});
-        for (name, c) in [("bot", &good), ("user", &user), ("expired", &expired),
-                          ("wrong-issuer", &wrong_iss)] {
+        for (name, c) in [
+            ("bot", &good),
+            ("user", &user),
+            ("expired", &expired),
+            ("wrong-issuer", &wrong_iss),
+        ] {
             let t = fuzzing::signed_token(c);
-            put("jwt_parse", &format!("token-{name}"), format!("Bearer {t}").as_bytes());
+            put(
+                "jwt_parse",
+                &format!("token-{name}"),
+                format!("Bearer {t}").as_bytes(),
+            );
         }
         let t = fuzzing::signed_token(&good);
-        put("jwt_parse", "lowercase-bearer", format!("bearer  {t} ").as_bytes());
+        put(
+            "jwt_parse",
+            "lowercase-bearer",
+            format!("bearer  {t} ").as_bytes(),
+        );
         let parts: Vec<&str> = t.split('.').collect();
-        put("jwt_parse", "alg-none", format!("Bearer eyJhbGciOiJub25lIn0.{}.", parts[1]).as_bytes());
-        put("jwt_parse", "hs256", format!("Bearer eyJhbGciOiJIUzI1NiJ9.{}.{}", parts[1], parts[2]).as_bytes());
-        put("jwt_parse", "padded", format!("Bearer {}=.{}==.{}=", parts[0], parts[1], parts[2]).as_bytes());
-        put("jwt_parse", "four-parts", format!("Bearer {t}.x").as_bytes());
+        put(
+            "jwt_parse",
+            "alg-none",
+            format!("Bearer eyJhbGciOiJub25lIn0.{}.", parts[1]).as_bytes(),
+        );
+        put(
+            "jwt_parse",
+            "hs256",
+            format!("Bearer eyJhbGciOiJIUzI1NiJ9.{}.{}", parts[1], parts[2]).as_bytes(),
+        );
+        put(
+            "jwt_parse",
+            "padded",
+            format!("Bearer {}=.{}==.{}=", parts[0], parts[1], parts[2]).as_bytes(),
+        );
+        put(
+            "jwt_parse",
+            "four-parts",
+            format!("Bearer {t}.x").as_bytes(),
+        );
     }
 }
