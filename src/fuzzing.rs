@@ -94,6 +94,8 @@ struct World {
     rt: tokio::runtime::Runtime,
     auth: Auth,
     signer: ring::signature::RsaKeyPair,
+    /// Per rule, the upstream's entity for PATCH: [not managed, managed].
+    currents: Vec<[Value; 2]>,
 }
 
 fn crate_dir() -> PathBuf {
@@ -118,13 +120,21 @@ fn world() -> &'static World {
             let up = crate::http::upstream::Upstream::new(&cfg.upstream).expect("upstream");
             Auth::new(&a, up, false).expect("auth with the fixture key")
         };
+        let ids = IdBuilder::new(&cfg.secrets.prefix, &cfg.secrets.cluster_name);
+        let fernet = FernetKeys::new(&[fernet_key()]).expect("a valid Fernet key");
+        let currents = rules
+            .rules
+            .iter()
+            .map(|r| [false, true].map(|managed| current_entity(&ids, &fernet, r, managed)))
+            .collect();
         World {
             rules,
-            ids: IdBuilder::new(&cfg.secrets.prefix, &cfg.secrets.cluster_name),
-            fernet: FernetKeys::new(&[fernet_key()]).expect("a valid Fernet key"),
+            ids,
+            fernet,
             rt,
             auth,
             signer: signer(),
+            currents,
         }
     })
 }
@@ -269,8 +279,13 @@ fn respell(raw: &str, sel: u8) -> String {
     while i < bytes.len() {
         let b = bytes[i];
         if b == b'%' {
-            // Keep an escape (or a broken one) as it is.
-            let end = (i + 3).min(bytes.len());
+            // Keep an escape as it is (a `%` without two hex digits can only follow a `;`).
+            let hex = |k: usize| bytes.get(k).is_some_and(u8::is_ascii_hexdigit);
+            let end = if hex(i + 1) && hex(i + 2) {
+                i + 3
+            } else {
+                i + 1
+            };
             out.push_str(&raw[i..end]);
             i = end;
             continue;
@@ -356,7 +371,7 @@ pub fn rule_match(data: &[u8]) {
 
 /// The entities the upstream holds for PATCH: per rule, one with its secrets as references
 /// (managed) or Fernet tokens (not managed). Built from the rule's own paths.
-fn current_entity(w: &World, rule: &Rule, managed: bool) -> Value {
+fn current_entity(ids: &IdBuilder, fernet: &FernetKeys, rule: &Rule, managed: bool) -> Value {
     let name = "fuzzed-entity";
     let mut doc = json!({
         "id": "00000000-0000-0000-0000-000000000001",
@@ -370,7 +385,7 @@ fn current_entity(w: &World, rule: &Rule, managed: bool) -> Value {
                    "fullyQualifiedName": "svc"});
         doc["fullyQualifiedName"] = json!(format!("svc.{name}"));
     }
-    let root = w.ids.root(&rule.root_template, name);
+    let root = ids.root(&rule.root_template, name);
     for path in &rule.secret_paths {
         let Ok(segs) = crate::rules::jsonpath::compile(path) else {
             continue;
@@ -382,11 +397,11 @@ fn current_entity(w: &World, rule: &Rule, managed: bool) -> Value {
                 _ => break,
             }
         }
-        let id = w.ids.id(&root, rule.field_steps(&steps));
+        let id = ids.id(&root, rule.field_steps(&steps));
         let value = if managed {
             format!("{REFERENCE_PREFIX}{id}")
         } else {
-            w.fernet.encrypt(&planted(&id)).expect("encrypt")
+            fernet.encrypt(&planted(&id)).expect("encrypt")
         };
         put_path(&mut doc, &steps, Value::String(value));
     }
@@ -429,8 +444,9 @@ pub fn write_rewrite(data: &[u8]) {
         return;
     };
     let w = world();
+    let ri = usize::from(sel & 0x1f) % w.rules.rules.len();
     let case = WriteCase {
-        rule: &w.rules.rules[usize::from(sel & 0x1f) % w.rules.rules.len()],
+        rule: &w.rules.rules[ri],
         managed: sel & 0x20 != 0,
         media: match sel >> 6 {
             1 => Some(Media::JsonPatch),
@@ -442,7 +458,7 @@ pub fn write_rewrite(data: &[u8]) {
     let store = PlantedStore::default();
     let current = case
         .media
-        .map(|_| current_entity(w, case.rule, case.managed));
+        .map(|_| w.currents[ri][usize::from(case.managed)].clone());
     let result = w.rt.block_on(async {
         match case.media {
             Some(media) => {
