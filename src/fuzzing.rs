@@ -791,6 +791,7 @@ pub fn answer_rewrite(data: &[u8]) {
         user,
         anonymous: ReadAction::Mask,
         bot_requires_view_all: false,
+        mask_only: Default::default(),
     };
     let response_at: &[String] = match sel & 0x80 {
         0 => &[],
