@@ -81,6 +81,13 @@ pub struct Scanner<'a> {
     rules: &'a RuleSet,
     /// The rule of the route the answer came from.
     scope: usize,
+    /// Built once per rule set ([`RuleSet::scan_tables`]), not per answer.
+    t: &'a ScanTables,
+}
+
+/// What a [`Scanner`] looks for, derived from the rule set alone.
+#[derive(Debug)]
+pub struct ScanTables {
     /// Per rule, the subtrees whose presence makes an object an entity of its kind.
     /// Distinct subtrees, each with the rules it is the shape of.
     shapes: Vec<(Vec<Step>, Vec<usize>)>,
@@ -97,6 +104,7 @@ pub struct Scanner<'a> {
 }
 
 /// A place where documents of some kinds declare their type.
+#[derive(Debug)]
 struct TypeSite {
     at: Vec<Step>,
     key: String,
@@ -125,6 +133,17 @@ impl<'a> Scanner<'a> {
             .iter()
             .position(|r| std::ptr::eq(r, scope) || r.kind == scope.kind)
             .unwrap_or_default();
+        Scanner {
+            rules,
+            scope,
+            t: rules.scan_tables(),
+        }
+    }
+}
+
+impl ScanTables {
+    /// The tables of `rules` (see [`RuleSet::scan_tables`], which keeps them).
+    pub(crate) fn new(rules: &RuleSet) -> ScanTables {
         let mut shapes: Vec<(Vec<Step>, Vec<usize>)> = Vec::new();
         let mut types = Vec::new();
         for (i, rule) in rules.rules.iter().enumerate() {
@@ -187,9 +206,7 @@ impl<'a> Scanner<'a> {
             .iter()
             .map(|r| r.safety_net.iter().map(|b| keys(b)).collect())
             .collect();
-        Scanner {
-            rules,
-            scope,
+        ScanTables {
             shapes,
             types,
             shape_keys,
@@ -198,10 +215,13 @@ impl<'a> Scanner<'a> {
             known,
         }
     }
+}
+
+impl<'a> Scanner<'a> {
 
     /// Whether the rule knows a document's declared type (as `rules::type_matches` says).
     fn knows(&self, rule: usize, t: &Declared<'_>) -> bool {
-        let set = &self.known[rule];
+        let set = &self.t.known[rule];
         set.contains(t.text) || set.contains(&t.lower)
     }
 
@@ -318,7 +338,7 @@ impl<'d> Walk<'_, 'd> {
     /// Records the rule's safety-net subtrees for a subtree of its kind that sits at `at` (in
     /// an entity) and at `steps` (in this document).
     fn nets_from(&mut self, rule: usize, at: &[Step], steps: &[Step]) {
-        for net in &self.s.nets[rule] {
+        for net in &self.s.t.nets[rule] {
             if at.starts_with(net) {
                 self.nets.push(steps.to_vec());
             } else if net.starts_with(at) {
@@ -336,10 +356,10 @@ impl<'d> Walk<'_, 'd> {
         if s.rules.is_secret_key(key) {
             c |= SECRET;
         }
-        if s.shape_keys.iter().any(|k| k == key) {
+        if s.t.shape_keys.iter().any(|k| k == key) {
             c |= SHAPE;
         }
-        if s.type_keys.iter().any(|k| k == key) {
+        if s.t.type_keys.iter().any(|k| k == key) {
             c |= TYPE;
         }
         if matches!(key, "name" | "oldValue" | "newValue") {
@@ -434,6 +454,7 @@ impl<'d> Walk<'_, 'd> {
     fn entity(&mut self, v: &'d Value, steps: &[Step], owner: usize) -> usize {
         let s = self.s;
         let mut kinds: Vec<usize> = s
+            .t
             .shapes
             .iter()
             .filter(|(shape, _)| matches!(get(v, shape), Some(Value::Object(_))))
@@ -448,7 +469,7 @@ impl<'d> Walk<'_, 'd> {
         // some of them know, theirs are the paths that apply.
         if kinds.len() > 1 {
             let mut knowing = Vec::new();
-            for site in &s.types {
+            for site in &s.t.types {
                 if !site.rules.iter().any(|r| kinds.contains(r)) {
                     continue;
                 }
@@ -502,7 +523,7 @@ impl<'d> Walk<'_, 'd> {
         // Where the owning entity's own paths already reached, no other kind's paths are
         // looked for (they name the same fields of the same connection types).
         let o = &self.out.owners[owner];
-        let covered = s.types.iter().any(|site| {
+        let covered = s.t.types.iter().any(|site| {
             site.rules.iter().any(|r| o.rules.contains(r))
                 && steps.len() == o.steps.len() + site.at.len()
                 && steps.starts_with(&o.steps)
@@ -511,7 +532,7 @@ impl<'d> Walk<'_, 'd> {
         if covered {
             return;
         }
-        for site in &s.types {
+        for site in &s.t.types {
             let Some(Value::String(t)) = m.get(&site.key) else {
                 continue;
             };
@@ -587,7 +608,7 @@ impl<'d> Walk<'_, 'd> {
                 continue;
             }
             if !rule.paths_in(&anchor, v).is_empty()
-                || (last_is_secret && s.nets[s.scope].iter().any(|n| anchor.starts_with(n)))
+                || (last_is_secret && s.t.nets[s.scope].iter().any(|n| anchor.starts_with(n)))
             {
                 self.hit(at, s.scope, owner);
             } else if last_is_secret {

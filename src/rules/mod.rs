@@ -227,6 +227,9 @@ pub struct RuleSet {
     pub rules: Vec<Rule>,
     /// `rules.safety_net_keys`, normalised: exact names the safety net adds to [`names`].
     safety_keys: HashSet<String>,
+    /// The answer scanner's tables, built on first use (a rule set is not changed once
+    /// built; a reload builds a new one).
+    scan_tables: std::sync::OnceLock<std::sync::Arc<crate::rewrite::structure::ScanTables>>,
 }
 
 /// The result of matching a request.
@@ -332,7 +335,14 @@ impl RuleSet {
         Ok(RuleSet {
             rules,
             safety_keys: safety_net_keys.iter().map(|k| names::norm_key(k)).collect(),
+            scan_tables: Default::default(),
         })
+    }
+
+    /// What the answer scanner derives from the rules, built once per rule set.
+    pub(crate) fn scan_tables(&self) -> &crate::rewrite::structure::ScanTables {
+        self.scan_tables
+            .get_or_init(|| std::sync::Arc::new(crate::rewrite::structure::ScanTables::new(self)))
     }
 
     /// The rule and route a request matches. Literal segments compare case-insensitively.
