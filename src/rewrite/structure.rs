@@ -98,9 +98,10 @@ pub struct ScanTables {
     type_keys: Vec<String>,
     /// Per rule, its safety-net subtrees.
     nets: Vec<Vec<Vec<Step>>>,
-    /// Per rule, the declared types it knows, as documents spell them (`Mysql` for the group
-    /// `DatabaseConnection/Mysql`, `jwt` lower-cased for `JWTAuthMechanism`).
-    known: Vec<HashSet<String>>,
+    /// Per declared type as documents spell it (`Mysql` for the group
+    /// `DatabaseConnection/Mysql`, `jwt` lower-cased for `JWTAuthMechanism`), the rules that
+    /// know it, in order.
+    known: HashMap<String, Vec<usize>>,
 }
 
 /// A place where documents of some kinds declare their type.
@@ -109,6 +110,15 @@ struct TypeSite {
     at: Vec<Step>,
     key: String,
     rules: Vec<usize>,
+}
+
+/// The rules that know one declared type ([`Scanner::knowing`]).
+struct Knowing<'a>(&'a [usize], &'a [usize]);
+
+impl Knowing<'_> {
+    fn has(&self, rule: &usize) -> bool {
+        self.0.contains(rule) || self.1.contains(rule)
+    }
 }
 
 /// A declared type as written, and lower-cased (bots' `authType` is matched either way).
@@ -184,23 +194,22 @@ impl ScanTables {
         let mut type_keys: Vec<String> = types.iter().map(|t| t.key.clone()).collect();
         type_keys.sort();
         type_keys.dedup();
-        let known = rules
-            .rules
-            .iter()
-            .map(|r| {
-                let mut set = HashSet::new();
-                for g in &r.known_types {
-                    set.insert(g.clone());
-                    if let Some((_, t)) = g.rsplit_once('/') {
-                        set.insert(t.to_string());
-                    }
-                    if let Some(head) = g.strip_suffix("AuthMechanism") {
-                        set.insert(head.to_ascii_lowercase());
-                    }
+        let mut known: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, r) in rules.rules.iter().enumerate() {
+            let mut set = HashSet::new();
+            for g in &r.known_types {
+                set.insert(g.clone());
+                if let Some((_, t)) = g.rsplit_once('/') {
+                    set.insert(t.to_string());
                 }
-                set
-            })
-            .collect();
+                if let Some(head) = g.strip_suffix("AuthMechanism") {
+                    set.insert(head.to_ascii_lowercase());
+                }
+            }
+            for t in set {
+                known.entry(t).or_default().push(i);
+            }
+        }
         let nets = rules
             .rules
             .iter()
@@ -218,11 +227,11 @@ impl ScanTables {
 }
 
 impl<'a> Scanner<'a> {
-
-    /// Whether the rule knows a document's declared type (as `rules::type_matches` says).
-    fn knows(&self, rule: usize, t: &Declared<'_>) -> bool {
-        let set = &self.t.known[rule];
-        set.contains(t.text) || set.contains(&t.lower)
+    /// The rules that know a document's declared type (as `rules::type_matches` says): by
+    /// its text as written, and lower-cased.
+    fn knowing(&self, t: &Declared<'_>) -> Knowing<'_> {
+        let of = |k: &str| self.t.known.get(k).map(Vec::as_slice).unwrap_or_default();
+        Knowing(of(t.text), of(&t.lower))
     }
 
     /// The index of the scope's rule.
@@ -236,7 +245,8 @@ impl<'a> Scanner<'a> {
     pub fn scan(&self, doc: &Value, anchor: &[Step]) -> Scan {
         let mut walk = Walk {
             s: self,
-            memo: HashMap::new(),
+            // Room for the distinct names of a typical entity: no regrowth.
+            memo: HashMap::with_capacity(64),
             out: Scan::default(),
             nets: Vec::new(),
         };
@@ -348,10 +358,15 @@ impl<'d> Walk<'_, 'd> {
     }
 
     fn class(&mut self, key: &'d str) -> u8 {
-        if let Some(c) = self.memo.get(key) {
-            return *c;
-        }
         let s = self.s;
+        *self.memo.entry(key).or_insert_with(|| s.class(key))
+    }
+}
+
+impl Scanner<'_> {
+    /// What a member name can mean ([`SECRET`], [`SHAPE`], ...).
+    fn class(&self, key: &str) -> u8 {
+        let s = self;
         let mut c = 0;
         if s.rules.is_secret_key(key) {
             c |= SECRET;
@@ -365,10 +380,11 @@ impl<'d> Walk<'_, 'd> {
         if matches!(key, "name" | "oldValue" | "newValue") {
             c |= CHANGE;
         }
-        self.memo.insert(key, c);
         c
     }
+}
 
+impl<'d> Walk<'_, 'd> {
     fn value(&mut self, v: &'d Value, steps: &mut Vec<Step>, owner: usize) {
         deep(|| match v {
             Value::Object(m) => self.object(v, m, steps, owner),
@@ -453,13 +469,12 @@ impl<'d> Walk<'_, 'd> {
     /// An entity of one or more kinds: their paths apply from here, and it owns what is in it.
     fn entity(&mut self, v: &'d Value, steps: &[Step], owner: usize) -> usize {
         let s = self.s;
-        let mut kinds: Vec<usize> = s
-            .t
-            .shapes
-            .iter()
-            .filter(|(shape, _)| matches!(get(v, shape), Some(Value::Object(_))))
-            .flat_map(|(_, rules)| rules.iter().copied())
-            .collect();
+        let mut kinds: Vec<usize> =
+            s.t.shapes
+                .iter()
+                .filter(|(shape, _)| matches!(get(v, shape), Some(Value::Object(_))))
+                .flat_map(|(_, rules)| rules.iter().copied())
+                .collect();
         kinds.sort_unstable();
         kinds.dedup();
         if kinds.is_empty() {
@@ -476,12 +491,8 @@ impl<'d> Walk<'_, 'd> {
                 let Some(Value::String(t)) = get(v, &site.at).and_then(|c| c.get(&site.key)) else {
                     continue;
                 };
-                let t = declared(t);
-                knowing.extend(
-                    site.rules
-                        .iter()
-                        .filter(|r| kinds.contains(r) && s.knows(**r, &t)),
-                );
+                let k = s.knowing(&declared(t));
+                knowing.extend(site.rules.iter().filter(|r| kinds.contains(r) && k.has(r)));
             }
             if !knowing.is_empty() {
                 knowing.sort_unstable();
@@ -536,9 +547,9 @@ impl<'d> Walk<'_, 'd> {
             let Some(Value::String(t)) = m.get(&site.key) else {
                 continue;
             };
-            let t = declared(t);
+            let k = s.knowing(&declared(t));
             for rule in &site.rules {
-                if !s.knows(*rule, &t) {
+                if !k.has(rule) {
                     continue;
                 }
                 for rel in s.rules.rules[*rule].paths_in(&site.at, v) {

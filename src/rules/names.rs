@@ -61,8 +61,7 @@ pub(crate) fn norm_key(k: &str) -> String {
 /// configured `extra_exact` names (`rules.safety_net_keys`, normalised), one of the built-in
 /// exact names, or a name that matches a pattern and is not a known plain field.
 pub(crate) fn is_secret_name(normalised: &str, extra_exact: &HashSet<String>) -> bool {
-    if (!extra_exact.is_empty() && extra_exact.contains(normalised))
-        || EXACT.contains(&normalised)
+    if (!extra_exact.is_empty() && extra_exact.contains(normalised)) || EXACT.contains(&normalised)
     {
         return true;
     }
@@ -87,8 +86,7 @@ fn holds(name: &str, word: &str) -> bool {
     let Some((&first, _)) = w.split_first() else {
         return true;
     };
-    h.len() >= w.len()
-        && (0..=h.len() - w.len()).any(|i| h[i] == first && &h[i..i + w.len()] == w)
+    h.len() >= w.len() && (0..=h.len() - w.len()).any(|i| h[i] == first && &h[i..i + w.len()] == w)
 }
 
 #[cfg(test)]

@@ -440,7 +440,8 @@ impl SecretStore for EmbeddedStore {
     /// interleave with another write.
     fn create<'a>(&'a self, id: &'a str, value: &'a str) -> StoreFuture<'a, bool> {
         Box::pin(async move {
-            let known = is_marker(id) && matches!(lock(&self.markers).values.get(id), Some(Some(_)));
+            let known =
+                is_marker(id) && matches!(lock(&self.markers).values.get(id), Some(Some(_)));
             if known || self.exists(id)? {
                 return Ok(false);
             }
@@ -599,14 +600,23 @@ mod tests {
         let m = "/om/database/a/.owner";
         assert_eq!(s.get(m).await.unwrap(), None);
         assert!(s.create(m, "databaseService:a").await.unwrap());
-        assert_eq!(s.get(m).await.unwrap().as_deref(), Some("databaseService:a"));
+        assert_eq!(
+            s.get(m).await.unwrap().as_deref(),
+            Some("databaseService:a")
+        );
         assert!(!s.create(m, "databaseService:b").await.unwrap());
         s.put(m, "databaseService:c").await.unwrap();
-        assert_eq!(s.get(m).await.unwrap().as_deref(), Some("databaseService:c"));
+        assert_eq!(
+            s.get(m).await.unwrap().as_deref(),
+            Some("databaseService:c")
+        );
         s.delete(m).await.unwrap();
         assert_eq!(s.get(m).await.unwrap(), None);
         assert!(s.create(m, "databaseService:d").await.unwrap());
-        assert_eq!(s.get(m).await.unwrap().as_deref(), Some("databaseService:d"));
+        assert_eq!(
+            s.get(m).await.unwrap().as_deref(),
+            Some("databaseService:d")
+        );
         // What memory holds is what the file holds.
         assert_eq!(s.read(m).unwrap().as_deref(), Some("databaseService:d"));
     }
