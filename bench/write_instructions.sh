@@ -86,7 +86,7 @@ measure() {
   callgrind_control -d $pid >/dev/null 2>&1
   kill $pid 2>/dev/null; wait $pid 2>/dev/null || true
   local ir
-  ir=$(awk '/^summary:/ {s += $2} END {print s}' "$WORK/$name.cg".*)
+  ir=$(awk '/^summary:/ {s += $2} END {printf "%d\n", s}' "$WORK/$name.cg".*)
   [ -n "${KEEP:-}" ] && cat "$WORK/$name.cg".1 > "$KEEP/$name.callgrind"
   echo $((ir / N))
 }
