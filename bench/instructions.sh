@@ -23,8 +23,8 @@ CONNS=${CONNS:-32}
 ROWS=${ROWS:-bare gateway jwt}
 command -v valgrind >/dev/null || { echo "valgrind is needed: apt-get install valgrind" >&2; exit 1; }
 cargo build --release --quiet --bin om-secrets-proxy --example bare-proxy --example om-emulator --example mint-jwt
-BIN=${BIN:-target/release/om-secrets-proxy}
-BARE=${BARE:-target/release/examples/bare-proxy}
+BIN=${BIN:-${CARGO_TARGET_DIR:-target}/release/om-secrets-proxy}
+BARE=${BARE:-${CARGO_TARGET_DIR:-target}/release/examples/bare-proxy}
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() {
@@ -55,7 +55,7 @@ NG
   UPSTREAM_KIND="nginx, static $(stat -c %s "$WORK/www/api/v1/tables/sample") B JSON"
 else
   TARGET=/__test/json2k
-  target/release/examples/om-emulator 127.0.0.1:$UP 2>/dev/null & PIDS+=($!)
+  ${CARGO_TARGET_DIR:-target}/release/examples/om-emulator 127.0.0.1:$UP 2>/dev/null & PIDS+=($!)
   UPSTREAM_KIND="om-emulator $TARGET (nginx not installed)"
 fi
 wait_get $UP $TARGET
@@ -122,7 +122,7 @@ TOML
   echo "$WORK/gw$1.toml"
 }
 
-TOKEN=$(target/release/examples/mint-jwt user)
+TOKEN=$(${CARGO_TARGET_DIR:-target}/release/examples/mint-jwt user)
 P1=$(port); P2=$(port); A2=$(port); P3=$(port); A3=$(port)
 B=0; BJ=0; G=0; J=0
 has() { [[ " $ROWS " == *" $1 "* ]]; }

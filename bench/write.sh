@@ -10,7 +10,8 @@ DURATION=${DURATION:-10s}
 CONNS=${1:-${CONNS:-8}}
 command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk" >&2; exit 1; }
 cargo build --release --quiet --bin om-secrets-proxy --example om-emulator
-BIN=${BIN:-target/release/om-secrets-proxy}
+OUT=${CARGO_TARGET_DIR:-target}/release
+BIN=${BIN:-$OUT/om-secrets-proxy}
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() { for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
@@ -18,7 +19,7 @@ trap cleanup EXIT
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 1 100); do (echo > /dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done; return 1; }
 EMU=$(port); A=$(port); AA=$(port); B=$(port); BA=$(port)
-OM_EMULATOR_NO_BENCH_SEED=1 target/release/examples/om-emulator 127.0.0.1:$EMU 2>/dev/null & PIDS+=($!)
+OM_EMULATOR_NO_BENCH_SEED=1 $OUT/examples/om-emulator 127.0.0.1:$EMU 2>/dev/null & PIDS+=($!)
 wait_port $EMU
 mkdir -p $WORK/norules && cp rules/botUser.json $WORK/norules/
 OMSP_UPSTREAM=http://127.0.0.1:$EMU OMSP_LOG_LEVEL=warn OMSP_LISTEN=127.0.0.1:$A OMSP_ADMIN_LISTEN=127.0.0.1:$AA \

@@ -200,7 +200,8 @@ impl Gateway {
         }
         refuse_too_deep(&doc)?;
         refuse_bad_shape(rules, m.rule, &doc)?;
-        let has_secrets = !rules.find_secrets(m.rule, &doc).is_empty();
+        let found = rules.find_secrets(m.rule, &doc);
+        let has_secrets = !found.is_empty();
         let Some(name) = doc.get("name").and_then(Value::as_str).map(str::to_string) else {
             if has_secrets {
                 return Err(GatewayError::BadRequest(
@@ -241,7 +242,8 @@ impl Gateway {
         )
         .await?;
         let stripper = self.stripper(rules, m.rule, at, mask_source);
-        let stripped = stripper.strip(&mut doc, None).await?;
+        // `doc` is as `found` was taken from it.
+        let stripped = stripper.strip_found(&mut doc, None, found).await?;
         let out = spans::replace_values(&raw, &stripped.edits)
             .map_err(|e| GatewayError::Internal(e.to_string()))?;
         // The guard reads what actually leaves.

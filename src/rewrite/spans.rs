@@ -68,7 +68,13 @@ impl Scanner<'_, '_> {
         let mut target = None;
         let mut below = false;
         for (n, (steps, _)) in self.edits.iter().enumerate() {
-            if steps.len() >= self.path.len() && steps[..self.path.len()] == self.path[..] {
+            // Compared from the deepest step: siblings differ there, so most checks end at once.
+            if steps.len() >= self.path.len()
+                && steps[..self.path.len()]
+                    .iter()
+                    .rev()
+                    .eq(self.path.iter().rev())
+            {
                 if steps.len() == self.path.len() {
                     target = Some(n);
                 } else {

@@ -193,8 +193,20 @@ impl Stripper<'_> {
         doc: &mut Value,
         current: Option<&Value>,
     ) -> Result<Stripped, GatewayError> {
+        let found = self.rules.find_secrets(self.rule, doc);
+        self.strip_found(doc, current, found).await
+    }
+
+    /// [`Stripper::strip`] with the secret fields of `doc` already found
+    /// (`RuleSet::find_secrets` of this very `doc`).
+    pub async fn strip_found(
+        &self,
+        doc: &mut Value,
+        current: Option<&Value>,
+        found: Vec<crate::rules::Found>,
+    ) -> Result<Stripped, GatewayError> {
         let mut acc = Acc::default();
-        for f in self.rules.find_secrets(self.rule, doc) {
+        for f in found {
             self.field(doc, current, &f.steps, &mut acc).await?;
         }
         let mut out = acc.out;

@@ -81,6 +81,13 @@ pub struct Scanner<'a> {
     rules: &'a RuleSet,
     /// The rule of the route the answer came from.
     scope: usize,
+    /// Built once per rule set ([`RuleSet::scan_tables`]), not per answer.
+    t: &'a ScanTables,
+}
+
+/// What a [`Scanner`] looks for, derived from the rule set alone.
+#[derive(Debug)]
+pub struct ScanTables {
     /// Per rule, the subtrees whose presence makes an object an entity of its kind.
     /// Distinct subtrees, each with the rules it is the shape of.
     shapes: Vec<(Vec<Step>, Vec<usize>)>,
@@ -91,16 +98,27 @@ pub struct Scanner<'a> {
     type_keys: Vec<String>,
     /// Per rule, its safety-net subtrees.
     nets: Vec<Vec<Vec<Step>>>,
-    /// Per rule, the declared types it knows, as documents spell them (`Mysql` for the group
-    /// `DatabaseConnection/Mysql`, `jwt` lower-cased for `JWTAuthMechanism`).
-    known: Vec<HashSet<String>>,
+    /// Per declared type as documents spell it (`Mysql` for the group
+    /// `DatabaseConnection/Mysql`, `jwt` lower-cased for `JWTAuthMechanism`), the rules that
+    /// know it, in order.
+    known: HashMap<String, Vec<usize>>,
 }
 
 /// A place where documents of some kinds declare their type.
+#[derive(Debug)]
 struct TypeSite {
     at: Vec<Step>,
     key: String,
     rules: Vec<usize>,
+}
+
+/// The rules that know one declared type ([`Scanner::knowing`]).
+struct Knowing<'a>(&'a [usize], &'a [usize]);
+
+impl Knowing<'_> {
+    fn has(&self, rule: &usize) -> bool {
+        self.0.contains(rule) || self.1.contains(rule)
+    }
 }
 
 /// A declared type as written, and lower-cased (bots' `authType` is matched either way).
@@ -125,6 +143,17 @@ impl<'a> Scanner<'a> {
             .iter()
             .position(|r| std::ptr::eq(r, scope) || r.kind == scope.kind)
             .unwrap_or_default();
+        Scanner {
+            rules,
+            scope,
+            t: rules.scan_tables(),
+        }
+    }
+}
+
+impl ScanTables {
+    /// The tables of `rules` (see [`RuleSet::scan_tables`], which keeps them).
+    pub(crate) fn new(rules: &RuleSet) -> ScanTables {
         let mut shapes: Vec<(Vec<Step>, Vec<usize>)> = Vec::new();
         let mut types = Vec::new();
         for (i, rule) in rules.rules.iter().enumerate() {
@@ -166,31 +195,28 @@ impl<'a> Scanner<'a> {
         let mut type_keys: Vec<String> = types.iter().map(|t| t.key.clone()).collect();
         type_keys.sort();
         type_keys.dedup();
-        let known = rules
-            .rules
-            .iter()
-            .map(|r| {
-                let mut set = HashSet::new();
-                for g in &r.known_types {
-                    set.insert(g.clone());
-                    if let Some((_, t)) = g.rsplit_once('/') {
-                        set.insert(t.to_string());
-                    }
-                    if let Some(head) = g.strip_suffix("AuthMechanism") {
-                        set.insert(head.to_ascii_lowercase());
-                    }
+        let mut known: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, r) in rules.rules.iter().enumerate() {
+            let mut set = HashSet::new();
+            for g in &r.known_types {
+                set.insert(g.clone());
+                if let Some((_, t)) = g.rsplit_once('/') {
+                    set.insert(t.to_string());
                 }
-                set
-            })
-            .collect();
+                if let Some(head) = g.strip_suffix("AuthMechanism") {
+                    set.insert(head.to_ascii_lowercase());
+                }
+            }
+            for t in set {
+                known.entry(t).or_default().push(i);
+            }
+        }
         let nets = rules
             .rules
             .iter()
             .map(|r| r.safety_net.iter().map(|b| keys(b)).collect())
             .collect();
-        Scanner {
-            rules,
-            scope,
+        ScanTables {
             shapes,
             types,
             shape_keys,
@@ -199,11 +225,14 @@ impl<'a> Scanner<'a> {
             known,
         }
     }
+}
 
-    /// Whether the rule knows a document's declared type (as `rules::type_matches` says).
-    fn knows(&self, rule: usize, t: &Declared<'_>) -> bool {
-        let set = &self.known[rule];
-        set.contains(t.text) || set.contains(&t.lower)
+impl<'a> Scanner<'a> {
+    /// The rules that know a document's declared type (as `rules::type_matches` says): by
+    /// its text as written, and lower-cased.
+    fn knowing(&self, t: &Declared<'_>) -> Knowing<'_> {
+        let of = |k: &str| self.t.known.get(k).map(Vec::as_slice).unwrap_or_default();
+        Knowing(of(t.text), of(&t.lower))
     }
 
     /// The index of the scope's rule.
@@ -217,7 +246,8 @@ impl<'a> Scanner<'a> {
     pub fn scan(&self, doc: &Value, anchor: &[Step]) -> Scan {
         let mut walk = Walk {
             s: self,
-            memo: HashMap::new(),
+            // Room for the distinct names of a typical entity: no regrowth.
+            memo: HashMap::with_capacity(64),
             out: Scan::default(),
             nets: Vec::new(),
         };
@@ -319,7 +349,7 @@ impl<'d> Walk<'_, 'd> {
     /// Records the rule's safety-net subtrees for a subtree of its kind that sits at `at` (in
     /// an entity) and at `steps` (in this document).
     fn nets_from(&mut self, rule: usize, at: &[Step], steps: &[Step]) {
-        for net in &self.s.nets[rule] {
+        for net in &self.s.t.nets[rule] {
             if at.starts_with(net) {
                 self.nets.push(steps.to_vec());
             } else if net.starts_with(at) {
@@ -329,27 +359,33 @@ impl<'d> Walk<'_, 'd> {
     }
 
     fn class(&mut self, key: &'d str) -> u8 {
-        if let Some(c) = self.memo.get(key) {
-            return *c;
-        }
         let s = self.s;
+        *self.memo.entry(key).or_insert_with(|| s.class(key))
+    }
+}
+
+impl Scanner<'_> {
+    /// What a member name can mean ([`SECRET`], [`SHAPE`], ...).
+    fn class(&self, key: &str) -> u8 {
+        let s = self;
         let mut c = 0;
         if s.rules.is_secret_key(key) {
             c |= SECRET;
         }
-        if s.shape_keys.iter().any(|k| k == key) {
+        if s.t.shape_keys.iter().any(|k| k == key) {
             c |= SHAPE;
         }
-        if s.type_keys.iter().any(|k| k == key) {
+        if s.t.type_keys.iter().any(|k| k == key) {
             c |= TYPE;
         }
         if matches!(key, "name" | "oldValue" | "newValue") {
             c |= CHANGE;
         }
-        self.memo.insert(key, c);
         c
     }
+}
 
+impl<'d> Walk<'_, 'd> {
     fn value(&mut self, v: &'d Value, steps: &mut Vec<Step>, owner: usize) {
         deep(|| match v {
             Value::Object(m) => self.object(v, m, steps, owner),
@@ -435,6 +471,7 @@ impl<'d> Walk<'_, 'd> {
     fn entity(&mut self, v: &'d Value, steps: &[Step], owner: usize) -> usize {
         let s = self.s;
         let mut kinds: Vec<usize> = s
+            .t
             .shapes
             .iter()
             .filter(|(shape, _)| matches!(get(v, shape), Some(Value::Object(_) | Value::Array(_))))
@@ -449,19 +486,15 @@ impl<'d> Walk<'_, 'd> {
         // some of them know, theirs are the paths that apply.
         if kinds.len() > 1 {
             let mut knowing = Vec::new();
-            for site in &s.types {
+            for site in &s.t.types {
                 if !site.rules.iter().any(|r| kinds.contains(r)) {
                     continue;
                 }
                 let Some(Value::String(t)) = get(v, &site.at).and_then(|c| c.get(&site.key)) else {
                     continue;
                 };
-                let t = declared(t);
-                knowing.extend(
-                    site.rules
-                        .iter()
-                        .filter(|r| kinds.contains(r) && s.knows(**r, &t)),
-                );
+                let k = s.knowing(&declared(t));
+                knowing.extend(site.rules.iter().filter(|r| kinds.contains(r) && k.has(r)));
             }
             if !knowing.is_empty() {
                 knowing.sort_unstable();
@@ -503,7 +536,7 @@ impl<'d> Walk<'_, 'd> {
         // Where the owning entity's own paths already reached, no other kind's paths are
         // looked for (they name the same fields of the same connection types).
         let o = &self.out.owners[owner];
-        let covered = s.types.iter().any(|site| {
+        let covered = s.t.types.iter().any(|site| {
             site.rules.iter().any(|r| o.rules.contains(r))
                 && steps.len() == o.steps.len() + site.at.len()
                 && steps.starts_with(&o.steps)
@@ -512,13 +545,13 @@ impl<'d> Walk<'_, 'd> {
         if covered {
             return;
         }
-        for site in &s.types {
+        for site in &s.t.types {
             let Some(Value::String(t)) = m.get(&site.key) else {
                 continue;
             };
-            let t = declared(t);
+            let k = s.knowing(&declared(t));
             for rule in &site.rules {
-                if !s.knows(*rule, &t) {
+                if !k.has(rule) {
                     continue;
                 }
                 for rel in s.rules.rules[*rule].paths_in(&site.at, v) {
@@ -588,7 +621,7 @@ impl<'d> Walk<'_, 'd> {
                 continue;
             }
             if !rule.paths_in(&anchor, v).is_empty()
-                || (last_is_secret && s.nets[s.scope].iter().any(|n| anchor.starts_with(n)))
+                || (last_is_secret && s.t.nets[s.scope].iter().any(|n| anchor.starts_with(n)))
             {
                 self.hit(at, s.scope, owner);
             } else if last_is_secret {

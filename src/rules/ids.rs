@@ -38,8 +38,24 @@ pub fn sanitize(part: &str) -> String {
 
 /// A JSON property name as a field part: `_` and `-` dropped, lower-cased, sanitised.
 pub fn field_part(name: &str) -> String {
-    let dropped: String = name.chars().filter(|c| *c != '_' && *c != '-').collect();
-    sanitize(&dropped)
+    let mut part = String::with_capacity(name.len());
+    push_field_part(&mut part, name);
+    part
+}
+
+/// Appends [`field_part`]`(name)` to `out` (one pass, no allocation of its own).
+fn push_field_part(out: &mut String, name: &str) {
+    let start = out.len();
+    for c in name.chars().filter(|c| *c != '_' && *c != '-') {
+        out.push(if c.is_ascii_alphanumeric() {
+            c.to_ascii_lowercase()
+        } else {
+            '_'
+        });
+    }
+    if out.len() == start {
+        out.push('_');
+    }
 }
 
 /// Whether `id` could have been built by the gateway: `/`-separated non-empty segments of
@@ -126,12 +142,16 @@ impl IdBuilder {
 
     /// The id of a secret at `steps` (relative to the rule's field base) under `root`.
     pub fn id(&self, root: &str, steps: &[Step]) -> String {
-        let mut id = root.to_string();
+        let mut id = String::with_capacity(root.len() + 16 * steps.len());
+        id.push_str(root);
         for s in steps {
             id.push('/');
             match s {
-                Step::Key(k) => id.push_str(&field_part(k)),
-                Step::Index(i) => id.push_str(&i.to_string()),
+                Step::Key(k) => push_field_part(&mut id, k),
+                Step::Index(i) => {
+                    use std::fmt::Write;
+                    let _ = write!(id, "{i}");
+                }
             }
         }
         id
@@ -146,6 +166,31 @@ impl IdBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn field_parts_drop_separators_then_sanitise_and_are_never_empty() {
+        let old = |n: &str| {
+            sanitize(
+                &n.chars()
+                    .filter(|c| *c != '_' && *c != '-')
+                    .collect::<String>(),
+            )
+        };
+        for name in [
+            "",
+            "_-",
+            "a_b-C",
+            "ünï/x",
+            "a.b",
+            "Pass Word",
+            "authType",
+            "x\u{0}",
+        ] {
+            assert_eq!(field_part(name), old(name), "{name:?}");
+        }
+        assert_eq!(field_part("_-"), "_");
+        assert_eq!(field_part("ünï/x"), "_n__x");
+    }
 
     fn keys(parts: &[&str]) -> Vec<Step> {
         parts.iter().map(|p| Step::Key(p.to_string())).collect()

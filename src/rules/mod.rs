@@ -274,6 +274,9 @@ pub struct RuleSet {
     net_words: std::sync::Arc<words::Words>,
     /// `rules.safety_net_keys`, normalised: exact names the safety net adds to [`names`].
     safety_keys: HashSet<String>,
+    /// The answer scanner's tables, built on first use (a rule set is not changed once
+    /// built; a reload builds a new one).
+    scan_tables: std::sync::OnceLock<std::sync::Arc<crate::rewrite::structure::ScanTables>>,
 }
 
 /// The result of matching a request.
@@ -387,6 +390,7 @@ impl RuleSet {
             rules,
             net_words,
             safety_keys: safety_net_keys.iter().map(|k| names::norm_key(k)).collect(),
+            scan_tables: Default::default(),
         })
     }
 
@@ -394,6 +398,12 @@ impl RuleSet {
     /// `mask_only` fields (empty when no rule is `mask_only`).
     pub fn net_words(&self) -> &std::sync::Arc<words::Words> {
         &self.net_words
+    }
+
+    /// What the answer scanner derives from the rules, built once per rule set.
+    pub(crate) fn scan_tables(&self) -> &crate::rewrite::structure::ScanTables {
+        self.scan_tables
+            .get_or_init(|| std::sync::Arc::new(crate::rewrite::structure::ScanTables::new(self)))
     }
 
     /// The rule and route a request matches. Literal segments compare case-insensitively.

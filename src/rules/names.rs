@@ -91,7 +91,8 @@ pub(crate) fn norm_key(k: &str) -> String {
 /// configured `extra_exact` names (`rules.safety_net_keys`, normalised), one of the built-in
 /// exact names, or a name that matches a pattern and is not a known plain field.
 pub(crate) fn is_secret_name(normalised: &str, extra_exact: &HashSet<String>) -> bool {
-    if extra_exact.contains(normalised) || EXACT.contains(&normalised) {
+    if (!extra_exact.is_empty() && extra_exact.contains(normalised)) || EXACT.contains(&normalised)
+    {
         return true;
     }
     if NOT_SECRET.contains(&normalised) {
@@ -99,12 +100,23 @@ pub(crate) fn is_secret_name(normalised: &str, extra_exact: &HashSet<String>) ->
     }
     let mut name = std::borrow::Cow::Borrowed(normalised);
     for word in NOT_SECRET_WORDS {
-        if name.contains(word) {
+        if holds(&name, word) {
             name = std::borrow::Cow::Owned(name.replace(word, " "));
         }
     }
     let singular = name.strip_suffix('s').unwrap_or(&name);
-    CONTAINS.iter().any(|p| name.contains(p)) || ENDS_WITH.iter().any(|p| singular.ends_with(p))
+    CONTAINS.iter().any(|p| holds(&name, p)) || ENDS_WITH.iter().any(|p| singular.ends_with(p))
+}
+
+/// `str::contains` for member names: a plain scan, as names are short and the searcher the
+/// standard library sets up per call costs more than the scan (this runs for every member
+/// name of every inspected body).
+fn holds(name: &str, word: &str) -> bool {
+    let (h, w) = (name.as_bytes(), word.as_bytes());
+    let Some((&first, _)) = w.split_first() else {
+        return true;
+    };
+    h.len() >= w.len() && (0..=h.len() - w.len()).any(|i| h[i] == first && &h[i..i + w.len()] == w)
 }
 
 #[cfg(test)]

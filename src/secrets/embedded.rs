@@ -8,10 +8,16 @@
 //! failed commit writes nothing of the batch and fails every request in it with the error.
 //! Each request's writes are all in one transaction with the others, so a request's
 //! writes are still all-or-nothing, and they are applied in the order they were queued.
+//!
+//! Owner markers (read on every write of an entity with secrets) are kept decrypted in memory
+//! once read: the file is this process's alone (redb locks it), and the committer drops a
+//! marker from memory once a batch that writes it has committed, before any of the batch's
+//! requests is acknowledged.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use redb::{Database, ReadableTable, TableDefinition};
 
@@ -24,6 +30,52 @@ pub struct EmbeddedStore {
     db: Arc<Database>,
     keys: FernetKeys,
     committer: Option<Committer>,
+    markers: Arc<Mutex<Markers>>,
+}
+
+/// Owner markers as committed, by id (`None`: absent).
+#[derive(Default)]
+struct Markers {
+    /// Bumped whenever the committer drops markers: a read that started before keeps its
+    /// value to itself.
+    generation: u64,
+    values: HashMap<String, Option<String>>,
+}
+
+/// Markers kept in memory at most (then forgotten all at once).
+const MAX_MARKERS: usize = 10_000;
+
+fn is_marker(id: &str) -> bool {
+    id.ends_with(super::ownership::MARKER)
+}
+
+impl Markers {
+    /// Forgets every marker `batch` writes, whether or not its commit succeeded.
+    fn forget(markers: &Mutex<Markers>, batch: &[Job]) {
+        let mut m = lock(markers);
+        m.generation += 1;
+        for job in batch {
+            match &job.write {
+                Write::Put(items) => {
+                    for (id, _) in items {
+                        m.values.remove(id);
+                    }
+                }
+                Write::Delete(id) | Write::Create(id, _) => {
+                    m.values.remove(id);
+                }
+                #[cfg(test)]
+                Write::Fail => {}
+            }
+        }
+    }
+}
+
+fn lock(m: &Mutex<Markers>) -> std::sync::MutexGuard<'_, Markers> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
 }
 
 /// Transactions queued per commit at most (bounds one commit's latency).
@@ -34,6 +86,8 @@ enum Write {
     /// (id, encrypted value) pairs.
     Put(Vec<(String, String)>),
     Delete(String),
+    /// (id, encrypted value), written only if the id is absent when the batch applies it.
+    Create(String, String),
     /// Makes its whole batch fail (tests of the failure path).
     #[cfg(test)]
     Fail,
@@ -41,7 +95,8 @@ enum Write {
 
 struct Job {
     write: Write,
-    done: tokio::sync::oneshot::Sender<Result<(), StoreError>>,
+    /// `Ok(false)`: a create that found its id (nothing written).
+    done: tokio::sync::oneshot::Sender<Result<bool, StoreError>>,
 }
 
 struct Committer {
@@ -53,7 +108,7 @@ struct Committer {
 }
 
 impl Committer {
-    fn start(db: Arc<Database>) -> std::io::Result<Committer> {
+    fn start(db: Arc<Database>, markers: Arc<Mutex<Markers>>) -> std::io::Result<Committer> {
         let (queue, jobs) = mpsc::channel::<Job>();
         let commits = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let counter = commits.clone();
@@ -69,9 +124,19 @@ impl Committer {
                         }
                     }
                     let result = commit(&db, &batch);
+                    Markers::forget(&markers, &batch);
                     counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    for job in batch {
-                        let _ = job.done.send(result.clone());
+                    match result {
+                        Ok(written) => {
+                            for (job, w) in batch.into_iter().zip(written) {
+                                let _ = job.done.send(Ok(w));
+                            }
+                        }
+                        Err(e) => {
+                            for job in batch {
+                                let _ = job.done.send(Err(e.clone()));
+                            }
+                        }
                     }
                 }
             })?;
@@ -83,9 +148,11 @@ impl Committer {
     }
 }
 
-/// Applies a batch in one write transaction and commits it durably.
-fn commit(db: &Database, batch: &[Job]) -> Result<(), StoreError> {
+/// Applies a batch in one write transaction and commits it durably. Per job: whether it
+/// wrote (a create finds its id written by an earlier job of the batch too).
+fn commit(db: &Database, batch: &[Job]) -> Result<Vec<bool>, StoreError> {
     let txn = db.begin_write().map_err(unavailable)?;
+    let mut written = Vec::with_capacity(batch.len());
     {
         let mut table = txn.open_table(SECRETS).map_err(unavailable)?;
         for job in batch {
@@ -100,13 +167,24 @@ fn commit(db: &Database, batch: &[Job]) -> Result<(), StoreError> {
                 Write::Delete(id) => {
                     table.remove(id.as_str()).map_err(unavailable)?;
                 }
+                Write::Create(id, enc) => {
+                    if table.get(id.as_str()).map_err(unavailable)?.is_some() {
+                        written.push(false);
+                        continue;
+                    }
+                    table
+                        .insert(id.as_str(), enc.as_str())
+                        .map_err(unavailable)?;
+                }
                 #[cfg(test)]
                 Write::Fail => return Err(unavailable("injected failure")),
             }
+            written.push(true);
         }
     }
     // Dropping an uncommitted transaction (on any error above) aborts it: nothing written.
-    txn.commit().map_err(unavailable)
+    txn.commit().map_err(unavailable)?;
+    Ok(written)
 }
 
 impl Drop for EmbeddedStore {
@@ -186,16 +264,41 @@ impl EmbeddedStore {
         txn.commit()
             .map_err(|e| format!("{}: {e}", path.display()))?;
         let db = Arc::new(db);
-        let committer = Committer::start(db.clone())
+        let markers = Arc::new(Mutex::new(Markers::default()));
+        let committer = Committer::start(db.clone(), markers.clone())
             .map_err(|e| format!("{}: cannot start the commit thread: {e}", path.display()))?;
         Ok(EmbeddedStore {
             db,
             keys,
             committer: Some(committer),
+            markers,
         })
     }
 
     fn get_sync(&self, id: &str) -> Result<Option<String>, StoreError> {
+        if !is_marker(id) {
+            return self.read(id);
+        }
+        let generation = {
+            let m = lock(&self.markers);
+            if let Some(v) = m.values.get(id) {
+                return Ok(v.clone());
+            }
+            m.generation
+        };
+        let v = self.read(id)?;
+        let mut m = lock(&self.markers);
+        if m.generation == generation {
+            if m.values.len() >= MAX_MARKERS {
+                m.values.clear();
+            }
+            m.values.insert(id.to_string(), v.clone());
+        }
+        Ok(v)
+    }
+
+    /// The value of `id` in the file.
+    fn read(&self, id: &str) -> Result<Option<String>, StoreError> {
         let txn = self.db.begin_read().map_err(unavailable)?;
         let table = txn.open_table(SECRETS).map_err(unavailable)?;
         let Some(v) = table.get(id).map_err(unavailable)? else {
@@ -209,7 +312,7 @@ impl EmbeddedStore {
     }
 
     /// Queues one request's writes and waits until they are durably committed.
-    async fn write(&self, write: Write) -> Result<(), StoreError> {
+    async fn write(&self, write: Write) -> Result<bool, StoreError> {
         let committer = self
             .committer
             .as_ref()
@@ -233,7 +336,14 @@ impl EmbeddedStore {
                 self.keys.encrypt(value).map_err(unavailable)?,
             ));
         }
-        self.write(Write::Put(enc)).await
+        self.write(Write::Put(enc)).await.map(drop)
+    }
+
+    /// Whether `id` is held, by a read transaction (never waits for the writer).
+    fn exists(&self, id: &str) -> Result<bool, StoreError> {
+        let txn = self.db.begin_read().map_err(unavailable)?;
+        let table = txn.open_table(SECRETS).map_err(unavailable)?;
+        Ok(table.get(id).map_err(unavailable)?.is_some())
     }
 
     fn list_sync(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
@@ -318,26 +428,23 @@ impl SecretStore for EmbeddedStore {
             self.put_all(&refs).await
         })
     }
-    /// One redb write transaction: redb admits one writer at a time, so the check and the
-    /// insert cannot interleave with another write.
+    /// An id already held is found by a read transaction (which never waits for the
+    /// committer); otherwise the check and the insert are one job of the committer, in the
+    /// write transaction of its batch: redb admits one writer at a time, so they cannot
+    /// interleave with another write.
     fn create<'a>(&'a self, id: &'a str, value: &'a str) -> StoreFuture<'a, bool> {
         Box::pin(async move {
-            use redb::ReadableTable;
-            let txn = self.db.begin_write().map_err(unavailable)?;
-            {
-                let mut table = txn.open_table(SECRETS).map_err(unavailable)?;
-                if table.get(id).map_err(unavailable)?.is_some() {
-                    return Ok(false);
-                }
-                let enc = self.keys.encrypt(value).map_err(unavailable)?;
-                table.insert(id, enc.as_str()).map_err(unavailable)?;
+            let known =
+                is_marker(id) && matches!(lock(&self.markers).values.get(id), Some(Some(_)));
+            if known || self.exists(id)? {
+                return Ok(false);
             }
-            txn.commit().map_err(unavailable)?;
-            Ok(true)
+            let enc = self.keys.encrypt(value).map_err(unavailable)?;
+            self.write(Write::Create(id.to_string(), enc)).await
         })
     }
     fn delete<'a>(&'a self, id: &'a str) -> StoreFuture<'a, ()> {
-        Box::pin(async move { self.write(Write::Delete(id.to_string())).await })
+        Box::pin(async move { self.write(Write::Delete(id.to_string())).await.map(drop) })
     }
     fn list<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, Vec<String>> {
         Box::pin(async move { self.list_sync(prefix) })
@@ -454,6 +561,58 @@ mod tests {
         // The committer goes on after a failed batch.
         s.put("/f/d", "4").await.unwrap();
         assert_eq!(s.get("/f/d").await.unwrap().as_deref(), Some("4"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_creates_of_one_id_write_one_value_only() {
+        let (_dir, s) = open_temp();
+        let (a, b) = with_committer_held(&s, async {
+            let a = tokio::spawn({
+                let s = s.clone();
+                async move { s.create("/c/x/.owner", "first").await }
+            });
+            let b = tokio::spawn({
+                let s = s.clone();
+                async move { s.create("/c/x/.owner", "second").await }
+            });
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            (a, b)
+        })
+        .await;
+        let (a, b) = (a.await.unwrap().unwrap(), b.await.unwrap().unwrap());
+        assert!(a ^ b, "exactly one create wins: {a} {b}");
+        let won = if a { "first" } else { "second" };
+        assert_eq!(s.get("/c/x/.owner").await.unwrap().as_deref(), Some(won));
+        // Held already: found without a write.
+        assert!(!s.create("/c/x/.owner", "third").await.unwrap());
+        assert_eq!(s.get("/c/x/.owner").await.unwrap().as_deref(), Some(won));
+    }
+
+    #[tokio::test]
+    async fn owner_markers_kept_in_memory_follow_every_write() {
+        let (_dir, s) = open_temp();
+        let m = "/om/database/a/.owner";
+        assert_eq!(s.get(m).await.unwrap(), None);
+        assert!(s.create(m, "databaseService:a").await.unwrap());
+        assert_eq!(
+            s.get(m).await.unwrap().as_deref(),
+            Some("databaseService:a")
+        );
+        assert!(!s.create(m, "databaseService:b").await.unwrap());
+        s.put(m, "databaseService:c").await.unwrap();
+        assert_eq!(
+            s.get(m).await.unwrap().as_deref(),
+            Some("databaseService:c")
+        );
+        s.delete(m).await.unwrap();
+        assert_eq!(s.get(m).await.unwrap(), None);
+        assert!(s.create(m, "databaseService:d").await.unwrap());
+        assert_eq!(
+            s.get(m).await.unwrap().as_deref(),
+            Some("databaseService:d")
+        );
+        // What memory holds is what the file holds.
+        assert_eq!(s.read(m).unwrap().as_deref(), Some("databaseService:d"));
     }
 
     #[tokio::test]
