@@ -9,34 +9,34 @@ use crate::policy::CallerClass;
 
 /// What the server knows about the client connection.
 #[derive(Clone, Copy, Debug)]
-pub struct ConnInfo {
-    pub remote: SocketAddr,
-    pub https: bool,
+pub(crate) struct ConnInfo {
+    pub(crate) remote: SocketAddr,
+    pub(crate) https: bool,
 }
 
 /// The caller, as far as a verified token says.
 #[derive(Debug, Clone)]
-pub struct Caller {
-    pub class: CallerClass,
+pub(crate) struct Caller {
+    pub(crate) class: CallerClass,
     /// The token's `sub` (for audit lines), or `anonymous`.
-    pub sub: String,
+    pub(crate) sub: String,
 }
 
 /// Per-request facts gathered along the pipeline.
 pub(crate) struct RequestCtx {
-    pub request_id: HeaderValue,
-    pub conn: ConnInfo,
-    pub caller: Caller,
+    pub(crate) request_id: HeaderValue,
+    pub(crate) conn: ConnInfo,
+    pub(crate) caller: Caller,
     /// `ruled` or `passthrough`, for the access line and metrics.
-    pub route_class: &'static str,
+    pub(crate) route_class: &'static str,
     /// The path, kept only when the access line is written.
-    pub path_for_log: Option<String>,
+    pub(crate) path_for_log: Option<String>,
     /// Why the upstream's answer was refused, if it was (`rewrite::refusal`).
-    pub read_refused: Option<&'static str>,
+    pub(crate) read_refused: Option<&'static str>,
 }
 
 impl RequestCtx {
-    pub fn new<B>(req: &Request<B>, conn: ConnInfo) -> RequestCtx {
+    pub(crate) fn new<B>(req: &Request<B>, conn: ConnInfo) -> RequestCtx {
         RequestCtx {
             request_id: headers::request_id(req.headers()),
             conn,

@@ -14,14 +14,14 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
     }
 }
 
-pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(crate) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub(crate) static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Removes the hop-by-hop headers: the fixed list, every `Proxy-*` header, and every
 /// header the `Connection` header names.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most requests carry none: one pass over the names, nothing hashed or removed.
     if !headers.keys().any(is_hop_by_hop) {
         return;
@@ -62,7 +62,7 @@ fn remove_named(headers: &mut HeaderMap, connection: &HeaderValue) {
 }
 
 /// A caller-supplied request id is kept when it is short printable ASCII; otherwise a new one.
-pub fn request_id(headers: &HeaderMap) -> HeaderValue {
+pub(crate) fn request_id(headers: &HeaderMap) -> HeaderValue {
     if let Some(v) = headers.get(&X_REQUEST_ID) {
         if let Ok(s) = v.to_str() {
             if !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic()) {
@@ -80,7 +80,7 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
 }
 
 /// Appends the client address to `X-Forwarded-For` and sets proto and host.
-pub fn set_forwarded(
+pub(crate) fn set_forwarded(
     headers: &mut HeaderMap,
     client: std::net::IpAddr,
     https: bool,
@@ -107,7 +107,7 @@ pub fn set_forwarded(
 /// forwarding headers and the request id in. The same result as [`strip_hop_by_hop`] then
 /// [`set_forwarded`] with the request's host, without copying the host or formatting the
 /// client address on every request.
-pub fn forward(
+pub(crate) fn forward(
     headers: &mut HeaderMap,
     authority: Option<&http::uri::Authority>,
     client: std::net::IpAddr,

@@ -42,8 +42,7 @@ use crate::secrets::fernet::FernetKeys;
 use crate::secrets::transaction::{EntityLocks, StoreTxn};
 use crate::secrets::SecretStore;
 use context::RequestCtx;
-pub use context::{Caller, ConnInfo};
-pub use read::X_MASKED_FIELDS;
+pub(crate) use context::{Caller, ConnInfo};
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -51,24 +50,24 @@ use std::time::Duration;
 /// Everything a request needs, shared by all connections.
 pub struct Gateway {
     pub(crate) upstream: Upstream,
-    pub metrics: Arc<Metrics>,
-    pub max_body_bytes: usize,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) max_body_bytes: usize,
     /// A client's whole request body must arrive within this (`server.body_timeout_ms`).
-    pub client_body_timeout: Duration,
+    pub(crate) client_body_timeout: Duration,
     /// An upstream answer read whole must arrive within this; a streamed one may not stall
     /// longer (`upstream.body_timeout_ms`).
-    pub upstream_body_timeout: Duration,
+    pub(crate) upstream_body_timeout: Duration,
     /// Rules and read policy, swapped whole on SIGHUP; requests in flight keep what they
     /// started with.
     live: RwLock<Arc<Live>>,
-    pub ids: IdBuilder,
-    pub store: Arc<dyn SecretStore>,
-    pub fernet: FernetKeys,
+    pub(crate) ids: IdBuilder,
+    pub(crate) store: Arc<dyn SecretStore>,
+    pub(crate) fernet: FernetKeys,
     /// Values go to the store (managed providers) rather than travelling as Fernet tokens.
-    pub managed: bool,
-    pub wrap_references: bool,
+    pub(crate) managed: bool,
+    pub(crate) wrap_references: bool,
     /// `Bearer <service token>`, for the gateway's own upstream reads.
-    pub service_auth: Option<HeaderValue>,
+    pub(crate) service_auth: Option<HeaderValue>,
     /// One lock per entity id root, so store and upstream agree on the last writer.
     pub(crate) entity_locks: EntityLocks,
     pub(crate) auth: Option<crate::auth::Auth>,
@@ -77,25 +76,25 @@ pub struct Gateway {
 }
 
 /// What SIGHUP reloads.
-pub struct Live {
-    pub rules: RuleSet,
-    pub policy: PolicyConfig,
+pub(crate) struct Live {
+    pub(crate) rules: RuleSet,
+    pub(crate) policy: PolicyConfig,
 }
 
 /// The parts of a [`Gateway`] that are not derived from others.
-pub struct GatewayParts {
+pub(crate) struct GatewayParts {
     pub(crate) upstream: Upstream,
-    pub metrics: Arc<Metrics>,
-    pub max_body_bytes: usize,
-    pub client_body_timeout: Duration,
-    pub upstream_body_timeout: Duration,
-    pub live: Live,
-    pub ids: IdBuilder,
-    pub store: Arc<dyn SecretStore>,
-    pub fernet: FernetKeys,
-    pub managed: bool,
-    pub wrap_references: bool,
-    pub service_token: Option<String>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) max_body_bytes: usize,
+    pub(crate) client_body_timeout: Duration,
+    pub(crate) upstream_body_timeout: Duration,
+    pub(crate) live: Live,
+    pub(crate) ids: IdBuilder,
+    pub(crate) store: Arc<dyn SecretStore>,
+    pub(crate) fernet: FernetKeys,
+    pub(crate) managed: bool,
+    pub(crate) wrap_references: bool,
+    pub(crate) service_token: Option<String>,
     pub(crate) auth: Option<crate::auth::Auth>,
 }
 
@@ -115,7 +114,7 @@ fn method_allowed(m: &Method) -> bool {
 }
 
 impl Gateway {
-    pub fn new(p: GatewayParts) -> Gateway {
+    pub(crate) fn new(p: GatewayParts) -> Gateway {
         Gateway {
             upstream: p.upstream,
             metrics: p.metrics,
@@ -138,7 +137,7 @@ impl Gateway {
     }
 
     /// Runs the pipeline and turns any error into a response (the one place that does).
-    pub async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+    pub(crate) async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
         let started = Instant::now();
         let mut ctx = RequestCtx::new(&req, conn);
         let method = req.method().clone();
@@ -299,7 +298,7 @@ impl Gateway {
     }
 
     /// The rules and policy in force now.
-    pub fn live(&self) -> Arc<Live> {
+    pub(crate) fn live(&self) -> Arc<Live> {
         match self.live.read() {
             Ok(l) => l.clone(),
             Err(p) => p.into_inner().clone(),
@@ -307,7 +306,7 @@ impl Gateway {
     }
 
     /// Swaps in new rules and policy (SIGHUP). Requests in flight keep the old ones.
-    pub fn replace_live(&self, live: Live) {
+    pub(crate) fn replace_live(&self, live: Live) {
         let live = Arc::new(live);
         match self.live.write() {
             Ok(mut l) => *l = live,

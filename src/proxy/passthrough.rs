@@ -33,9 +33,9 @@ use crate::rewrite::scan::json_like;
 /// What the safety net does for one caller on an unruled route.
 pub(super) struct Net {
     /// Mask `secret:` / `fernet:` strings (callers who do not resolve).
-    pub refs: bool,
+    pub(crate) refs: bool,
     /// Mask `mask_only` rules' fields (callers who may not see them): the rules in force.
-    pub mask_only: Option<std::sync::Arc<super::Live>>,
+    pub(crate) mask_only: Option<std::sync::Arc<super::Live>>,
 }
 
 impl Net {

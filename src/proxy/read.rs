@@ -29,25 +29,25 @@ use crate::rewrite::refusal::{looks_compressed, Unreadable};
 use crate::rewrite::response::{may_hold_references, Permit, ReadCtx};
 use crate::rules::{Op, RouteMatch, Rule, RuleSet};
 
-pub static X_MASKED_FIELDS: http::HeaderName =
+pub(crate) static X_MASKED_FIELDS: http::HeaderName =
     http::HeaderName::from_static("x-omsp-masked-fields");
 
 /// The rule an answer is rewritten by.
 pub(super) struct Scope<'a> {
-    pub rules: &'a RuleSet,
-    pub rule: &'a Rule,
+    pub(crate) rules: &'a RuleSet,
+    pub(crate) rule: &'a Rule,
     /// The answer is the entity's subtree at these keys (user token routes).
-    pub response_at: &'a [String],
-    pub op: Op,
+    pub(crate) response_at: &'a [String],
+    pub(crate) op: Op,
 }
 
 /// Who reads the answer.
 pub(super) struct Reader<'a> {
-    pub class: CallerClass,
+    pub(crate) class: CallerClass,
     /// The verified token's subject (`policy.mask_only.reveal_to`).
-    pub sub: &'a str,
-    pub policy: &'a PolicyConfig,
-    pub permit: Option<&'a dyn Permit>,
+    pub(crate) sub: &'a str,
+    pub(crate) policy: &'a PolicyConfig,
+    pub(crate) permit: Option<&'a dyn Permit>,
 }
 
 /// On ruled routes: HEAD is asked as GET (so the rewritten length is the one announced), and

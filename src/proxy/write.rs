@@ -44,11 +44,11 @@ mod unmask;
 
 /// What phase 3 hands to the store transaction and the forwarder.
 pub(super) struct Prepared {
-    pub body: Body,
-    pub plan: Plan,
-    pub audit: Vec<AuditEntry>,
+    pub(crate) body: Body,
+    pub(crate) plan: Plan,
+    pub(crate) audit: Vec<AuditEntry>,
     /// Held until the upstream has answered, so store and upstream agree on the last writer.
-    pub lock: Option<OwnedMutexGuard<()>>,
+    pub(crate) lock: Option<OwnedMutexGuard<()>>,
 }
 
 impl Prepared {

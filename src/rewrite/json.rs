@@ -23,9 +23,9 @@ use super::refusal::Unreadable;
 
 /// The deepest nesting a write may send or leave an entity with (an object holding an object
 /// is 2 levels). The reads are tested at this depth and far beyond.
-pub const MAX_DEPTH: usize = 128;
+pub(crate) const MAX_DEPTH: usize = 128;
 /// The deepest nesting the gateway reads in an answer; deeper answers are refused (502).
-pub const READ_MAX_DEPTH: usize = 10_000;
+pub(crate) const READ_MAX_DEPTH: usize = 10_000;
 /// The parser's message for nesting beyond its limit.
 pub(crate) const TOO_DEEP: &str = "nesting is deeper than";
 
@@ -212,7 +212,7 @@ fn nesting(b: &[u8], stop: usize) -> usize {
 
 /// Parses a request body strictly; the error message says what is wrong (never echoes the
 /// input).
-pub fn parse_strict(bytes: &[u8]) -> Result<Value, String> {
+pub(crate) fn parse_strict(bytes: &[u8]) -> Result<Value, String> {
     let seed = Seed {
         depth: 0,
         limit: MAX_DEPTH,
@@ -293,7 +293,7 @@ pub fn to_vec(v: &Value) -> Result<Vec<u8>, serde_json::Error> {
 }
 
 /// Serialises `v` compactly at any depth, as a string.
-pub fn to_string(v: &Value) -> Result<String, serde_json::Error> {
+pub(crate) fn to_string(v: &Value) -> Result<String, serde_json::Error> {
     to_vec(v).map(|b| String::from_utf8_lossy(&b).into_owned())
 }
 
@@ -328,7 +328,7 @@ impl Serialize for Deep<'_> {
 }
 
 /// Drops a document without recursion (a `Value`'s own drop recurses once per level).
-pub fn drop_deep(v: Value) {
+pub(crate) fn drop_deep(v: Value) {
     let mut todo = vec![v];
     while let Some(v) = todo.pop() {
         match v {
@@ -344,13 +344,6 @@ pub fn drop_deep(v: Value) {
 pub struct DeepValue {
     value: Value,
     deep: bool,
-}
-
-impl DeepValue {
-    /// A value of unknown depth: dropped without recursion.
-    pub fn new(value: Value) -> DeepValue {
-        DeepValue { value, deep: true }
-    }
 }
 
 impl Drop for DeepValue {

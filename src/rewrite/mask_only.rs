@@ -16,7 +16,7 @@ use crate::rules::RuleSet;
 const MAX_EMBEDDING: usize = 16;
 
 /// Masks every `mask_only` field in `doc`.
-pub fn mask_fields(rules: &RuleSet, doc: &mut Value) {
+pub(crate) fn mask_fields(rules: &RuleSet, doc: &mut Value) {
     for rule in rules.rules.iter().filter(|r| r.is_mask_only()) {
         let scanner = Scanner::new(rules, rule);
         mask_doc(rules, &scanner, doc, &[], 0);

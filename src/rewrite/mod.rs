@@ -21,13 +21,13 @@ pub mod structure;
 use serde_json::Value;
 
 /// The server's mask (9 asterisks); the SDK's 10-asterisk mask means the same on writes.
-pub const MASK: &str = "*********";
-pub const SDK_MASK: &str = "**********";
-pub const REFERENCE_PREFIX: &str = "secret:";
+pub(crate) const MASK: &str = "*********";
+pub(crate) const SDK_MASK: &str = "**********";
+pub(crate) const REFERENCE_PREFIX: &str = "secret:";
 
 /// What a caller put in a secret field.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FieldValue {
+pub(crate) enum FieldValue {
     Plain(String),
     Mask,
     Reference(String),
@@ -36,7 +36,7 @@ pub enum FieldValue {
 }
 
 /// Classifies a secret field's value; `None` for objects and arrays (not a secret leaf).
-pub fn classify(v: &Value) -> Option<FieldValue> {
+pub(crate) fn classify(v: &Value) -> Option<FieldValue> {
     match v {
         Value::Null => Some(FieldValue::Clear),
         Value::String(s) if s.is_empty() => Some(FieldValue::Clear),

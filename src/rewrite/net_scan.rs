@@ -9,11 +9,11 @@ use super::scan::{MarkerScan, CARRY};
 use crate::rules::words::Words;
 
 /// The longest `net_markers` word a rule may declare.
-pub const MAX_WORD: usize = 32;
+pub(crate) const MAX_WORD: usize = 32;
 
 /// Scans for a set of words, chunk by chunk.
 #[derive(Debug)]
-pub struct WordScan {
+pub(crate) struct WordScan {
     words: Arc<Words>,
     /// The longest word's length minus one: what a split word leaves in the earlier chunk.
     carry: usize,
@@ -24,7 +24,7 @@ pub struct WordScan {
 
 impl WordScan {
     /// `None` when there is nothing to look for.
-    pub fn new(words: Arc<Words>) -> Option<WordScan> {
+    pub(crate) fn new(words: Arc<Words>) -> Option<WordScan> {
         if words.is_empty() {
             return None;
         }
@@ -43,7 +43,7 @@ impl WordScan {
     }
 
     /// Scans the next chunk; true once any word has been seen.
-    pub fn feed(&mut self, chunk: &[u8]) -> bool {
+    pub(crate) fn feed(&mut self, chunk: &[u8]) -> bool {
         if self.seen {
             return true;
         }
@@ -71,14 +71,14 @@ impl WordScan {
 
 /// What the unruled safety net looks for in one answer.
 #[derive(Debug, Default)]
-pub struct NetScan {
+pub(crate) struct NetScan {
     refs: Option<MarkerScan>,
     words: Option<WordScan>,
 }
 
 impl NetScan {
     /// `refs`: look for reference markers; `words`: the `mask_only` rules' words, if any.
-    pub fn new(refs: bool, words: Option<Arc<Words>>) -> NetScan {
+    pub(crate) fn new(refs: bool, words: Option<Arc<Words>>) -> NetScan {
         NetScan {
             refs: refs.then(MarkerScan::default),
             words: words.and_then(WordScan::new),
@@ -86,24 +86,24 @@ impl NetScan {
     }
 
     /// Whether there is anything to look for.
-    pub fn active(&self) -> bool {
+    pub(crate) fn active(&self) -> bool {
         self.refs.is_some() || self.words.is_some()
     }
 
     /// Scans the next chunk; true once anything has been seen.
-    pub fn feed(&mut self, chunk: &[u8]) -> bool {
+    pub(crate) fn feed(&mut self, chunk: &[u8]) -> bool {
         let refs = self.refs.as_mut().is_some_and(|s| s.feed(chunk));
         let words = self.words.as_mut().is_some_and(|s| s.feed(chunk));
         refs || words
     }
 
-    pub fn seen(&self) -> bool {
+    pub(crate) fn seen(&self) -> bool {
         self.refs.as_ref().is_some_and(MarkerScan::seen)
             || self.words.as_ref().is_some_and(|w| w.seen)
     }
 
     /// How many trailing bytes of a streamed answer must wait for the next chunk's scan.
-    pub fn carry(&self) -> usize {
+    pub(crate) fn carry(&self) -> usize {
         CARRY.max(self.words.as_ref().map_or(0, |w| w.carry))
     }
 }

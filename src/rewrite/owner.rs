@@ -20,31 +20,31 @@ use crate::secrets::ownership::{self, Owner, OwnershipError};
 use crate::secrets::SecretStore;
 
 /// An entity whose secrets are written.
-pub struct Entity<'a> {
-    pub rule: &'a Rule,
-    pub name: &'a str,
+pub(crate) struct Entity<'a> {
+    pub(crate) rule: &'a Rule,
+    pub(crate) name: &'a str,
     /// The parent's fully qualified name (scoped kinds only).
-    pub scope: Option<&'a str>,
+    pub(crate) scope: Option<&'a str>,
     /// The entity as the upstream holds it, when it exists.
-    pub current: Option<&'a Value>,
+    pub(crate) current: Option<&'a Value>,
 }
 
 /// Where an entity's secrets live and who it is.
 #[derive(Debug, Clone)]
-pub struct Located {
-    pub root: String,
-    pub owner: Owner,
+pub(crate) struct Located {
+    pub(crate) root: String,
+    pub(crate) owner: Owner,
     /// The root's marker names the entity already.
-    pub owned: bool,
+    pub(crate) owned: bool,
     /// The root an earlier version gave the entity (its name holds `/`) when the entity
     /// owns it: references there are the entity's and move to `root` on its next write.
-    pub legacy_root: Option<String>,
+    pub(crate) legacy_root: Option<String>,
 }
 
 impl Located {
     /// The first root, unclaimed and unlooked-up: for writes that store nothing, and for
     /// providers that keep no secrets under roots.
-    pub fn none(ids: &IdBuilder, rule: &Rule, name: &str) -> Located {
+    pub(crate) fn none(ids: &IdBuilder, rule: &Rule, name: &str) -> Located {
         Located {
             root: lock_key(ids, rule, name),
             owner: Owner::new(format!("{}:{name}", rule.kind)),
@@ -56,7 +56,7 @@ impl Located {
 
 /// The key of the entity lock writes of this entity take: its first candidate root, so
 /// same-named entities of one kind serialise within a gateway while they pick their roots.
-pub fn lock_key(ids: &IdBuilder, rule: &Rule, name: &str) -> String {
+pub(crate) fn lock_key(ids: &IdBuilder, rule: &Rule, name: &str) -> String {
     ids.root(&rule.root_template, name)
 }
 
@@ -95,7 +95,7 @@ impl Entity<'_> {
 
 /// Where `entity`'s secrets live. Only managed providers keep secrets under roots; the
 /// others get the first candidate without a store call.
-pub async fn locate(
+pub(crate) async fn locate(
     store: &dyn SecretStore,
     ids: &IdBuilder,
     fernet: &FernetKeys,
@@ -146,7 +146,7 @@ async fn legacy_root(
 
 /// The parent's fully qualified name an entity as the upstream holds it names
 /// (`service.fullyQualifiedName`); `None` for kinds without a scope.
-pub fn scope_of(rule: &Rule, entity: &Value) -> Result<Option<String>, GatewayError> {
+pub(crate) fn scope_of(rule: &Rule, entity: &Value) -> Result<Option<String>, GatewayError> {
     let Some(scope) = &rule.scope else {
         return Ok(None);
     };
@@ -164,7 +164,7 @@ pub fn scope_of(rule: &Rule, entity: &Value) -> Result<Option<String>, GatewayEr
 }
 
 /// [`locate`] for an entity as the upstream holds it (patch, hard delete, migrate).
-pub async fn locate_existing(
+pub(crate) async fn locate_existing(
     store: &dyn SecretStore,
     ids: &IdBuilder,
     fernet: &FernetKeys,

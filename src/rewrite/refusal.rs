@@ -34,7 +34,7 @@ pub enum Unreadable {
 }
 
 impl Unreadable {
-    pub const ALL: [Unreadable; 12] = [
+    pub(crate) const ALL: [Unreadable; 12] = [
         Unreadable::TooLarge,
         Unreadable::Incomplete,
         Unreadable::Encoding,
@@ -49,7 +49,7 @@ impl Unreadable {
         Unreadable::TextMarker,
     ];
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Unreadable::TooLarge => "too_large",
             Unreadable::Incomplete => "incomplete",
@@ -67,7 +67,7 @@ impl Unreadable {
     }
 
     /// Position in [`Unreadable::ALL`] (metrics keep one counter per reason).
-    pub fn index(self) -> usize {
+    pub(crate) fn index(self) -> usize {
         Unreadable::ALL
             .iter()
             .position(|r| *r == self)
@@ -75,7 +75,7 @@ impl Unreadable {
     }
 
     /// The message of the 502; never a byte of the answer.
-    pub fn message(self) -> String {
+    pub(crate) fn message(self) -> String {
         let why = match self {
             Unreadable::TooLarge => "it is too large to inspect".to_string(),
             Unreadable::Incomplete => "it broke off".to_string(),
@@ -107,7 +107,7 @@ impl Unreadable {
 
     /// Why `bytes` (already decoded per its `Content-Encoding`) cannot be read as JSON, from the
     /// parser's error and a look at the bytes.
-    pub fn classify(bytes: &[u8], err: &serde_json::Error) -> Unreadable {
+    pub(crate) fn classify(bytes: &[u8], err: &serde_json::Error) -> Unreadable {
         let text = err.to_string();
         if bytes.starts_with(b"\xEF\xBB\xBF") {
             Unreadable::Bom
@@ -128,7 +128,7 @@ impl Unreadable {
 }
 
 /// gzip's magic bytes, or a zlib header (what `deflate` sends): neither can start JSON or text.
-pub fn looks_compressed(bytes: &[u8]) -> bool {
+pub(crate) fn looks_compressed(bytes: &[u8]) -> bool {
     match bytes {
         [0x1f, 0x8b, ..] => true,
         [0x78, second, ..] => [0x01, 0x5e, 0x9c, 0xda].contains(second),

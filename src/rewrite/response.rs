@@ -23,32 +23,32 @@ use crate::secrets::fernet::{FernetKeys, PREFIX as FERNET_PREFIX};
 use crate::secrets::SecretStore;
 
 /// Whether a resolving caller may see the values of one entity (the upstream's `ViewAll`).
-pub trait Permit: Sync {
+pub(crate) trait Permit: Sync {
     fn allows<'a>(
         &'a self,
         fqn: &'a str,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + 'a>>;
 }
 
-pub struct ReadCtx<'a> {
-    pub rules: &'a RuleSet,
+pub(crate) struct ReadCtx<'a> {
+    pub(crate) rules: &'a RuleSet,
     /// The rule of the route the answer came from.
-    pub rule: &'a Rule,
+    pub(crate) rule: &'a Rule,
     /// What this caller sees, per rule (same order as `rules.rules`).
-    pub actions: &'a [ReadAction],
-    pub fernet: &'a FernetKeys,
-    pub store: &'a dyn SecretStore,
+    pub(crate) actions: &'a [ReadAction],
+    pub(crate) fernet: &'a FernetKeys,
+    pub(crate) store: &'a dyn SecretStore,
     /// The answer is the entity's subtree at these keys (user token routes).
-    pub response_at: &'a [String],
+    pub(crate) response_at: &'a [String],
     /// When set, resolving needs the upstream's permission per entity (deny by default).
-    pub permit: Option<&'a dyn Permit>,
+    pub(crate) permit: Option<&'a dyn Permit>,
     /// The raw answer may hold a reference or a token ([`may_hold_references`]); when it
     /// cannot, the safety net has nothing to look for.
-    pub markers: bool,
+    pub(crate) markers: bool,
 }
 
 /// Fields masked because resolving them failed (reported in a response header).
-pub type Degraded = Vec<String>;
+pub(crate) type Degraded = Vec<String>;
 
 /// JSON inside a string inside a string ... this many times at most.
 const MAX_EMBEDDING: usize = 16;
@@ -84,7 +84,7 @@ fn refused(why: Unreadable) -> GatewayError {
 
 impl ReadCtx<'_> {
     /// Rewrites an answer of any shape for this caller.
-    pub async fn rewrite(&self, doc: &mut Value) -> Result<Degraded, GatewayError> {
+    pub(crate) async fn rewrite(&self, doc: &mut Value) -> Result<Degraded, GatewayError> {
         let scanner = Scanner::new(self.rules, self.rule);
         let mut degraded = Vec::new();
         let at = self
@@ -338,7 +338,7 @@ fn revealed(action: ReadAction, original: Value) -> Value {
 
 /// The safety net: masks every string that is a reference or a token, or quotes one (`"secret:`
 /// inside a JSON text), at any depth.
-pub fn mask_references(v: &mut Value) {
+pub(crate) fn mask_references(v: &mut Value) {
     match v {
         Value::String(s) if holds_marker(s) => {
             *s = MASK.to_string();
@@ -363,7 +363,7 @@ fn join(prefix: &str, steps: &[Step]) -> String {
 
 /// Whether a raw body could hold something the safety net masks (a fast byte scan; `\u`
 /// catches escaped spellings such as "\u0073ecret:").
-pub fn may_hold_references(body: &[u8]) -> bool {
+pub(crate) fn may_hold_references(body: &[u8]) -> bool {
     use memchr::memmem;
     memmem::find(body, b"\"secret:").is_some()
         || memmem::find(body, b"\"fernet:").is_some()

@@ -8,14 +8,14 @@ use std::sync::LazyLock;
 use memchr::memmem::Finder;
 
 /// The longest marker is 8 bytes: a marker split across chunks has at most 7 in the first.
-pub const CARRY: usize = 7;
+pub(crate) const CARRY: usize = 7;
 
 /// Both prefixes end in `et:`: one search for that (rare in JSON), each hit checked.
 static ET_COLON: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"et:"));
 
 /// Whether `bytes` holds a marker: the same answer as `response::may_hold_references`, in
 /// two passes of the cheapest kind (a 3-byte search and a 1-byte one) instead of three.
-pub fn has_marker(bytes: &[u8]) -> bool {
+pub(crate) fn has_marker(bytes: &[u8]) -> bool {
     let mut at = 0;
     while let Some(i) = ET_COLON.find(&bytes[at..]) {
         let i = at + i;
@@ -33,7 +33,7 @@ pub fn has_marker(bytes: &[u8]) -> bool {
 /// Scans a byte stream chunk by chunk; remembers the last [`CARRY`] bytes so that markers
 /// across chunk boundaries are found.
 #[derive(Debug, Default)]
-pub struct MarkerScan {
+pub(crate) struct MarkerScan {
     tail: [u8; CARRY],
     tail_len: usize,
     seen: bool,
@@ -41,7 +41,7 @@ pub struct MarkerScan {
 
 impl MarkerScan {
     /// Scans the next chunk; true once any marker has been seen, in this chunk or before.
-    pub fn feed(&mut self, chunk: &[u8]) -> bool {
+    pub(crate) fn feed(&mut self, chunk: &[u8]) -> bool {
         if self.seen {
             return true;
         }
@@ -70,14 +70,14 @@ impl MarkerScan {
         false
     }
 
-    pub fn seen(&self) -> bool {
+    pub(crate) fn seen(&self) -> bool {
         self.seen
     }
 }
 
 /// Whether a `Content-Type` may be JSON the safety net must read: none at all, anything
 /// naming `json`, or any `text/` type (compared ignoring case, without allocating).
-pub fn json_like(content_type: Option<&http::HeaderValue>) -> bool {
+pub(crate) fn json_like(content_type: Option<&http::HeaderValue>) -> bool {
     let Some(v) = content_type else { return true };
     let Ok(ct) = v.to_str() else { return true };
     let b = ct.as_bytes();

@@ -13,10 +13,13 @@ use crate::rules::jsonpath::Step;
 /// A location that was asked for but not found, or input that is not the JSON it should be.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("the body changed shape between parsing and rewriting")]
-pub struct SpanError;
+pub(crate) struct SpanError;
 
 /// Replaces the value at each location with the JSON text of its new value.
-pub fn replace_values(raw: &[u8], edits: &[(Vec<Step>, Value)]) -> Result<Vec<u8>, SpanError> {
+pub(crate) fn replace_values(
+    raw: &[u8],
+    edits: &[(Vec<Step>, Value)],
+) -> Result<Vec<u8>, SpanError> {
     if edits.is_empty() {
         return Ok(raw.to_vec());
     }

@@ -22,15 +22,15 @@ use crate::secrets::SecretStore;
 
 /// What happened to one secret field, for the audit log.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AuditEntry {
+pub(crate) struct AuditEntry {
     /// The field's JSONPath.
-    pub field: String,
-    pub secret_id: String,
-    pub op: AuditOp,
+    pub(crate) field: String,
+    pub(crate) secret_id: String,
+    pub(crate) op: AuditOp,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AuditOp {
+pub(crate) enum AuditOp {
     /// A value was stored.
     Put,
     /// A value was Fernet-encrypted in place (db and non-managed providers).
@@ -46,7 +46,7 @@ pub enum AuditOp {
 }
 
 impl AuditOp {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             AuditOp::Put => "put",
             AuditOp::Encrypt => "encrypt",
@@ -59,7 +59,7 @@ impl AuditOp {
 }
 
 /// What a reference or a value becomes upstream: `secret:<id>`, Fernet-wrapped when `wrap`.
-pub fn forwarded_reference(
+pub(crate) fn forwarded_reference(
     fernet: &FernetKeys,
     wrap: bool,
     id: &str,
@@ -74,45 +74,45 @@ pub fn forwarded_reference(
 }
 
 /// The service a test-connection workflow names, whose secrets its masks stand for.
-pub struct MaskSource {
+pub(crate) struct MaskSource {
     /// Steps of the workflow's connection config (`request.connection.config`).
-    pub base: Vec<Step>,
+    pub(crate) base: Vec<Step>,
     /// The service's id root, e.g. `/openmetadata/database/mysql-prod`.
-    pub service_root: String,
+    pub(crate) service_root: String,
     /// The service's `connection.config` as the upstream holds it (non-managed providers).
-    pub service_config: Option<Value>,
+    pub(crate) service_config: Option<Value>,
 }
 
 /// Everything the write table needs for one entity.
-pub struct Stripper<'a> {
-    pub rules: &'a RuleSet,
-    pub rule: &'a Rule,
-    pub ids: &'a IdBuilder,
+pub(crate) struct Stripper<'a> {
+    pub(crate) rules: &'a RuleSet,
+    pub(crate) rule: &'a Rule,
+    pub(crate) ids: &'a IdBuilder,
     /// The entity's id root, e.g. `/openmetadata/database/mysql-test`.
-    pub root: String,
+    pub(crate) root: String,
     /// Who owns the root (claimed when the first secret is stored under it).
     pub(crate) owner: Owner,
     /// The entity's root from an earlier version (a name with `/`): references there are
     /// its own and are re-keyed into `root`.
-    pub legacy_root: Option<String>,
+    pub(crate) legacy_root: Option<String>,
     /// Values go to the store (managed providers) rather than travelling as Fernet tokens.
-    pub managed: bool,
-    pub fernet: &'a FernetKeys,
-    pub wrap_references: bool,
-    pub store: &'a dyn SecretStore,
-    pub mask_source: Option<MaskSource>,
+    pub(crate) managed: bool,
+    pub(crate) fernet: &'a FernetKeys,
+    pub(crate) wrap_references: bool,
+    pub(crate) store: &'a dyn SecretStore,
+    pub(crate) mask_source: Option<MaskSource>,
 }
 
 /// The result of stripping one entity.
 #[derive(Debug, Default)]
-pub struct Stripped {
+pub(crate) struct Stripped {
     pub(crate) plan: Plan,
     /// The new value of every secret field that changed, by location (for byte-exact edits).
-    pub edits: Vec<(Vec<Step>, Value)>,
-    pub audit: Vec<AuditEntry>,
+    pub(crate) edits: Vec<(Vec<Step>, Value)>,
+    pub(crate) audit: Vec<AuditEntry>,
     /// Secret fields left as they were because nothing better can be put there: a mask stored
     /// upstream by an old bug with nothing behind it, or a Fernet token no configured key opens.
-    pub left: Vec<String>,
+    pub(crate) left: Vec<String>,
 }
 
 /// What a mask stands for.
@@ -188,7 +188,7 @@ impl Stripper<'_> {
     /// Rewrites every secret field of `doc` (the entity as the upstream will hold it).
     /// `current` is the entity as the upstream holds it now, when known: masks fall back to
     /// it, and ids it referred to that `doc` no longer does are deleted after the write.
-    pub async fn strip(
+    pub(crate) async fn strip(
         &self,
         doc: &mut Value,
         current: Option<&Value>,
@@ -199,7 +199,7 @@ impl Stripper<'_> {
 
     /// [`Stripper::strip`] with the secret fields of `doc` already found
     /// (`RuleSet::find_secrets` of this very `doc`).
-    pub async fn strip_found(
+    pub(crate) async fn strip_found(
         &self,
         doc: &mut Value,
         current: Option<&Value>,
@@ -468,12 +468,12 @@ impl Stripper<'_> {
 }
 
 /// Whether `id` lies under `root` (`<root>/...`).
-pub fn is_within(id: &str, root: &str) -> bool {
+pub(crate) fn is_within(id: &str, root: &str) -> bool {
     id.len() > root.len() + 1 && id.starts_with(root) && id.as_bytes()[root.len()] == b'/'
 }
 
 /// The ids under `root` that anything in `doc` refers to, bare or Fernet-wrapped.
-pub fn references_within(doc: &Value, root: &str, fernet: &FernetKeys) -> BTreeSet<String> {
+pub(crate) fn references_within(doc: &Value, root: &str, fernet: &FernetKeys) -> BTreeSet<String> {
     let mut ids = BTreeSet::new();
     let mut stack = vec![doc];
     while let Some(v) = stack.pop() {
@@ -519,7 +519,11 @@ fn set(doc: &mut Value, steps: &[Step], value: Value, edits: &mut Vec<(Vec<Step>
 /// characters; with a managed provider, also anything outside the id alphabet
 /// ([`is_buildable`]: `/`-separated segments of `a-z`, `0-9`, `_`, `-`), which also keeps
 /// owner markers (`<root>/.owner`) out of reach.
-pub fn check_reference_syntax(id: &str, managed: bool, field: &str) -> Result<(), GatewayError> {
+pub(crate) fn check_reference_syntax(
+    id: &str,
+    managed: bool,
+    field: &str,
+) -> Result<(), GatewayError> {
     let bad = |why: &str| {
         Err(GatewayError::Unprocessable(format!(
             "{field}: the reference is not a secret id ({why})"

@@ -32,48 +32,48 @@ use crate::rules::{type_locations, Rule, RuleSet};
 
 /// A secret location.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Hit {
+pub(crate) struct Hit {
     /// From the document's root.
-    pub steps: Vec<Step>,
+    pub(crate) steps: Vec<Step>,
     /// The rule (index in [`RuleSet::rules`]) whose read policy applies.
-    pub rule: usize,
+    pub(crate) rule: usize,
     /// The [`Owner`] whose permission applies.
-    pub owner: usize,
+    pub(crate) owner: usize,
     /// Named by a rule: one of its paths, or the safety net inside one of its subtrees
     /// (`connection.config`, ...) of an entity or typed subtree. A resolving caller may see
     /// the value of such a field only; any other secret-named member is masked for everyone.
-    pub scoped: bool,
+    pub(crate) scoped: bool,
 }
 
 /// An object whose secrets share one permission: the document's root, or an entity inside it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Owner {
-    pub steps: Vec<Step>,
+pub(crate) struct Owner {
+    pub(crate) steps: Vec<Step>,
     /// `fullyQualifiedName`, else `name`: what a `ViewAll` question names.
-    pub fqn: Option<String>,
+    pub(crate) fqn: Option<String>,
     /// The rules whose entity shape it has (the root: none when it has none).
-    pub rules: Vec<usize>,
+    pub(crate) rules: Vec<usize>,
 }
 
 /// A string holding JSON, to be read as a document of its own.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Embedded {
-    pub steps: Vec<Step>,
-    pub owner: usize,
+pub(crate) struct Embedded {
+    pub(crate) steps: Vec<Step>,
+    pub(crate) owner: usize,
     /// Where its value sits in an entity of the scope's kind (a change's field name), if known.
-    pub anchor: Vec<Step>,
+    pub(crate) anchor: Vec<Step>,
     /// Written by OpenMetadata and able to hold secrets (a version, a change event's entity, a
     /// change of a field that leads to secrets): if it does not parse, the answer is refused.
     /// Other strings that look like JSON (free text a user typed) are left as they are.
-    pub must_parse: bool,
+    pub(crate) must_parse: bool,
 }
 
 /// What [`Scanner::scan`] found in one document.
 #[derive(Debug, Default)]
 pub struct Scan {
-    pub hits: Vec<Hit>,
-    pub owners: Vec<Owner>,
-    pub embedded: Vec<Embedded>,
+    pub(crate) hits: Vec<Hit>,
+    pub(crate) owners: Vec<Owner>,
+    pub(crate) embedded: Vec<Embedded>,
 }
 
 /// The rule set, arranged for looking at every object of an answer.
@@ -87,7 +87,7 @@ pub struct Scanner<'a> {
 
 /// What a [`Scanner`] looks for, derived from the rule set alone.
 #[derive(Debug)]
-pub struct ScanTables {
+pub(crate) struct ScanTables {
     /// Per rule, the subtrees whose presence makes an object an entity of its kind.
     /// Distinct subtrees, each with the rules it is the shape of.
     shapes: Vec<(Vec<Step>, Vec<usize>)>,
@@ -236,7 +236,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// The index of the scope's rule.
-    pub fn scope(&self) -> usize {
+    pub(crate) fn scope(&self) -> usize {
         self.scope
     }
 
@@ -286,7 +286,7 @@ impl<'a> Scanner<'a> {
 
 /// Whether a string looks like a JSON object or array holding members (`"key":`), so it must
 /// be read as one. Free text that merely starts with a bracket (`[a link](...)`) is not.
-pub fn holds_json(s: &str) -> bool {
+pub(crate) fn holds_json(s: &str) -> bool {
     let t = s.trim_start();
     (t.starts_with('{') || t.starts_with('['))
         && memchr::memchr_iter(b'"', t.as_bytes()).any(|q| {

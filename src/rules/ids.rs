@@ -21,7 +21,7 @@ use super::jsonpath::Step;
 
 /// Lower-cases and replaces every character outside `[A-Za-z0-9_-]` with `_`; an empty part
 /// becomes `_`. One name is always exactly one id segment.
-pub fn sanitize(part: &str) -> String {
+pub(crate) fn sanitize(part: &str) -> String {
     if part.is_empty() {
         return "_".into();
     }
@@ -36,8 +36,10 @@ pub fn sanitize(part: &str) -> String {
         .collect()
 }
 
-/// A JSON property name as a field part: `_` and `-` dropped, lower-cased, sanitised.
-pub fn field_part(name: &str) -> String {
+/// A JSON property name as a field part: `_` and `-` dropped, lower-cased, sanitised (the
+/// id builder appends parts with `push_field_part`; this form is for tests).
+#[cfg(test)]
+fn field_part(name: &str) -> String {
     let mut part = String::with_capacity(name.len());
     push_field_part(&mut part, name);
     part
@@ -60,7 +62,7 @@ fn push_field_part(out: &mut String, name: &str) {
 
 /// Whether `id` could have been built by the gateway: `/`-separated non-empty segments of
 /// `[a-z0-9_-]` (no `.`, `..`, upper case or empty segment).
-pub fn is_buildable(id: &str) -> bool {
+pub(crate) fn is_buildable(id: &str) -> bool {
     id.strip_prefix('/').is_some_and(|rest| {
         rest.split('/').all(|seg| {
             !seg.is_empty()
@@ -97,20 +99,20 @@ impl IdBuilder {
 
     /// The id root of an entity: `template` is e.g. `database/{name}`; its literal segments
     /// are kept, `{name}` becomes one sanitised segment.
-    pub fn root(&self, template: &str, name: &str) -> String {
+    pub(crate) fn root(&self, template: &str, name: &str) -> String {
         self.fill(template, &[("{name}", name)])
     }
 
     /// The root of an entity scoped by a parent: `template` is e.g.
     /// `ingestion/{scope}/{name}`, `scope` the parent's fully qualified name.
-    pub fn scoped_root(&self, template: &str, scope: &str, name: &str) -> String {
+    pub(crate) fn scoped_root(&self, template: &str, scope: &str, name: &str) -> String {
         self.fill(template, &[("{scope}", scope), ("{name}", name)])
     }
 
     /// The root an earlier version built for `name` when it differs from [`Self::root`]:
     /// it kept `/` in names (several segments). Secrets found there are moved to the
     /// entity's root on its next write (`rewrite::owner`).
-    pub fn legacy_root(&self, template: &str, name: &str) -> Option<String> {
+    pub(crate) fn legacy_root(&self, template: &str, name: &str) -> Option<String> {
         if !name.contains('/') {
             return None;
         }

@@ -115,7 +115,7 @@ pub(crate) type RuleMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<Fnv>
 
 /// A trie of compiled paths; each terminal node remembers which paths end there.
 #[derive(Debug, Default, Clone)]
-pub struct Trie {
+pub(crate) struct Trie {
     keys: RuleMap<String, Trie>,
     indexes: RuleMap<usize, Trie>,
     any_index: Option<Box<Trie>>,
@@ -124,7 +124,7 @@ pub struct Trie {
 }
 
 impl Trie {
-    pub fn insert(&mut self, segs: &[Seg], path_no: usize) {
+    pub(crate) fn insert(&mut self, segs: &[Seg], path_no: usize) {
         let mut node = self;
         for s in segs {
             node = match s {
@@ -138,7 +138,7 @@ impl Trie {
     }
 
     /// The trie nodes reached by a concrete prefix (exact and wildcard branches).
-    pub fn nodes_at(&self, prefix: &[Step]) -> Vec<&Trie> {
+    pub(crate) fn nodes_at(&self, prefix: &[Step]) -> Vec<&Trie> {
         let mut nodes = vec![self];
         for step in prefix {
             let mut next = Vec::new();
@@ -164,7 +164,7 @@ impl Trie {
 
     /// Every location in `doc` that some path reaches, with the number of the first path
     /// that reaches it. Locations are in document order.
-    pub fn find(&self, doc: &Value) -> Vec<(Vec<Step>, usize)> {
+    pub(crate) fn find(&self, doc: &Value) -> Vec<(Vec<Step>, usize)> {
         let mut out = Vec::new();
         let mut steps = Vec::new();
         self.walk(doc, &mut steps, &mut out);

@@ -190,10 +190,10 @@ pub enum Mode {
 /// Per-kind refinements of the config's read policy.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PolicyOverride {
-    pub bot: Option<ReadAction>,
-    pub user: Option<ReadAction>,
-    pub anonymous: Option<ReadAction>,
-    pub mask_on_resolve_failure: bool,
+    pub(crate) bot: Option<ReadAction>,
+    pub(crate) user: Option<ReadAction>,
+    pub(crate) anonymous: Option<ReadAction>,
+    pub(crate) mask_on_resolve_failure: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -211,7 +211,7 @@ pub struct Rule {
     secret_segs: Vec<Vec<Seg>>,
     pub known_types: HashSet<String>,
     trie: Trie,
-    pub(crate) safety_net: Vec<Vec<String>>,
+    pub safety_net: Vec<Vec<String>>,
     pub routes: Vec<Route>,
     pub policy: PolicyOverride,
     pub allowed_reference_prefixes: Vec<String>,
@@ -223,7 +223,7 @@ pub struct Rule {
     pub credentials_route: Option<String>,
     pub scope: Option<Scope>,
     /// `mask_only`: subtrees whose presence marks an entity of the kind (see `shape`).
-    pub(crate) shape: Vec<Vec<String>>,
+    pub shape: Vec<Vec<String>>,
     /// `mask_only`: words that make the unruled safety net read an answer.
     pub net_markers: Vec<String>,
     /// `mask_only`: the route answering the entity a create body names.
@@ -396,7 +396,7 @@ impl RuleSet {
 
     /// The words whose presence in an unruled JSON answer makes the safety net read it for
     /// `mask_only` fields (empty when no rule is `mask_only`).
-    pub fn net_words(&self) -> &std::sync::Arc<words::Words> {
+    pub(crate) fn net_words(&self) -> &std::sync::Arc<words::Words> {
         &self.net_words
     }
 
@@ -477,7 +477,7 @@ impl RuleSet {
 
     /// Every scalar under a secret-looking key name anywhere in `doc` (bodies of routes that
     /// carry no entity).
-    pub fn find_by_name(&self, doc: &Value) -> Vec<Found> {
+    pub(crate) fn find_by_name(&self, doc: &Value) -> Vec<Found> {
         let mut found = Vec::new();
         self.net_walk(doc, &mut Vec::new(), &mut found);
         found
@@ -566,7 +566,7 @@ impl RuleSet {
     /// document's declared type (paths without types always apply; with no readable type,
     /// typed paths are skipped, so a union member of another type is never refused).
     /// Keys in [`STRING_UNION_KEYS`] may hold a string: their unions admit one.
-    pub fn shape_error(&self, rule: &Rule, doc: &Value) -> Option<String> {
+    pub(crate) fn shape_error(&self, rule: &Rule, doc: &Value) -> Option<String> {
         let locations = type_locations(rule);
         for loc in &locations {
             let mut cur = doc;
@@ -601,7 +601,7 @@ impl RuleSet {
 
     /// Secret locations inside `value`, a subtree that sits at `at` (steps from the entity
     /// root): for JSON Patch op values and merge patches. Returned steps are absolute.
-    pub fn find_secrets_under(&self, rule: &Rule, at: &[Step], value: &Value) -> Vec<Found> {
+    pub(crate) fn find_secrets_under(&self, rule: &Rule, at: &[Step], value: &Value) -> Vec<Found> {
         let mut found: Vec<Found> = Vec::new();
         for node in rule.trie.nodes_at(at) {
             for (rel, n) in node.find(value) {
@@ -1081,7 +1081,7 @@ impl Rule {
 
 /// Keys whose value is a union that admits a plain string beside objects holding secrets:
 /// OpenMetadata's `gcpConfig` (GCP credential values, or the path of a credentials file).
-pub const STRING_UNION_KEYS: &[&str] = &["gcpConfig"];
+pub(crate) const STRING_UNION_KEYS: &[&str] = &["gcpConfig"];
 
 /// Where a document of this rule's kind declares the type its secret groups are keyed by.
 pub(crate) fn type_locations(rule: &Rule) -> Vec<Vec<String>> {

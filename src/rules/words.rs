@@ -7,14 +7,14 @@ use aho_corasick::packed::Searcher;
 use memchr::memmem::Finder;
 
 #[derive(Debug, Clone, Default)]
-pub struct Words {
+pub(crate) struct Words {
     packed: Option<Searcher>,
     finders: Vec<Finder<'static>>,
     longest: usize,
 }
 
 impl Words {
-    pub fn new(words: &[&str]) -> Words {
+    pub(crate) fn new(words: &[&str]) -> Words {
         let words: Vec<&str> = words.iter().copied().filter(|w| !w.is_empty()).collect();
         Words {
             packed: (!words.is_empty())
@@ -28,17 +28,17 @@ impl Words {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.finders.is_empty()
     }
 
     /// The longest word's length in bytes.
-    pub fn longest(&self) -> usize {
+    pub(crate) fn longest(&self) -> usize {
         self.longest
     }
 
     /// Whether any word occurs in `bytes`.
-    pub fn any_in(&self, bytes: &[u8]) -> bool {
+    pub(crate) fn any_in(&self, bytes: &[u8]) -> bool {
         match &self.packed {
             Some(p) => p.find(bytes).is_some(),
             None => self.finders.iter().any(|f| f.find(bytes).is_some()),
