@@ -933,6 +933,36 @@ impl Compiler<'_> {
     }
 }
 
+impl Compiler<'_> {
+    /// `scope`: a root template and one member name.
+    fn check_scope(&mut self, raw: &RawRule) {
+        let Some(sc) = &raw.scope else { return };
+        let line = self.line_of("\"scope\"");
+        if let Err(e) = roots::parse(&sc.root, true) {
+            self.problem(line, e);
+        }
+        if keys_of(&format!("$.{}", sc.reference)).map_or(true, |k| k.len() != 1) {
+            self.problem(
+                line,
+                format!("scope.ref {:?} must be one member name", sc.reference),
+            );
+        }
+    }
+
+    /// `allowed_reference_prefixes`: absolute ids.
+    fn check_prefixes(&mut self, prefixes: &[String]) {
+        for p in prefixes {
+            if !p.starts_with('/') {
+                let line = self.line_of(p);
+                self.problem(
+                    line,
+                    format!("allowed_reference_prefixes: {p:?} must start with '/'"),
+                );
+            }
+        }
+    }
+}
+
 fn compile_rule(file: &Path, text: &str) -> Result<Rule, Vec<Problem>> {
     let raw: RawRule = serde_json::from_str(text).map_err(|e| {
         vec![Problem {
@@ -956,18 +986,7 @@ fn compile_rule(file: &Path, text: &str) -> Result<Rule, Vec<Problem>> {
             c.keys(p, "shape", line)
         })
         .collect();
-    if let Some(sc) = &raw.scope {
-        let line = c.line_of("\"scope\"");
-        if let Err(e) = roots::parse(&sc.root, true) {
-            c.problem(line, e);
-        }
-        if keys_of(&format!("$.{}", sc.reference)).map_or(true, |k| k.len() != 1) {
-            c.problem(
-                line,
-                format!("scope.ref {:?} must be one member name", sc.reference),
-            );
-        }
-    }
+    c.check_scope(&raw);
     let line = c.line_of("\"field_base\"");
     let field_base = c.keys(&raw.field_base, "field_base", line);
     let safety_net = raw
@@ -981,15 +1000,7 @@ fn compile_rule(file: &Path, text: &str) -> Result<Rule, Vec<Problem>> {
     let routes = raw.routes.iter().map(|r| c.route(r)).collect();
     let (trie, secret_segs) = c.secrets(&raw.secrets);
     let policy = c.policy(raw.policy.as_ref(), mode);
-    for p in &raw.allowed_reference_prefixes {
-        if !p.starts_with('/') {
-            let line = c.line_of(p);
-            c.problem(
-                line,
-                format!("allowed_reference_prefixes: {p:?} must start with '/'"),
-            );
-        }
-    }
+    c.check_prefixes(&raw.allowed_reference_prefixes);
     if !c.problems.is_empty() {
         return Err(c.problems);
     }
