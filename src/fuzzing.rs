@@ -774,6 +774,18 @@ async fn prepare_patch(
 /// The answer target. Selector byte: bits 0-4 the rule, bits 5-6 the caller (user who
 /// masks, user who sees references, anonymous, bot), bit 7 the answer is the subtree a
 /// route names (`response_at`). Then the upstream's answer.
+/// A route's `response_at` (the answer is an entity's subtree) when `pick` and the rule has one.
+fn subtree_route(rule: &crate::rules::Rule, pick: bool) -> &[String] {
+    if !pick {
+        return &[];
+    }
+    rule.routes
+        .iter()
+        .find(|r| !r.response_at.is_empty())
+        .map(|r| r.response_at.as_slice())
+        .unwrap_or(&[])
+}
+
 pub fn answer_rewrite(data: &[u8]) {
     let Some((&sel, raw)) = data.split_first() else {
         return;
@@ -793,15 +805,7 @@ pub fn answer_rewrite(data: &[u8]) {
         bot_requires_view_all: false,
         mask_only: Default::default(),
     };
-    let response_at: &[String] = match sel & 0x80 {
-        0 => &[],
-        _ => rule
-            .routes
-            .iter()
-            .find(|r| !r.response_at.is_empty())
-            .map(|r| r.response_at.as_slice())
-            .unwrap_or(&[]),
-    };
+    let response_at = subtree_route(rule, sel & 0x80 != 0);
     let actions: Vec<ReadAction> = w
         .rules
         .rules
