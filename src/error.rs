@@ -35,7 +35,7 @@ pub enum GatewayError {
     BadGateway(String),
     /// A ruled answer the gateway cannot fully read and rewrite: refused, never passed on.
     #[error("{}", .0.message())]
-    ReadRefused(crate::rewrite::refusal::Unreadable),
+    ReadRefused(crate::refusal::Unreadable),
     /// The client did not send its whole body within `server.body_timeout_ms`.
     #[error("{0}")]
     RequestTimeout(String),
@@ -46,6 +46,17 @@ pub enum GatewayError {
     /// An error the caller cannot act on; logged, answered with a generic message.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl From<crate::http::upstream::UpstreamError> for GatewayError {
+    fn from(e: crate::http::upstream::UpstreamError) -> Self {
+        use crate::http::upstream::UpstreamError as U;
+        match e {
+            U::BadTarget(m) => GatewayError::BadRequest(m),
+            U::Failed(m) => GatewayError::BadGateway(m),
+            U::TimedOut(m) => GatewayError::GatewayTimeout(m),
+        }
+    }
 }
 
 impl GatewayError {

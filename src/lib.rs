@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod migrate;
 pub mod policy;
 pub mod proxy;
+pub mod refusal;
 pub mod rewrite;
 pub mod rules;
 pub mod secrets;

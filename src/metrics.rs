@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use crate::rewrite::refusal::Unreadable;
+use crate::refusal::Unreadable;
 
 /// The route classes requests are counted by.
 pub(crate) const ROUTE_CLASSES: [&str; 2] = ["passthrough", "ruled"];

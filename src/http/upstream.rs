@@ -13,7 +13,6 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use super::body::Body;
 use super::pool::{Http1Pool, SendError};
 use crate::config::UpstreamConfig;
-use crate::error::GatewayError;
 use crate::tls;
 
 type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
@@ -26,6 +25,21 @@ enum Transport {
 }
 
 /// The message of the one upstream failure where the request certainly was not sent.
+/// Why the upstream could not be asked, or did not answer. The error type turns it into
+/// the gateway's answer (`From<UpstreamError> for GatewayError`: 400, 502, 504).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum UpstreamError {
+    /// The request target cannot be put on the wire.
+    #[error("{0}")]
+    BadTarget(String),
+    /// No connection, or no usable answer.
+    #[error("{0}")]
+    Failed(String),
+    /// No answer within the timeout.
+    #[error("{0}")]
+    TimedOut(String),
+}
+
 pub(crate) const UNREACHABLE: &str = "upstream OpenMetadata server is unreachable";
 
 #[derive(Clone)]
@@ -101,8 +115,8 @@ impl Upstream {
 
     /// The upstream URI for a client's path and query (forwarded as they came): origin-form
     /// for the plain-HTTP pool, absolute for the https client.
-    pub(crate) fn uri_for(&self, path_and_query: &str) -> Result<Uri, GatewayError> {
-        let bad = |_| GatewayError::BadRequest("request target cannot be forwarded".into());
+    pub(crate) fn uri_for(&self, path_and_query: &str) -> Result<Uri, UpstreamError> {
+        let bad = |_| UpstreamError::BadTarget("request target cannot be forwarded".into());
         let pq = if self.base_path.is_empty() {
             http::uri::PathAndQuery::try_from(path_and_query)
         } else {
@@ -117,7 +131,7 @@ impl Upstream {
             .authority(self.authority.clone())
             .path_and_query(pq)
             .build()
-            .map_err(|_| GatewayError::BadRequest("request target cannot be forwarded".into()))
+            .map_err(|_| UpstreamError::BadTarget("request target cannot be forwarded".into()))
     }
 
     /// The upstream URI for a request's own path and query, reusing its bytes where the
@@ -125,7 +139,7 @@ impl Upstream {
     pub(crate) fn uri_from(
         &self,
         path_and_query: Option<&http::uri::PathAndQuery>,
-    ) -> Result<Uri, GatewayError> {
+    ) -> Result<Uri, UpstreamError> {
         match (&self.client, path_and_query) {
             (Transport::Plain(_), Some(pq)) if self.base_path.is_empty() => {
                 Ok(Uri::from(pq.clone()))
@@ -140,7 +154,7 @@ impl Upstream {
     pub(crate) async fn send(
         &self,
         mut req: Request<Body>,
-    ) -> Result<Response<Incoming>, GatewayError> {
+    ) -> Result<Response<Incoming>, UpstreamError> {
         req.headers_mut()
             .insert(header::HOST, self.host_header.clone());
         // The upstream connection picks its own HTTP version.
@@ -164,13 +178,13 @@ impl Upstream {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err((connect, error))) => {
                 tracing::warn!(error = %error, connect, "upstream request failed");
-                Err(GatewayError::BadGateway(if connect {
+                Err(UpstreamError::Failed(if connect {
                     UNREACHABLE.into()
                 } else {
                     "upstream OpenMetadata server failed to answer".into()
                 }))
             }
-            Err(_) => Err(GatewayError::GatewayTimeout(format!(
+            Err(_) => Err(UpstreamError::TimedOut(format!(
                 "upstream OpenMetadata server did not answer within {} ms",
                 self.timeout.as_millis()
             ))),
@@ -188,7 +202,7 @@ impl Upstream {
         path: &str,
         authorization: Option<&HeaderValue>,
         limit: usize,
-    ) -> Result<Option<serde_json::Value>, GatewayError> {
+    ) -> Result<Option<serde_json::Value>, UpstreamError> {
         let mut req = Request::new(super::body::empty());
         *req.uri_mut() = self.uri_for(path)?;
         if let Some(a) = authorization {
@@ -201,7 +215,7 @@ impl Upstream {
         // A stalled body is given up like a late answer.
         let bytes = super::body::collect_within(resp.into_body(), limit, self.timeout)
             .await
-            .map_err(|_| GatewayError::BadGateway("upstream entity could not be read".into()))?;
+            .map_err(|_| UpstreamError::Failed("upstream entity could not be read".into()))?;
         Ok(serde_json::from_slice(&bytes).ok())
     }
 }

@@ -31,7 +31,7 @@ pub(crate) struct RequestCtx {
     pub(crate) route_class: &'static str,
     /// The path, kept only when the access line is written.
     pub(crate) path_for_log: Option<String>,
-    /// Why the upstream's answer was refused, if it was (`rewrite::refusal`).
+    /// Why the upstream's answer was refused, if it was (`refusal.rs`).
     pub(crate) read_refused: Option<&'static str>,
 }
 

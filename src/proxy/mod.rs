@@ -240,7 +240,7 @@ impl Gateway {
             .fetch_add(txn.written() as u64, Ordering::Relaxed);
         // 5. forward
         let resp = match self.upstream_request(parts, write.body, ctx) {
-            Ok(r) => self.upstream.send(r).await,
+            Ok(r) => self.upstream.send(r).await.map_err(GatewayError::from),
             Err(e) => Err(e),
         };
         let resp = match resp {

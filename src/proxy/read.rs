@@ -2,7 +2,7 @@
 //!
 //! Ruled answers fail closed: an answer is either read whole (any depth up to
 //! `rewrite::json::READ_MAX_DEPTH`), rewritten by structure (`rewrite::structure`) and
-//! re-serialised, or refused with a 502 naming the reason (`rewrite::refusal`), for every
+//! re-serialised, or refused with a 502 naming the reason (`refusal.rs`), for every
 //! caller, bots included. Only an empty body passes unread. A CSV export's text answer is the
 //! one exception to "must be JSON": it must be UTF-8 text, and holding a `secret:` or
 //! `fernet:` marker refuses it for callers who do not resolve.
@@ -24,8 +24,8 @@ use crate::error::GatewayError;
 use crate::http::body::{self, collect_within, full, Body, CollectError, CollectTimedError};
 use crate::http::encoding::{decode, DecodeError};
 use crate::policy::{decide_for, CallerClass};
+use crate::refusal::{looks_compressed, Unreadable};
 use crate::rewrite::json::{parse_answer, to_vec};
-use crate::rewrite::refusal::{looks_compressed, Unreadable};
 use crate::rewrite::response::{may_hold_references, Permit, ReadCtx};
 use crate::rules::{Op, RouteMatch, Rule, RuleSet};
 

@@ -24,26 +24,18 @@ use super::refusal::Unreadable;
 /// The deepest nesting a write may send or leave an entity with (an object holding an object
 /// is 2 levels). The reads are tested at this depth and far beyond.
 pub(crate) const MAX_DEPTH: usize = 128;
-/// The deepest nesting the gateway reads in an answer; deeper answers are refused (502).
-pub(crate) const READ_MAX_DEPTH: usize = 10_000;
-/// The parser's message for nesting beyond its limit.
-pub(crate) const TOO_DEEP: &str = "nesting is deeper than";
 
 /// serde_json's private map key for a number under `arbitrary_precision`.
 const NUMBER_TOKEN: &str = "$serde_json::private::Number";
 
-/// Recursion gets a fresh stack segment when less than this is left...
-const RED_ZONE: usize = 256 * 1024;
-/// ...of this size.
-const SEGMENT: usize = 2 * 1024 * 1024;
 /// Parsing and serialising look at the stack every this many levels (a few levels of frames,
-/// even unoptimised, fit in [`RED_ZONE`]).
+/// even unoptimised, fit in the red zone of [`deep`]).
 const GROW_EVERY: usize = 4;
 
-/// Runs `f` with at least [`RED_ZONE`] bytes of stack: for every recursion over a document.
-pub(crate) fn deep<R>(f: impl FnOnce() -> R) -> R {
-    stacker::maybe_grow(RED_ZONE, SEGMENT, f)
-}
+pub(crate) use crate::refusal::{READ_MAX_DEPTH, TOO_DEEP};
+/// Runs `f` with enough stack for every recursion over a document (defined with the JSON
+/// paths, which the rules walk too).
+pub(crate) use crate::rules::jsonpath::deep;
 
 #[derive(Clone, Copy)]
 struct Seed {

@@ -11,7 +11,7 @@ pub mod mask_only;
 pub mod net_scan;
 pub(crate) mod owner;
 pub mod patch;
-pub mod refusal;
+pub use crate::refusal;
 pub mod response;
 pub mod scan;
 pub mod spans;

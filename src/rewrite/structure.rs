@@ -82,7 +82,7 @@ pub struct Scanner<'a> {
     /// The rule of the route the answer came from.
     scope: usize,
     /// Built once per rule set ([`RuleSet::scan_tables`]), not per answer.
-    t: &'a ScanTables,
+    t: std::sync::Arc<ScanTables>,
 }
 
 /// What a [`Scanner`] looks for, derived from the rule set alone.
@@ -146,7 +146,7 @@ impl<'a> Scanner<'a> {
         Scanner {
             rules,
             scope,
-            t: rules.scan_tables(),
+            t: rules.derived(ScanTables::new),
         }
     }
 }

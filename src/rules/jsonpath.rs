@@ -267,6 +267,17 @@ pub fn render(steps: &[Step]) -> String {
     s
 }
 
+/// Recursion gets a fresh stack segment when less than this is left...
+const RED_ZONE: usize = 256 * 1024;
+/// ...of this size.
+const SEGMENT: usize = 2 * 1024 * 1024;
+
+/// Runs `f` with at least [`RED_ZONE`] bytes of stack: for every recursion over a document
+/// (the rules' walks here, parsing and rewriting in `rewrite`).
+pub(crate) fn deep<R>(f: impl FnOnce() -> R) -> R {
+    stacker::maybe_grow(RED_ZONE, SEGMENT, f)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -274,9 +274,10 @@ pub struct RuleSet {
     net_words: std::sync::Arc<words::Words>,
     /// `rules.safety_net_keys`, normalised: exact names the safety net adds to [`names`].
     safety_keys: HashSet<String>,
-    /// The answer scanner's tables, built on first use (a rule set is not changed once
-    /// built; a reload builds a new one).
-    scan_tables: std::sync::OnceLock<std::sync::Arc<crate::rewrite::structure::ScanTables>>,
+    /// Data a reader derives from the rules once (the answer scanner's tables), built on first
+    /// use: a rule set is not changed once built, a reload builds a new one. Kept as `Any` so
+    /// that this layer knows nothing of its readers.
+    derived: std::sync::OnceLock<std::sync::Arc<dyn std::any::Any + Send + Sync>>,
 }
 
 /// The result of matching a request.
@@ -390,7 +391,7 @@ impl RuleSet {
             rules,
             net_words,
             safety_keys: safety_net_keys.iter().map(|k| names::norm_key(k)).collect(),
-            scan_tables: Default::default(),
+            derived: Default::default(),
         })
     }
 
@@ -400,10 +401,18 @@ impl RuleSet {
         &self.net_words
     }
 
-    /// What the answer scanner derives from the rules, built once per rule set.
-    pub(crate) fn scan_tables(&self) -> &crate::rewrite::structure::ScanTables {
-        self.scan_tables
-            .get_or_init(|| std::sync::Arc::new(crate::rewrite::structure::ScanTables::new(self)))
+    /// What a reader derives from the rules, built by `build` once per rule set. One type
+    /// is kept; asking for another builds it afresh each time.
+    pub(crate) fn derived<T: std::any::Any + Send + Sync>(
+        &self,
+        build: impl Fn(&RuleSet) -> T,
+    ) -> std::sync::Arc<T> {
+        let kept = self
+            .derived
+            .get_or_init(|| std::sync::Arc::new(build(self)))
+            .clone();
+        kept.downcast::<T>()
+            .unwrap_or_else(|_| std::sync::Arc::new(build(self)))
     }
 
     /// The rule and route a request matches. Literal segments compare case-insensitively.
@@ -502,7 +511,7 @@ impl RuleSet {
     }
 
     fn net_walk(&self, v: &Value, steps: &mut Vec<Step>, out: &mut Vec<Found>) {
-        crate::rewrite::json::deep(|| self.net_walk_level(v, steps, out))
+        jsonpath::deep(|| self.net_walk_level(v, steps, out))
     }
 
     fn net_walk_level(&self, v: &Value, steps: &mut Vec<Step>, out: &mut Vec<Found>) {

@@ -113,6 +113,12 @@ impl From<GatewayError> for EntityError {
     }
 }
 
+impl From<crate::http::upstream::UpstreamError> for EntityError {
+    fn from(e: crate::http::upstream::UpstreamError) -> EntityError {
+        GatewayError::from(e).into()
+    }
+}
+
 impl From<StoreError> for EntityError {
     /// A value the store cannot read is this entity's problem; anything else stops the run.
     fn from(e: StoreError) -> EntityError {
@@ -169,9 +175,10 @@ pub(crate) fn reference_in(v: &Value, fernet: &FernetKeys) -> Option<String> {
 impl Toolkit<'_> {
     /// A JSON GET upstream with the service token; `None` when refused.
     pub(crate) async fn get(&self, path: &str) -> Result<Option<Value>, GatewayError> {
-        self.upstream
+        Ok(self
+            .upstream
             .get_json(path, Some(&self.service_auth), self.max_body_bytes)
-            .await
+            .await?)
     }
 
     /// The start of every job's work on one entity: completed (see [`Toolkit::complete`]) and

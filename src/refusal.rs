@@ -2,6 +2,11 @@
 //! caller, bots included: it is replaced by a 502 that names the reason, counted in
 //! `/metrics` (`omsp_reads_refused_total{reason}`) and in the access line (`read_refused`).
 
+/// The deepest nesting the gateway reads in an answer; deeper answers are refused (502).
+pub(crate) const READ_MAX_DEPTH: usize = 10_000;
+/// The parser's message for nesting beyond its limit.
+pub(crate) const TOO_DEEP: &str = "nesting is deeper than";
+
 /// One reason an answer is refused; [`Unreadable::as_str`] is the stable name operators see.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unreadable {
@@ -21,7 +26,7 @@ pub enum Unreadable {
     TrailingBytes,
     /// `NaN` or `Infinity`, which JSON does not have.
     NonFinite,
-    /// Nested deeper than the gateway reads ([`super::json::READ_MAX_DEPTH`]).
+    /// Nested deeper than the gateway reads ([`READ_MAX_DEPTH`]).
     TooDeep,
     /// A string field that holds JSON (a version, a change's old or new value) which does not
     /// parse.
@@ -89,10 +94,7 @@ impl Unreadable {
             Unreadable::NonFinite => {
                 "it holds NaN or Infinity, which JSON does not have".to_string()
             }
-            Unreadable::TooDeep => format!(
-                "it is nested deeper than {} levels",
-                super::json::READ_MAX_DEPTH
-            ),
+            Unreadable::TooDeep => format!("it is nested deeper than {} levels", READ_MAX_DEPTH),
             Unreadable::JsonString => "a string field holding JSON does not parse".to_string(),
             Unreadable::NotText => "it is neither JSON nor UTF-8 text".to_string(),
             Unreadable::TextMarker => {
@@ -113,7 +115,7 @@ impl Unreadable {
             Unreadable::Bom
         } else if looks_compressed(bytes) {
             Unreadable::Compressed
-        } else if text.contains(super::json::TOO_DEEP) {
+        } else if text.contains(TOO_DEEP) {
             Unreadable::TooDeep
         } else if text.contains("trailing characters") {
             Unreadable::TrailingBytes
