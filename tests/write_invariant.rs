@@ -6,7 +6,10 @@
 //! 2. the store holds at that id the value the caller meant for the field (moved and
 //!    re-ordered secrets keep their values; a cleared field has no stored value);
 //! 3. no byte the upstream received contains a value that ends up in a secret field only;
-//! 4. everything that is not a secret is stored as the caller's patch says.
+//! 4. everything that is not a secret is stored as the caller's patch says;
+//! 5. no plain field of the stored entity holds a reference (a `move`/`copy` out of a secret
+//!    into a plain field would hand the caller what the secret field held; it fails this on
+//!    the gateway before such ops were refused).
 //!
 //! The expected entity comes from an independent model: the patch applied (with the
 //! `json-patch` crate) to the entity with its references resolved to their values; secret
@@ -488,7 +491,14 @@ async fn run_case(b: &Bench, case: &Case) -> Result<(), String> {
         }
     }
     let _ = secret_strings;
-    // 4. everything else as the patch says (references moved to other fields stay references).
+    // 5. no plain field holds what a secret field held: a move or copy out of a secret never
+    // lands outside one (the caller would read it back there).
+    let mut plain = Vec::new();
+    collect_strings(&non_secret(k, &after), &mut plain);
+    if let Some(r) = plain.iter().find(|s| s.starts_with("secret:")) {
+        return Err(format!("a plain field holds the reference {r}"));
+    }
+    // 4. everything else as the patch says.
     if non_secret(k, &after) != non_secret(k, &refs_model) {
         return Err(format!(
             "non-secret data differs:\n upstream {}\n expected {}",
