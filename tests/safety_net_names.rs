@@ -265,3 +265,16 @@ fn the_net_walks_into_arrays_of_objects_and_takes_scalars_of_arrays() {
         ]
     );
 }
+
+#[test]
+fn dotted_option_names_are_judged_as_their_normalised_form() {
+    // The judgement's short-name path once kept the dots `names::norm_key` drops, so Kafka's
+    // `sasl.jaas.config` (which holds the login module's password) passed as plain.
+    let rules = shipped(&[]);
+    for name in ["sasl.jaas.config", "SASL.JAAS.CONFIG", "ssl.key.password"] {
+        assert!(rules.is_secret_key(name), "{name}");
+        // A second time: the cached judgement is the same.
+        assert!(rules.is_secret_key(name), "{name} (cached)");
+    }
+    assert!(!rules.is_secret_key("bootstrap.servers"));
+}

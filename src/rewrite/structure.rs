@@ -28,6 +28,7 @@ use serde_json::{Map, Value};
 
 use super::json::deep;
 use crate::rules::jsonpath::{get, Step};
+use crate::rules::MemberCache;
 use crate::rules::{type_locations, Rule, RuleSet};
 
 /// A secret location.
@@ -246,8 +247,6 @@ impl<'a> Scanner<'a> {
     pub fn scan(&self, doc: &Value, anchor: &[Step]) -> Scan {
         let mut walk = Walk {
             s: self,
-            // Room for the distinct names of a typical entity: no regrowth.
-            memo: HashMap::with_capacity(64),
             out: Scan::default(),
             nets: Vec::new(),
         };
@@ -315,17 +314,20 @@ fn is_scalar(v: &Value) -> bool {
     matches!(v, Value::String(_) | Value::Number(_) | Value::Bool(_))
 }
 
-struct Walk<'s, 'd> {
+thread_local! {
+    /// Per distinct member name: what it can mean ([`SECRET`], [`SHAPE`], ...), for the rule
+    /// set last scanned by this thread. Answers repeat the same few hundred names.
+    static CLASSES: std::cell::RefCell<MemberCache<u8>> = std::cell::RefCell::new(MemberCache::new());
+}
+
+struct Walk<'s> {
     s: &'s Scanner<'s>,
-    /// Per distinct member name: what it can mean ([`SECRET`], [`SHAPE`], ...). Lists repeat
-    /// the same names many times.
-    memo: HashMap<&'d str, u8>,
     out: Scan,
     /// Where, in this document, a rule's safety net applies (absolute subtree roots).
     nets: Vec<Vec<Step>>,
 }
 
-impl<'d> Walk<'_, 'd> {
+impl Walk<'_> {
     /// A location a rule's path names.
     fn hit(&mut self, steps: Vec<Step>, rule: usize, owner: usize) {
         self.out.hits.push(Hit {
@@ -358,9 +360,12 @@ impl<'d> Walk<'_, 'd> {
         }
     }
 
-    fn class(&mut self, key: &'d str) -> u8 {
+    fn class(&mut self, key: &str) -> u8 {
         let s = self.s;
-        *self.memo.entry(key).or_insert_with(|| s.class(key))
+        CLASSES.with(|c| {
+            c.borrow_mut()
+                .get_or(s.rules.generation(), key, || s.class(key))
+        })
     }
 }
 
@@ -385,8 +390,8 @@ impl Scanner<'_> {
     }
 }
 
-impl<'d> Walk<'_, 'd> {
-    fn value(&mut self, v: &'d Value, steps: &mut Vec<Step>, owner: usize) {
+impl Walk<'_> {
+    fn value(&mut self, v: &Value, steps: &mut Vec<Step>, owner: usize) {
         deep(|| match v {
             Value::Object(m) => self.object(v, m, steps, owner),
             Value::Array(items) => {
@@ -400,7 +405,7 @@ impl<'d> Walk<'_, 'd> {
         })
     }
 
-    fn child(&mut self, v: &'d Value, steps: &mut Vec<Step>, owner: usize, anchor: &[Step]) {
+    fn child(&mut self, v: &Value, steps: &mut Vec<Step>, owner: usize, anchor: &[Step]) {
         match v {
             Value::String(s) if holds_json(s) => {
                 let holder = steps.iter().rev().find_map(|s| match s {
@@ -424,8 +429,8 @@ impl<'d> Walk<'_, 'd> {
 
     fn object(
         &mut self,
-        v: &'d Value,
-        m: &'d Map<String, Value>,
+        v: &Value,
+        m: &Map<String, Value>,
         steps: &mut Vec<Step>,
         mut owner: usize,
     ) {
@@ -468,7 +473,7 @@ impl<'d> Walk<'_, 'd> {
     }
 
     /// An entity of one or more kinds: their paths apply from here, and it owns what is in it.
-    fn entity(&mut self, v: &'d Value, steps: &[Step], owner: usize) -> usize {
+    fn entity(&mut self, v: &Value, steps: &[Step], owner: usize) -> usize {
         let s = self.s;
         let mut kinds: Vec<usize> = s
             .t
@@ -531,7 +536,7 @@ impl<'d> Walk<'_, 'd> {
     }
 
     /// A subtree whose declared type a rule knows: its paths apply from where the type sits.
-    fn typed(&mut self, v: &'d Value, m: &Map<String, Value>, steps: &[Step], owner: usize) {
+    fn typed(&mut self, v: &Value, m: &Map<String, Value>, steps: &[Step], owner: usize) {
         let s = self.s;
         // Where the owning entity's own paths already reached, no other kind's paths are
         // looked for (they name the same fields of the same connection types).
@@ -563,7 +568,7 @@ impl<'d> Walk<'_, 'd> {
     }
 
     /// Members the safety net treats as secret by their name.
-    fn named(&mut self, m: &'d Map<String, Value>, steps: &[Step], owner: usize) {
+    fn named(&mut self, m: &Map<String, Value>, steps: &[Step], owner: usize) {
         for (k, child) in m {
             if self.class(k) & SECRET == 0 {
                 continue;

@@ -5,10 +5,11 @@
 pub mod ids;
 pub mod jsonpath;
 mod names;
+pub(crate) use names::MemberCache;
 mod roots;
 pub mod words;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use http::Method;
@@ -209,6 +210,8 @@ pub struct Rule {
     pub secret_types: Vec<Vec<String>>,
     /// The compiled form of each secret path (same order as `secret_paths`).
     secret_segs: Vec<Vec<Seg>>,
+    /// Which secret paths apply to a document of a declared type.
+    by_type: TypeIndex,
     pub known_types: HashSet<String>,
     trie: Trie,
     pub safety_net: Vec<Vec<String>>,
@@ -278,6 +281,9 @@ pub struct RuleSet {
     /// use: a rule set is not changed once built, a reload builds a new one. Kept as `Any` so
     /// that this layer knows nothing of its readers.
     derived: std::sync::OnceLock<std::sync::Arc<dyn std::any::Any + Send + Sync>>,
+    /// Tells this rule set apart from every other one built in the process, for the caches
+    /// kept per thread ([`names::CACHE`]).
+    generation: u64,
 }
 
 /// The result of matching a request.
@@ -392,6 +398,7 @@ impl RuleSet {
             net_words,
             safety_keys: safety_net_keys.iter().map(|k| names::norm_key(k)).collect(),
             derived: Default::default(),
+            generation: names::next_generation(),
         })
     }
 
@@ -403,6 +410,12 @@ impl RuleSet {
 
     /// What a reader derives from the rules, built by `build` once per rule set. One type
     /// is kept; asking for another builds it afresh each time.
+    /// Tells this rule set apart from every other one built in the process (caches kept
+    /// outside it are keyed by it).
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
+    }
+
     pub(crate) fn derived<T: std::any::Any + Send + Sync>(
         &self,
         build: impl Fn(&RuleSet) -> T,
@@ -495,11 +508,20 @@ impl RuleSet {
     /// Whether the safety net treats a member named `key` as a secret: the name policy of
     /// [`names`] plus the configured `rules.safety_net_keys`.
     pub fn is_secret_key(&self, key: &str) -> bool {
-        // Most names are short ASCII: normalised on the stack, no allocation.
+        names::CACHE.with(|c| {
+            c.borrow_mut()
+                .get_or(self.generation, key, || self.judge_key(key))
+        })
+    }
+
+    /// [`is_secret_key`](Self::is_secret_key) without the cache.
+    fn judge_key(&self, key: &str) -> bool {
+        // Most names are short ASCII: normalised on the stack (as `names::norm_key` does), no
+        // allocation.
         let mut buf = [0u8; 64];
         if key.len() <= buf.len() && key.is_ascii() {
             let mut n = 0;
-            for b in key.bytes().filter(|b| *b != b'_' && *b != b'-') {
+            for b in key.bytes().filter(|b| !matches!(b, b'_' | b'-' | b'.')) {
                 buf[n] = b.to_ascii_lowercase();
                 n += 1;
             }
@@ -593,16 +615,10 @@ impl RuleSet {
                 .and_then(Value::as_str)
                 .map(str::to_string)
         });
-        for (segs, types) in rule.secret_segs.iter().zip(&rule.secret_types) {
-            let applies = types.is_empty()
-                || doc_type
-                    .as_deref()
-                    .is_some_and(|t| types.iter().any(|g| type_matches(g, t)));
-            if applies {
-                let mut at = Vec::new();
-                if let Some(bad) = shape_walk(doc, segs, &mut at) {
-                    return Some(bad);
-                }
+        for i in rule.by_type.applying(doc_type.as_deref()) {
+            let mut at = Vec::new();
+            if let Some(bad) = shape_walk(doc, &rule.secret_segs[i], &mut at) {
+                return Some(bad);
             }
         }
         None
@@ -1023,6 +1039,7 @@ fn compile_rule(file: &Path, text: &str) -> Result<Rule, Vec<Problem>> {
         field_base,
         secret_paths: raw.secrets.iter().map(|s| s.path.clone()).collect(),
         secret_types: raw.secrets.iter().map(|s| s.types.clone()).collect(),
+        by_type: TypeIndex::new(raw.secrets.iter().map(|s| s.types.as_slice())),
         secret_segs,
         known_types: raw.known_types.into_iter().collect(),
         trie,
@@ -1127,8 +1144,65 @@ pub(crate) fn type_locations(rule: &Rule) -> Vec<Vec<String>> {
     }
 }
 
+/// The secret paths of a rule by the document types they apply to, as [`type_matches`] says,
+/// so a document's paths are found without comparing its type with every group of every path
+/// (a database service's rule has hundreds).
+#[derive(Debug, Default, Clone)]
+struct TypeIndex {
+    /// Paths without types: they always apply.
+    untyped: Vec<usize>,
+    /// By a group as written and by each of its `/`-suffixes (`Mysql` of
+    /// `DatabaseConnection/Mysql`).
+    exact: HashMap<String, Vec<usize>>,
+    /// By the lower-cased head of an `<authType>AuthMechanism` group.
+    lower: HashMap<String, Vec<usize>>,
+}
+
+impl TypeIndex {
+    fn new<'a>(types: impl Iterator<Item = &'a [String]>) -> TypeIndex {
+        let mut ix = TypeIndex::default();
+        for (i, groups) in types.enumerate() {
+            if groups.is_empty() {
+                ix.untyped.push(i);
+            }
+            for g in groups {
+                let add = |map: &mut HashMap<String, Vec<usize>>, k: String| {
+                    let v = map.entry(k).or_default();
+                    if v.last() != Some(&i) {
+                        v.push(i);
+                    }
+                };
+                add(&mut ix.exact, g.clone());
+                for (at, _) in g.match_indices('/') {
+                    add(&mut ix.exact, g[at + 1..].to_string());
+                }
+                if let Some(head) = g.strip_suffix("AuthMechanism") {
+                    add(&mut ix.lower, head.to_ascii_lowercase());
+                }
+            }
+        }
+        ix
+    }
+
+    /// The paths that apply to a document of `doc_type` (typed paths only with a type), in
+    /// path order.
+    fn applying(&self, doc_type: Option<&str>) -> Vec<usize> {
+        let mut out = self.untyped.clone();
+        if let Some(t) = doc_type {
+            let none = Vec::new();
+            out.extend(self.exact.get(t).unwrap_or(&none));
+            out.extend(self.lower.get(&t.to_ascii_lowercase()).unwrap_or(&none));
+            out.sort_unstable();
+            out.dedup();
+        }
+        out
+    }
+}
+
 /// Does a secret's type group name the document's type? Groups are a service's connection
 /// type (`Mysql`), a workflow's `<Kind>Connection/<type>`, or a bot's `<authType>AuthMechanism`.
+/// (What [`TypeIndex`] answers by look-up; kept as its specification.)
+#[cfg(test)]
 pub(crate) fn type_matches(group: &str, doc_type: &str) -> bool {
     group == doc_type
         || group
@@ -1182,5 +1256,56 @@ fn shape_walk(v: &Value, segs: &[Seg], at: &mut Vec<String>) -> Option<String> {
                 Some(at.join("."))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every declared type a document could carry that some group names, in the spellings
+    /// [`type_matches`] admits, plus some no group names.
+    fn candidate_types(rules: &RuleSet) -> Vec<String> {
+        let mut out = vec!["".to_string(), "NoSuchType".into(), "mysql".into()];
+        for r in &rules.rules {
+            for g in r.secret_types.iter().flatten() {
+                out.push(g.clone());
+                out.extend(g.match_indices('/').map(|(at, _)| g[at + 1..].to_string()));
+                if let Some(head) = g.strip_suffix("AuthMechanism") {
+                    out.push(head.to_ascii_lowercase());
+                    out.push(head.to_ascii_uppercase());
+                }
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    #[test]
+    fn the_type_index_applies_exactly_the_paths_type_matches_names() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
+        let rules = RuleSet::load(&dir, &[]).expect("shipped rules");
+        let types = candidate_types(&rules);
+        let mut checked = 0;
+        for r in &rules.rules {
+            for t in types.iter().map(Some).chain([None]) {
+                let want: Vec<usize> = (0..r.secret_types.len())
+                    .filter(|&i| {
+                        let groups = &r.secret_types[i];
+                        groups.is_empty()
+                            || t.is_some_and(|t| groups.iter().any(|g| type_matches(g, t)))
+                    })
+                    .collect();
+                assert_eq!(
+                    r.by_type.applying(t.map(String::as_str)),
+                    want,
+                    "{} {t:?}",
+                    r.kind
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked > 1000, "only {checked} cases");
     }
 }

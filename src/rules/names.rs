@@ -108,6 +108,57 @@ pub(crate) fn is_secret_name(normalised: &str, extra_exact: &HashSet<String>) ->
     CONTAINS.iter().any(|p| holds(&name, p)) || ENDS_WITH.iter().any(|p| singular.ends_with(p))
 }
 
+/// Member names already judged, per thread, for one rule set at a time: OpenMetadata's
+/// entities repeat a few hundred names, and judging one costs a few hundred instructions on
+/// every inspected body. Bounded: past [`MemberCache::MAX`] names (a body of random names),
+/// new names are judged every time rather than kept.
+pub(crate) struct MemberCache<V> {
+    generation: u64,
+    judged: std::collections::HashMap<Box<str>, V, foldhash::fast::FixedState>,
+}
+
+impl<V: Copy> MemberCache<V> {
+    const MAX: usize = 4096;
+    /// Names longer than this are judged every time (none of OpenMetadata's is).
+    const LONGEST: usize = 64;
+
+    pub(crate) fn new() -> MemberCache<V> {
+        MemberCache {
+            generation: 0,
+            judged: Default::default(),
+        }
+    }
+
+    /// The judgement of `key` under the rule set of `generation`, from `judge` when new.
+    pub(crate) fn get_or(&mut self, generation: u64, key: &str, judge: impl FnOnce() -> V) -> V {
+        if self.generation != generation {
+            self.judged.clear();
+            self.generation = generation;
+        }
+        if let Some(v) = self.judged.get(key) {
+            return *v;
+        }
+        let v = judge();
+        if key.len() <= Self::LONGEST && self.judged.len() < Self::MAX {
+            self.judged.insert(key.into(), v);
+        }
+        v
+    }
+}
+
+thread_local! {
+    /// [`RuleSet::is_secret_key`](super::RuleSet::is_secret_key)'s judgements.
+    pub(crate) static CACHE: std::cell::RefCell<MemberCache<bool>> =
+        std::cell::RefCell::new(MemberCache::new());
+}
+
+static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// A number no other rule set of this process has.
+pub(crate) fn next_generation() -> u64 {
+    GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 /// `str::contains` for member names: a plain scan, as names are short and the searcher the
 /// standard library sets up per call costs more than the scan (this runs for every member
 /// name of every inspected body).
@@ -125,6 +176,19 @@ mod tests {
 
     fn secret(name: &str) -> bool {
         is_secret_name(&norm_key(name), &HashSet::new())
+    }
+
+    #[test]
+    fn a_cache_answers_per_rule_set_and_judges_again_for_another() {
+        let mut c = MemberCache::new();
+        assert!(c.get_or(1, "password", || true));
+        // Kept: the judge is not asked again for the same rule set.
+        assert!(c.get_or(1, "password", || false));
+        // Another rule set judges afresh.
+        assert!(!c.get_or(2, "password", || false));
+        let long = "x".repeat(MemberCache::<bool>::LONGEST + 1);
+        assert!(c.get_or(2, &long, || true));
+        assert!(!c.get_or(2, &long, || false), "long names are not kept");
     }
 
     #[test]
