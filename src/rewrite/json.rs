@@ -124,12 +124,17 @@ impl<'de> Visitor<'de> for Seed {
         let v = map.next_value_seed(self.inner())?;
         out.insert(first, v);
         while let Some(k) = map.next_key::<String>()? {
-            if self.refuse_duplicates && out.contains_key(&k) {
-                return Err(de::Error::custom("duplicate object key"));
-            }
             let v = map.next_value_seed(self.inner())?;
-            if let Some(old) = out.insert(k, v) {
-                drop_deep(old);
+            // One look-up per member: the key is hashed once.
+            match out.entry(k) {
+                serde_json::map::Entry::Vacant(slot) => {
+                    slot.insert(v);
+                }
+                serde_json::map::Entry::Occupied(_) if self.refuse_duplicates => {
+                    drop_deep(v);
+                    return Err(de::Error::custom("duplicate object key"));
+                }
+                serde_json::map::Entry::Occupied(mut slot) => drop_deep(slot.insert(v)),
             }
         }
         Ok(Value::Object(out))
@@ -137,8 +142,12 @@ impl<'de> Visitor<'de> for Seed {
 }
 
 fn parse(bytes: &[u8], seed: Seed) -> Result<Value, serde_json::Error> {
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    run(&mut de, seed)
+    // Valid UTF-8 checked once for the whole text, so serde_json does not check each string
+    // again; otherwise the slice reader finds and reports the bad bytes as before.
+    match std::str::from_utf8(bytes) {
+        Ok(text) => run(&mut serde_json::Deserializer::from_str(text), seed),
+        Err(_) => run(&mut serde_json::Deserializer::from_slice(bytes), seed),
+    }
 }
 
 /// As [`parse`], for deeply nested documents: an error deep inside makes serde_json locate

@@ -1213,47 +1213,55 @@ pub(crate) fn type_matches(group: &str, doc_type: &str) -> bool {
             .is_some_and(|head| head.eq_ignore_ascii_case(doc_type))
 }
 
+/// A step [`shape_walk`] took: names borrowed from the document, joined only for the answer.
+#[derive(Clone, Copy)]
+enum Took<'v> {
+    Key(&'v str),
+    Index(usize),
+}
+
 /// Follows `segs` through `v`; the first interior step holding a scalar is the answer.
-fn shape_walk(v: &Value, segs: &[Seg], at: &mut Vec<String>) -> Option<String> {
+fn shape_walk<'v>(v: &'v Value, segs: &[Seg], at: &mut Vec<Took<'v>>) -> Option<String> {
     let (seg, rest) = segs.split_first()?;
+    let mut into = |took: Took<'v>, child: &'v Value| {
+        at.push(took);
+        let r = shape_walk(child, rest, at);
+        at.pop();
+        r
+    };
     match v {
         Value::Null => None,
         Value::Object(map) => match seg {
-            Seg::Key(k) => map.get(k).and_then(|child| {
-                at.push(k.clone());
-                let r = shape_walk(child, rest, at);
-                at.pop();
-                r
-            }),
-            Seg::AnyKey => map.iter().find_map(|(k, child)| {
-                at.push(k.clone());
-                let r = shape_walk(child, rest, at);
-                at.pop();
-                r
-            }),
+            Seg::Key(k) => map
+                .get_key_value(k)
+                .and_then(|(k, child)| into(Took::Key(k), child)),
+            Seg::AnyKey => map.iter().find_map(|(k, child)| into(Took::Key(k), child)),
             Seg::Index(_) | Seg::AnyIndex => None,
         },
         Value::Array(items) => match seg {
-            Seg::Index(i) => items.get(*i).and_then(|child| {
-                at.push(i.to_string());
-                let r = shape_walk(child, rest, at);
-                at.pop();
-                r
-            }),
-            Seg::AnyIndex => items.iter().enumerate().find_map(|(i, child)| {
-                at.push(i.to_string());
-                let r = shape_walk(child, rest, at);
-                at.pop();
-                r
-            }),
+            Seg::Index(i) => items.get(*i).and_then(|child| into(Took::Index(*i), child)),
+            Seg::AnyIndex => items
+                .iter()
+                .enumerate()
+                .find_map(|(i, child)| into(Took::Index(i), child)),
             Seg::Key(_) | Seg::AnyKey => None,
         },
         _ => {
-            let last = at.last().map(String::as_str).unwrap_or("");
+            let last = match at.last() {
+                Some(Took::Key(k)) => k,
+                _ => "",
+            };
             if STRING_UNION_KEYS.contains(&last) && v.is_string() {
                 None
             } else {
-                Some(at.join("."))
+                let names: Vec<String> = at
+                    .iter()
+                    .map(|t| match t {
+                        Took::Key(k) => k.to_string(),
+                        Took::Index(i) => i.to_string(),
+                    })
+                    .collect();
+                Some(names.join("."))
             }
         }
     }
