@@ -475,3 +475,51 @@ async fn a_json_patch_on_a_route_that_takes_none_is_judged_by_the_fields_it_sets
         assert!(!contains(&emu.everything_received(), &form), "forwarded");
     }
 }
+
+/// Second hostile probe: a free-form option holding a JSON text with a credential in it
+/// (`http_headers = "{\"Authorization\": \"Bearer ...\"}"`) reached OpenMetadata in clear,
+/// although the read side masks that member for every caller (so not even a bot could read it
+/// back). The gateway stores whole fields, not parts of a string: such a write is refused with
+/// 422 by POST, PUT and JSON Patch, and nothing of it is forwarded.
+#[tokio::test]
+async fn a_json_text_with_a_credential_in_a_free_form_option_is_refused_and_not_forwarded() {
+    let (emu, gw, _mem) = mem_stack().await;
+    let text = r#"{"Authorization": "Bearer header-plaintext-7"}"#;
+    let body = json!({"name": "jtext", "serviceType": "Mysql", "connection": {"config": {
+        "type": "Mysql", "username": "u", "connectionArguments": {"http_headers": text}}}});
+    for m in [Method::POST, Method::PUT] {
+        let a = call(&gw, m.clone(), DB, "application/json", body.to_string()).await;
+        assert_eq!(a.status, 422, "{m}: {}", a.text());
+        assert_eq!(a.json()["code"], 422);
+        let msg = a.json()["message"].as_str().unwrap_or_default().to_string();
+        assert!(
+            msg.contains("http_headers") && msg.contains("Authorization"),
+            "{msg}"
+        );
+        assert!(
+            !msg.contains("header-plaintext-7"),
+            "the message never echoes the value"
+        );
+    }
+    let id = mysql(&gw, "jtext2", "p").await;
+    let a = json_patch(
+        &gw,
+        &format!("{DB}/{id}"),
+        json!([{"op": "add",
+        "path": "/connection/config/connectionArguments", "value": {"h": text}}]),
+    )
+    .await;
+    assert_eq!(a.status, 422, "{}", a.text());
+    assert!(!contains(&emu.everything_received(), b"header-plaintext-7"));
+    // A JSON text without a secret value passes as it is.
+    let plain = r#"{"Accept": "application/json", "token": ""}"#;
+    let body = json!({"name": "jtext3", "serviceType": "Mysql", "connection": {"config": {
+        "type": "Mysql", "username": "u", "connectionArguments": {"http_headers": plain}}}});
+    let a = call(&gw, Method::POST, DB, "application/json", body.to_string()).await;
+    assert_eq!(a.status, 201, "{}", a.text());
+    let stored = emu.entity("services/databaseServices", "jtext3").unwrap();
+    assert_eq!(
+        stored["connection"]["config"]["connectionArguments"]["http_headers"],
+        plain
+    );
+}

@@ -27,7 +27,7 @@ use crate::error::GatewayError;
 use crate::http::body::{self, collect_within, full, Body, CollectError, CollectTimedError};
 use crate::http::encoding::{decode, DecodeError};
 use crate::http::upstream::encode_segment;
-use crate::rewrite::guard::Guard;
+use crate::rewrite::guard::{secret_in_json_text, Guard};
 use crate::rewrite::json::{self, parse_strict};
 use crate::rewrite::owner::{self, Located};
 use crate::rewrite::patch::{self, Media, PatchBody};
@@ -201,6 +201,7 @@ impl Gateway {
         refuse_too_deep(&doc)?;
         refuse_bad_shape(rules, m.rule, &doc)?;
         let found = rules.find_secrets(m.rule, &doc);
+        refuse_secret_in_json_text(rules, m.rule, &doc, &found)?;
         let has_secrets = !found.is_empty();
         let Some(name) = doc.get("name").and_then(Value::as_str).map(str::to_string) else {
             if has_secrets {
@@ -308,6 +309,7 @@ impl Gateway {
         }
         refuse_too_deep(&result)?;
         refuse_bad_shape(rules, m.rule, &result)?;
+        refuse_secret_in_json_text(rules, m.rule, &result, &rules.find_secrets(m.rule, &result))?;
         let at = if secrets(&current).is_empty() && secrets(&result).is_empty() {
             // No secret before or after: no root to look up (whoever owns it).
             Located::none(&self.ids, m.rule, &name)
@@ -359,6 +361,7 @@ impl Gateway {
         let doc = parse_strict(&raw).map_err(GatewayError::BadRequest)?;
         refuse_bad_shape(rules, m.rule, &doc)?;
         refuse_secret_values(rules, m.rule, &doc)?;
+        refuse_secret_in_json_text(rules, m.rule, &doc, &rules.find_secrets(m.rule, &doc))?;
         // A JSON Patch sent where none is expected is judged by the fields it would set.
         for placed in crate::rewrite::patch::placed_values(&doc).unwrap_or_default() {
             refuse_secret_values(rules, m.rule, &placed)?;
@@ -689,6 +692,28 @@ fn refuse_bad_shape(rules: &RuleSet, rule: &Rule, doc: &Value) -> Result<(), Gat
     match rules.shape_error(rule, doc) {
         Some(at) => Err(GatewayError::BadRequest(format!(
             "{at} must be an object: it leads to secret fields"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// A 422 when a string of a safety-net subtree holds a JSON text with a secret member (see
+/// [`secret_in_json_text`]): the gateway stores whole fields, so the credential must come as a
+/// field of its own. The message names the field and the member, never the value.
+fn refuse_secret_in_json_text(
+    rules: &RuleSet,
+    rule: &Rule,
+    doc: &Value,
+    found: &[crate::rules::Found],
+) -> Result<(), GatewayError> {
+    if rule.is_mask_only() {
+        return Ok(());
+    }
+    let fields: Vec<&[Step]> = found.iter().map(|f| f.steps.as_slice()).collect();
+    match secret_in_json_text(rules, rule, doc, &fields) {
+        Some(at) => Err(GatewayError::Unprocessable(format!(
+            "{}: this text holds JSON with a secret member ({}); the gateway stores whole fields, not parts of a string: send the credential as a field of its own",
+            at.field, at.member
         ))),
         None => Ok(()),
     }

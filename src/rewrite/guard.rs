@@ -16,10 +16,12 @@
 
 use serde_json::Value;
 
+use super::json::{deep, parse_strict};
+use super::structure::holds_json;
 use super::{classify, FieldValue};
 use crate::error::GatewayError;
 use crate::rules::ids::IdBuilder;
-use crate::rules::jsonpath::{get, render};
+use crate::rules::jsonpath::{get, render, Step};
 use crate::rules::{Rule, RuleSet};
 use crate::secrets::fernet::FernetKeys;
 
@@ -39,7 +41,18 @@ impl Guard<'_> {
     /// Checks `outgoing` (the entity as the upstream will hold it); `current` is what it holds
     /// now, when known.
     pub fn check(&self, outgoing: &Value, current: Option<&Value>) -> Result<(), GatewayError> {
-        for f in self.rules.find_secrets(self.rule, outgoing) {
+        let found = self.rules.find_secrets(self.rule, outgoing);
+        if !self.rule.is_mask_only() {
+            let fields: Vec<&[Step]> = found.iter().map(|f| f.steps.as_slice()).collect();
+            if let Some(at) = secret_in_json_text(self.rules, self.rule, outgoing, &fields) {
+                tracing::error!(field = %at.field, kind = %self.rule.kind, "write guard: a JSON text with a secret member would leave; refused");
+                return Err(GatewayError::Internal(format!(
+                    "write guard refused {}: it holds a secret in a JSON text",
+                    at.field
+                )));
+            }
+        }
+        for f in found {
             let Some(v) = get(outgoing, &f.steps) else {
                 continue;
             };
@@ -98,5 +111,170 @@ impl Guard<'_> {
             (Some(FieldValue::Reference(_)), false) => true,
             (Some(FieldValue::Fernet(_)), _) | (None, _) => false,
         }
+    }
+}
+
+/// A JSON text holding a secret: the string field and the secret member inside it.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct SecretInText {
+    pub(crate) field: String,
+    pub(crate) member: String,
+}
+
+/// JSON texts read inside JSON texts at most this deep (the read side's limit too).
+const TEXT_NESTING: usize = 8;
+
+/// The first string in one of the rule's safety-net subtrees of `doc` that holds a JSON text
+/// (an object or array with members, as the read side reads them) with a value under a
+/// secret-looking member name (`{"Authorization": "Bearer ..."}` in a free-form option). The
+/// gateway moves whole fields into the store, not parts of a string, and the read side masks
+/// such members for every caller, so such a write is refused rather than forwarded in clear.
+/// `skip` lists fields that are secrets themselves (stored whole, whatever they hold); a
+/// member holding null, `""` or a boolean carries no secret.
+pub(crate) fn secret_in_json_text(
+    rules: &RuleSet,
+    rule: &Rule,
+    doc: &Value,
+    skip: &[&[Step]],
+) -> Option<SecretInText> {
+    for base in &rule.safety_net {
+        let mut steps: Vec<Step> = base.iter().map(|k| Step::Key(k.clone())).collect();
+        if let Some(sub) = get(doc, &steps) {
+            if let Some(hit) = texts(rules, sub, &mut steps, skip, 0) {
+                return Some(hit);
+            }
+        }
+    }
+    None
+}
+
+fn texts(
+    rules: &RuleSet,
+    v: &Value,
+    steps: &mut Vec<Step>,
+    skip: &[&[Step]],
+    nesting: usize,
+) -> Option<SecretInText> {
+    deep(|| match v {
+        Value::String(s) if holds_json(s) && !skip.contains(&steps.as_slice()) => {
+            let inner = parse_strict(s.as_bytes()).ok()?;
+            let field = || render(steps);
+            if let Some(member) = secret_member(rules, &inner) {
+                return Some(SecretInText {
+                    field: field(),
+                    member,
+                });
+            }
+            if nesting >= TEXT_NESTING {
+                return None;
+            }
+            let hit = texts(rules, &inner, &mut Vec::new(), &[], nesting + 1)?;
+            Some(SecretInText {
+                field: field(),
+                member: hit.member,
+            })
+        }
+        Value::Object(m) => m.iter().find_map(|(k, child)| {
+            steps.push(Step::Key(k.clone()));
+            let hit = texts(rules, child, steps, skip, nesting);
+            steps.pop();
+            hit
+        }),
+        Value::Array(items) => items.iter().enumerate().find_map(|(i, child)| {
+            steps.push(Step::Index(i));
+            let hit = texts(rules, child, steps, skip, nesting);
+            steps.pop();
+            hit
+        }),
+        _ => None,
+    })
+}
+
+/// A member of `inner` (anywhere in it) whose name is secret-looking and whose value is a
+/// non-empty string or a number.
+fn secret_member(rules: &RuleSet, inner: &Value) -> Option<String> {
+    rules
+        .find_by_name(inner)
+        .into_iter()
+        .find_map(|f| match get(inner, &f.steps) {
+            Some(Value::String(t)) if !t.is_empty() => Some(render(&f.steps)),
+            Some(Value::Number(_)) => Some(render(&f.steps)),
+            _ => None,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn rules() -> RuleSet {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
+        RuleSet::load(&dir, &[]).expect("rules")
+    }
+
+    fn found(doc: &Value) -> Option<SecretInText> {
+        let r = rules();
+        let rule = r
+            .rules
+            .iter()
+            .find(|x| x.kind == "databaseService")
+            .expect("rule");
+        secret_in_json_text(&r, rule, doc, &[])
+    }
+
+    fn service(args: Value) -> Value {
+        json!({"name": "s", "connection": {"config": {"type": "Mysql", "connectionArguments": args}}})
+    }
+
+    #[test]
+    fn a_json_text_with_a_secret_member_in_a_free_form_option_is_found() {
+        let doc = service(json!({"http_headers": "{\"Authorization\": \"Bearer x\"}"}));
+        assert_eq!(
+            found(&doc),
+            Some(SecretInText {
+                field: "$.connection.config.connectionArguments.http_headers".into(),
+                member: "$.Authorization".into()
+            })
+        );
+        // Nested a level deeper, inside an array, and inside a JSON text inside a JSON text.
+        let doc = service(json!({"x": [{"y": " [{\"password\": 5}]"}]}));
+        assert!(found(&doc).is_some());
+        let doc = service(json!({"x": "{\"extra\": \"{\\\"password\\\": \\\"p\\\"}\"}"}));
+        assert_eq!(found(&doc).map(|h| h.member), Some("$.password".into()));
+    }
+
+    #[test]
+    fn texts_without_secret_values_and_texts_outside_the_subtrees_pass() {
+        for args in [
+            json!({"h": "{\"Accept\": \"json\", \"password\": \"\", \"token\": null}"}),
+            json!({"h": "{\"useCredentials\": true}"}),
+            json!({"h": "[a link](http://x) {password}"}),
+            json!({"h": "{not json: password}"}),
+        ] {
+            assert_eq!(found(&service(args.clone())), None, "{args}");
+        }
+        let doc = json!({"name": "s", "description": "{\"password\": \"p\"}",
+                         "connection": {"config": {"type": "Mysql"}}});
+        assert_eq!(found(&doc), None);
+    }
+
+    #[test]
+    fn a_field_that_is_itself_a_secret_is_skipped() {
+        let r = rules();
+        let rule = r
+            .rules
+            .iter()
+            .find(|x| x.kind == "databaseService")
+            .expect("rule");
+        let doc = service(json!({"token": "{\"password\": \"p\"}"}));
+        let at = [
+            Step::Key("connection".into()),
+            Step::Key("config".into()),
+            Step::Key("connectionArguments".into()),
+            Step::Key("token".into()),
+        ];
+        assert!(secret_in_json_text(&r, rule, &doc, &[]).is_some());
+        assert_eq!(secret_in_json_text(&r, rule, &doc, &[&at]), None);
     }
 }

@@ -337,11 +337,15 @@ fn revealed(action: ReadAction, original: Value) -> Value {
 }
 
 /// The safety net: masks every string that is a reference or a token, or quotes one (`"secret:`
-/// inside a JSON text), at any depth.
+/// inside a JSON text), at any depth; a reference or token inside other text (a test-connection
+/// step's message naming an id) is replaced by the mask where it stands.
 pub(crate) fn mask_references(v: &mut Value) {
     match v {
         Value::String(s) if holds_marker(s) => {
-            *s = MASK.to_string();
+            *s = match whole_is_marked(s) {
+                true => MASK.to_string(),
+                false => mask_tokens(s),
+            };
         }
         Value::Array(a) => deep(|| a.iter_mut().for_each(mask_references)),
         Value::Object(m) => deep(|| m.values_mut().for_each(mask_references)),
@@ -349,11 +353,40 @@ pub(crate) fn mask_references(v: &mut Value) {
     }
 }
 
-fn holds_marker(s: &str) -> bool {
+/// A reference or a token inside text: ids start with `/`, Fernet tokens with `gA`.
+const INNER_MARKERS: [&str; 2] = ["secret:/", "fernet:gA"];
+
+fn whole_is_marked(s: &str) -> bool {
     s.starts_with(REFERENCE_PREFIX)
         || s.starts_with(FERNET_PREFIX)
         || s.contains("\"secret:")
         || s.contains("\"fernet:")
+}
+
+fn holds_marker(s: &str) -> bool {
+    whole_is_marked(s) || INNER_MARKERS.iter().any(|m| s.contains(m))
+}
+
+/// `s` with every reference or token in it (the marker and the id or token characters after
+/// it) replaced by the mask.
+fn mask_tokens(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some((at, m)) = INNER_MARKERS
+        .iter()
+        .filter_map(|m| rest.find(m).map(|at| (at, m)))
+        .min()
+    {
+        out.push_str(&rest[..at]);
+        out.push_str(MASK);
+        let tail = &rest[at + m.len()..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '/' | '_' | '-' | '=')))
+            .unwrap_or(tail.len());
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// `$.a` joined with `$.b[0]` is `$.a.b[0]`.
@@ -361,13 +394,10 @@ fn join(prefix: &str, steps: &[Step]) -> String {
     format!("{prefix}{}", &render(steps)[1..])
 }
 
-/// Whether a raw body could hold something the safety net masks (a fast byte scan; `\u`
-/// catches escaped spellings such as "\u0073ecret:").
+/// Whether a raw body could hold something the safety net masks (a fast byte scan, the
+/// chunked scan's; `\u` catches escaped spellings such as "\u0073ecret:").
 pub(crate) fn may_hold_references(body: &[u8]) -> bool {
-    use memchr::memmem;
-    memmem::find(body, b"\"secret:").is_some()
-        || memmem::find(body, b"\"fernet:").is_some()
-        || memmem::find(body, b"\\u").is_some()
+    super::scan::has_marker(body)
 }
 
 #[cfg(test)]
@@ -379,9 +409,25 @@ mod tests {
         assert!(may_hold_references(br#"{"a":"secret:/x"}"#));
         assert!(may_hold_references(br#"{"a":"fernet:gAAA"}"#));
         assert!(may_hold_references(br#"{"a":"\u0073ecret:/x"}"#));
+        assert!(may_hold_references(
+            br#"{"a":"could not read secret:/om/x"}"#
+        ));
+        assert!(may_hold_references(br#"{"a":"SET x=fernet:gAAAAB"}"#));
         assert!(!may_hold_references(
             br#"{"a":"secrets: are fine","b":"fernet"}"#
         ));
+    }
+
+    #[test]
+    fn a_reference_or_token_inside_text_is_masked_where_it_stands() {
+        let mut v = serde_json::json!({
+            "message": "could not read secret:/openmetadata/database/victim/authtype/password; retry",
+            "init": "SET x=fernet:gAAAAABpAAAA-_=; SET y=secret:/a and fernet:gAB",
+            "plain": "a secret: no, fernet: no, secret:x no"});
+        mask_references(&mut v);
+        assert_eq!(v["message"], format!("could not read {MASK}; retry"));
+        assert_eq!(v["init"], format!("SET x={MASK}; SET y={MASK} and {MASK}"));
+        assert_eq!(v["plain"], "a secret: no, fernet: no, secret:x no");
     }
 
     #[test]

@@ -1,29 +1,33 @@
 //! The safety net's byte scan, chunk by chunk: whether a JSON answer could hold something
-//! the net masks (`"secret:`, `"fernet:`, or a `\u` escape that could spell either), fed the
-//! answer's chunks as they arrive, so that no answer is scanned twice and a marker split
-//! across two chunks is still seen.
+//! the net masks (a string starting with a reference or a token, `"secret:` or `"fernet:`; a
+//! reference or token inside a string, `secret:/` or `fernet:gA`; or a `\u` escape that could
+//! spell any of them), fed the answer's chunks as they arrive, so that no answer is scanned
+//! twice and a marker split across two chunks is still seen.
 
 use std::sync::LazyLock;
 
 use memchr::memmem::Finder;
 
-/// The longest marker is 8 bytes: a marker split across chunks has at most 7 in the first.
-pub(crate) const CARRY: usize = 7;
+/// The longest marker (`fernet:gA`) is 9 bytes: a marker split across chunks has at most 8 in
+/// the first.
+pub(crate) const CARRY: usize = 8;
 
-/// Both prefixes end in `et:`: one search for that (rare in JSON), each hit checked.
+/// Every marker has `et:` in it: one search for that (rare in JSON), each hit checked.
 static ET_COLON: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"et:"));
 
-/// Whether `bytes` holds a marker: the same answer as `response::may_hold_references`, in
-/// two passes of the cheapest kind (a 3-byte search and a 1-byte one) instead of three.
+/// Whether `bytes` holds a marker, in two passes of the cheapest kind (a 3-byte search and a
+/// 1-byte one). Ids always start with `/` and Fernet tokens with `gA` (version byte 0x80), so
+/// the markers inside strings are those two spellings.
 pub(crate) fn has_marker(bytes: &[u8]) -> bool {
     let mut at = 0;
     while let Some(i) = ET_COLON.find(&bytes[at..]) {
         let i = at + i;
-        if i >= 5 {
-            let m = &bytes[i - 5..i + 3];
-            if m == b"\"secret:" || m == b"\"fernet:" {
-                return true;
-            }
+        let at_ = |from: usize, len: usize| i.checked_sub(from).and_then(|s| bytes.get(s..s + len));
+        if matches!(at_(5, 8), Some(b"\"secret:") | Some(b"\"fernet:"))
+            || at_(4, 8) == Some(b"secret:/")
+            || at_(4, 9) == Some(b"fernet:gA")
+        {
+            return true;
         }
         at = i + 3;
     }
@@ -106,7 +110,13 @@ mod tests {
 
     #[test]
     fn a_marker_split_at_every_position_across_chunks_is_seen() {
-        for marker in [&b"\"secret:"[..], b"\"fernet:", b"\\u"] {
+        for marker in [
+            &b"\"secret:"[..],
+            b"\"fernet:",
+            b"\\u",
+            b"a secret:/",
+            b"x fernet:gA",
+        ] {
             let mut body = br#"{"description":"a long enough answer","x":"#.to_vec();
             body.extend_from_slice(marker);
             body.extend_from_slice(br#"/a/b"}"#);

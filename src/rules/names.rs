@@ -17,8 +17,9 @@ const CONTAINS: &[&str] = &[
     "passphrase",
     "secret",
     "credential",
-    // Kafka's `sasl.jaas.config` holds the login module's password.
-    "jaasconfig",
+    // Kafka's `sasl.jaas.config` holds the login module's password (and any other JAAS
+    // option names it).
+    "jaas",
 ];
 
 /// A name ending in one of these, or in its plural, is a secret (`secretkey` is already covered
@@ -39,6 +40,13 @@ const ENDS_WITH: &[&str] = &[
     "keypem",
     "apikeyvalue",
     "tokenvalue",
+    // Driver and JDBC option names a second hostile probe found passing: Snowflake's
+    // `private_key_file_pwd`, `keystore_pwd`, `keystorePass`, `truststore_pass`, `db_pass`,
+    // `proxy-authorization`, `creds`.
+    "pwd",
+    "pass",
+    "authorization",
+    "creds",
 ];
 
 /// Secret fields of OpenMetadata 2.0.7 (`CustomSecretStr`) that no pattern above matches and
@@ -64,6 +72,9 @@ const EXACT: &[&str] = &[
     "spx509certificate",
     "sslcertificate",
     "sslkey",
+    // Header-style option names (second hostile probe).
+    "bearer",
+    "xauth",
 ];
 
 /// Words that contain a pattern but name something else; dropped before the patterns are
@@ -105,7 +116,10 @@ pub(crate) fn is_secret_name(normalised: &str, extra_exact: &HashSet<String>) ->
         }
     }
     let singular = name.strip_suffix('s').unwrap_or(&name);
-    CONTAINS.iter().any(|p| holds(&name, p)) || ENDS_WITH.iter().any(|p| singular.ends_with(p))
+    CONTAINS.iter().any(|p| holds(&name, p))
+        || ENDS_WITH
+            .iter()
+            .any(|p| name.ends_with(p) || singular.ends_with(p))
 }
 
 /// Member names already judged, per thread, for one rule set at a time: OpenMetadata's
@@ -221,6 +235,29 @@ mod tests {
         }
         assert!(!secret("passive"));
         assert!(!secret("primaryKey"));
+    }
+
+    #[test]
+    fn option_names_the_second_probe_found_missed_are_secret() {
+        for n in [
+            "private_key_file_pwd",
+            "keystore_pwd",
+            "keystorePass",
+            "truststore_pass",
+            "db_pass",
+            "storepass",
+            "keyPass",
+            "proxy-authorization",
+            "creds",
+            "bearer",
+            "jaas",
+            "x-auth",
+        ] {
+            assert!(secret(n), "{n}");
+        }
+        for n in ["passive", "passThrough", "compassion", "author", "credo"] {
+            assert!(!secret(n), "{n}");
+        }
     }
 
     #[test]
