@@ -7,7 +7,7 @@
 //! its end, because a marker in its last chunk means the whole answer must be parsed and
 //! masked; without a marker the chunks go out as they came, never copied. An identity-encoded
 //! answer larger than that streams on once the limit is passed, scanned as it flows, with
-//! the last 7 bytes of every chunk held back until the next chunk is scanned: should a marker
+//! the last few bytes (`rewrite::scan::CARRY`) of every chunk held back until the next chunk is scanned: should a marker
 //! appear, the answer is cut off before any byte of it (the client sees a broken answer, as
 //! it would a 502). An encoded (gzip, ...) answer larger than the limit is a 502.
 
