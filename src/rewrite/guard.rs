@@ -138,9 +138,10 @@ pub(crate) fn secret_in_json_text(
     skip: &[&[Step]],
 ) -> Option<SecretInText> {
     for base in &rule.safety_net {
-        let mut steps: Vec<Step> = base.iter().map(|k| Step::Key(k.clone())).collect();
+        let steps: Vec<Step> = base.iter().map(|k| Step::Key(k.clone())).collect();
         if let Some(sub) = get(doc, &steps) {
-            if let Some(hit) = texts(rules, sub, &mut steps, skip, 0) {
+            let mut at: Vec<At<'_>> = base.iter().map(|k| At::Key(k)).collect();
+            if let Some(hit) = texts(rules, sub, &mut at, skip, 0) {
                 return Some(hit);
             }
         }
@@ -148,17 +149,42 @@ pub(crate) fn secret_in_json_text(
     None
 }
 
-fn texts(
+/// A step of the walk, borrowed from the document (no copy unless something is found).
+#[derive(Clone, Copy)]
+enum At<'v> {
+    Key(&'v str),
+    Index(usize),
+}
+
+fn owned(at: &[At<'_>]) -> Vec<Step> {
+    at.iter()
+        .map(|a| match a {
+            At::Key(k) => Step::Key(k.to_string()),
+            At::Index(i) => Step::Index(*i),
+        })
+        .collect()
+}
+
+fn is_at(at: &[At<'_>], steps: &[Step]) -> bool {
+    at.len() == steps.len()
+        && at.iter().zip(steps).all(|(a, s)| match (a, s) {
+            (At::Key(a), Step::Key(s)) => a == s,
+            (At::Index(a), Step::Index(s)) => a == s,
+            _ => false,
+        })
+}
+
+fn texts<'v>(
     rules: &RuleSet,
-    v: &Value,
-    steps: &mut Vec<Step>,
+    v: &'v Value,
+    at: &mut Vec<At<'v>>,
     skip: &[&[Step]],
     nesting: usize,
 ) -> Option<SecretInText> {
     deep(|| match v {
-        Value::String(s) if holds_json(s) && !skip.contains(&steps.as_slice()) => {
+        Value::String(s) if holds_json(s) && !skip.iter().any(|k| is_at(at, k)) => {
             let inner = parse_strict(s.as_bytes()).ok()?;
-            let field = || render(steps);
+            let field = || render(&owned(at));
             if let Some(member) = secret_member(rules, &inner) {
                 return Some(SecretInText {
                     field: field(),
@@ -175,15 +201,15 @@ fn texts(
             })
         }
         Value::Object(m) => m.iter().find_map(|(k, child)| {
-            steps.push(Step::Key(k.clone()));
-            let hit = texts(rules, child, steps, skip, nesting);
-            steps.pop();
+            at.push(At::Key(k));
+            let hit = texts(rules, child, at, skip, nesting);
+            at.pop();
             hit
         }),
         Value::Array(items) => items.iter().enumerate().find_map(|(i, child)| {
-            steps.push(Step::Index(i));
-            let hit = texts(rules, child, steps, skip, nesting);
-            steps.pop();
+            at.push(At::Index(i));
+            let hit = texts(rules, child, at, skip, nesting);
+            at.pop();
             hit
         }),
         _ => None,
