@@ -239,14 +239,16 @@ mod tests {
         RuleSet::load(&dir, &[]).expect("rules")
     }
 
-    fn found(doc: &Value) -> Option<SecretInText> {
-        let r = rules();
-        let rule = r
-            .rules
+    fn database(r: &RuleSet) -> &Rule {
+        r.rules
             .iter()
             .find(|x| x.kind == "databaseService")
-            .expect("rule");
-        secret_in_json_text(&r, rule, doc, &[])
+            .expect("rule")
+    }
+
+    fn found(doc: &Value) -> Option<SecretInText> {
+        let r = rules();
+        secret_in_json_text(&r, database(&r), doc, &[])
     }
 
     fn service(args: Value) -> Value {
@@ -288,11 +290,7 @@ mod tests {
     #[test]
     fn a_field_that_is_itself_a_secret_is_skipped() {
         let r = rules();
-        let rule = r
-            .rules
-            .iter()
-            .find(|x| x.kind == "databaseService")
-            .expect("rule");
+        let rule = database(&r);
         let doc = service(json!({"token": "{\"password\": \"p\"}"}));
         let at = [
             Step::Key("connection".into()),
