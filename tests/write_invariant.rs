@@ -11,6 +11,10 @@
 //!    into a plain field would hand the caller what the secret field held; it fails this on
 //!    the gateway before such ops were refused).
 //!
+//! Generated values include JSON texts with a credential member: inside the connection they
+//! must be stored whole (at a secret field) or refused, never forwarded (rule 3 looks into
+//! JSON texts; with the gateway's JSON-text refusal switched off it fails at once).
+//!
 //! The expected entity comes from an independent model: the patch applied (with the
 //! `json-patch` crate) to the entity with its references resolved to their values; secret
 //! paths and ids are written out here, not taken from the gateway. This only uses the test
@@ -187,6 +191,12 @@ fn value_strategy(salt: u64) -> impl Strategy<Value = Value> {
             .unwrap_or(Value::Null))),
         (10usize..40).prop_map(move |n| json!({"password": secret_value(n, salt)})),
         (10usize..40).prop_map(move |n| json!({"name": "n", "apiKey": secret_value(n, salt)})),
+        // A JSON text with a credential in it: stored whole where a secret field takes it,
+        // refused inside the connection elsewhere, forwarded as it is outside the connection.
+        (10usize..40).prop_map(move |n| Value::String(format!(
+            "{{\"Authorization\": \"{}\"}}",
+            secret_value(n, salt)
+        ))),
     ]
 }
 
@@ -409,8 +419,13 @@ async fn run_case(b: &Bench, case: &Case) -> Result<(), String> {
     for op in &case.ops {
         collect_strings(op.get("value").unwrap_or(&Value::Null), &mut all_generated);
     }
+    let outside = outside_connection(&model);
     for v in all_generated.iter().filter(|v| v.starts_with('S')) {
-        let elsewhere = applies && a.status < 300 && other_strings.contains(v);
+        // Plain where the caller put it: a plain field, or inside a JSON text outside the
+        // connection (the documented limit of the safety net's subtrees).
+        let elsewhere = applies
+            && a.status < 300
+            && (other_strings.contains(v) || outside.iter().any(|s| s.contains(v.as_str())));
         let was_plain_upstream = strings(k, &before).1.contains(v);
         if elsewhere || was_plain_upstream {
             continue;
@@ -509,9 +524,26 @@ async fn run_case(b: &Bench, case: &Case) -> Result<(), String> {
     Ok(())
 }
 
+/// Every string of a document outside `connection` (where the safety net does not look).
+fn outside_connection(doc: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Value::Object(m) = doc {
+        m.iter()
+            .filter(|(k, _)| *k != "connection")
+            .for_each(|(_, c)| collect_strings(c, &mut out));
+    }
+    out
+}
+
+/// Every string in `v`, and the strings of any JSON text among them.
 fn collect_strings(v: &Value, out: &mut Vec<String>) {
     match v {
-        Value::String(s) => out.push(s.clone()),
+        Value::String(s) => {
+            out.push(s.clone());
+            if let Ok(inner @ (Value::Object(_) | Value::Array(_))) = serde_json::from_str(s) {
+                collect_strings(&inner, out);
+            }
+        }
         Value::Array(a) => a.iter().for_each(|c| collect_strings(c, out)),
         Value::Object(m) => m.values().for_each(|c| collect_strings(c, out)),
         _ => {}
