@@ -418,6 +418,43 @@ mod tests {
         ));
     }
 
+    proptest::proptest! {
+        /// Text with references and tokens at generated places: none survives the safety net,
+        /// and every piece of text around them does, in order.
+        #[test]
+        fn no_reference_or_token_survives_inside_generated_text(
+            parts in proptest::collection::vec(
+                ("[ a-z.:;,!?()\"'{}\\[\\]]{0,12}", 0usize..3, "[a-z0-9/_-]{1,20}"), 1..6),
+        ) {
+            let mut text = String::new();
+            let mut kept = Vec::new();
+            for (plain, kind, id) in &parts {
+                // Plain pieces that cannot run into a marker's id or token characters.
+                let plain = format!(" {plain} ");
+                text.push_str(&plain);
+                kept.push(plain);
+                match kind {
+                    0 => text.push_str(&format!("secret:/{id}")),
+                    1 => text.push_str(&format!("fernet:gA{}", id.replace('/', "A"))),
+                    _ => {}
+                }
+            }
+            let mut v = Value::String(text.clone());
+            mask_references(&mut v);
+            let out = v.as_str().unwrap_or_default().to_string();
+            proptest::prop_assert!(!out.contains("secret:/") && !out.contains("fernet:gA"), "{text} -> {out}");
+            if out != MASK {
+                // Masked where they stand: the text around them is all still there, in order.
+                let mut at = 0;
+                for k in &kept {
+                    let found = out[at..].find(k.as_str());
+                    proptest::prop_assert!(found.is_some(), "{k:?} lost: {text} -> {out}");
+                    at += found.unwrap_or(0) + k.len();
+                }
+            }
+        }
+    }
+
     #[test]
     fn a_reference_or_token_inside_text_is_masked_where_it_stands() {
         let mut v = serde_json::json!({
