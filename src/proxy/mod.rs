@@ -273,6 +273,7 @@ impl Gateway {
             rule: m.rule,
             response_at: m.route.map(|r| r.response_at.as_slice()).unwrap_or(&[]),
             op: m.op(),
+            filled: &write.filled,
         };
         let reader = read::Reader {
             class: ctx.caller.class,

@@ -39,6 +39,9 @@ pub(super) struct Scope<'a> {
     /// The answer is the entity's subtree at these keys (user token routes).
     pub(crate) response_at: &'a [String],
     pub(crate) op: Op,
+    /// Values the gateway put in place of masks on this request's way up (masked-only
+    /// kinds): removed from the answer wherever they stand for a caller who may not see them.
+    pub(crate) filled: &'a [String],
 }
 
 /// Who reads the answer.
@@ -143,6 +146,9 @@ impl Gateway {
             markers: may_hold_references(&decoded),
         };
         let degraded = ctx.rewrite(&mut doc).await?;
+        if !scope.filled.is_empty() && action != ReadAction::Resolve {
+            crate::rewrite::response::scrub_values(&mut doc, scope.filled);
+        }
         if action == ReadAction::Resolve {
             self.metrics
                 .secrets_resolved

@@ -49,6 +49,10 @@ pub(super) struct Prepared {
     pub(crate) audit: Vec<AuditEntry>,
     /// Held until the upstream has answered, so store and upstream agree on the last writer.
     pub(crate) lock: Option<OwnedMutexGuard<()>>,
+    /// Values the gateway put in place of masks (masked-only kinds): scrubbed from the
+    /// upstream's answer for callers who may not see them, wherever they stand in it (an
+    /// error message quoting the forwarded body).
+    pub(crate) filled: Vec<String>,
 }
 
 impl Prepared {
@@ -58,6 +62,7 @@ impl Prepared {
             plan: Plan::default(),
             audit: Vec::new(),
             lock: None,
+            filled: Vec::new(),
         }
     }
 }
@@ -416,6 +421,7 @@ impl Gateway {
             },
             audit,
             lock: Some(lock),
+            filled: Vec::new(),
         })
     }
 
@@ -650,6 +656,7 @@ impl Gateway {
             plan: stripped.plan,
             audit: stripped.audit,
             lock: Some(lock),
+            filled: Vec::new(),
         }
     }
 }

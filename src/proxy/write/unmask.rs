@@ -88,9 +88,13 @@ impl Gateway {
             ))
         })?;
         let current = self.current(m.rule, &path).await?;
+        let sent = wrap_at(&at, doc);
         let mut edits = Vec::with_capacity(masks.len());
+        let mut filled = Vec::with_capacity(masks.len());
         for steps in &masks {
+            refuse_redirect(m.rule, steps, &sent, &current.entity)?;
             let held = held_value(&current.entity, steps)?;
+            filled.extend(held.as_str().map(str::to_string));
             edits.push((steps[at.len()..].to_vec(), held));
         }
         let out = spans::replace_values(&raw, &edits)
@@ -98,7 +102,7 @@ impl Gateway {
         let outgoing = parse_strict(&out).map_err(GatewayError::Internal)?;
         self.guard(rules, m.rule, None)
             .check(&wrap_at(&at, outgoing), None)?;
-        Ok(self.unmasked(parts, out, None, current.lock))
+        Ok(self.unmasked(parts, out, None, current, filled))
     }
 
     /// A PATCH: applied locally, masks replaced, the difference forwarded as a JSON Patch.
@@ -137,13 +141,17 @@ impl Gateway {
         };
         refuse_moves_out_of_secrets(&body, &target, &secrets)?;
         let mut result = patch::apply(&target, &body, &secrets)?;
+        let mut filled = Vec::new();
+        let sent = wrap_at(&at, result.clone());
         for steps in secrets(&result) {
             let v = get(&result, &steps);
             // A mask the upstream already held (an old bug stored it) and the patch left alone
             // is not forwarded: the diff leaves it out.
             if v.and_then(classify) == Some(FieldValue::Mask) && get(&target, &steps) != v {
                 let abs = [at.as_slice(), &steps].concat();
+                refuse_redirect(m.rule, &abs, &sent, &current.entity)?;
                 let held = held_value(&current.entity, &abs)?;
+                filled.extend(held.as_str().map(str::to_string));
                 if let Some(slot) = crate::rules::jsonpath::get_mut(&mut result, &steps) {
                     *slot = held;
                 }
@@ -156,7 +164,7 @@ impl Gateway {
         self.guard(rules, m.rule, None)
             .check(&wrap_at(&at, after), Some(&wrap_at(&at, target)))?;
         let ct = HeaderValue::from_static("application/json-patch+json");
-        Ok(self.unmasked(parts, patch::to_bytes(&ops), Some(ct), current.lock))
+        Ok(self.unmasked(parts, patch::to_bytes(&ops), Some(ct), current, filled))
     }
 
     /// The entity at `path` (under the rule's collection) as the upstream holds it, read with
@@ -189,14 +197,16 @@ impl Gateway {
         parts: &mut http::request::Parts,
         bytes: Vec<u8>,
         content_type: Option<HeaderValue>,
-        lock: OwnedMutexGuard<()>,
+        current: Current,
+        filled: Vec<String>,
     ) -> Prepared {
         set_body_headers(&mut parts.headers, bytes.len(), content_type);
         Prepared {
             body: full(bytes),
             plan: Plan::default(),
             audit: Vec::new(),
-            lock: Some(lock),
+            lock: Some(current.lock),
+            filled,
         }
     }
 }
@@ -228,6 +238,76 @@ fn masked_fields(rules: &RuleSet, rule: &Rule, at: &[Step], doc: &Value) -> Vec<
         .filter(|f| get(doc, &f.steps[at.len()..]).and_then(classify) == Some(FieldValue::Mask))
         .map(|f| f.steps)
         .collect()
+}
+
+/// Where a masked field's value goes is its context: the element of an array of the rule's
+/// subtree holding it (one alert destination, one workflow node), else that whole subtree (an
+/// app's configuration, a setting's value, the security configuration). A mask is kept only
+/// while every plain member the caller sends in that context is what the upstream holds:
+/// otherwise a person who sees only the mask could send the value to a host, endpoint or
+/// account of their choosing (an alert's test to their own webhook, an app run against their
+/// own database). 422, naming the member that differs, never a value; sending the value itself
+/// (or another one) is always accepted.
+fn refuse_redirect(
+    rule: &Rule,
+    steps: &[Step],
+    sent: &Value,
+    held: &Value,
+) -> Result<(), GatewayError> {
+    let ctx = context_of(rule, steps);
+    let (Some(sent_ctx), held_ctx) = (get(sent, &ctx), get(held, &ctx)) else {
+        return Ok(());
+    };
+    let mut at = Vec::new();
+    match first_difference(sent_ctx, held_ctx, &mut at) {
+        None => Ok(()),
+        Some(diff) => Err(GatewayError::Unprocessable(format!(
+            "{}: a mask was sent while {} differs from what OpenMetadata holds; a masked value is kept only where everything around it is unchanged: send the value itself to change where it goes",
+            render(steps),
+            render(&[ctx.as_slice(), &diff].concat())
+        ))),
+    }
+}
+
+/// The context of a secret field at `steps` ([`refuse_redirect`]).
+fn context_of(rule: &Rule, steps: &[Step]) -> Vec<Step> {
+    let base = rule.safety_net.iter().chain(&rule.shape).find(|b| {
+        b.len() <= steps.len()
+            && b.iter()
+                .zip(steps)
+                .all(|(k, s)| matches!(s, Step::Key(x) if x == k))
+    });
+    let Some(base) = base else {
+        // Outside every subtree: the whole entity.
+        return Vec::new();
+    };
+    let mut ctx = steps[..base.len()].to_vec();
+    if let Some(i @ Step::Index(_)) = steps.get(base.len()) {
+        ctx.push(i.clone());
+    }
+    ctx
+}
+
+/// The first scalar of `sent` that `held` does not hold the same at the same place: secret
+/// fields included (an endpoint that carries a token is one), masks excepted (they are what
+/// is being kept); members `sent` leaves out do not count.
+fn first_difference(sent: &Value, held: Option<&Value>, at: &mut Vec<Step>) -> Option<Vec<Step>> {
+    match sent {
+        Value::Object(m) => m.iter().find_map(|(k, child)| {
+            at.push(Step::Key(k.clone()));
+            let d = first_difference(child, held.and_then(|h| h.get(k)), at);
+            at.pop();
+            d
+        }),
+        Value::Array(items) => items.iter().enumerate().find_map(|(i, child)| {
+            at.push(Step::Index(i));
+            let d = first_difference(child, held.and_then(|h| h.get(i)), at);
+            at.pop();
+            d
+        }),
+        mask if classify(mask) == Some(FieldValue::Mask) => None,
+        scalar => (held != Some(scalar)).then(|| at.clone()),
+    }
 }
 
 /// What a mask at `steps` stands for: the value the upstream holds there; 422 when it holds
