@@ -56,7 +56,7 @@ pub fn explain(
         out.push_str(&format!("  {k} = {v}\n"));
     }
     if m.rule.is_mask_only() {
-        out.push_str("mode: mask_only (values stay in OpenMetadata, which needs them in clear; masked on reads; a mask sent back is replaced by the value OpenMetadata holds, 422 when it holds none; nothing goes to the key store)\n");
+        out.push_str("mode: mask_only (values stay in OpenMetadata, which needs them in clear; masked on reads; a mask sent back is replaced by the value OpenMetadata holds, 422 when it holds none or when anything else in its destination or configuration differs from what OpenMetadata holds; nothing goes to the key store)\n");
     }
     if let Some(body) = body {
         out.push_str(&secrets_in_body(cfg, rules, m.rule, body)?);
@@ -108,6 +108,14 @@ fn secrets_in_body(
         if !rule.known_types.is_empty() && !rule.known_types.contains(t) {
             out.push_str(&unknown_type_note(rule, t, &found));
         }
+    }
+    let fields: Vec<&[crate::rules::jsonpath::Step]> =
+        found.iter().map(|f| f.steps.as_slice()).collect();
+    if let Some(t) = crate::rewrite::guard::secret_in_json_text(rules, rule, &doc, &fields) {
+        return Err(format!(
+            "the gateway answers 422: {} holds a JSON text with a secret member ({}); send the credential as a field of its own",
+            t.field, t.member
+        ));
     }
     out.push_str(&format!("secrets in body: {}\n", found.len()));
     if let Some(scope) = &rule.scope {

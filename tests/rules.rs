@@ -309,3 +309,29 @@ fn explain_adds_no_note_for_a_type_of_an_older_version() {
         "{text}"
     );
 }
+
+#[test]
+fn explain_says_a_json_text_with_a_credential_is_refused_without_echoing_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("body.json");
+    std::fs::write(
+        &file,
+        r#"{"name": "s", "serviceType": "Mysql", "connection": {"config": {"type": "Mysql",
+            "connectionArguments": {"http_headers": "{\"Authorization\": \"Bearer tok-99\"}"}}}}"#,
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["explain", "POST", "/api/v1/services/databaseServices"])
+        .arg(&file)
+        .current_dir(root())
+        .output()
+        .unwrap();
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_ne!(out.status.code(), Some(0), "{all}");
+    assert!(all.contains("422") && all.contains("http_headers"), "{all}");
+    assert!(!all.contains("tok-99"), "{all}");
+}
