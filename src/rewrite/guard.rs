@@ -16,7 +16,7 @@
 
 use serde_json::Value;
 
-use super::json::{deep, parse_strict};
+use super::json::{deep, parse_answer};
 use super::structure::holds_json;
 use super::{classify, FieldValue};
 use crate::error::GatewayError;
@@ -121,8 +121,9 @@ pub(crate) struct SecretInText {
     pub(crate) member: String,
 }
 
-/// JSON texts read inside JSON texts at most this deep (the read side's limit too).
-const TEXT_NESTING: usize = 8;
+/// JSON texts read inside JSON texts at most this deep (the read side's limit); a JSON text
+/// deeper still counts as holding a secret (it cannot be judged, so it is refused).
+const TEXT_NESTING: usize = 16;
 
 /// The first string in one of the rule's safety-net subtrees of `doc` that holds a JSON text
 /// (an object or array with members, as the read side reads them) with a value under a
@@ -183,16 +184,21 @@ fn texts<'v>(
 ) -> Option<SecretInText> {
     deep(|| match v {
         Value::String(s) if holds_json(s) && !skip.iter().any(|k| is_at(at, k)) => {
-            let inner = parse_strict(s.as_bytes()).ok()?;
             let field = || render(&owned(at));
+            if nesting >= TEXT_NESTING {
+                return Some(SecretInText {
+                    field: field(),
+                    member: "(JSON texts nested too deep to read)".into(),
+                });
+            }
+            // Read as the read side reads JSON strings (duplicate members allowed: the last
+            // one is what a reader sees), so what it would mask is what is refused here.
+            let inner = parse_answer(s.as_bytes()).ok()?;
             if let Some(member) = secret_member(rules, &inner) {
                 return Some(SecretInText {
                     field: field(),
                     member,
                 });
-            }
-            if nesting >= TEXT_NESTING {
-                return None;
             }
             let hit = texts(rules, &inner, &mut Vec::new(), &[], nesting + 1)?;
             Some(SecretInText {
@@ -270,6 +276,15 @@ mod tests {
         assert!(found(&doc).is_some());
         let doc = service(json!({"x": "{\"extra\": \"{\\\"password\\\": \\\"p\\\"}\"}"}));
         assert_eq!(found(&doc).map(|h| h.member), Some("$.password".into()));
+        // Duplicate members, as the read side reads them (the last one counts).
+        let doc = service(json!({"x": "{\"password\": \"\", \"password\": \"p\"}"}));
+        assert!(found(&doc).is_some());
+        // Nested deeper than the read side reads: refused, not passed unread.
+        let mut text = json!({"password": "p"}).to_string();
+        for _ in 0..TEXT_NESTING + 1 {
+            text = json!({"t": text}).to_string();
+        }
+        assert!(found(&service(json!({"x": text}))).is_some());
     }
 
     #[test]
