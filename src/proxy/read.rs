@@ -7,7 +7,7 @@
 //! one exception to "must be JSON": it must be UTF-8 text, and holding a `secret:` or
 //! `fernet:` marker refuses it for callers who do not resolve.
 //!
-//! Unruled JSON answers pass the safety net: scanned for `"secret:`, `"fernet:` or `\u` and,
+//! Unruled JSON answers pass the safety net: scanned for the markers of `rewrite::scan` (a reference or token, or `\u`) and,
 //! only when found, parsed and masked for callers who do not resolve.
 //!
 //! Upstream bodies are time-limited: one the gateway reads must arrive whole within
