@@ -288,17 +288,24 @@ fn context_of(rule: &Rule, steps: &[Step]) -> Vec<Step> {
     ctx
 }
 
+/// Members OpenMetadata itself updates as it works (a destination's delivery status): a body
+/// read a while ago and sent back may differ there without going anywhere else.
+const VOLATILE: &[&str] = &["statusDetails"];
+
 /// The first scalar of `sent` that `held` does not hold the same at the same place: secret
 /// fields included (an endpoint that carries a token is one), masks excepted (they are what
 /// is being kept); members `sent` leaves out do not count.
 fn first_difference(sent: &Value, held: Option<&Value>, at: &mut Vec<Step>) -> Option<Vec<Step>> {
     match sent {
-        Value::Object(m) => m.iter().find_map(|(k, child)| {
-            at.push(Step::Key(k.clone()));
-            let d = first_difference(child, held.and_then(|h| h.get(k)), at);
-            at.pop();
-            d
-        }),
+        Value::Object(m) => m
+            .iter()
+            .filter(|(k, _)| !VOLATILE.contains(&k.as_str()))
+            .find_map(|(k, child)| {
+                at.push(Step::Key(k.clone()));
+                let d = first_difference(child, held.and_then(|h| h.get(k)), at);
+                at.pop();
+                d
+            }),
         Value::Array(items) => items.iter().enumerate().find_map(|(i, child)| {
             at.push(Step::Index(i));
             let d = first_difference(child, held.and_then(|h| h.get(i)), at);
@@ -376,4 +383,38 @@ fn refuse_moves_out_of_secrets(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_context_differs_by_any_member_sent_but_not_by_masks_omissions_or_delivery_status() {
+        let held = json!({"endpoint": "https://a", "secretKey": "k", "timeout": 10,
+                          "statusDetails": {"status": "failed", "lastFailedAt": 2},
+                          "headers": {"X": "v"}});
+        let same = json!({"endpoint": "https://a", "secretKey": "*********",
+                          "statusDetails": {"status": "active", "lastFailedAt": 1}});
+        assert_eq!(first_difference(&same, Some(&held), &mut Vec::new()), None);
+        for (sent, at) in [
+            (
+                json!({"endpoint": "https://b", "secretKey": "*********"}),
+                "endpoint",
+            ),
+            (json!({"secretKey": "*********", "timeout": 11}), "timeout"),
+            (
+                json!({"secretKey": "*********", "headers": {"X": "v", "Y": "w"}}),
+                "Y",
+            ),
+            (
+                json!({"secretKey": "*********", "proxy": "https://b"}),
+                "proxy",
+            ),
+        ] {
+            let d = first_difference(&sent, Some(&held), &mut Vec::new()).expect("differs");
+            assert!(render(&d).contains(at), "{sent}: {}", render(&d));
+        }
+    }
 }
