@@ -206,7 +206,8 @@ impl Gateway {
         refuse_too_deep(&doc)?;
         refuse_bad_shape(rules, m.rule, &doc)?;
         let found = rules.find_secrets(m.rule, &doc);
-        refuse_secret_in_json_text(rules, m.rule, &doc, &found)?;
+        let fields: Vec<&[Step]> = found.iter().map(|f| f.steps.as_slice()).collect();
+        refuse_secret_in_json_text(rules, m.rule, &doc, &fields)?;
         let has_secrets = !found.is_empty();
         let Some(name) = doc.get("name").and_then(Value::as_str).map(str::to_string) else {
             if has_secrets {
@@ -307,15 +308,17 @@ impl Gateway {
                 "the patch would leave the entity as something other than a JSON object".into(),
             ));
         }
-        if entity_name(&result) != name && !secrets(&result).is_empty() {
+        let result_secrets = secrets(&result);
+        if entity_name(&result) != name && !result_secrets.is_empty() {
             return Err(GatewayError::Unprocessable(
                 "renaming an entity that holds secrets is not supported through the gateway: its secret ids are built from its name".into(),
             ));
         }
         refuse_too_deep(&result)?;
         refuse_bad_shape(rules, m.rule, &result)?;
-        refuse_secret_in_json_text(rules, m.rule, &result, &rules.find_secrets(m.rule, &result))?;
-        let at = if secrets(&current).is_empty() && secrets(&result).is_empty() {
+        let fields: Vec<&[Step]> = result_secrets.iter().map(Vec::as_slice).collect();
+        refuse_secret_in_json_text(rules, m.rule, &result, &fields)?;
+        let at = if secrets(&current).is_empty() && result_secrets.is_empty() {
             // No secret before or after: no root to look up (whoever owns it).
             Located::none(&self.ids, m.rule, &name)
         } else {
@@ -366,7 +369,9 @@ impl Gateway {
         let doc = parse_strict(&raw).map_err(GatewayError::BadRequest)?;
         refuse_bad_shape(rules, m.rule, &doc)?;
         refuse_secret_values(rules, m.rule, &doc)?;
-        refuse_secret_in_json_text(rules, m.rule, &doc, &rules.find_secrets(m.rule, &doc))?;
+        let found = rules.find_secrets(m.rule, &doc);
+        let fields: Vec<&[Step]> = found.iter().map(|f| f.steps.as_slice()).collect();
+        refuse_secret_in_json_text(rules, m.rule, &doc, &fields)?;
         // A JSON Patch sent where none is expected is judged by the fields it would set.
         for placed in crate::rewrite::patch::placed_values(&doc).unwrap_or_default() {
             refuse_secret_values(rules, m.rule, &placed)?;
@@ -711,13 +716,12 @@ fn refuse_secret_in_json_text(
     rules: &RuleSet,
     rule: &Rule,
     doc: &Value,
-    found: &[crate::rules::Found],
+    fields: &[&[Step]],
 ) -> Result<(), GatewayError> {
     if rule.is_mask_only() {
         return Ok(());
     }
-    let fields: Vec<&[Step]> = found.iter().map(|f| f.steps.as_slice()).collect();
-    match secret_in_json_text(rules, rule, doc, &fields) {
+    match secret_in_json_text(rules, rule, doc, fields) {
         Some(at) => Err(GatewayError::Unprocessable(format!(
             "{}: this text holds JSON with a secret member ({}); the gateway stores whole fields, not parts of a string: send the credential as a field of its own",
             at.field, at.member

@@ -21,7 +21,7 @@ use super::structure::holds_json;
 use super::{classify, FieldValue};
 use crate::error::GatewayError;
 use crate::rules::ids::IdBuilder;
-use crate::rules::jsonpath::{get, render, Step};
+use crate::rules::jsonpath::{get, render, Step, StepRef};
 use crate::rules::{Rule, RuleSet};
 use crate::secrets::fernet::FernetKeys;
 
@@ -141,7 +141,7 @@ pub(crate) fn secret_in_json_text(
     for base in &rule.safety_net {
         let steps: Vec<Step> = base.iter().map(|k| Step::Key(k.clone())).collect();
         if let Some(sub) = get(doc, &steps) {
-            let mut at: Vec<At<'_>> = base.iter().map(|k| At::Key(k)).collect();
+            let mut at: Vec<StepRef<'_>> = base.iter().map(|k| StepRef::Key(k)).collect();
             if let Some(hit) = texts(rules, sub, &mut at, skip, 0) {
                 return Some(hit);
             }
@@ -150,41 +150,16 @@ pub(crate) fn secret_in_json_text(
     None
 }
 
-/// A step of the walk, borrowed from the document (no copy unless something is found).
-#[derive(Clone, Copy)]
-enum At<'v> {
-    Key(&'v str),
-    Index(usize),
-}
-
-fn owned(at: &[At<'_>]) -> Vec<Step> {
-    at.iter()
-        .map(|a| match a {
-            At::Key(k) => Step::Key(k.to_string()),
-            At::Index(i) => Step::Index(*i),
-        })
-        .collect()
-}
-
-fn is_at(at: &[At<'_>], steps: &[Step]) -> bool {
-    at.len() == steps.len()
-        && at.iter().zip(steps).all(|(a, s)| match (a, s) {
-            (At::Key(a), Step::Key(s)) => a == s,
-            (At::Index(a), Step::Index(s)) => a == s,
-            _ => false,
-        })
-}
-
 fn texts<'v>(
     rules: &RuleSet,
     v: &'v Value,
-    at: &mut Vec<At<'v>>,
+    at: &mut Vec<StepRef<'v>>,
     skip: &[&[Step]],
     nesting: usize,
 ) -> Option<SecretInText> {
     deep(|| match v {
-        Value::String(s) if holds_json(s) && !skip.iter().any(|k| is_at(at, k)) => {
-            let field = || render(&owned(at));
+        Value::String(s) if holds_json(s) && !skip.iter().any(|k| StepRef::same(at, k)) => {
+            let field = || render(&StepRef::owned(at));
             if nesting >= TEXT_NESTING {
                 return Some(SecretInText {
                     field: field(),
@@ -207,13 +182,13 @@ fn texts<'v>(
             })
         }
         Value::Object(m) => m.iter().find_map(|(k, child)| {
-            at.push(At::Key(k));
+            at.push(StepRef::Key(k));
             let hit = texts(rules, child, at, skip, nesting);
             at.pop();
             hit
         }),
         Value::Array(items) => items.iter().enumerate().find_map(|(i, child)| {
-            at.push(At::Index(i));
+            at.push(StepRef::Index(i));
             let hit = texts(rules, child, at, skip, nesting);
             at.pop();
             hit

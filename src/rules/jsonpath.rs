@@ -250,6 +250,35 @@ pub fn get_mut<'a>(doc: &'a mut Value, steps: &[Step]) -> Option<&'a mut Value> 
 }
 
 /// Renders steps as a JSONPath (for explain and audit lines).
+/// A step borrowed from the document being walked: walks keep these and copy them into
+/// [`Step`]s only for what they report.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum StepRef<'v> {
+    Key(&'v str),
+    Index(usize),
+}
+
+impl StepRef<'_> {
+    pub(crate) fn owned(path: &[StepRef<'_>]) -> Vec<Step> {
+        path.iter()
+            .map(|a| match a {
+                StepRef::Key(k) => Step::Key(k.to_string()),
+                StepRef::Index(i) => Step::Index(*i),
+            })
+            .collect()
+    }
+
+    /// Whether `path` names the same place as `steps`.
+    pub(crate) fn same(path: &[StepRef<'_>], steps: &[Step]) -> bool {
+        path.len() == steps.len()
+            && path.iter().zip(steps).all(|(a, s)| match (a, s) {
+                (StepRef::Key(a), Step::Key(s)) => a == s,
+                (StepRef::Index(a), Step::Index(s)) => a == s,
+                _ => false,
+            })
+    }
+}
+
 pub fn render(steps: &[Step]) -> String {
     let mut s = String::from("$");
     for st in steps {

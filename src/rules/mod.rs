@@ -18,7 +18,7 @@ use serde_json::Value;
 
 use crate::config::ReadAction;
 use crate::http::path::NormPath;
-use jsonpath::{Seg, Step, Trie};
+use jsonpath::{Seg, Step, StepRef, Trie};
 
 // === raw format ===
 
@@ -1213,17 +1213,10 @@ pub(crate) fn type_matches(group: &str, doc_type: &str) -> bool {
             .is_some_and(|head| head.eq_ignore_ascii_case(doc_type))
 }
 
-/// A step [`shape_walk`] took: names borrowed from the document, joined only for the answer.
-#[derive(Clone, Copy)]
-enum Took<'v> {
-    Key(&'v str),
-    Index(usize),
-}
-
 /// Follows `segs` through `v`; the first interior step holding a scalar is the answer.
-fn shape_walk<'v>(v: &'v Value, segs: &[Seg], at: &mut Vec<Took<'v>>) -> Option<String> {
+fn shape_walk<'v>(v: &'v Value, segs: &[Seg], at: &mut Vec<StepRef<'v>>) -> Option<String> {
     let (seg, rest) = segs.split_first()?;
-    let mut into = |took: Took<'v>, child: &'v Value| {
+    let mut into = |took: StepRef<'v>, child: &'v Value| {
         at.push(took);
         let r = shape_walk(child, rest, at);
         at.pop();
@@ -1234,21 +1227,25 @@ fn shape_walk<'v>(v: &'v Value, segs: &[Seg], at: &mut Vec<Took<'v>>) -> Option<
         Value::Object(map) => match seg {
             Seg::Key(k) => map
                 .get_key_value(k)
-                .and_then(|(k, child)| into(Took::Key(k), child)),
-            Seg::AnyKey => map.iter().find_map(|(k, child)| into(Took::Key(k), child)),
+                .and_then(|(k, child)| into(StepRef::Key(k), child)),
+            Seg::AnyKey => map
+                .iter()
+                .find_map(|(k, child)| into(StepRef::Key(k), child)),
             Seg::Index(_) | Seg::AnyIndex => None,
         },
         Value::Array(items) => match seg {
-            Seg::Index(i) => items.get(*i).and_then(|child| into(Took::Index(*i), child)),
+            Seg::Index(i) => items
+                .get(*i)
+                .and_then(|child| into(StepRef::Index(*i), child)),
             Seg::AnyIndex => items
                 .iter()
                 .enumerate()
-                .find_map(|(i, child)| into(Took::Index(i), child)),
+                .find_map(|(i, child)| into(StepRef::Index(i), child)),
             Seg::Key(_) | Seg::AnyKey => None,
         },
         _ => {
             let last = match at.last() {
-                Some(Took::Key(k)) => k,
+                Some(StepRef::Key(k)) => k,
                 _ => "",
             };
             if STRING_UNION_KEYS.contains(&last) && v.is_string() {
@@ -1257,8 +1254,8 @@ fn shape_walk<'v>(v: &'v Value, segs: &[Seg], at: &mut Vec<Took<'v>>) -> Option<
                 let names: Vec<String> = at
                     .iter()
                     .map(|t| match t {
-                        Took::Key(k) => k.to_string(),
-                        Took::Index(i) => i.to_string(),
+                        StepRef::Key(k) => k.to_string(),
+                        StepRef::Index(i) => i.to_string(),
                     })
                     .collect();
                 Some(names.join("."))
