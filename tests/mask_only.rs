@@ -787,6 +787,25 @@ fn check_refuses_a_mask_only_rule_with_a_root_or_without_a_shape() {
 
 // === the write invariant for mask_only fields, generated ===
 
+/// A runtime for a generated test, and the emulator and gateway it runs against.
+fn generated_setup() -> (tokio::runtime::Runtime, Emulator, Gw) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (emu, gw, _mem) = rt.block_on(setup(|_| {}));
+    (rt, emu, gw)
+}
+
+/// `OMSP_PROPTEST_CASES`, else `default`.
+fn proptest_cases(default: u32) -> u32 {
+    std::env::var("OMSP_PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// Where a generated patch may put values in the event subscription of [`subscription`].
 const PATCH_PATHS: [&str; 6] = [
     "/destinations/0/config/secretKey",
@@ -816,22 +835,14 @@ fn op_strategy() -> impl Strategy<Value = Value> {
 /// upstream held there.
 #[test]
 fn generated_patches_never_forward_a_mask() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let (emu, gw, _mem) = rt.block_on(setup(|_| {}));
+    let (rt, emu, gw) = generated_setup();
     rt.block_on(async {
         assert_eq!(
             write(&gw, Method::POST, SUBS, subscription()).await.status,
             201
         );
     });
-    let cases = std::env::var("OMSP_PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(48);
+    let cases = proptest_cases(48);
     proptest!(ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() },
         |(ops in proptest::collection::vec(op_strategy(), 1..5))| {
         rt.block_on(async {
@@ -860,6 +871,155 @@ fn generated_patches_never_forward_a_mask() {
             }
         });
     });
+}
+
+// === the context rule for kept masks, generated ===
+
+/// Masks a caller may send back in place of the values of [`subscription`]'s destinations.
+const MASKABLE: [&str; 5] = [
+    "/destinations/0/config/secretKey",
+    "/destinations/0/config/headers/Authorization",
+    "/destinations/0/config/authType/secretKey",
+    "/destinations/1/config/authType/clientSecret",
+    "/destinations/1/config/endpoint",
+];
+
+/// Members around those masks: where a value goes (endpoints, token URLs, types), what else
+/// rides with it, and the delivery status OpenMetadata updates itself.
+const AROUND: [&str; 9] = [
+    "/destinations/0/config/endpoint",
+    "/destinations/0/type",
+    "/destinations/0/config/timeout",
+    "/destinations/0/config/headers/X-Forward-To",
+    "/destinations/1/config/authType/tokenUrl",
+    "/destinations/1/config/authType/clientId",
+    "/destinations/1/category",
+    "/destinations/2/config/endpoint",
+    "/destinations/0/statusDetails",
+];
+
+fn context_op_strategy() -> impl Strategy<Value = Value> {
+    let mask = prop_oneof![Just(json!(MASK)), Just(json!(SDK_MASK))];
+    let new_value = prop_oneof![
+        (0u32..1000).prop_map(|n| json!(format!("https://gen-{n}.example/in"))),
+        (0u32..100).prop_map(|n| json!(n)),
+        Just(json!({"status": "failed", "lastFailedAt": 7})),
+    ];
+    prop_oneof![
+        (0..MASKABLE.len(), mask)
+            .prop_map(|(p, v)| json!({"op": "add", "path": MASKABLE[p], "value": v})),
+        (0..AROUND.len(), new_value)
+            .prop_map(|(p, v)| json!({"op": "add", "path": AROUND[p], "value": v})),
+        (0..AROUND.len()).prop_map(|p| json!({"op": "remove", "path": AROUND[p]})),
+        (0u32..100).prop_map(
+            |n| json!({"op": "replace", "path": "/description", "value": format!("d{n}")})
+        ),
+    ]
+}
+
+/// Every string in `v`.
+fn collect_text(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::String(t) => out.push(t.clone()),
+        Value::Array(a) => a.iter().for_each(|x| collect_text(x, out)),
+        Value::Object(m) => m.values().for_each(|x| collect_text(x, out)),
+        _ => {}
+    }
+}
+
+/// Whether everything `sent` holds is what `held` holds at the same place (`statusDetails`
+/// aside): members `sent` leaves out do not count, nothing may be new or different.
+fn within(sent: &Value, held: Option<&Value>) -> bool {
+    match (sent, held) {
+        (Value::Object(s), Some(Value::Object(h))) => s
+            .iter()
+            .filter(|(k, _)| k.as_str() != "statusDetails")
+            .all(|(k, v)| within(v, h.get(k))),
+        (Value::Array(s), Some(Value::Array(h))) => {
+            s.iter().enumerate().all(|(i, v)| within(v, h.get(i)))
+        }
+        (s, h) => h == Some(s),
+    }
+}
+
+/// A mask is kept only where nothing around it changed. For generated edits of an alert's
+/// destinations (masks sent back, endpoints, token URLs, types, extra headers and options
+/// changed, added or removed, delivery status changed), sent as a JSON Patch or as the whole
+/// alert read as a person and edited (PUT): whenever the upstream ends up holding a value the
+/// caller sent as a mask, everything the upstream holds in that destination afterwards is what
+/// it held before (nothing new around the value, so it cannot go anywhere the caller chose);
+/// a refused write changes nothing and forwards nothing; no mask is ever forwarded; and the
+/// caller never sees a value it did not send. Fails with the context rule switched off.
+#[test]
+fn generated_edits_keep_a_mask_only_where_nothing_around_it_changed() {
+    let (rt, emu, gw) = generated_setup();
+    let path = format!("{SUBS}/name/hook");
+    let cases = proptest_cases(64);
+    let kept = std::sync::atomic::AtomicUsize::new(0);
+    proptest!(ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() },
+        |(ops in proptest::collection::vec(context_op_strategy(), 1..5), as_put in any::<bool>())| {
+        rt.block_on(async {
+            // Each case starts from the alert as created.
+            let put = write(&gw, Method::PUT, SUBS, subscription()).await;
+            assert!(put.status == 200 || put.status == 201, "reset: {}", put.text());
+            let before = upstream(&emu, &path).await;
+            let writes = writes_so_far(&emu);
+            // What the caller sends, as a whole alert: the PUT's body, or the patch applied to
+            // the alert (the masks stand where the patch puts them).
+            let patch: json_patch::Patch = serde_json::from_value(Value::Array(ops.clone())).expect("patch");
+            let mut sent = if as_put {
+                as_request(req(&gw, Method::GET, &path, Some(&jwt::user()), &Value::Null).await.json())
+            } else {
+                before.clone()
+            };
+            if json_patch::patch(&mut sent, &patch).is_err() {
+                return;
+            }
+            let a = if as_put {
+                write(&gw, Method::PUT, SUBS, sent.clone()).await
+            } else {
+                write(&gw, Method::PATCH, &path, Value::Array(ops.clone())).await
+            };
+            let after = upstream(&emu, &path).await;
+            let received = emu.everything_received();
+            assert!(!contains(&received, MASK.as_bytes()), "a mask was forwarded for {ops:?}");
+            for s in SUB_SECRETS {
+                if !ops.iter().any(|o| o["value"].as_str().is_some_and(|v| v.contains(s))) {
+                    for form in leak_forms(s) {
+                        assert!(!contains(&a.body, &form), "{s} came back for {ops:?}: {}", a.text());
+                    }
+                }
+            }
+            if !(200..300).contains(&a.status) {
+                assert!(a.status == 422 || a.status == 400, "{} for {ops:?}: {}", a.status, a.text());
+                assert_eq!(writes_so_far(&emu), writes, "a refused write was forwarded: {ops:?}");
+                assert_eq!(after, before, "a refused write changed the alert: {ops:?}");
+                return;
+            }
+            // Every destination the caller sent a mask in.
+            let has_mask = |v: &Value| {
+                let mut all = Vec::new();
+                collect_text(v, &mut all);
+                all.iter().any(|t| t == MASK || t == SDK_MASK)
+            };
+            for (i, dest) in after["destinations"].as_array().into_iter().flatten().enumerate() {
+                if sent["destinations"].get(i).is_some_and(has_mask) {
+                    kept.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    assert!(
+                        within(dest, before["destinations"].get(i)),
+                        "destination {i} holds a kept value next to something new after {ops:?} ({}): {dest}\nbefore: {}",
+                        if as_put { "PUT" } else { "PATCH" },
+                        before["destinations"][i]
+                    );
+                }
+            }
+        });
+    });
+    // The generator must reach the interesting case: masks kept and accepted.
+    assert!(
+        kept.load(std::sync::atomic::Ordering::SeqCst) > 0,
+        "no generated edit kept a mask"
+    );
 }
 
 // === the write guard and merge patches ===
