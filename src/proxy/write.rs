@@ -35,7 +35,7 @@ use crate::rewrite::strip::{
     is_within, references_within, AuditEntry, AuditOp, MaskSource, Stripped, Stripper,
 };
 use crate::rewrite::{classify, spans, FieldValue};
-use crate::rules::jsonpath::{render, Step};
+use crate::rules::jsonpath::{get, render, Step};
 use crate::rules::{Op, RouteMatch, Rule, RuleSet};
 use crate::secrets::ownership::{self, owner_marker};
 use crate::secrets::transaction::Plan;
@@ -167,11 +167,13 @@ impl Gateway {
             root: at.root,
             owner: at.owner,
             legacy_root: at.legacy_root,
+            owned: at.owned,
             managed: self.managed,
             fernet: &self.fernet,
             wrap_references: self.wrap_references,
             store: self.store.as_ref(),
             mask_source,
+            held: Default::default(),
         }
     }
 
@@ -248,7 +250,17 @@ impl Gateway {
             self.managed,
         )
         .await?;
-        let stripper = self.stripper(rules, m.rule, at, mask_source);
+        let mut stripper = self.stripper(rules, m.rule, at, mask_source);
+        if stripper.owned && found.iter().any(|f| keeps_a_value(get(&doc, &f.steps))) {
+            let fqn = match &scope {
+                Some(parent) => owner::fqn_add(parent, &name),
+                None => name.clone(),
+            };
+            let path = format!("{}/name/{}", m.rule.collection, encode_segment(&fqn));
+            if let Some(held) = self.fetch_path(m.rule, &path).await? {
+                stripper.held = references_within(&held, "", &self.fernet);
+            }
+        }
         // `doc` is as `found` was taken from it.
         let stripped = stripper.strip_found(&mut doc, None, found).await?;
         let out = spans::replace_values(&raw, &stripped.edits)
@@ -566,25 +578,31 @@ impl Gateway {
             Err(GatewayError::Conflict(_)) => return Ok(None),
             Err(e) => return Err(e),
         };
-        let service_config = if self.managed {
-            None
-        } else {
-            let path = format!(
-                "/api/v1/services/{kind}Services/name/{}",
-                encode_segment(name)
-            );
-            self.upstream
-                .get_json(&path, self.service_auth.as_ref(), self.max_body_bytes)
-                .await?
-                .and_then(|s| s.pointer("/connection/config").cloned())
-        };
+        // The service as the upstream holds it: its config (values, for non-managed
+        // providers) and the ids it refers to (managed: only those may be copied).
+        let path = format!(
+            "/api/v1/services/{kind}Services/name/{}",
+            encode_segment(name)
+        );
+        let service_config = self
+            .upstream
+            .get_json(&path, self.service_auth.as_ref(), self.max_body_bytes)
+            .await?
+            .and_then(|s| s.pointer("/connection/config").cloned());
+        let service_held = service_config
+            .as_ref()
+            .map(|c| crate::rewrite::strip::references_within(c, "", &self.fernet))
+            .unwrap_or_default();
+        let service_config = service_config.filter(|_| !self.managed);
         Ok(Some(MaskSource {
             base: ["request", "connection", "config"]
                 .iter()
                 .map(|k| Step::Key(k.to_string()))
                 .collect(),
+            service_owned: at.owned,
             service_root: at.root,
             service_config,
+            service_held,
         }))
     }
 
@@ -599,10 +617,15 @@ impl Gateway {
         } else {
             return Ok(None);
         };
+        self.fetch_path(m.rule, &path).await
+    }
+
+    /// [`Self::fetch_entity`] of the entity at `path` (under the upstream's API).
+    async fn fetch_path(&self, rule: &Rule, path: &str) -> Result<Option<Value>, GatewayError> {
         let auth = self.service_auth.as_ref();
         let limit = self.max_body_bytes;
         let mut entity = None;
-        if let Some(fields) = &m.rule.entity_fields {
+        if let Some(fields) = &rule.entity_fields {
             let q = format!(
                 "{path}?include=all&fields={}",
                 encode_segment(fields).replace("%2C", ",")
@@ -619,17 +642,17 @@ impl Gateway {
             return Ok(None);
         };
         if let (Some(route), Some(id)) = (
-            &m.rule.credentials_route,
+            &rule.credentials_route,
             entity.get("id").and_then(Value::as_str),
         ) {
             let cpath = format!(
                 "{}{}",
-                m.rule.collection,
+                rule.collection,
                 route.replace("{id}", &encode_segment(id))
             );
             if let (Some(v), Some(field)) = (
                 self.upstream.get_json(&cpath, auth, limit).await?,
-                m.rule.field_base.first(),
+                rule.field_base.first(),
             ) {
                 entity[field.as_str()] = v;
             }
@@ -754,4 +777,13 @@ fn refuse_secret_values(
         }
     }
     Ok(())
+}
+
+/// Whether a secret field's value asks to keep a stored one (a mask, a reference, or a
+/// Fernet token, which may wrap a reference): the entity as the upstream holds it decides.
+fn keeps_a_value(v: Option<&Value>) -> bool {
+    matches!(
+        v.and_then(classify),
+        Some(FieldValue::Mask | FieldValue::Reference(_) | FieldValue::Fernet(_))
+    )
 }

@@ -81,6 +81,11 @@ pub(crate) struct MaskSource {
     pub(crate) service_root: String,
     /// The service's `connection.config` as the upstream holds it (non-managed providers).
     pub(crate) service_config: Option<Value>,
+    /// The service's root is owned (its marker names the service).
+    pub(crate) service_owned: bool,
+    /// The ids the service refers to as the upstream holds it (managed providers): in an
+    /// owned root only these may be copied into a workflow ([`Stripper::held`]).
+    pub(crate) service_held: BTreeSet<String>,
 }
 
 /// Everything the write table needs for one entity.
@@ -101,6 +106,18 @@ pub(crate) struct Stripper<'a> {
     pub(crate) wrap_references: bool,
     pub(crate) store: &'a dyn SecretStore,
     pub(crate) mask_source: Option<MaskSource>,
+    /// The root's owner marker names this entity: the gateway stored its values for an
+    /// entity of this kind and name.
+    pub(crate) owned: bool,
+    /// The ids the entity refers to as the upstream holds it, when the caller read it
+    /// (creates that carry masks or references into an owned root); `strip`'s `current` adds
+    /// its own. In an owned root a mask or a reference keeps a stored value only when the
+    /// entity as the upstream holds it refers to it: a value the gateway stored for an
+    /// earlier entity of the same name, deleted without the gateway seeing it (OpenMetadata's
+    /// recursive delete of a service takes its pipelines with it), is no one's to inherit by
+    /// name. Values provisioned outside the gateway (no owner marker) are kept as the
+    /// contract says: "keep the secret already stored for that field".
+    pub(crate) held: BTreeSet<String>,
 }
 
 /// The result of stripping one entity.
@@ -128,6 +145,8 @@ enum Kept {
 /// What stripping collects while it walks the fields.
 #[derive(Default)]
 struct Acc {
+    /// [`Stripper::held`] and the ids `current` refers to.
+    held: BTreeSet<String>,
     out: Stripped,
     rekeys: Vec<Rekey>,
     cleared: Vec<String>,
@@ -205,7 +224,13 @@ impl Stripper<'_> {
         current: Option<&Value>,
         found: Vec<crate::rules::Found>,
     ) -> Result<Stripped, GatewayError> {
-        let mut acc = Acc::default();
+        let mut acc = Acc {
+            held: self.held.clone(),
+            ..Acc::default()
+        };
+        if let Some(c) = current {
+            acc.held.extend(references_within(c, "", self.fernet));
+        }
         for f in found {
             self.field(doc, current, &f.steps, &mut acc).await?;
         }
@@ -248,7 +273,7 @@ impl Stripper<'_> {
             return Ok(());
         };
         let (kind, via_mask) = match kind {
-            FieldValue::Mask => match self.mask(steps, &id, held).await? {
+            FieldValue::Mask => match self.mask(steps, &id, held, &acc.held).await? {
                 Some(Kept::Reference(r)) => (FieldValue::Reference(r), true),
                 Some(kept) => {
                     let value = match kept {
@@ -274,6 +299,16 @@ impl Stripper<'_> {
                     )))
                 }
             },
+            FieldValue::Reference(r)
+                if self.managed && self.owned && !acc.held.contains(&r) && self.own(&r) =>
+            {
+                if self.stored(&r).await? {
+                    return Err(GatewayError::Unprocessable(format!(
+                        "{field}: the reference names a stored secret this entity does not hold in OpenMetadata; send the value"
+                    )));
+                }
+                (FieldValue::Reference(r), false)
+            }
             k => (k, false),
         };
         let (value, op, audit_id) = self.value_for(kind, &id, &field, acc)?;
@@ -371,6 +406,7 @@ impl Stripper<'_> {
         steps: &[Step],
         id: &str,
         held: Option<&Value>,
+        held_ids: &BTreeSet<String>,
     ) -> Result<Option<Kept>, GatewayError> {
         let from_service = self
             .mask_source
@@ -392,15 +428,18 @@ impl Stripper<'_> {
         let held_kind = held
             .and_then(classify)
             .and_then(|k| self.open_fernet(k, "", true).ok().flatten());
-        if let Some(FieldValue::Reference(r)) = held_kind {
-            return Ok(Some(Kept::Reference(r)));
+        if let Some(FieldValue::Reference(r)) = &held_kind {
+            return Ok(Some(Kept::Reference(r.clone())));
         }
-        if self.stored(id).await? {
+        // The entity refers to this field's id elsewhere (a value that moved), or holds a
+        // mask in this very field (an old OpenMetadata bug stored masks): still its own.
+        let holds_mask = matches!(held_kind, Some(FieldValue::Mask));
+        if (!self.owned || held_ids.contains(id) || holds_mask) && self.stored(id).await? {
             return Ok(Some(Kept::Reference(id.to_string())));
         }
         if let Some((m, rel)) = from_service {
             let sid = self.ids.id(&m.service_root, rel);
-            if self.stored(&sid).await? {
+            if (!m.service_owned || m.service_held.contains(&sid)) && self.stored(&sid).await? {
                 return Ok(Some(Kept::Copy(sid)));
             }
         }
