@@ -112,10 +112,16 @@ fn secrets_in_body(
     let fields: Vec<&[crate::rules::jsonpath::Step]> =
         found.iter().map(|f| f.steps.as_slice()).collect();
     if let Some(t) = crate::rewrite::guard::secret_in_json_text(rules, rule, &doc, &fields) {
-        return Err(format!(
-            "the gateway answers 422: {} holds a JSON text with a secret member ({}); send the credential as a field of its own",
-            t.field, t.member
-        ));
+        return Err(match t.member.as_str() {
+            crate::rewrite::guard::URL_PASSWORD => format!(
+                "the gateway answers 422: {} holds {}; send the password in a field of its own",
+                t.field, t.member
+            ),
+            _ => format!(
+                "the gateway answers 422: {} holds a JSON text with a secret member ({}); send the credential as a field of its own",
+                t.field, t.member
+            ),
+        });
     }
     out.push_str(&format!("secrets in body: {}\n", found.len()));
     if let Some(scope) = &rule.scope {

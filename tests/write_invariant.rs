@@ -11,9 +11,10 @@
 //!    into a plain field would hand the caller what the secret field held; it fails this on
 //!    the gateway before such ops were refused).
 //!
-//! Generated values include JSON texts with a credential member: inside the connection they
-//! must be stored whole (at a secret field) or refused, never forwarded (rule 3 looks into
-//! JSON texts; with the gateway's JSON-text refusal switched off it fails at once).
+//! Generated values include JSON texts with a credential member and URLs with a password in
+//! their user info: inside the connection they must be stored whole (at a secret field) or
+//! refused, never forwarded (rule 3 looks into JSON texts and URLs; with the gateway's
+//! refusals switched off it fails at once).
 //!
 //! The expected entity comes from an independent model: the patch applied (with the
 //! `json-patch` crate) to the entity with its references resolved to their values; secret
@@ -195,6 +196,12 @@ fn value_strategy(salt: u64) -> impl Strategy<Value = Value> {
         // refused inside the connection elsewhere, forwarded as it is outside the connection.
         (10usize..40).prop_map(move |n| Value::String(format!(
             "{{\"Authorization\": \"{}\"}}",
+            secret_value(n, salt)
+        ))),
+        // A password in a URL's user info: stored whole where a secret field takes it,
+        // refused inside the connection elsewhere, forwarded as it is outside the connection.
+        (10usize..40).prop_map(move |n| Value::String(format!(
+            "https://u:{}@db.example.org:5432/x",
             secret_value(n, salt)
         ))),
     ]
@@ -419,6 +426,17 @@ async fn run_case(b: &Bench, case: &Case) -> Result<(), String> {
     for op in &case.ops {
         collect_strings(op.get("value").unwrap_or(&Value::Null), &mut all_generated);
     }
+    // The password of a generated URL is a generated value of its own.
+    let passwords: Vec<String> = all_generated
+        .iter()
+        .filter_map(|v| {
+            v.split_once("://u:")?
+                .1
+                .split_once('@')
+                .map(|p| p.0.to_string())
+        })
+        .collect();
+    all_generated.extend(passwords);
     let outside = outside_connection(&model);
     for v in all_generated.iter().filter(|v| v.starts_with('S')) {
         // Plain where the caller put it: a plain field, or inside a JSON text outside the

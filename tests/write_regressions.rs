@@ -684,3 +684,102 @@ async fn a_stored_secret_its_entity_no_longer_holds_is_no_ones_to_inherit_by_nam
         );
     }
 }
+
+/// Fourth hostile probe: a password in a URL's user info (`https://elastic:pw@es:9200`, a
+/// proxy URL) and client options the safety net did not know (Elasticsearch's `http_auth` and
+/// `basic_auth`, `Cookie`, `keytab`, API gateway and vendor key headers, `signingKey`,
+/// `sessionId`) reached OpenMetadata in clear and came back to a person. A URL with a password
+/// in it is now refused (422, nothing forwarded: the gateway stores whole fields), the option
+/// names are secrets (stored), and a person reading an entity OpenMetadata already holds with
+/// either in clear sees neither.
+#[tokio::test]
+async fn credentials_in_urls_and_client_option_names_never_leave_in_clear() {
+    let (emu, gw, _mem) = mem_stack().await;
+    const SEARCH: &str = "/api/v1/services/searchServices";
+    let es = |name: &str, host: &str, args: Value| {
+        json!({"name": name, "serviceType": "ElasticSearch", "connection": {"config": {
+            "type": "ElasticSearch", "hostPort": host, "connectionArguments": args}}})
+    };
+    for (host, args) in [
+        ("https://elastic:URLPW-1@es.internal:9200", json!({})),
+        (
+            "https://es.internal:9200",
+            json!({"proxy": "http://u:PROXYPW-2@proxy:3128"}),
+        ),
+        ("elastic:BAREPW-3@es.internal:9200", json!({})),
+    ] {
+        emu.clear_recorded();
+        let a = post(&gw, SEARCH, es("es-url", host, args.clone())).await;
+        assert_eq!(a.status, 422, "{host} {args}: {}", a.text());
+        assert!(a.text().contains("user info"), "{}", a.text());
+        assert!(
+            !a.text().contains("PW-"),
+            "the answer names no value: {}",
+            a.text()
+        );
+        assert!(
+            emu.recorded().iter().all(|r| r.method == Method::GET),
+            "forwarded"
+        );
+    }
+    let values = [
+        "HTTPAUTH-4",
+        "BASIC-5",
+        "COOKIE-6",
+        "KEYTAB-7",
+        "XAK-8",
+        "OCP-9",
+        "DD-10",
+        "TAB-11",
+        "SIGN-12",
+        "SESS-13",
+    ];
+    let args = json!({"http_auth": ["elastic", values[0]], "basic_auth": values[1],
+        "Cookie": values[2], "keytab": values[3], "X-Auth-Key": values[4],
+        "Ocp-Apim-Subscription-Key": values[5], "DD-APPLICATION-KEY": values[6],
+        "X-Tableau-Auth": values[7], "signingKey": values[8], "sessionId": values[9]});
+    let a = post(
+        &gw,
+        SEARCH,
+        es("es-names", "https://es.internal:9200", args),
+    )
+    .await;
+    assert_eq!(a.status, 201, "{}", a.text());
+    let received = emu.everything_received();
+    for v in values {
+        assert!(
+            !contains(&received, v.as_bytes()),
+            "{v} reached the upstream"
+        );
+        assert!(!a.text().contains(v), "{v} came back: {}", a.text());
+    }
+
+    // Held upstream in clear from before the gateway: a person sees neither.
+    emu.seed(
+        "services/searchServices",
+        es(
+            "es-legacy",
+            "https://elastic:LEGACYPW-14@es:9200",
+            json!({"http_auth": "LEGACY-15", "note": "proxy at http://u:LEGACYPW-16@proxy:3128",
+            "hosts": ["https://es-1:9200", "https://u:LEGACYPW-17@es-2:9200"]}),
+        ),
+    );
+    let a = call(
+        &gw,
+        Method::GET,
+        &format!("{SEARCH}/name/es-legacy"),
+        "application/json",
+        "",
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    for v in ["LEGACYPW-14", "LEGACY-15", "LEGACYPW-16", "LEGACYPW-17"] {
+        assert!(!a.text().contains(v), "{v} shown to a person: {}", a.text());
+    }
+    let args = &a.json()["connection"]["config"]["connectionArguments"];
+    assert_eq!(args["http_auth"], "*********");
+    assert_eq!(
+        args["hosts"][0], "https://es-1:9200",
+        "a URL without a password is shown"
+    );
+}

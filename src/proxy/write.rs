@@ -27,7 +27,7 @@ use crate::error::GatewayError;
 use crate::http::body::{self, collect_within, full, Body, CollectError, CollectTimedError};
 use crate::http::encoding::{decode, DecodeError};
 use crate::http::upstream::encode_segment;
-use crate::rewrite::guard::{secret_in_json_text, Guard};
+use crate::rewrite::guard::{secret_in_json_text, Guard, URL_PASSWORD};
 use crate::rewrite::json::{self, parse_strict};
 use crate::rewrite::owner::{self, Located};
 use crate::rewrite::patch::{self, Media, PatchBody};
@@ -745,6 +745,10 @@ fn refuse_secret_in_json_text(
         return Ok(());
     }
     match secret_in_json_text(rules, rule, doc, fields) {
+        Some(at) if at.member == URL_PASSWORD => Err(GatewayError::Unprocessable(format!(
+            "{}: this text holds {URL_PASSWORD}; the gateway stores whole fields, not parts of a string: send the password in a field of its own (the connection's password)",
+            at.field
+        ))),
         Some(at) => Err(GatewayError::Unprocessable(format!(
             "{}: this text holds JSON with a secret member ({}); the gateway stores whole fields, not parts of a string: send the credential as a field of its own",
             at.field, at.member

@@ -17,7 +17,7 @@
 use serde_json::Value;
 
 use super::json::{deep, parse_answer};
-use super::structure::holds_json;
+use super::structure::{holds_json, url_password};
 use super::{classify, FieldValue};
 use crate::error::GatewayError;
 use crate::rules::ids::IdBuilder;
@@ -45,9 +45,9 @@ impl Guard<'_> {
         if !self.rule.is_mask_only() {
             let fields: Vec<&[Step]> = found.iter().map(|f| f.steps.as_slice()).collect();
             if let Some(at) = secret_in_json_text(self.rules, self.rule, outgoing, &fields) {
-                tracing::error!(field = %at.field, kind = %self.rule.kind, "write guard: a JSON text with a secret member would leave; refused");
+                tracing::error!(field = %at.field, kind = %self.rule.kind, "write guard: a credential inside a text (a JSON member or a URL's password) would leave; refused");
                 return Err(GatewayError::Internal(format!(
-                    "write guard refused {}: it holds a secret in a JSON text",
+                    "write guard refused {}: it holds a credential inside a text",
                     at.field
                 )));
             }
@@ -114,12 +114,16 @@ impl Guard<'_> {
     }
 }
 
-/// A JSON text holding a secret: the string field and the secret member inside it.
+/// A text holding a secret: the string field and the secret member inside its JSON, or
+/// [`URL_PASSWORD`] for a URL with a password in it.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct SecretInText {
     pub(crate) field: String,
     pub(crate) member: String,
 }
+
+/// What [`SecretInText::member`] says of a password in a URL's user info.
+pub(crate) const URL_PASSWORD: &str = "a password in a URL's user info, user:password@";
 
 /// JSON texts read inside JSON texts at most this deep (the read side's limit); a JSON text
 /// deeper still counts as holding a secret (it cannot be judged, so it is refused).
@@ -181,6 +185,12 @@ fn texts<'v>(
                 member: hit.member,
             })
         }
+        Value::String(s) if url_password(s) && !skip.iter().any(|k| StepRef::same(at, k)) => {
+            Some(SecretInText {
+                field: render(&StepRef::owned(at)),
+                member: URL_PASSWORD.into(),
+            })
+        }
         Value::Object(m) => m.iter().find_map(|(k, child)| {
             at.push(StepRef::Key(k));
             let hit = texts(rules, child, at, skip, nesting);
@@ -234,6 +244,23 @@ mod tests {
 
     fn service(args: Value) -> Value {
         json!({"name": "s", "connection": {"config": {"type": "Mysql", "connectionArguments": args}}})
+    }
+
+    #[test]
+    fn a_password_in_a_urls_user_info_is_found_in_a_free_form_option_and_inside_json_text() {
+        let doc = service(json!({"proxy": "http://u:pw@proxy:3128"}));
+        assert_eq!(
+            found(&doc),
+            Some(SecretInText {
+                field: "$.connection.config.connectionArguments.proxy".into(),
+                member: URL_PASSWORD.into()
+            })
+        );
+        let doc = service(json!({"x": "{\"url\": \"https://a:b@h/\"}"}));
+        assert!(found(&doc).is_some());
+        for plain in ["http://proxy:3128", "https://user@host/", "ops@example.org"] {
+            assert_eq!(found(&service(json!({"p": plain}))), None, "{plain}");
+        }
     }
 
     #[test]

@@ -296,6 +296,50 @@ pub(crate) fn holds_json(s: &str) -> bool {
         })
 }
 
+/// Whether `s` carries a password in a URL's user info: `scheme://user:password@host...`
+/// anywhere in it, or the whole of `s` a bare `user:password@host[:port]`. A user without a
+/// password (`ssh://git@host`), an e-mail address or `git@host:org/repo` is not one.
+pub(crate) fn url_password(s: &str) -> bool {
+    let b = s.as_bytes();
+    if memchr::memchr(b'@', b).is_none() {
+        return false;
+    }
+    let in_userinfo = |authority: &str| {
+        authority.rfind('@').is_some_and(|at| {
+            authority[..at]
+                .find(':')
+                .is_some_and(|colon| colon + 1 < at)
+        })
+    };
+    let mut schemed = false;
+    for i in memchr::memmem::find_iter(b, b"://") {
+        schemed = true;
+        let rest = &s[i + 3..];
+        let end = rest
+            .find(|c: char| matches!(c, '/' | '?' | '#') || c.is_whitespace())
+            .unwrap_or(rest.len());
+        if in_userinfo(&rest[..end]) {
+            return true;
+        }
+    }
+    if schemed || s.contains(|c: char| c == '/' || c.is_whitespace()) {
+        return false;
+    }
+    // Bare: what follows the last `@` must be a host, with a numeric port at most.
+    let Some(at) = s.rfind('@') else {
+        return false;
+    };
+    let host = &s[at + 1..];
+    let (name, port) = host.split_once(':').unwrap_or((host, ""));
+    let host_like = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+        && port.len() <= 5
+        && port.chars().all(|c| c.is_ascii_digit());
+    host_like && in_userinfo(s)
+}
+
 fn declared(t: &str) -> Declared<'_> {
     Declared {
         text: t,
@@ -397,6 +441,9 @@ impl Walk<'_> {
             Value::Array(items) => {
                 for (i, child) in items.iter().enumerate() {
                     steps.push(Step::Index(i));
+                    if matches!(child, Value::String(t) if url_password(t)) {
+                        self.name_hit(steps.clone(), owner);
+                    }
                     self.child(child, steps, owner, &[]);
                     steps.pop();
                 }
@@ -453,6 +500,11 @@ impl Walk<'_> {
             None
         };
         for (k, child) in m {
+            if let Value::String(t) = child {
+                if url_password(t) && self.class(k) & SECRET == 0 {
+                    self.name_hit([steps.as_slice(), &[Step::Key(k.clone())]].concat(), owner);
+                }
+            }
             let worth = match child {
                 Value::Object(c) => !c.is_empty(),
                 Value::Array(a) => !a.is_empty(),
@@ -660,6 +712,33 @@ mod tests {
     fn mysql() -> Value {
         json!({"name": "m", "connection": {"config": {"type": "Mysql", "username": "u",
                "authType": {"password": "p"}, "hostPort": "h"}}})
+    }
+
+    #[test]
+    fn passwords_in_a_urls_user_info_are_seen_and_nothing_else() {
+        for yes in [
+            "https://elastic:pw@es.internal:9200",
+            "jdbc:postgresql://u:p@db:5432/x",
+            "see http://u:p@proxy:3128 first",
+            "mongodb+srv://user:pa%40ss@cluster0.example.net/?retryWrites=true",
+            "u:p@db.example.org:5432",
+        ] {
+            assert!(url_password(yes), "{yes}");
+        }
+        for no in [
+            "https://es.internal:9200",
+            "ssh://git@github.com/org/repo",
+            "git@github.com:org/repo.git",
+            "ops@example.org",
+            "https://user@host/x",
+            "repo/image:tag@sha256:abc",
+            "image:tag@sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+            "a:b @c",
+            "https://host/path?email=a:b@c",
+            "",
+        ] {
+            assert!(!url_password(no), "{no}");
+        }
     }
 
     #[test]

@@ -47,6 +47,18 @@ const ENDS_WITH: &[&str] = &[
     "pass",
     "authorization",
     "creds",
+    // Client keyword arguments and header names a fourth hostile probe found passing:
+    // Elasticsearch's `http_auth` and `basic_auth`, `X-Tableau-Auth`, `Cookie`, `keytab`,
+    // `X-Auth-Key`, `Ocp-Apim-Subscription-Key`, `DD-APPLICATION-KEY`, `signingKey`,
+    // `sessionId`.
+    "auth",
+    "cookie",
+    "keytab",
+    "authkey",
+    "subscriptionkey",
+    "applicationkey",
+    "signingkey",
+    "sessionid",
 ];
 
 /// Secret fields of OpenMetadata 2.0.7 (`CustomSecretStr`) that no pattern above matches and
@@ -87,8 +99,16 @@ const NOT_SECRET_WORDS: &[&str] = &["secretsmanager"];
 ///   `token` inside is still caught) or a local repository path;
 /// - `useawscredentials`: a boolean switch of the search indexing pipeline;
 /// - `signingsecret`: the Slack application's signing secret, which OpenMetadata keeps in
-///   clear (not `format: password`) because its server verifies Slack's requests with it.
-const NOT_SECRET: &[&str] = &["gitcredentials", "useawscredentials", "signingsecret"];
+///   clear (not `format: password`) because its server verifies Slack's requests with it;
+/// - `auth`: Hive's authentication mode (`NONE`, `LDAP`, `KERBEROS`, ...);
+/// - `enableiamauth`: a boolean switch of Cloud SQL connections.
+const NOT_SECRET: &[&str] = &[
+    "gitcredentials",
+    "useawscredentials",
+    "signingsecret",
+    "auth",
+    "enableiamauth",
+];
 
 /// The form names are compared in: lower-cased, `_`, `-` and `.` dropped.
 pub(crate) fn norm_key(k: &str) -> String {
@@ -235,6 +255,34 @@ mod tests {
         }
         assert!(!secret("passive"));
         assert!(!secret("primaryKey"));
+    }
+
+    #[test]
+    fn option_names_the_fourth_probe_found_missed_are_secret() {
+        for n in [
+            "http_auth",
+            "basic_auth",
+            "X-Tableau-Auth",
+            "Cookie",
+            "session_cookie",
+            "keytab",
+            "X-Auth-Key",
+            "Ocp-Apim-Subscription-Key",
+            "DD-APPLICATION-KEY",
+            "signingKey",
+            "sessionId",
+        ] {
+            assert!(secret(n), "{n}");
+        }
+        for n in [
+            "authType",
+            "authMechanism",
+            "authentication",
+            "authority",
+            "keyId",
+        ] {
+            assert!(!secret(n), "{n}");
+        }
     }
 
     #[test]
