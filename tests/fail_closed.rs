@@ -1041,3 +1041,77 @@ async fn a_corpus_of_odd_answers_on_every_ruled_route_never_shows_a_user_a_secre
         .count();
     assert_eq!(total, ((shapes.len() - 1) * routes + deep_routes) * 2);
 }
+
+/// Fourth hostile probe: on a route without rules the safety net read only answers with a
+/// JSON media type, and only as UTF-8 bytes: a reference (or an alert's key) in an answer
+/// declared UTF-16, or typed `application/octet-stream` or `application/xml` while holding
+/// JSON, reached a person unmasked (clients such as Python's `requests` read all three as
+/// JSON). Now JSON by its first bytes is read whatever the type says, and an answer the net
+/// cannot read as UTF-8 (a UTF-16/32 charset, byte order mark or JSON with NUL bytes between
+/// its characters) is refused (502) for callers who do not resolve. Other media types (the
+/// UI's scripts, XML, images) still stream as they come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unruled_answers_the_net_cannot_read_as_utf8_json_are_refused_or_read_anyway() {
+    let (emu, gw) = gateway().await;
+    let path = "/api/v1/tables/probe4";
+    let page = format!("{{\"data\":[{{\"name\":\"t\",\"x\":\"{REF}\"}}]}}");
+    let utf16: Vec<u8> = page.encode_utf16().flat_map(u16::to_le_bytes).collect();
+    let typed = |ct: &str, body: Vec<u8>| Canned::json(body).header("content-type", ct);
+    for (what, canned, status) in [
+        (
+            "utf-16 declared",
+            typed("application/json; charset=utf-16le", utf16.clone()),
+            502,
+        ),
+        (
+            "utf-16 undeclared",
+            typed("application/json", utf16.clone()),
+            502,
+        ),
+        (
+            "utf-16 octet-stream",
+            typed("application/octet-stream", utf16),
+            502,
+        ),
+        (
+            "octet-stream json",
+            typed("application/octet-stream", page.clone().into_bytes()),
+            200,
+        ),
+        (
+            "xml-typed json",
+            typed("application/xml", page.clone().into_bytes()),
+            200,
+        ),
+    ] {
+        emu.set_canned(path, canned);
+        let a = call(&gw, Method::GET, path, Some(&jwt::user()), "").await;
+        assert_eq!(a.status, status, "{what}: {}", a.text());
+        assert!(
+            !contains(&a.body, REF.as_bytes()),
+            "{what}: the reference reached a person"
+        );
+        let utf16_ref: Vec<u8> = REF.encode_utf16().flat_map(u16::to_le_bytes).collect();
+        assert!(
+            !contains(&a.body, &utf16_ref),
+            "{what}: the reference reached a person"
+        );
+        if status == 200 {
+            assert!(a.text().contains("*********"), "{what}: {}", a.text());
+        }
+    }
+    // What is not JSON streams as it came, markers and all (the UI's own scripts name them).
+    for (ct, body) in [
+        (
+            "application/javascript",
+            format!("!function(){{var p=\"{REF}\"}}()"),
+        ),
+        ("application/xml", format!("<a>{REF}</a>")),
+    ] {
+        emu.set_canned(path, typed(ct, body.clone().into_bytes()));
+        let a = call(&gw, Method::GET, path, Some(&jwt::user()), "").await;
+        assert_eq!(a.status, 200, "{ct}: {}", a.text());
+        assert_eq!(a.text(), body, "{ct}");
+    }
+    emu.clear_canned();
+}

@@ -2,6 +2,13 @@
 //! headers out, forwarding headers in) and the answer streams back, except that a JSON
 //! answer for a caller who does not resolve passes the safety net.
 //!
+//! Which answers the net reads: those of a JSON or text media type (or none), and those of
+//! any other type whose first bytes are JSON (a client reads them as JSON whatever the type
+//! says; one that is not JSON after all goes out as it came). The UI's scripts, XML and images
+//! stream as they come. An answer the net cannot read as UTF-8 (a declared UTF-16/32 or other
+//! charset, a UTF-16/32 byte order mark, JSON's first character with a NUL byte beside it) is
+//! refused (502) for callers the net works for.
+//!
 //! The safety net reads the answer's chunks as they arrive, scanning each once (a marker
 //! split across two chunks is still seen). An answer within `max_body_bytes` is held until
 //! its end, because a marker in its last chunk means the whole answer must be parsed and
@@ -112,7 +119,36 @@ impl Gateway {
         let (mut parts, incoming) = resp.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
         let scan = net.scan();
-        if !scan.active() || !json_like(parts.headers.get(header::CONTENT_TYPE)) {
+        let content_type = parts.headers.get(header::CONTENT_TYPE);
+        let identity = parts
+            .headers
+            .get(header::CONTENT_ENCODING)
+            .is_none_or(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"identity"));
+        let mut incoming = incoming;
+        let mut first = None;
+        if scan.active() && json_like(content_type) && foreign_charset(content_type) {
+            return Err(unreadable_charset());
+        }
+        if scan.active() && !json_like(content_type) && identity {
+            // Another media type: JSON all the same by its first bytes (which a client reads
+            // as JSON whatever the type says) is read by the net; anything else streams.
+            first = self.first_chunk(&mut incoming).await?;
+            let looks = first.as_deref().map_or(Start::Other, start_of);
+            if looks == Start::Wide {
+                return Err(unreadable_charset());
+            }
+            if looks == Start::Other {
+                let rest = body::Timed::new(
+                    incoming,
+                    body::Limit::Idle(self.upstream_body_timeout),
+                    None,
+                );
+                return Ok(Response::from_parts(
+                    parts,
+                    body::stream(Prepend { first, rest }),
+                ));
+            }
+        } else if !scan.active() || !json_like(content_type) {
             // Streamed as it comes; an upstream that stalls longer than the idle limit is cut off.
             let timed = body::Timed::new(
                 incoming,
@@ -121,11 +157,7 @@ impl Gateway {
             );
             return Ok(Response::from_parts(parts, body::stream(timed)));
         }
-        let identity = parts
-            .headers
-            .get(header::CONTENT_ENCODING)
-            .is_none_or(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"identity"));
-        let held = match self.hold_for_scan(incoming, identity, scan).await? {
+        let held = match self.hold_for_scan(incoming, first, identity, scan).await? {
             Hold::Whole(held) => held,
             Hold::Streaming(body) => return Ok(Response::from_parts(parts, Body::new(body))),
         };
@@ -135,7 +167,14 @@ impl Gateway {
                 Body::new(Scanned::replay(held.chunks)),
             ));
         }
-        self.mask_held(parts, concat(held.chunks, held.total), identity, &net)
+        let typed_json = json_like(parts.headers.get(header::CONTENT_TYPE));
+        self.mask_held(
+            parts,
+            concat(held.chunks, held.total),
+            identity,
+            typed_json,
+            &net,
+        )
     }
 
     /// Reads the answer's chunks, scanning each once, until its end or until it passes
@@ -143,6 +182,7 @@ impl Gateway {
     async fn hold_for_scan(
         &self,
         mut incoming: Incoming,
+        first: Option<Bytes>,
         identity: bool,
         scan: NetScan,
     ) -> Result<Hold, GatewayError> {
@@ -151,22 +191,18 @@ impl Gateway {
             chunks: VecDeque::new(),
             total: 0,
         };
-        let idle = self.upstream_body_timeout;
+        let mut first = first;
         loop {
-            let Ok(next) = tokio::time::timeout(idle, incoming.frame()).await else {
-                return Err(GatewayError::GatewayTimeout(format!(
-                    "the upstream answer stalled for more than {} ms",
-                    idle.as_millis()
-                )));
+            let data = match first.take() {
+                Some(data) => data,
+                None => match self.next_data(&mut incoming).await? {
+                    Some(data) => data,
+                    None => return Ok(Hold::Whole(held)),
+                },
             };
-            let Some(frame) = next else {
-                return Ok(Hold::Whole(held));
-            };
-            let frame =
-                frame.map_err(|_| GatewayError::BadGateway("upstream answer broke off".into()))?;
-            let Ok(data) = frame.into_data() else {
-                continue; // trailers are not forwarded on buffered answers
-            };
+            if identity && held.total == 0 && start_of(&data) == Start::Wide {
+                return Err(unreadable_charset());
+            }
             held.total += data.len();
             if identity {
                 held.scan.feed(&data);
@@ -187,13 +223,45 @@ impl Gateway {
         }
     }
 
+    /// The answer's next data frame (trailers are not forwarded on buffered answers), within
+    /// the idle limit.
+    async fn next_data(&self, incoming: &mut Incoming) -> Result<Option<Bytes>, GatewayError> {
+        let idle = self.upstream_body_timeout;
+        loop {
+            let Ok(next) = tokio::time::timeout(idle, incoming.frame()).await else {
+                return Err(GatewayError::GatewayTimeout(format!(
+                    "the upstream answer stalled for more than {} ms",
+                    idle.as_millis()
+                )));
+            };
+            let Some(frame) = next else {
+                return Ok(None);
+            };
+            let frame =
+                frame.map_err(|_| GatewayError::BadGateway("upstream answer broke off".into()))?;
+            if let Ok(data) = frame.into_data() {
+                if !data.is_empty() {
+                    return Ok(Some(data));
+                }
+            }
+        }
+    }
+
+    /// The first data of an answer (`None`: it has none).
+    async fn first_chunk(&self, incoming: &mut Incoming) -> Result<Option<Bytes>, GatewayError> {
+        self.next_data(incoming).await
+    }
+
     /// A whole answer that may hold a marker: decoded, parsed and masked (an encoded answer
     /// whose decoded bytes hold no marker goes out as it came).
+    /// An answer of another media type that only began like JSON and is not JSON goes out
+    /// as it came, as other media types do.
     fn mask_held(
         &self,
         mut parts: http::response::Parts,
         raw: Bytes,
         identity: bool,
+        typed_json: bool,
         net: &Net,
     ) -> Result<Response<Body>, GatewayError> {
         let decoded =
@@ -203,12 +271,21 @@ impl Gateway {
                         "upstream answer cannot be decoded for inspection".into(),
                     )
                 })?;
+        if start_of(&decoded) == Start::Wide {
+            return Err(unreadable_charset());
+        }
         if !identity && !net.scan().feed(&decoded) {
             return Ok(Response::from_parts(parts, full(raw)));
         }
-        let mut doc: Value = serde_json::from_slice(&decoded).map_err(|_| {
-            GatewayError::BadGateway("upstream answer could hold secrets and is not JSON".into())
-        })?;
+        let mut doc: Value = match serde_json::from_slice(&decoded) {
+            Ok(doc) => doc,
+            Err(_) if !typed_json => return Ok(Response::from_parts(parts, full(raw))),
+            Err(_) => {
+                return Err(GatewayError::BadGateway(
+                    "upstream answer could hold secrets and is not JSON".into(),
+                ))
+            }
+        };
         net.mask(&mut doc);
         let bytes = Bytes::from(doc.to_string());
         for h in [
@@ -227,6 +304,109 @@ impl Gateway {
         }
         Ok(Response::from_parts(parts, full(bytes)))
     }
+}
+
+/// A body whose first chunk was already read (to see how the answer begins).
+struct Prepend<B> {
+    first: Option<Bytes>,
+    rest: B,
+}
+
+impl<B> HttpBody for Prepend<B>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(c) = self.first.take() {
+            return Poll::Ready(Some(Ok(Frame::data(c))));
+        }
+        Pin::new(&mut self.rest)
+            .poll_frame(cx)
+            .map(|f| f.map(|r| r.map_err(Into::into)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.first.is_none() && self.rest.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let n = self.first.as_ref().map_or(0, |c| c.len() as u64);
+        let rest = self.rest.size_hint();
+        let mut hint = SizeHint::new();
+        hint.set_lower(rest.lower() + n);
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper + n);
+        }
+        hint
+    }
+}
+
+/// How an answer begins, for the safety net.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Start {
+    /// JSON in UTF-8 (an object or an array, after white space and a byte order mark).
+    Json,
+    /// UTF-16 or UTF-32 (a byte order mark, or JSON's first characters with NUL bytes
+    /// between them): the net reads UTF-8 only, and a client reads these as JSON.
+    Wide,
+    Other,
+}
+
+fn start_of(b: &[u8]) -> Start {
+    const BOMS: [&[u8]; 4] = [
+        b"\x00\x00\xFE\xFF",
+        b"\xFF\xFE\x00\x00",
+        b"\xFE\xFF",
+        b"\xFF\xFE",
+    ];
+    if BOMS.iter().any(|bom| b.starts_with(bom)) {
+        return Start::Wide;
+    }
+    let head = &b[..b.len().min(64)];
+    let body = head.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(head);
+    let opens = |c: u8| matches!(c, b'{' | b'[');
+    // JSON's first character with a NUL byte beside it: UTF-16 or UTF-32.
+    if let Some(i) = body
+        .iter()
+        .position(|c| !(c.is_ascii_whitespace() || *c == 0))
+    {
+        let beside = body.get(i + 1) == Some(&0) || (i > 0 && body[i - 1] == 0);
+        if opens(body[i]) && beside {
+            return Start::Wide;
+        }
+    }
+    match body.iter().copied().find(|c| !c.is_ascii_whitespace()) {
+        Some(c) if opens(c) => Start::Json,
+        _ => Start::Other,
+    }
+}
+
+/// The media type declares a character set other than UTF-8 (or its ASCII subset).
+fn foreign_charset(ct: Option<&HeaderValue>) -> bool {
+    let Some(ct) = ct.and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    ct.split(';').skip(1).any(|p| {
+        let Some((k, v)) = p.split_once('=') else {
+            return false;
+        };
+        let v = v.trim().trim_matches('"').to_ascii_lowercase();
+        k.trim().eq_ignore_ascii_case("charset")
+            && !matches!(v.as_str(), "utf-8" | "utf8" | "us-ascii" | "ascii")
+    })
+}
+
+fn unreadable_charset() -> GatewayError {
+    GatewayError::BadGateway(
+        "upstream answer could hold secrets and is not UTF-8: the safety net cannot read it".into(),
+    )
 }
 
 /// An answer's chunks read so far, with the marker scan over them.
@@ -402,6 +582,40 @@ impl HttpBody for Scanned {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn answers_in_utf16_or_utf32_and_foreign_charsets_are_told_apart() {
+        let utf16le: Vec<u8> = "{\"a\": 1}"
+            .encode_utf16()
+            .flat_map(u16::to_le_bytes)
+            .collect();
+        let utf16be: Vec<u8> = "  [1]".encode_utf16().flat_map(u16::to_be_bytes).collect();
+        assert_eq!(start_of(&utf16le), Start::Wide);
+        assert_eq!(start_of(&utf16be), Start::Wide);
+        assert_eq!(start_of(b"\xFF\xFEx"), Start::Wide);
+        assert_eq!(start_of(b"\xEF\xBB\xBF {\"a\":1}"), Start::Json);
+        assert_eq!(start_of(b" [1]"), Start::Json);
+        for other in [
+            &b"<xml/>"[..],
+            b"\x89PNG\r\n\x1a\n\x00\x00",
+            b"!function(){}",
+            b"",
+        ] {
+            assert_eq!(start_of(other), Start::Other, "{other:?}");
+        }
+        let ct = |v: &str| HeaderValue::from_str(v).ok();
+        assert!(foreign_charset(
+            ct("application/json; charset=utf-16le").as_ref()
+        ));
+        assert!(foreign_charset(
+            ct("text/plain;charset=\"UTF-32\"").as_ref()
+        ));
+        assert!(!foreign_charset(
+            ct("application/json; charset=UTF-8").as_ref()
+        ));
+        assert!(!foreign_charset(ct("application/json").as_ref()));
+        assert!(!foreign_charset(None));
+    }
 
     #[test]
     fn split_tail_takes_the_last_bytes_across_chunks() {
