@@ -87,7 +87,9 @@ impl Gateway {
             let hard = crate::http::path::query_param(parts.uri.query(), "hardDelete")
                 .is_some_and(|v| v.eq_ignore_ascii_case("true"));
             if parts.method == Method::DELETE && m.op() == Op::Delete && hard {
-                return self.prepare_hard_delete(m).await;
+                let recursive = crate::http::path::query_param(parts.uri.query(), "recursive")
+                    .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+                return self.prepare_hard_delete(rules, m, recursive).await;
             }
             return Ok(Prepared::unchanged(body::empty()));
         }
@@ -396,7 +398,15 @@ impl Gateway {
     /// under each root whose owner marker names it (none when no root is its own; its
     /// root from an earlier version too), except what lies under another entity's root
     /// nested inside (ids written before names were kept to one segment), each marker last.
-    async fn prepare_hard_delete(&self, m: &RouteMatch<'_>) -> Result<Prepared, GatewayError> {
+    ///
+    /// `recursive`: OpenMetadata deletes the entity's children with it (a service's ingestion
+    /// pipelines) without a request for them passing the gateway, so their secrets go too.
+    async fn prepare_hard_delete(
+        &self,
+        rules: &RuleSet,
+        m: &RouteMatch<'_>,
+        recursive: bool,
+    ) -> Result<Prepared, GatewayError> {
         let Some(entity) = self.fetch_entity(m).await? else {
             return Ok(Prepared::unchanged(body::empty()));
         };
@@ -405,18 +415,11 @@ impl Gateway {
             .entity_locks
             .lock(&owner::lock_key(&self.ids, m.rule, &name))
             .await;
-        let at = match self.locate_existing(m.rule, &entity).await {
-            Ok(at) => at,
-            // Another entity's root: nothing there is this entity's.
-            Err(GatewayError::Conflict(_)) => return Ok(Prepared::unchanged(body::empty())),
-            Err(e) => return Err(e),
-        };
-        let mut deletes = Vec::new();
-        if at.owned {
-            deletes.extend(self.ids_of(&at.root, &entity).await?);
-        }
-        if let Some(legacy) = &at.legacy_root {
-            deletes.extend(self.ids_of(legacy, &entity).await?);
+        let mut deletes = self.owned_ids(m.rule, &entity).await?;
+        if recursive && self.managed {
+            for (rule, child) in self.children(rules, m.rule, &entity).await? {
+                deletes.extend(self.owned_ids(rule, &child).await?);
+            }
         }
         if deletes.is_empty() {
             return Ok(Prepared::unchanged(body::empty()));
@@ -440,6 +443,81 @@ impl Gateway {
             lock: Some(lock),
             filled: Vec::new(),
         })
+    }
+
+    /// Every id an existing entity's secrets have under roots it owns (markers last per
+    /// root); none when its root is another entity's.
+    async fn owned_ids(&self, rule: &Rule, entity: &Value) -> Result<Vec<String>, GatewayError> {
+        let at = match self.locate_existing(rule, entity).await {
+            Ok(at) => at,
+            // Another entity's root: nothing there is this entity's.
+            Err(GatewayError::Conflict(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut ids = Vec::new();
+        if at.owned {
+            ids.extend(self.ids_of(&at.root, entity).await?);
+        }
+        if let Some(legacy) = &at.legacy_root {
+            ids.extend(self.ids_of(legacy, entity).await?);
+        }
+        Ok(ids)
+    }
+
+    /// The entities of scoped kinds (ingestion pipelines) that belong to `entity`, listed
+    /// from the upstream with the service token (`?service=<FQN>`, every page).
+    async fn children<'r>(
+        &self,
+        rules: &'r RuleSet,
+        rule: &Rule,
+        entity: &Value,
+    ) -> Result<Vec<(&'r Rule, Value)>, GatewayError> {
+        let Some(fqn) = entity
+            .get("fullyQualifiedName")
+            .or_else(|| entity.get("name"))
+            .and_then(Value::as_str)
+        else {
+            return Ok(Vec::new());
+        };
+        if rule.scope.is_some() {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        for child_rule in rules.rules.iter().filter(|r| r.scope.is_some()) {
+            let mut after: Option<String> = None;
+            loop {
+                let mut path = format!(
+                    "{}?service={}&include=all&limit=100",
+                    child_rule.collection,
+                    encode_segment(fqn)
+                );
+                if let Some(a) = &after {
+                    path.push_str(&format!("&after={}", encode_segment(a)));
+                }
+                let Some(page) = self
+                    .upstream
+                    .get_json(&path, self.service_auth.as_ref(), self.max_body_bytes)
+                    .await?
+                else {
+                    break;
+                };
+                for child in page["data"].as_array().into_iter().flatten() {
+                    // Only what names this entity as its parent (a server may ignore the filter).
+                    let parent = child
+                        .get(&child_rule.scope.as_ref().map(|s| s.reference.clone()).unwrap_or_default())
+                        .and_then(|r| r.get("fullyQualifiedName").or_else(|| r.get("name")))
+                        .and_then(Value::as_str);
+                    if parent == Some(fqn) {
+                        out.push((child_rule, child.clone()));
+                    }
+                }
+                after = page["paging"]["after"].as_str().map(str::to_string);
+                if after.is_none() {
+                    break;
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// The ids an entity owning `root` has: everything under it but another entity's nested

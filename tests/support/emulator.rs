@@ -746,13 +746,20 @@ impl Emulator {
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(10);
                 let after = qp(query, "after");
+                // `?service=<FQN>`: the entities under one service (ingestion pipelines).
+                let service = qp(query, "service");
+                let under = |e: &Entity| {
+                    service.as_deref().is_none_or(|s| {
+                        e.json["service"]["fullyQualifiedName"].as_str() == Some(s)
+                    })
+                };
                 // Only the page is copied (the soak lists a collection of thousands).
                 let all: Vec<(&String, &Entity)> = st
                     .collections
                     .get(coll)
                     .map(|c| {
                         c.iter()
-                            .filter(|(_, e)| include_deleted || !e.deleted)
+                            .filter(|(_, e)| (include_deleted || !e.deleted) && under(e))
                             .collect()
                     })
                     .unwrap_or_default();
@@ -954,6 +961,15 @@ impl Emulator {
                         gone["deleted"] = json!(true);
                         if hard {
                             st.collections.get_mut(coll).map(|c| c.remove(&id));
+                            // A recursive hard delete of a service takes its ingestion
+                            // pipelines with it, as OpenMetadata's does.
+                            let recursive = qp(query, "recursive").as_deref() == Some("true");
+                            if recursive && coll.starts_with("services/") {
+                                let fqn = gone["fullyQualifiedName"].clone();
+                                if let Some(p) = st.collections.get_mut("services/ingestionPipelines") {
+                                    p.retain(|_, e| e.json["service"]["fullyQualifiedName"] != fqn);
+                                }
+                            }
                         } else {
                             entity.deleted = true;
                             entity.json["deleted"] = json!(true);
