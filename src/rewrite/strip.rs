@@ -229,7 +229,8 @@ impl Stripper<'_> {
             ..Acc::default()
         };
         if let Some(c) = current {
-            acc.held.extend(references_within(c, "", self.fernet));
+            acc.held
+                .extend(held_references(self.rules, self.rule, c, self.fernet));
         }
         for f in found {
             self.field(doc, current, &f.steps, &mut acc).await?;
@@ -509,6 +510,23 @@ impl Stripper<'_> {
 /// Whether `id` lies under `root` (`<root>/...`).
 pub(crate) fn is_within(id: &str, root: &str) -> bool {
     id.len() > root.len() + 1 && id.starts_with(root) && id.as_bytes()[root.len()] == b'/'
+}
+
+/// The ids `entity` (of `rule`'s kind) refers to in its secret fields, bare or
+/// Fernet-wrapped: what it holds, for [`Stripper::held`]. A reference anywhere else (a
+/// `description` anyone may write) holds nothing.
+pub(crate) fn held_references(
+    rules: &RuleSet,
+    rule: &Rule,
+    entity: &Value,
+    fernet: &FernetKeys,
+) -> BTreeSet<String> {
+    rules
+        .find_secrets(rule, entity)
+        .iter()
+        .filter_map(|f| get(entity, &f.steps))
+        .flat_map(|v| references_within(v, "", fernet))
+        .collect()
 }
 
 /// The ids under `root` that anything in `doc` refers to, bare or Fernet-wrapped.

@@ -749,9 +749,9 @@ impl Emulator {
                 // `?service=<FQN>`: the entities under one service (ingestion pipelines).
                 let service = qp(query, "service");
                 let under = |e: &Entity| {
-                    service.as_deref().is_none_or(|s| {
-                        e.json["service"]["fullyQualifiedName"].as_str() == Some(s)
-                    })
+                    service
+                        .as_deref()
+                        .is_none_or(|s| e.json["service"]["fullyQualifiedName"].as_str() == Some(s))
                 };
                 // Only the page is copied (the soak lists a collection of thousands).
                 let all: Vec<(&String, &Entity)> = st
@@ -966,7 +966,9 @@ impl Emulator {
                             let recursive = qp(query, "recursive").as_deref() == Some("true");
                             if recursive && coll.starts_with("services/") {
                                 let fqn = gone["fullyQualifiedName"].clone();
-                                if let Some(p) = st.collections.get_mut("services/ingestionPipelines") {
+                                if let Some(p) =
+                                    st.collections.get_mut("services/ingestionPipelines")
+                                {
                                     p.retain(|_, e| e.json["service"]["fullyQualifiedName"] != fqn);
                                 }
                             }
