@@ -706,11 +706,47 @@ async fn credentials_in_urls_and_client_option_names_never_leave_in_clear() {
             json!({"proxy": "http://u:PROXYPW-2@proxy:3128"}),
         ),
         ("elastic:BAREPW-3@es.internal:9200", json!({})),
+        // Fifth probe: what URL parsers and drivers read that the first check missed.
+        (
+            "https://es.internal:9200",
+            json!({"a": "http:\t//u:PW-a@h", "b": "http://u\n:PW-b@h"}),
+        ),
+        (
+            "https://es.internal:9200",
+            json!({"c": "//u:PW-c@h", "d": "https://u:PW-d x@h"}),
+        ),
+        (
+            "https://es.internal:9200",
+            json!({"e": "https:/u:PW-e@h", "f": "mysql://u:PW-f/x@h/db"}),
+        ),
+        (
+            "https://es.internal:9200",
+            json!({"g": "u:PW-g@tcp(h:3306)/db"}),
+        ),
+        (
+            "https://es.internal:9200",
+            json!({"h": "scott/PW-h@h:1521/orcl"}),
+        ),
+        (
+            "https://es.internal:9200",
+            json!({"i": "jdbc:postgresql://h/db?user=u&password=PW-i"}),
+        ),
+        (
+            "https://es.internal:9200",
+            json!({"j": "jdbc:sqlserver://h;user=u;Password=PW-j"}),
+        ),
+        (
+            "https://es.internal:9200",
+            json!({"k": "{\"password\": \"PW-k\",}"}),
+        ),
+        (
+            "https://es.internal:9200",
+            json!({"l": "{\"proxy\": \"http://u:PW-l@h\",}"}),
+        ),
     ] {
         emu.clear_recorded();
         let a = post(&gw, SEARCH, es("es-url", host, args.clone())).await;
         assert_eq!(a.status, 422, "{host} {args}: {}", a.text());
-        assert!(a.text().contains("user info"), "{}", a.text());
         assert!(
             !a.text().contains("PW-"),
             "the answer names no value: {}",
@@ -781,4 +817,40 @@ async fn credentials_in_urls_and_client_option_names_never_leave_in_clear() {
         args["hosts"][0], "https://es-1:9200",
         "a URL without a password is shown"
     );
+}
+
+/// OpenMetadata's recursive hard delete of a service deletes its ingestion pipelines without
+/// a request for them passing the gateway: the gateway deletes their secrets (and owner
+/// markers) with the service's, so none is left behind for a later entity of the same name.
+#[tokio::test]
+async fn a_recursive_hard_delete_of_a_service_takes_its_pipelines_secrets_too() {
+    let (emu, gw, mem) = mem_stack().await;
+    const PIPES: &str = "/api/v1/services/ingestionPipelines";
+    let service = mysql(&gw, "cascade-svc", "svc-pw-2").await;
+    let body = json!({"name": "dbt2", "pipelineType": "dbt", "airflowConfig": {},
+        "service": {"id": service, "type": "databaseService"},
+        "sourceConfig": {"config": {"type": "DBT", "dbtConfigSource": {"dbtConfigType": "cloud",
+            "dbtCloudAuthToken": "DBT-token-88", "dbtCloudAccountId": "1"}}}});
+    let a = post(&gw, PIPES, body).await;
+    assert_eq!(a.status, 201, "{}", a.text());
+    let root = "/openmetadata/pipeline/dbt2";
+    assert!(!mem.list(&format!("{root}/")).await.unwrap().is_empty());
+    let a = call(
+        &gw,
+        Method::DELETE,
+        &format!("{DB}/{service}?hardDelete=true&recursive=true"),
+        "application/json",
+        "",
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert!(
+        emu.entity("services/ingestionPipelines", "dbt2").is_none(),
+        "the emulator cascades"
+    );
+    assert_eq!(
+        mem.list(&format!("{root}/")).await.unwrap(),
+        Vec::<String>::new()
+    );
+    assert!(mem.get(&pw_id("cascade-svc")).await.unwrap().is_none());
 }

@@ -504,14 +504,9 @@ impl Gateway {
                 };
                 for child in page["data"].as_array().into_iter().flatten() {
                     // Only what names this entity as its parent (a server may ignore the filter).
+                    let reference = child_rule.scope.as_ref().map(|s| s.reference.as_str());
                     let parent = child
-                        .get(
-                            &child_rule
-                                .scope
-                                .as_ref()
-                                .map(|s| s.reference.clone())
-                                .unwrap_or_default(),
-                        )
+                        .get(reference.unwrap_or_default())
                         .and_then(|r| r.get("fullyQualifiedName").or_else(|| r.get("name")))
                         .and_then(Value::as_str);
                     if parent == Some(fqn) {

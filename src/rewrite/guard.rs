@@ -17,7 +17,7 @@
 use serde_json::Value;
 
 use super::json::{deep, parse_answer};
-use super::structure::{holds_json, url_password};
+use super::structure::{credential_in_text, holds_json};
 use super::{classify, FieldValue};
 use crate::error::GatewayError;
 use crate::rules::ids::IdBuilder;
@@ -123,7 +123,8 @@ pub(crate) struct SecretInText {
 }
 
 /// What [`SecretInText::member`] says of a password in a URL's user info.
-pub(crate) const URL_PASSWORD: &str = "a password in a URL's user info, user:password@";
+pub(crate) const URL_PASSWORD: &str =
+    "a credential inside text (a URL's user:password@, user/password@host, or a password=... pair)";
 
 /// JSON texts read inside JSON texts at most this deep (the read side's limit); a JSON text
 /// deeper still counts as holding a secret (it cannot be judged, so it is refused).
@@ -172,7 +173,17 @@ fn texts<'v>(
             }
             // Read as the read side reads JSON strings (duplicate members allowed: the last
             // one is what a reader sees), so what it would mask is what is refused here.
-            let inner = parse_answer(s.as_bytes()).ok()?;
+            let Ok(inner) = parse_answer(s.as_bytes()) else {
+                // Not JSON after all (a trailing comma, say), though a lenient reader takes it
+                // for JSON: judged as text, and by the member names such a reader would see.
+                let lenient = quoted_members(s).any(|k| rules.is_secret_key(k));
+                return (lenient || credential_in_text(s, |k| rules.is_secret_key(k))).then(|| {
+                    SecretInText {
+                        field: field(),
+                        member: "a secret member of a text that is almost JSON".into(),
+                    }
+                });
+            };
             if let Some(member) = secret_member(rules, &inner) {
                 return Some(SecretInText {
                     field: field(),
@@ -185,7 +196,10 @@ fn texts<'v>(
                 member: hit.member,
             })
         }
-        Value::String(s) if url_password(s) && !skip.iter().any(|k| StepRef::same(at, k)) => {
+        Value::String(s)
+            if !skip.iter().any(|k| StepRef::same(at, k))
+                && credential_in_text(s, |k| rules.is_secret_key(k)) =>
+        {
             Some(SecretInText {
                 field: render(&StepRef::owned(at)),
                 member: URL_PASSWORD.into(),
@@ -205,6 +219,23 @@ fn texts<'v>(
         }),
         _ => None,
     })
+}
+
+/// The names a lenient JSON reader sees in `s`: every quoted string followed by `:`.
+fn quoted_members(s: &str) -> impl Iterator<Item = &str> {
+    let b = s.as_bytes();
+    memchr::memchr_iter(b'"', b)
+        .collect::<Vec<_>>()
+        .chunks(2)
+        .filter_map(|q| match q {
+            [open, close] => {
+                let after = b[close + 1..].iter().find(|c| !c.is_ascii_whitespace());
+                (after == Some(&b':')).then(|| &s[open + 1..*close])
+            }
+            _ => None,
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
 }
 
 /// A member of `inner` (anywhere in it) whose name is secret-looking and whose value is a

@@ -249,6 +249,7 @@ impl<'a> Scanner<'a> {
             s: self,
             out: Scan::default(),
             nets: Vec::new(),
+            texts: Vec::new(),
         };
         walk.out.owners.push(Owner {
             steps: Vec::new(),
@@ -272,6 +273,11 @@ impl<'a> Scanner<'a> {
             _ => walk.value(doc, &mut Vec::new(), 0),
         }
         let nets = std::mem::take(&mut walk.nets);
+        for (steps, owner) in std::mem::take(&mut walk.texts) {
+            if !walk.out.hits.iter().any(|h| h.steps == steps) {
+                walk.name_hit(steps, owner);
+            }
+        }
         let mut out = walk.out;
         for h in out.hits.iter_mut().filter(|h| !h.scoped) {
             h.scoped = nets.iter().any(|n| h.steps.starts_with(n));
@@ -296,48 +302,74 @@ pub(crate) fn holds_json(s: &str) -> bool {
         })
 }
 
-/// Whether `s` carries a password in a URL's user info: `scheme://user:password@host...`
-/// anywhere in it, or the whole of `s` a bare `user:password@host[:port]`. A user without a
-/// password (`ssh://git@host`), an e-mail address or `git@host:org/repo` is not one.
-pub(crate) fn url_password(s: &str) -> bool {
-    let b = s.as_bytes();
-    if memchr::memchr(b'@', b).is_none() {
+/// Whether `s` carries a credential inside text, in a shape some client reads a password
+/// from, judged generously (a refused write tells the caller where to put it instead):
+/// - user info: `user:password@` after a URL's `//` (`scheme://u:p@h`, `jdbc:x://u:p@h`, a
+///   password holding `/`, `?`, `#` or spaces, as SQLAlchemy's and Python's URL parsers read
+///   them), after `scheme:/`, or a bare `u:p@h...` (a Go DSN `u:p@tcp(h)/db`); tabs and line
+///   breaks are dropped first, as URL parsers drop them;
+/// - Oracle's `user/password@host`;
+/// - a `key=value` pair whose key the safety net calls secret (`?password=...`,
+///   `;Password=...` in a JDBC or ODBC string), judged by `secret_key`.
+///
+/// Not: a user without a password (`ssh://git@host`), an e-mail address, `git@host:org/repo`,
+/// an image digest `name:tag@sha256:...`.
+pub(crate) fn credential_in_text(s: &str, secret_key: impl Fn(&str) -> bool) -> bool {
+    let has_at = memchr::memchr(b'@', s.as_bytes()).is_some();
+    let has_eq = memchr::memchr(b'=', s.as_bytes()).is_some();
+    if !has_at && !has_eq {
         return false;
     }
-    let in_userinfo = |authority: &str| {
-        authority.rfind('@').is_some_and(|at| {
-            authority[..at]
-                .find(':')
-                .is_some_and(|colon| colon + 1 < at)
-        })
-    };
-    let mut schemed = false;
-    for i in memchr::memmem::find_iter(b, b"://") {
-        schemed = true;
-        let rest = &s[i + 3..];
-        let end = rest
-            .find(|c: char| matches!(c, '/' | '?' | '#') || c.is_whitespace())
-            .unwrap_or(rest.len());
-        if in_userinfo(&rest[..end]) {
-            return true;
+    let t: String = s
+        .chars()
+        .filter(|c| !matches!(c, '\t' | '\n' | '\r'))
+        .collect();
+    if has_at && userinfo_password(&t) {
+        return true;
+    }
+    has_eq
+        && t.split(|c: char| matches!(c, ';' | '&' | '?' | ',') || c.is_whitespace())
+            .filter_map(|pair| pair.split_once('='))
+            .any(|(k, v)| !v.trim().is_empty() && !k.trim().is_empty() && secret_key(k.trim()))
+}
+
+/// [`credential_in_text`]'s user info shapes.
+fn userinfo_password(t: &str) -> bool {
+    let bare = !t.contains("//") && !t.contains(char::is_whitespace);
+    t.match_indices('@').any(|(a, _)| {
+        let after = &t[a + 1..];
+        if after.starts_with("sha256:") || after.starts_with("sha512:") || after.is_empty() {
+            return false;
         }
-    }
-    if schemed || s.contains(|c: char| c == '/' || c.is_whitespace()) {
-        return false;
-    }
-    // Bare: what follows the last `@` must be a host, with a numeric port at most.
-    let Some(at) = s.rfind('@') else {
-        return false;
-    };
-    let host = &s[at + 1..];
-    let (name, port) = host.split_once(':').unwrap_or((host, ""));
-    let host_like = !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
-        && port.len() <= 5
-        && port.chars().all(|c| c.is_ascii_digit());
-    host_like && in_userinfo(s)
+        let before = &t[..a];
+        let start = before.rfind("//").map(|i| i + 2).unwrap_or(0);
+        let mut cand = &before[start..];
+        if start == 0 {
+            // `scheme:/u:p@h`: the scheme is not a user.
+            if let Some(i) = cand.find(":/") {
+                let scheme = &cand[..i];
+                if !scheme.is_empty()
+                    && scheme
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '.' | '-'))
+                {
+                    cand = cand[i + 1..].trim_start_matches('/');
+                }
+            }
+        }
+        let colon = cand.find(':').is_some_and(|c| c > 0 && c + 1 < cand.len());
+        let slash = bare && cand.find('/').is_some_and(|c| c > 0 && c + 1 < cand.len());
+        colon || slash
+    })
+}
+
+/// [`credential_in_text`] with `password` and `pwd` as the secret keys (tests).
+#[cfg(test)]
+pub(crate) fn url_password(s: &str) -> bool {
+    credential_in_text(s, |k| {
+        let k = k.to_ascii_lowercase();
+        k.contains("password") || k == "pwd"
+    })
 }
 
 fn declared(t: &str) -> Declared<'_> {
@@ -369,6 +401,9 @@ struct Walk<'s> {
     out: Scan,
     /// Where, in this document, a rule's safety net applies (absolute subtree roots).
     nets: Vec<Vec<Step>>,
+    /// Strings holding a credential inside text ([`credential_in_text`]) with their owner:
+    /// hits where nothing else (a rule's path, a name) already made them one.
+    texts: Vec<(Vec<Step>, usize)>,
 }
 
 impl Walk<'_> {
@@ -441,8 +476,10 @@ impl Walk<'_> {
             Value::Array(items) => {
                 for (i, child) in items.iter().enumerate() {
                     steps.push(Step::Index(i));
-                    if matches!(child, Value::String(t) if url_password(t)) {
-                        self.name_hit(steps.clone(), owner);
+                    let rules = self.s.rules;
+                    if matches!(child, Value::String(t) if !holds_json(t) && credential_in_text(t, |k| rules.is_secret_key(k)))
+                    {
+                        self.texts.push((steps.clone(), owner));
                     }
                     self.child(child, steps, owner, &[]);
                     steps.pop();
@@ -501,8 +538,13 @@ impl Walk<'_> {
         };
         for (k, child) in m {
             if let Value::String(t) = child {
-                if url_password(t) && self.class(k) & SECRET == 0 {
-                    self.name_hit([steps.as_slice(), &[Step::Key(k.clone())]].concat(), owner);
+                let rules = self.s.rules;
+                if self.class(k) & SECRET == 0
+                    && !holds_json(t)
+                    && credential_in_text(t, |k| rules.is_secret_key(k))
+                {
+                    self.texts
+                        .push(([steps.as_slice(), &[Step::Key(k.clone())]].concat(), owner));
                 }
             }
             let worth = match child {
@@ -722,6 +764,20 @@ mod tests {
             "see http://u:p@proxy:3128 first",
             "mongodb+srv://user:pa%40ss@cluster0.example.net/?retryWrites=true",
             "u:p@db.example.org:5432",
+            // Fifth probe: what URL parsers and drivers read that the first check missed.
+            "http:\t//u:PW@h",
+            "http://u\n:PW@h",
+            "//u:PW@h",
+            "https://u:PW x@h",
+            "https:/u:PW@h",
+            "mysql://u:PW/x@h/db",
+            "mysql://u:PW#x@h/db",
+            "mysql://u:PW?x@h/db",
+            "u:PW@h:3306/db",
+            "u:PW@tcp(h:3306)/db",
+            "scott/tiger@h:1521/orcl",
+            "jdbc:postgresql://h/db?user=u&password=PW",
+            "jdbc:sqlserver://h;user=u;Password=PW",
         ] {
             assert!(url_password(yes), "{yes}");
         }
@@ -733,8 +789,9 @@ mod tests {
             "https://user@host/x",
             "repo/image:tag@sha256:abc",
             "image:tag@sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
-            "a:b @c",
-            "https://host/path?email=a:b@c",
+            "jdbc:postgresql://h/db?user=u&password=",
+            "mailto-less plain text",
+            "ssl=true;encrypt=false",
             "",
         ] {
             assert!(!url_password(no), "{no}");
