@@ -1083,6 +1083,62 @@ async fn unruled_answers_the_net_cannot_read_as_utf8_json_are_refused_or_read_an
             typed("application/xml", page.clone().into_bytes()),
             200,
         ),
+        // Fifth probe: a byte order mark, white space past the first bytes, UTF-16 after
+        // white space, a UTF-7 charset, one document per line.
+        (
+            "bom octet-stream",
+            typed(
+                "application/octet-stream",
+                [&b"\xEF\xBB\xBF"[..], page.as_bytes()].concat(),
+            ),
+            200,
+        ),
+        (
+            "spaces octet-stream",
+            typed(
+                "application/octet-stream",
+                format!("{}{page}", " ".repeat(100)).into_bytes(),
+            ),
+            200,
+        ),
+        (
+            "utf-16 after spaces",
+            typed(
+                "application/octet-stream",
+                format!("{}{page}", " ".repeat(40))
+                    .encode_utf16()
+                    .flat_map(u16::to_le_bytes)
+                    .collect(),
+            ),
+            502,
+        ),
+        (
+            "utf-16 after spaces, json",
+            typed(
+                "application/json",
+                format!("{}{page}", " ".repeat(40))
+                    .encode_utf16()
+                    .flat_map(u16::to_le_bytes)
+                    .collect(),
+            ),
+            502,
+        ),
+        (
+            "utf-7 octet-stream",
+            typed(
+                "application/octet-stream; charset=utf-7",
+                page.clone().into_bytes(),
+            ),
+            502,
+        ),
+        (
+            "ndjson octet-stream",
+            typed(
+                "application/octet-stream",
+                format!("{page}\n{page}\n").into_bytes(),
+            ),
+            200,
+        ),
     ] {
         emu.set_canned(path, canned);
         let a = call(&gw, Method::GET, path, Some(&jwt::user()), "").await;

@@ -134,7 +134,7 @@ impl Gateway {
             // as JSON whatever the type says) is read by the net; anything else streams.
             first = self.first_chunk(&mut incoming).await?;
             let looks = first.as_deref().map_or(Start::Other, start_of);
-            if looks == Start::Wide {
+            if looks == Start::Wide || (looks == Start::Json && foreign_charset(content_type)) {
                 return Err(unreadable_charset());
             }
             if looks == Start::Other {
@@ -192,6 +192,7 @@ impl Gateway {
             total: 0,
         };
         let mut first = first;
+        let mut sniffed = false;
         loop {
             let data = match first.take() {
                 Some(data) => data,
@@ -200,8 +201,12 @@ impl Gateway {
                     None => return Ok(Hold::Whole(held)),
                 },
             };
-            if identity && held.total == 0 && start_of(&data) == Start::Wide {
-                return Err(unreadable_charset());
+            // How the answer begins, judged at its first chunk that is not all white space.
+            if identity && !sniffed && !data.iter().all(|c| c.is_ascii_whitespace() || *c == 0) {
+                sniffed = true;
+                if start_of(&data) == Start::Wide {
+                    return Err(unreadable_charset());
+                }
             }
             held.total += data.len();
             if identity {
@@ -247,9 +252,18 @@ impl Gateway {
         }
     }
 
-    /// The first data of an answer (`None`: it has none).
+    /// The answer's first data up to its first byte that is not white space (or NUL: UTF-16
+    /// white space), within `max_body_bytes` (`None`: it has none).
     async fn first_chunk(&self, incoming: &mut Incoming) -> Result<Option<Bytes>, GatewayError> {
-        self.next_data(incoming).await
+        let mut got = BytesMut::new();
+        while let Some(data) = self.next_data(incoming).await? {
+            got.extend_from_slice(&data);
+            let blank = got.iter().all(|c| c.is_ascii_whitespace() || *c == 0);
+            if !blank || got.len() > self.max_body_bytes {
+                break;
+            }
+        }
+        Ok((!got.is_empty()).then(|| got.freeze()))
     }
 
     /// A whole answer that may hold a marker: decoded, parsed and masked (an encoded answer
@@ -277,8 +291,28 @@ impl Gateway {
         if !identity && !net.scan().feed(&decoded) {
             return Ok(Response::from_parts(parts, full(raw)));
         }
-        let mut doc: Value = match serde_json::from_slice(&decoded) {
-            Ok(doc) => doc,
+        let text = decoded.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&decoded);
+        let bytes = match serde_json::from_slice::<Value>(text) {
+            Ok(mut doc) => {
+                net.mask(&mut doc);
+                Bytes::from(doc.to_string())
+            }
+            // One JSON document per line (NDJSON), whatever the type says: each masked.
+            Err(_) if ndjson(text) => {
+                let mut out = Vec::with_capacity(text.len());
+                for line in text.split(|c| *c == b'\n') {
+                    match serde_json::from_slice::<Value>(line) {
+                        Ok(mut doc) => {
+                            net.mask(&mut doc);
+                            out.extend_from_slice(doc.to_string().as_bytes());
+                        }
+                        Err(_) => out.extend_from_slice(line),
+                    }
+                    out.push(b'\n');
+                }
+                out.pop();
+                Bytes::from(out)
+            }
             Err(_) if !typed_json => return Ok(Response::from_parts(parts, full(raw))),
             Err(_) => {
                 return Err(GatewayError::BadGateway(
@@ -286,8 +320,6 @@ impl Gateway {
                 ))
             }
         };
-        net.mask(&mut doc);
-        let bytes = Bytes::from(doc.to_string());
         for h in [
             header::CONTENT_ENCODING,
             header::ETAG,
@@ -369,8 +401,7 @@ fn start_of(b: &[u8]) -> Start {
     if BOMS.iter().any(|bom| b.starts_with(bom)) {
         return Start::Wide;
     }
-    let head = &b[..b.len().min(64)];
-    let body = head.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(head);
+    let body = b.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(b);
     let opens = |c: u8| matches!(c, b'{' | b'[');
     // JSON's first character with a NUL byte beside it: UTF-16 or UTF-32.
     if let Some(i) = body
@@ -386,6 +417,21 @@ fn start_of(b: &[u8]) -> Start {
         Some(c) if opens(c) => Start::Json,
         _ => Start::Other,
     }
+}
+
+/// Every line of `text` that is not blank is a JSON document, and there are two or more.
+fn ndjson(text: &[u8]) -> bool {
+    let mut n = 0;
+    for line in text.split(|c| *c == b'\n') {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        if serde_json::from_slice::<serde::de::IgnoredAny>(line).is_err() {
+            return false;
+        }
+        n += 1;
+    }
+    n >= 2
 }
 
 /// The media type declares a character set other than UTF-8 (or its ASCII subset).
