@@ -706,7 +706,12 @@ async fn credentials_in_urls_and_client_option_names_never_leave_in_clear() {
             json!({"proxy": "http://u:PROXYPW-2@proxy:3128"}),
         ),
         ("elastic:BAREPW-3@es.internal:9200", json!({})),
-        // Fifth probe: what URL parsers and drivers read that the first check missed.
+        // Fifth probe: what URL parsers and drivers read that the first check missed, and a
+        // member named by a URL with a password.
+        (
+            "https://es.internal:9200",
+            json!({"http://admin:PW-m@proxy:3128": "x"}),
+        ),
         (
             "https://es.internal:9200",
             json!({"a": "http:\t//u:PW-a@h", "b": "http://u\n:PW-b@h"}),

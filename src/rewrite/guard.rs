@@ -207,7 +207,14 @@ fn texts<'v>(
         }
         Value::Object(m) => m.iter().find_map(|(k, child)| {
             at.push(StepRef::Key(k));
-            let hit = texts(rules, child, at, skip, nesting);
+            // A member's name is text too (`{"http://u:pw@proxy:3128": ...}`).
+            let hit = match credential_in_text(k, |n| rules.is_secret_key(n)) {
+                true => Some(SecretInText {
+                    field: render(&StepRef::owned(at)),
+                    member: URL_PASSWORD.into(),
+                }),
+                false => texts(rules, child, at, skip, nesting),
+            };
             at.pop();
             hit
         }),
