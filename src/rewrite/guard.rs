@@ -207,10 +207,14 @@ fn texts<'v>(
         }
         Value::Object(m) => m.iter().find_map(|(k, child)| {
             at.push(StepRef::Key(k));
-            // A member's name is text too (`{"http://u:pw@proxy:3128": ...}`).
+            // A member's name is text too (`{"http://u:pw@proxy:3128": ...}`); the message
+            // names the object holding it, never the name itself.
             let hit = match credential_in_text(k, |n| rules.is_secret_key(n)) {
                 true => Some(SecretInText {
-                    field: render(&StepRef::owned(at)),
+                    field: format!(
+                        "{} (the name of one of its members)",
+                        render(&StepRef::owned(&at[..at.len() - 1]))
+                    ),
                     member: URL_PASSWORD.into(),
                 }),
                 false => texts(rules, child, at, skip, nesting),
