@@ -859,3 +859,80 @@ async fn a_recursive_hard_delete_of_a_service_takes_its_pipelines_secrets_too() 
     );
     assert!(mem.get(&pw_id("cascade-svc")).await.unwrap().is_none());
 }
+
+/// Generated steps around an orphan: a service whose password the gateway stored is deleted
+/// without the gateway seeing it, then someone re-creates the name and tries, in any order,
+/// the mask and the reference by POST, PUT and JSON Patch, a reference planted in its
+/// description, an empty password, and a value of their own. Whatever they do, the old
+/// password is never what the store holds behind the reference the new service has (so no
+/// bot resolves it for them). Fails on the gateway before the fourth probe's fix.
+#[test]
+fn generated_attempts_never_inherit_an_orphaned_secret() {
+    use proptest::prelude::*;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (emu, gw, mem) = rt.block_on(mem_stack());
+    let n = std::sync::atomic::AtomicUsize::new(0);
+    let step = prop_oneof![
+        Just("post-mask"),
+        Just("post-ref"),
+        Just("put-mask"),
+        Just("put-ref"),
+        Just("plant"),
+        Just("patch-mask"),
+        Just("patch-ref"),
+        Just("put-empty"),
+        Just("put-own"),
+    ];
+    let cases = std::env::var("OMSP_PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(48);
+    proptest!(ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() },
+        |(steps in proptest::collection::vec(step, 1..5))| {
+        let r: Result<(), String> = rt.block_on(async {
+            let name = format!("orph{}", n.fetch_add(1, std::sync::atomic::Ordering::SeqCst));
+            let old = format!("OLD-pw-{name}");
+            let id = mysql(&gw, &name, &old).await;
+            let pw = pw_id(&name);
+            let deleted = send(&client(), Method::DELETE,
+                &format!("{}{DB}/{id}?hardDelete=true", emu.url()), &[], bytes::Bytes::new()).await;
+            assert_eq!(deleted.status, 200);
+            let reference = format!("secret:{pw}");
+            let svc = |password: &str, description: &str| json!({"name": name, "serviceType": "Mysql",
+                "description": description, "connection": {"config": {"type": "Mysql", "username": "u",
+                "hostPort": "attacker:3306", "authType": {"password": password}}}});
+            for s in &steps {
+                let current = emu.entity("services/databaseServices", &name);
+                let patch = |v: &str| json!([{"op": "add", "path": "/connection/config/authType/password", "value": v}]);
+                match (*s, &current) {
+                    ("post-mask", _) => { post(&gw, DB, svc("*********", "")).await; }
+                    ("post-ref", _) => { post(&gw, DB, svc(&reference, "")).await; }
+                    ("put-mask", _) => { call(&gw, Method::PUT, DB, "application/json", svc("*********", "").to_string()).await; }
+                    ("put-ref", _) => { call(&gw, Method::PUT, DB, "application/json", svc(&reference, "").to_string()).await; }
+                    ("plant", _) => { call(&gw, Method::PUT, DB, "application/json", svc("", &reference).to_string()).await; }
+                    ("put-empty", _) => { call(&gw, Method::PUT, DB, "application/json", svc("", "").to_string()).await; }
+                    ("put-own", _) => { call(&gw, Method::PUT, DB, "application/json", svc(&format!("own-{name}"), "").to_string()).await; }
+                    (p, Some(e)) => {
+                        let v = if p == "patch-mask" { "*********" } else { reference.as_str() };
+                        json_patch(&gw, &format!("{DB}/{}", e["id"].as_str().unwrap_or_default()), patch(v)).await;
+                    }
+                    (_, None) => {}
+                }
+                let held = emu.entity("services/databaseServices", &name);
+                let points_at = held.as_ref()
+                    .and_then(|e| e.pointer("/connection/config/authType/password"))
+                    .and_then(Value::as_str) == Some(reference.as_str());
+                let behind = mem.get(&pw).await.expect("store");
+                if points_at && behind.as_deref() == Some(old.as_str()) {
+                    return Err(format!("after {steps:?} the new {name} refers to the orphaned password"));
+                }
+            }
+            Ok(())
+        });
+        prop_assert!(r.is_ok(), "{}", r.err().unwrap_or_default());
+    });
+}
