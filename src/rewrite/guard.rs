@@ -184,16 +184,16 @@ fn texts<'v>(
                     }
                 });
             };
-            if let Some(member) = secret_member(rules, &inner) {
+            // Credentials in member names first: a secret member's path must not spell one.
+            if let Some(hit) = texts(rules, &inner, &mut Vec::new(), &[], nesting + 1) {
                 return Some(SecretInText {
                     field: field(),
-                    member,
+                    member: hit.member,
                 });
             }
-            let hit = texts(rules, &inner, &mut Vec::new(), &[], nesting + 1)?;
-            Some(SecretInText {
+            secret_member(rules, &inner).map(|member| SecretInText {
                 field: field(),
-                member: hit.member,
+                member,
             })
         }
         Value::String(s)

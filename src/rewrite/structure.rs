@@ -320,10 +320,14 @@ pub(crate) fn credential_in_text(s: &str, secret_key: impl Fn(&str) -> bool) -> 
     if !has_at && !has_eq {
         return false;
     }
-    let t: String = s
-        .chars()
-        .filter(|c| !matches!(c, '\t' | '\n' | '\r'))
-        .collect();
+    // Dropped as URL parsers drop them; most strings have none, and are not copied.
+    let t: std::borrow::Cow<'_, str> = match s.contains(['\t', '\n', '\r']) {
+        true => s
+            .chars()
+            .filter(|c| !matches!(c, '\t' | '\n' | '\r'))
+            .collect(),
+        false => s.into(),
+    };
     if has_at && userinfo_password(&t) {
         return true;
     }
