@@ -710,6 +710,95 @@ async fn hard_delete_removes_the_secrets_and_soft_delete_keeps_them() {
         .is_empty());
 }
 
+/// OpenMetadata deletes a bot's user with the bot, so the gateway never sees a request for
+/// the user: a bot's hard delete through the gateway deletes the user's secrets; a soft
+/// delete, a refused hard delete or another bot's keep them.
+#[tokio::test]
+async fn a_bots_hard_delete_deletes_its_users_secrets() {
+    let (emu, gw, mem) = mem_stack().await;
+    let user = |name: &str| {
+        json!({"name": name, "email": format!("{name}@x.org"), "isBot": true,
+            "authenticationMechanism": {"authType": "JWT",
+                "config": {"JWTToken": format!("jwt-of-{name}"), "JWTTokenExpiry": "Unlimited"}}})
+    };
+    for name in ["doomed-bot", "other-bot"] {
+        let a = call(
+            &gw,
+            Method::POST,
+            "/api/v1/users",
+            "application/json",
+            user(name).to_string(),
+        )
+        .await;
+        assert_eq!(a.status, 201, "{}", a.text());
+        let a = call(
+            &gw,
+            Method::POST,
+            "/api/v1/bots",
+            "application/json",
+            json!({"name": name, "botUser": name}).to_string(),
+        )
+        .await;
+        assert_eq!(a.status, 201, "{}", a.text());
+    }
+    let doomed = "/openmetadata/bot/doomed-bot/config/jwttoken";
+    let other = "/openmetadata/bot/other-bot/config/jwttoken";
+    assert_eq!(
+        mem.get(doomed).await.unwrap().as_deref(),
+        Some("jwt-of-doomed-bot")
+    );
+    let bot_id = emu.entity("bots", "doomed-bot").expect("bot")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    // Soft: the user can be restored, so its secret stays.
+    let a = call(
+        &gw,
+        Method::DELETE,
+        &format!("/api/v1/bots/{bot_id}"),
+        "application/json",
+        String::new(),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert!(mem.get(doomed).await.unwrap().is_some());
+    // Refused upstream: nothing is deleted.
+    emu.fail_writes_with(Some(500));
+    let a = call(
+        &gw,
+        Method::DELETE,
+        "/api/v1/bots/name/doomed-bot?hardDelete=true",
+        "application/json",
+        String::new(),
+    )
+    .await;
+    assert_eq!(a.status, 500);
+    assert!(mem.get(doomed).await.unwrap().is_some());
+    emu.fail_writes_with(None);
+    let a = call(
+        &gw,
+        Method::DELETE,
+        "/api/v1/bots/name/doomed-bot?hardDelete=true",
+        "application/json",
+        String::new(),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert!(
+        emu.entity("users", "doomed-bot").is_none(),
+        "the emulator deletes the user with its bot"
+    );
+    assert!(mem
+        .list("/openmetadata/bot/doomed-bot/")
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        mem.get(other).await.unwrap().as_deref(),
+        Some("jwt-of-other-bot")
+    );
+}
+
 #[tokio::test]
 async fn an_upstream_refusal_restores_the_previous_value_and_removes_new_ones() {
     let (emu, gw, mem) = mem_stack().await;

@@ -195,6 +195,16 @@ impl Gateway {
             // future (which hyper moves and keeps per connection).
             return Box::pin(self.ruled(&live, m, req, ctx)).await;
         }
+        // A bot's hard delete takes the bot's user with it upstream: handled as that user's.
+        if req.method() == Method::DELETE {
+            let m = self
+                .deleted_bots_user(&live.rules, req.method(), &norm, req.uri().query())
+                .await;
+            if let Some(m) = m {
+                ctx.route_class = "ruled";
+                return Box::pin(self.ruled(&live, m, req, ctx)).await;
+            }
+        }
         // 5-6 for unruled routes: streamed both ways; JSON answers pass the safety net.
         let action = decide(ctx.caller.class, &live.policy, &Default::default());
         let hide_mask_only = crate::policy::decide_mask_only(

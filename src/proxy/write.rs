@@ -101,6 +101,51 @@ impl Gateway {
         }
     }
 
+    /// A bot's hard delete (`/bots` has no rule): OpenMetadata deletes the bot's user with it
+    /// (the bot contains it), a deletion no request for the user shows the gateway. Such a
+    /// request is handled as the hard delete of that user, so the user's secrets go once
+    /// OpenMetadata has answered the bot's delete with success. `None` (the request passes
+    /// through as sent): not a bot's hard delete, or the bot or its user cannot be read.
+    pub(super) async fn deleted_bots_user<'r>(
+        &self,
+        rules: &'r RuleSet,
+        method: &Method,
+        path: &crate::http::path::NormPath,
+        query: Option<&str>,
+    ) -> Option<RouteMatch<'r>> {
+        let hard = crate::http::path::query_param(query, "hardDelete")
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+        if method != Method::DELETE || !hard {
+            return None;
+        }
+        let s: Vec<&str> = path.segments.iter().map(String::as_str).collect();
+        let is = |x: &str, w: &str| x.eq_ignore_ascii_case(w);
+        let bot = match s.as_slice() {
+            [a, v, b, rest @ ..] if is(a, "api") && is(v, "v1") && is(b, "bots") => rest,
+            _ => return None,
+        };
+        let path = match bot {
+            [id] => format!("/api/v1/bots/{}", encode_segment(id)),
+            [x, id] if is(x, "async") => format!("/api/v1/bots/{}", encode_segment(id)),
+            [n, fqn] if is(n, "name") => format!("/api/v1/bots/name/{}", encode_segment(fqn)),
+            [n, fqn, x] if is(n, "name") && is(x, "async") => {
+                format!("/api/v1/bots/name/{}", encode_segment(fqn))
+            }
+            _ => return None,
+        };
+        let bot = self
+            .upstream
+            .get_json(
+                &format!("{path}?include=all"),
+                self.service_auth.as_ref(),
+                self.max_body_bytes,
+            )
+            .await
+            .ok()??;
+        let user = bot.get("botUser")?.get("id")?.as_str()?;
+        rules.bot_user_delete(user)
+    }
+
     /// A body on GET, HEAD, DELETE or OPTIONS of a ruled route is refused, never forwarded.
     async fn refuse_body(&self, incoming: Incoming) -> Result<(), GatewayError> {
         if http_body::Body::is_end_stream(&incoming) {

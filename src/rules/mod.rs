@@ -429,6 +429,21 @@ impl RuleSet {
     }
 
     /// The rule and route a request matches. Literal segments compare case-insensitively.
+    /// The hard delete of the bot user `id` as its own request would match it (`DELETE
+    /// <collection>/{id}` of the `botUser` kind), for a bot's hard delete, which takes the
+    /// bot's user with it upstream. `None` without a `botUser` rule.
+    pub fn bot_user_delete(&self, id: &str) -> Option<RouteMatch<'_>> {
+        let rule = self.rules.iter().find(|r| r.kind == "botUser")?;
+        let route = rule.routes.iter().find(|r| {
+            r.op == Op::Delete && r.methods.contains(&Method::DELETE) && r.path == "/{id}"
+        })?;
+        Some(RouteMatch {
+            rule,
+            route: Some(route),
+            params: vec![("id".to_string(), id.to_string())],
+        })
+    }
+
     pub fn match_request(&self, method: &Method, path: &NormPath) -> Option<RouteMatch<'_>> {
         let segs = &path.segments;
         for rule in &self.rules {

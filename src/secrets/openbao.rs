@@ -87,7 +87,10 @@ impl OpenBaoStore {
             .client
             .send(req)
             .await
-            .map_err(|e| StoreError::Unavailable(format!("openbao: {e}")))?;
+            // Not the HTTP client's own message: it speaks of the OpenMetadata upstream.
+            .map_err(|_| {
+                StoreError::Unavailable("openbao: cannot connect or no answer in time".into())
+            })?;
         let status = resp.status();
         let bytes = collect_limited(resp.into_body(), 8 << 20)
             .await

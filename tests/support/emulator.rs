@@ -972,6 +972,13 @@ impl Emulator {
                                     p.retain(|_, e| e.json["service"]["fullyQualifiedName"] != fqn);
                                 }
                             }
+                            // A bot contains its user: OpenMetadata deletes the user with it.
+                            if coll == "bots" {
+                                let user = gone["botUser"]["id"].clone();
+                                if let Some(u) = st.collections.get_mut("users") {
+                                    u.retain(|_, e| e.json["id"] != user);
+                                }
+                            }
                         } else {
                             entity.deleted = true;
                             entity.json["deleted"] = json!(true);
@@ -1115,7 +1122,26 @@ impl Emulator {
 /// An ingestion pipeline's `service` reference, as OpenMetadata resolves it: by `id`, else by
 /// `fullyQualifiedName`; the entity gets the whole reference and the fully qualified name
 /// `<service FQN>.<name>` (a dotted name quoted). Other entities are left alone.
+/// A bot's `botUser` (a user's name in a create request) becomes a reference to that user.
 fn scope_under_service(st: &State, coll: &str, v: &mut Value) -> Result<(), String> {
+    if coll == "bots" {
+        let name = match &v["botUser"] {
+            Value::String(n) => n.clone(),
+            Value::Object(r) => match r.get("name").and_then(Value::as_str) {
+                Some(n) => n.to_string(),
+                None => return Ok(()),
+            },
+            _ => return Ok(()),
+        };
+        let user = st
+            .collections
+            .get("users")
+            .and_then(|c| c.values().find(|e| e.json["name"] == name.as_str()))
+            .ok_or_else(|| format!("user instance for {name} not found"))?;
+        v["botUser"] = json!({"id": user.json["id"], "type": "user", "name": name,
+            "fullyQualifiedName": user.json["fullyQualifiedName"]});
+        return Ok(());
+    }
     if coll != "services/ingestionPipelines" || !v["service"].is_object() {
         return Ok(());
     }
