@@ -762,27 +762,21 @@ async fn a_bots_hard_delete_deletes_its_users_secrets() {
     .await;
     assert_eq!(a.status, 200, "{}", a.text());
     assert!(mem.get(doomed).await.unwrap().is_some());
+    let hard_delete = || {
+        call(
+            &gw,
+            Method::DELETE,
+            "/api/v1/bots/name/doomed-bot?hardDelete=true",
+            "application/json",
+            String::new(),
+        )
+    };
     // Refused upstream: nothing is deleted.
     emu.fail_writes_with(Some(500));
-    let a = call(
-        &gw,
-        Method::DELETE,
-        "/api/v1/bots/name/doomed-bot?hardDelete=true",
-        "application/json",
-        String::new(),
-    )
-    .await;
-    assert_eq!(a.status, 500);
+    assert_eq!(hard_delete().await.status, 500);
     assert!(mem.get(doomed).await.unwrap().is_some());
     emu.fail_writes_with(None);
-    let a = call(
-        &gw,
-        Method::DELETE,
-        "/api/v1/bots/name/doomed-bot?hardDelete=true",
-        "application/json",
-        String::new(),
-    )
-    .await;
+    let a = hard_delete().await;
     assert_eq!(a.status, 200, "{}", a.text());
     assert!(
         emu.entity("users", "doomed-bot").is_none(),
