@@ -136,6 +136,14 @@ fn check(what: &str, a: &Answer, sees: Sees, name: &str) {
         assert!(!t.contains(PASSWORD), "{what}: value leaked");
         assert!(!t.contains("fernet:"), "{what}: token leaked");
     }
+    // An answer that carries values is kept by no cache.
+    if sees == Sees::Value {
+        let cc = a
+            .headers
+            .get("cache-control")
+            .map(|v| v.to_str().unwrap_or(""));
+        assert!(cc.is_some_and(|v| v.contains("no-store")), "{what}: {cc:?}");
+    }
 }
 
 /// Runs every caller over every route shape against a gateway built from `cfg`.
@@ -166,6 +174,10 @@ async fn matrix(emu: &Emulator, gw: &Gw, user_sees: Sees) {
         ] {
             let a = req(gw, Method::GET, &path, t, Bytes::new()).await;
             check(&format!("{who} GET {path}"), &a, sees, &name);
+            if sees == Sees::Mask {
+                // Only answers that may carry values forbid caching.
+                assert!(a.headers.get("cache-control").is_none(), "{who} GET {path}");
+            }
         }
         // Write answers are rewritten too (OpenMetadata forgets PATCH and DELETE).
         let a = req(gw, Method::PUT, DB, t, mysql(&name, PASSWORD).to_string()).await;

@@ -124,6 +124,14 @@ impl Gateway {
             .map(|r| decide_for(reader.class, reader.sub, reader.policy, r))
             .collect();
         let action = decide_for(reader.class, reader.sub, reader.policy, scope.rule);
+        let mut parts = parts;
+        if actions.contains(&ReadAction::Resolve) {
+            // This caller may get values: no cache keeps the answer.
+            parts.headers.insert(
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("no-store, private"),
+            );
+        }
         if scope.op == Op::Export && !is_json(&parts.headers, &decoded) {
             let text = std::str::from_utf8(&decoded).map_err(|_| refused(Unreadable::NotText))?;
             if action != ReadAction::Resolve
