@@ -793,6 +793,62 @@ async fn a_bots_hard_delete_deletes_its_users_secrets() {
     );
 }
 
+/// With `db` (OpenMetadata keeps values as Fernet tokens) the edit flow sends the mask back:
+/// the token OpenMetadata holds for the field is kept, whichever mask was sent; a mask for a
+/// field OpenMetadata holds nothing in is refused.
+#[tokio::test]
+async fn with_db_a_mask_sent_back_keeps_the_token_openmetadata_holds() {
+    let emu = Emulator::start().await;
+    let mut cfg = config_for(&emu.url());
+    cfg.secrets.provider = om_secrets_proxy::config::Provider::parse("db").expect("db");
+    let key = om_secrets_proxy::secrets::fernet::FernetKeys::generate_key();
+    cfg.fernet.keys = vec![key.clone()];
+    let keys = om_secrets_proxy::secrets::fernet::FernetKeys::new(&[key]).unwrap();
+    let gw = start_gateway(cfg).await;
+    let held = || {
+        emu.entity("services/databaseServices", "db-edit")
+            .expect("entity")["connection"]["config"]["authType"]["password"]
+            .as_str()
+            .expect("password")
+            .to_string()
+    };
+    let a = call(
+        &gw,
+        Method::POST,
+        DB,
+        "application/json",
+        mysql("db-edit", "real-pw").to_string(),
+    )
+    .await;
+    assert_eq!(a.status, 201, "{}", a.text());
+    let token = held();
+    let plain = keys
+        .decrypt(token.strip_prefix("fernet:").expect("a Fernet token"))
+        .unwrap();
+    assert_eq!(plain, "real-pw");
+    for mask in ["*********", "**********"] {
+        let mut body = mysql("db-edit", mask);
+        body["description"] = json!(format!("edited with {mask}"));
+        let a = call(&gw, Method::PUT, DB, "application/json", body.to_string()).await;
+        assert_eq!(a.status, 200, "{mask}: {}", a.text());
+        assert_eq!(
+            held(),
+            token,
+            "{mask}: the token OpenMetadata holds is kept"
+        );
+    }
+    let a = call(
+        &gw,
+        Method::PUT,
+        DB,
+        "application/json",
+        mysql("db-new", "*********").to_string(),
+    )
+    .await;
+    assert_eq!(a.status, 422, "{}", a.text());
+    assert!(emu.entity("services/databaseServices", "db-new").is_none());
+}
+
 #[tokio::test]
 async fn an_upstream_refusal_restores_the_previous_value_and_removes_new_ones() {
     let (emu, gw, mem) = mem_stack().await;

@@ -271,12 +271,33 @@ impl Gateway {
             // Nothing to strip, no root to claim (and no parent to read).
             return Ok(self.forward_bytes(parts, raw.to_vec(), None));
         }
+        // Without a key store of the gateway's own (`db`, non-managed providers), a mask keeps
+        // what OpenMetadata holds in the field (a `fernet:` token or a `secret:` reference),
+        // so the entity as it holds it is read first.
+        let verbatim_masks = !self.managed
+            && found.iter().any(|f| {
+                matches!(
+                    get(&doc, &f.steps).and_then(classify),
+                    Some(FieldValue::Mask)
+                )
+            });
         // Only managed providers keep secrets under roots, which scoped kinds pick by parent.
-        let scope = match self.managed {
+        let scope = match self.managed || verbatim_masks {
             true => {
                 let caller = parts.headers.get(header::AUTHORIZATION);
                 self.parent_fqn(rules, m.rule, &doc, caller).await?
             }
+            false => None,
+        };
+        let entity_path = || {
+            let fqn = match &scope {
+                Some(parent) => owner::fqn_add(parent, &name),
+                None => name.clone(),
+            };
+            format!("{}/name/{}", m.rule.collection, encode_segment(&fqn))
+        };
+        let current = match verbatim_masks {
+            true => self.fetch_path(m.rule, &entity_path()).await?,
             false => None,
         };
         let mask_source = self.mask_source(rules, m.rule, &doc).await?;
@@ -300,17 +321,14 @@ impl Gateway {
         .await?;
         let mut stripper = self.stripper(rules, m.rule, at, mask_source);
         if stripper.owned && found.iter().any(|f| keeps_a_value(get(&doc, &f.steps))) {
-            let fqn = match &scope {
-                Some(parent) => owner::fqn_add(parent, &name),
-                None => name.clone(),
-            };
-            let path = format!("{}/name/{}", m.rule.collection, encode_segment(&fqn));
-            if let Some(held) = self.fetch_path(m.rule, &path).await? {
+            if let Some(held) = self.fetch_path(m.rule, &entity_path()).await? {
                 stripper.held = held_references(rules, m.rule, &held, &self.fernet);
             }
         }
         // `doc` is as `found` was taken from it.
-        let stripped = stripper.strip_found(&mut doc, None, found).await?;
+        let stripped = stripper
+            .strip_found(&mut doc, current.as_ref(), found)
+            .await?;
         let out = spans::replace_values(&raw, &stripped.edits)
             .map_err(|e| GatewayError::Internal(e.to_string()))?;
         // The guard reads what actually leaves.

@@ -294,6 +294,11 @@ impl Stripper<'_> {
                     acc.out.left.push(field);
                     return Ok(());
                 }
+                None if !self.managed => {
+                    return Err(GatewayError::Unprocessable(format!(
+                        "{field}: a masked value was sent but OpenMetadata holds no value for it; send the value"
+                    )))
+                }
                 None => {
                     return Err(GatewayError::Unprocessable(format!(
                         "{field}: a masked value was sent but no secret is stored for it"
