@@ -166,7 +166,7 @@ async fn gzip_bodies_are_inspected_and_unknown_encodings_are_415() {
         Method::POST,
         &gw.url(DB),
         &[("content-encoding", "gzip")],
-        gz,
+        gz.clone(),
     )
     .await;
     assert_eq!(a.status, 201, "{}", a.text());
@@ -183,6 +183,22 @@ async fn gzip_bodies_are_inspected_and_unknown_encodings_are_415() {
     )
     .await;
     assert_eq!(a.status, 415);
+    // A body that does not decode in the encoding it names cannot be decoded either.
+    for (encoding, body) in [
+        ("gzip", &gz[..gz.len() / 2]),
+        ("deflate", &b"not deflate"[..]),
+    ] {
+        let a = send(
+            &client(),
+            Method::POST,
+            &gw.url(DB),
+            &[("content-encoding", encoding)],
+            Bytes::copy_from_slice(body),
+        )
+        .await;
+        assert_eq!(a.status, 415, "{encoding}: {}", a.text());
+    }
+    assert_eq!(emu.recorded().len(), 1, "only the good body went upstream");
 }
 
 #[tokio::test]

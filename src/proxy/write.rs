@@ -191,7 +191,9 @@ impl Gateway {
             DecodeError::Unsupported => GatewayError::UnsupportedEncoding(
                 "request Content-Encoding is not one of gzip, deflate, br, identity".into(),
             ),
-            DecodeError::Corrupt => GatewayError::BadRequest(
+            // The contract's "a Content-Encoding the gateway cannot decode" (415) covers a
+            // body that does not decode in the encoding it names.
+            DecodeError::Corrupt => GatewayError::UnsupportedEncoding(
                 "request body does not decode per its Content-Encoding".into(),
             ),
             DecodeError::TooLarge => GatewayError::PayloadTooLarge(format!(
