@@ -146,6 +146,16 @@ impl IdentityCache {
     }
 }
 
+/// A JWT NumericDate (RFC 7519: seconds, possibly with a fraction), rounded the cautious way
+/// by `round` (`exp` down, `nbf` up); `None` for anything else (the token is then refused).
+fn numeric_date(v: &Value, round: fn(f64) -> f64) -> Option<u64> {
+    if let Some(n) = v.as_u64() {
+        return Some(n);
+    }
+    let f = round(v.as_f64()?);
+    (f.is_finite() && (0.0..=u64::MAX as f64).contains(&f)).then_some(f as u64)
+}
+
 fn b64(s: &str) -> Option<Vec<u8>> {
     let t = s.trim_end_matches('=');
     URL_SAFE_NO_PAD.decode(t).ok()
@@ -226,7 +236,7 @@ impl Auth {
                 } else {
                     CallerClass::User
                 };
-                let exp = claims.get("exp").and_then(Value::as_u64);
+                let exp = claims.get("exp").and_then(|e| numeric_date(e, f64::floor));
                 self.verified
                     .put(token, class, Arc::from(sub.as_str()), exp);
                 (class, sub)
@@ -268,7 +278,7 @@ impl Auth {
         match claims.get("exp") {
             None | Some(Value::Null) => {}
             Some(e) => {
-                if e.as_u64()? <= now {
+                if numeric_date(e, f64::floor)? <= now {
                     return None;
                 }
             }
@@ -277,7 +287,7 @@ impl Auth {
         match claims.get("nbf") {
             None | Some(Value::Null) => {}
             Some(n) => {
-                if n.as_u64()? > now + 60 {
+                if numeric_date(n, f64::ceil)? > now + 60 {
                     return None;
                 }
             }

@@ -112,7 +112,35 @@ fn callers() -> Vec<(&'static str, Option<String>, Sees)> {
             Sees::Mask,
         ),
         ("garbage token", Some("not.a.jwt".to_string()), Sees::Mask),
+        // RFC 7519's NumericDate may have a fraction.
+        (
+            "bot with a fractional exp",
+            Some(with_claim("exp", json!(jwt::now() as f64 + 3600.5))),
+            Sees::Value,
+        ),
+        (
+            "bot with a fractional exp in the past",
+            Some(with_claim("exp", json!(jwt::now() as f64 - 60.5))),
+            Sees::Mask,
+        ),
+        (
+            "bot with a fractional nbf in the future",
+            Some(with_claim("nbf", json!(jwt::now() as f64 + 3600.5))),
+            Sees::Mask,
+        ),
+        (
+            "bot with a negative exp",
+            Some(with_claim("exp", json!(-1.5))),
+            Sees::Mask,
+        ),
     ]
+}
+
+/// A bot's token with one claim set to `v`.
+fn with_claim(claim: &str, v: Value) -> String {
+    let mut c = jwt::claims("ingestion-bot", true);
+    c[claim] = v;
+    jwt::rs256("key1", Some("k1"), &c)
 }
 
 fn check(what: &str, a: &Answer, sees: Sees, name: &str) {
