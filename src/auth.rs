@@ -146,6 +146,24 @@ impl IdentityCache {
     }
 }
 
+/// Whether an `Authorization` header (already verified as a person's) carries a personal access
+/// token (`tokenType: PERSONAL_ACCESS`): only to say why its answers are masked (an SDK run
+/// with a person's token otherwise gets masks silently, OpenMetadata #33170).
+pub(crate) fn is_personal_access_token(authorization: Option<&http::HeaderValue>) -> bool {
+    let Some(token) = authorization.and_then(|v| v.to_str().ok()).and_then(|v| {
+        v.strip_prefix("Bearer ")
+            .or_else(|| v.strip_prefix("bearer "))
+    }) else {
+        return false;
+    };
+    let Some(payload) = token.trim().split('.').nth(1).and_then(b64) else {
+        return false;
+    };
+    serde_json::from_slice::<Value>(&payload)
+        .ok()
+        .is_some_and(|c| c.get("tokenType").and_then(Value::as_str) == Some("PERSONAL_ACCESS"))
+}
+
 /// A JWT NumericDate (RFC 7519: seconds, possibly with a fraction), rounded the cautious way
 /// by `round` (`exp` down, `nbf` up); `None` for anything else (the token is then refused).
 fn numeric_date(v: &Value, round: fn(f64) -> f64) -> Option<u64> {

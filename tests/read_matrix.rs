@@ -231,6 +231,50 @@ async fn embedded_provider_caller_matrix() {
     matrix(&emu, &gw, Sees::Mask).await;
 }
 
+/// An SDK run with a person's personal access token gets masks (OpenMetadata gave them
+/// silently, #33170): the answer says so, and why; a bot's answer says nothing.
+#[tokio::test]
+async fn masked_answers_say_why_and_a_personal_access_token_is_named() {
+    let (emu, gw) = stack().await;
+    emu.set_jwks(jwt::jwks());
+    let a = req(
+        &gw,
+        Method::POST,
+        DB,
+        Some(&jwt::bot()),
+        mysql("pat-svc", PASSWORD).to_string(),
+    )
+    .await;
+    assert_eq!(a.status, 201, "{}", a.text());
+    let mut pat = jwt::claims("alice", false);
+    pat["tokenType"] = json!("PERSONAL_ACCESS");
+    let pat = jwt::rs256("key1", Some("k1"), &pat);
+    let path = format!("{DB}/name/pat-svc");
+    let said = |a: &Answer| {
+        a.headers
+            .get("x-omsp-secrets")
+            .map(|v| v.to_str().unwrap().to_string())
+    };
+    let a = req(&gw, Method::GET, &path, Some(&pat), Bytes::new()).await;
+    check("personal access token", &a, Sees::Mask, "pat-svc");
+    let why = said(&a).expect("a header says the secrets are masked");
+    assert!(
+        why.starts_with("masked;") && why.contains("personal access token"),
+        "{why}"
+    );
+    let a = req(&gw, Method::GET, &path, Some(&jwt::user()), Bytes::new()).await;
+    let why = said(&a).expect("a person is told too");
+    assert!(
+        why.starts_with("masked;") && why.contains("not a bot"),
+        "{why}"
+    );
+    let a = req(&gw, Method::GET, &path, None, Bytes::new()).await;
+    assert!(said(&a).is_some_and(|w| w.contains("no verified token")));
+    let a = req(&gw, Method::GET, &path, Some(&jwt::bot()), Bytes::new()).await;
+    check("bot", &a, Sees::Value, "pat-svc");
+    assert_eq!(said(&a), None);
+}
+
 #[tokio::test]
 async fn db_provider_caller_matrix() {
     let emu = Emulator::start().await;

@@ -277,6 +277,8 @@ impl Gateway {
         // 6. rewrite answer
         let action =
             crate::policy::decide_for(ctx.caller.class, &ctx.caller.sub, &live.policy, m.rule);
+        let personal = ctx.caller.class == crate::policy::CallerClass::User
+            && crate::auth::is_personal_access_token(caller_auth.as_ref());
         let permit = self.view_all_permit(action, live, &m, caller_auth);
         let scope = read::Scope {
             rules: &live.rules,
@@ -286,6 +288,7 @@ impl Gateway {
             filled: &write.filled,
         };
         let reader = read::Reader {
+            personal,
             class: ctx.caller.class,
             sub: &ctx.caller.sub,
             policy: &live.policy,

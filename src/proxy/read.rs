@@ -32,6 +32,9 @@ use crate::rules::{Op, RouteMatch, Rule, RuleSet};
 pub(crate) static X_MASKED_FIELDS: http::HeaderName =
     http::HeaderName::from_static("x-omsp-masked-fields");
 
+/// On a ruled answer to a caller who does not get values: what they see instead, and why.
+pub(crate) static X_SECRETS: http::HeaderName = http::HeaderName::from_static("x-omsp-secrets");
+
 /// The rule an answer is rewritten by.
 pub(super) struct Scope<'a> {
     pub(crate) rules: &'a RuleSet,
@@ -51,6 +54,26 @@ pub(super) struct Reader<'a> {
     pub(crate) sub: &'a str,
     pub(crate) policy: &'a PolicyConfig,
     pub(crate) permit: Option<&'a dyn Permit>,
+    /// The verified token is a person's personal access token.
+    pub(crate) personal: bool,
+}
+
+/// The [`X_SECRETS`] header for a caller whose action on the answer's kind is not `resolve`.
+fn secrets_header(action: ReadAction, reader: &Reader<'_>) -> Option<HeaderValue> {
+    let shown = match action {
+        ReadAction::Resolve => return None,
+        ReadAction::Reference => "references",
+        ReadAction::Mask => "masked",
+    };
+    let why = match reader.class {
+        CallerClass::Anonymous => "no verified token",
+        CallerClass::User if reader.personal => {
+            "a personal access token is a person's; a bot's token reads values"
+        }
+        CallerClass::User => "the caller is not a bot",
+        CallerClass::Bot => "the read policy for this bot and kind",
+    };
+    HeaderValue::from_str(&format!("{shown}; reason=\"{why}\"")).ok()
 }
 
 /// On ruled routes: HEAD is asked as GET (so the rewritten length is the one announced), and
@@ -125,6 +148,9 @@ impl Gateway {
             .collect();
         let action = decide_for(reader.class, reader.sub, reader.policy, scope.rule);
         let mut parts = parts;
+        if let Some(v) = secrets_header(action, &reader) {
+            parts.headers.insert(X_SECRETS.clone(), v);
+        }
         if actions.contains(&ReadAction::Resolve) {
             // This caller may get values: no cache keeps the answer.
             parts.headers.insert(
