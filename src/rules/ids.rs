@@ -73,6 +73,22 @@ pub(crate) fn is_buildable(id: &str) -> bool {
     })
 }
 
+/// A segment of the prefix or the cluster name: as [`sanitize`], but `.` is kept, as
+/// OpenMetadata keeps these as configured (`prod.east`); a segment of dots alone (`.`, `..`)
+/// becomes `_`, so no id walks up a path.
+fn sanitize_head(seg: &str) -> String {
+    if seg.chars().all(|c| c == '.') {
+        return "_".into();
+    }
+    seg.chars()
+        .map(|c| match c {
+            '.' => '.',
+            c if c.is_ascii_alphanumeric() || c == '_' || c == '-' => c.to_ascii_lowercase(),
+            _ => '_',
+        })
+        .collect()
+}
+
 /// Builds ids for one gateway configuration.
 #[derive(Debug, Clone)]
 pub struct IdBuilder {
@@ -88,7 +104,7 @@ impl IdBuilder {
         for seg in prefix.split('/').chain(cluster_name.split('/')) {
             if !seg.is_empty() {
                 head.push('/');
-                head.push_str(&sanitize(seg));
+                head.push_str(&sanitize_head(seg));
             }
         }
         if head.is_empty() {
@@ -350,5 +366,13 @@ mod tests {
     fn a_prefix_with_slashes_keeps_its_segments_and_drops_empty_ones() {
         let b = IdBuilder::new("/acme//Team/", "open metadata");
         assert_eq!(b.head(), "/acme/team/open_metadata");
+    }
+
+    #[test]
+    fn dots_in_the_prefix_and_cluster_name_are_kept_as_openmetadata_keeps_them() {
+        let b = IdBuilder::new("acme.corp", "Prod.East");
+        assert_eq!(b.head(), "/acme.corp/prod.east");
+        assert_eq!(IdBuilder::new("..", ".").head(), "/_/_");
+        assert_eq!(IdBuilder::new("", "a..b").head(), "/a..b");
     }
 }
