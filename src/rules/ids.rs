@@ -4,7 +4,8 @@
 //! every part taken from an entity or field name, each character outside `[A-Za-z0-9_-]`
 //! becomes `_`, **including `/`** (OpenMetadata keeps `/`, so a service named
 //! `victim/authType` would write into the secrets of `victim`). A part is never empty (an
-//! empty one becomes `_`), so ids never hold `.`, `..` or empty segments.
+//! empty one becomes `_`), so ids never hold `..` or empty segments (the prefix and the
+//! cluster name keep `.` inside a segment, as OpenMetadata keeps them).
 //!
 //! Roots follow one rule: no entity's root equals, contains or is contained in another
 //! entity's, except where two names map to the same root, which the owner marker settles
