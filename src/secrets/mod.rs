@@ -59,9 +59,17 @@ impl From<StoreError> for crate::error::GatewayError {
     /// logged (it never holds a value); the caller gets a fixed message.
     fn from(e: StoreError) -> crate::error::GatewayError {
         tracing::warn!(error = %e, detail = e.detail(), "secret store call failed");
-        crate::error::GatewayError::StoreUnavailable(
-            "the secrets store is unreachable; nothing was forwarded".into(),
-        )
+        // The contract's wording for a store that cannot serve the request, and what kind of
+        // failure it was (never the provider's detail, which the log has).
+        let why = match e {
+            StoreError::AccessDenied(_) => "denied the gateway access",
+            StoreError::Throttled(_) => "is throttling requests",
+            StoreError::Unavailable(_) => "is unreachable",
+            StoreError::Invalid(_) => "refused the request as invalid (see the gateway's log)",
+        };
+        crate::error::GatewayError::StoreUnavailable(format!(
+            "the secrets store {why}; nothing was forwarded"
+        ))
     }
 }
 
@@ -203,4 +211,43 @@ pub(crate) fn wrap_store(
         refresh: sm.cache_refresh,
     };
     Arc::new(cache::CachedStore::new(resilient, settings, metrics))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StoreError;
+    use crate::error::GatewayError;
+
+    #[test]
+    fn a_store_failure_is_a_503_naming_its_kind_never_the_providers_detail() {
+        for (e, says) in [
+            (
+                StoreError::Unavailable("openbao: x".into()),
+                "is unreachable",
+            ),
+            (
+                StoreError::Invalid("aws: ValidationException".into()),
+                "refused the request as invalid",
+            ),
+            (
+                StoreError::Throttled("aws: ThrottlingException".into()),
+                "is throttling requests",
+            ),
+            (
+                StoreError::AccessDenied("aws: AccessDenied".into()),
+                "denied the gateway access",
+            ),
+        ] {
+            let g = GatewayError::from(e);
+            assert_eq!(g.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+            let GatewayError::StoreUnavailable(m) = g else {
+                panic!("not a store error");
+            };
+            assert!(
+                m.contains(says) && m.ends_with("nothing was forwarded"),
+                "{m}"
+            );
+            assert!(!m.contains("aws:") && !m.contains("openbao:"), "{m}");
+        }
+    }
 }
