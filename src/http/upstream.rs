@@ -172,7 +172,8 @@ impl Upstream {
             }
             Transport::Tls(client) => tokio::time::timeout(self.timeout, client.request(req))
                 .await
-                .map(|r| r.map_err(|e| (e.is_connect(), e.to_string()))),
+                // With its causes: a certificate the TLS library refuses is named in the log.
+                .map(|r| r.map_err(|e| (e.is_connect(), with_causes(&e)))),
         };
         match sent {
             Ok(Ok(resp)) => Ok(resp),
@@ -218,6 +219,18 @@ impl Upstream {
             .map_err(|_| UpstreamError::Failed("upstream entity could not be read".into()))?;
         Ok(serde_json::from_slice(&bytes).ok())
     }
+}
+
+/// An error and each of its causes, `: `-separated (hyper's own text says only "Connect").
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
 }
 
 /// Percent-encodes one path segment for the gateway's own upstream calls.
