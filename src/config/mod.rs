@@ -538,6 +538,17 @@ mod tests {
     }
 
     #[test]
+    fn another_vendors_parameters_do_not_stop_the_configured_provider() {
+        let other = "[secrets_manager.parameters]\nvault_name = \"v\"\nkubeconfig_path = \"/nonexistent\"\nproject_id = \"\"\n";
+        parse(&format!("{KEY}{other}")).expect("the embedded store ignores them");
+        let e = parse(&format!(
+            "{KEY}[secrets_manager]\nprovider = \"azure-kv\"\n{other}"
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("vault_name"), "{e}");
+    }
+
+    #[test]
     fn kubernetes_without_in_cluster_needs_an_existing_kubeconfig() {
         let e = parse(&format!(
             "{KEY}[secrets_manager]\nprovider = \"kubernetes\"\n[secrets_manager.parameters]\nkubeconfig_path = \"/nonexistent/kubeconfig\"\n"

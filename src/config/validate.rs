@@ -207,9 +207,24 @@ fn validate_secrets(sm: RawSecretsManager, err: Err<'_>) -> SecretsConfig {
     let tags = validate_tags(&sm.tags, err);
     validate_cache_and_limits(&sm, err);
     let p = sm.parameters;
-    let azure = validate_azure(&p, provider, err);
-    let gcp = validate_gcp(&p, provider, err);
-    let kubernetes = validate_kubernetes(&p, provider, err);
+    // A vendor's parameters are judged only when its provider is the one configured: an
+    // environment shared by several deployments may set another vendor's variables.
+    let for_backend = |b: Backend| provider.backend == b;
+    let azure = validate_azure(&p, provider, &mut |k, m| {
+        if for_backend(Backend::AzureKeyVault) {
+            err(k, m)
+        }
+    });
+    let gcp = validate_gcp(&p, provider, &mut |k, m| {
+        if for_backend(Backend::Gcp) {
+            err(k, m)
+        }
+    });
+    let kubernetes = validate_kubernetes(&p, provider, &mut |k, m| {
+        if for_backend(Backend::Kubernetes) {
+            err(k, m)
+        }
+    });
     let (bao_address, bao_token) = validate_openbao(p.address, p.token, provider, err);
     let mount = p.mount.trim().trim_matches('/').to_string();
     if mount.is_empty() {
