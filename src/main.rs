@@ -233,7 +233,12 @@ fn main() -> ExitCode {
             run,
         } => {
             let opts = run.options(dry_run);
-            with_app(config, move |app| async move {
+            let cfg = match load(config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let stand_in = dry_run_stand_in(&cfg, dry_run);
+            with_config_and_store(cfg, stand_in, move |app| async move {
                 let code = om_secrets_proxy::toolkit::commands::migrate(&app, opts, reverse).await;
                 ExitCode::from(code)
             })
@@ -382,8 +387,32 @@ where
     }
 }
 
+/// A dry run ("write nothing anywhere") with an embedded store whose file does not exist yet
+/// reads an empty store instead of creating the file.
+fn dry_run_stand_in(
+    cfg: &Config,
+    dry_run: bool,
+) -> Option<std::sync::Arc<dyn om_secrets_proxy::secrets::SecretStore>> {
+    let embedded = cfg.secrets.provider.backend == om_secrets_proxy::config::Backend::Embedded;
+    (dry_run && embedded && !cfg.secrets.embedded_path.exists())
+        .then(|| std::sync::Arc::new(om_secrets_proxy::secrets::memory::MemoryStore::new()) as _)
+}
+
 /// As [`with_app`], with the config already loaded.
 fn with_config<F, Fut>(cfg: Config, f: F) -> ExitCode
+where
+    F: FnOnce(om_secrets_proxy::App) -> Fut,
+    Fut: std::future::Future<Output = ExitCode>,
+{
+    with_config_and_store(cfg, None, f)
+}
+
+/// As [`with_config`]; `store`, when given, in place of the configured one.
+fn with_config_and_store<F, Fut>(
+    cfg: Config,
+    store: Option<std::sync::Arc<dyn om_secrets_proxy::secrets::SecretStore>>,
+    f: F,
+) -> ExitCode
 where
     F: FnOnce(om_secrets_proxy::App) -> Fut,
     Fut: std::future::Future<Output = ExitCode>,
@@ -400,7 +429,7 @@ where
         }
     };
     rt.block_on(async move {
-        match om_secrets_proxy::build_app(cfg).await {
+        match om_secrets_proxy::build_app_with_store(cfg, store).await {
             Ok(app) => f(app).await,
             Err(e) => {
                 eprintln!("{e}");
@@ -427,7 +456,8 @@ fn rotate_command(
             return ExitCode::from(1);
         }
     };
-    with_config(cfg, move |app| async move {
+    let stand_in = dry_run_stand_in(&cfg, opts.dry_run);
+    with_config_and_store(cfg, stand_in, move |app| async move {
         ExitCode::from(om_secrets_proxy::toolkit::commands::rotate_fernet(&app, opts, store).await)
     })
 }

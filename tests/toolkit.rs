@@ -804,3 +804,29 @@ async fn audit_and_migrate_work_the_same_against_secrets_manager_on_moto() {
         .stdout
         .contains("audit: 60 entities read, 60 secret fields; clean"));
 }
+
+/// "Write nothing anywhere": a dry run of `migrate` or `rotate-fernet` with an embedded
+/// store that does not exist yet reads an empty store and creates no file.
+#[tokio::test]
+async fn dry_runs_create_no_store_file() {
+    // Values only (plain and Fernet tokens): nothing upstream needs the store.
+    let f = fleet(20, Mix::ValuesOnly, 0, &keys(&[OLD_KEY]), false);
+    let site = Site::new(f, OLD_KEY).await;
+    std::fs::remove_file(site.store_path()).expect("remove the store");
+    let config = site.config(&format!("{NEW_KEY},{OLD_KEY}"), false);
+    let up = site.upstream();
+    let dry = run(&config, &["migrate", "--dry-run"]).await;
+    assert_eq!(dry.code, Some(0), "{}{}", dry.stdout, dry.stderr);
+    assert!(dry.stdout.contains("would move "), "{}", dry.stdout);
+    let dry = run(&config, &["rotate-fernet", "--dry-run"]).await;
+    assert_eq!(dry.code, Some(0), "{}{}", dry.stdout, dry.stderr);
+    assert!(
+        !site.store_path().exists(),
+        "a dry run created the store file"
+    );
+    assert_eq!(site.upstream(), up);
+    // The real run creates it.
+    let m = run(&config, &["migrate"]).await;
+    assert_eq!(m.code, Some(0), "{}{}", m.stdout, m.stderr);
+    assert!(site.store_path().exists());
+}

@@ -184,6 +184,10 @@ pub fn rotate_store(cfg: &Config, dry_run: bool) -> Result<Option<Rotation>, Str
         return Ok(None);
     }
     let keys = FernetKeys::new(&cfg.fernet.keys).map_err(|e| format!("fernet.key: {e}"))?;
+    if dry_run && !cfg.secrets.embedded_path.exists() {
+        // Nothing to re-encrypt, and a dry run creates no file.
+        return Ok(Some(Rotation::default()));
+    }
     let store = EmbeddedStore::open(&cfg.secrets.embedded_path, &keys)?;
     store
         .reencrypt(dry_run)
