@@ -103,13 +103,8 @@ pub async fn build_app_with_store(
         })?;
     let fernet = secrets::fernet::FernetKeys::new(&config.fernet.keys)
         .map_err(|e| StartError(format!("fernet.key: {e}")))?;
-    if config
-        .fernet
-        .keys
-        .iter()
-        .any(|k| k == config::OPENMETADATA_DEFAULT_FERNET_KEY)
-    {
-        tracing::warn!("fernet.key is OpenMetadata's PUBLIC default key: anyone can decrypt these tokens; set your own FERNET_KEY");
+    for w in config_warnings(&config) {
+        tracing::warn!("{w}");
     }
     let store = match backend {
         Some(b) => secrets::wrap_store(b, &config, metrics.clone()),
@@ -276,11 +271,33 @@ pub async fn shutdown_signal() {
 
 /// `om-secrets-proxy check`: every problem in the config and the rule files, or a summary.
 pub fn check(config: Option<&std::path::Path>) -> Result<String, Vec<String>> {
-    let cfg = Config::load(config).map_err(|e| e.0)?;
+    let cfg = match Config::load(config) {
+        Ok(c) => c,
+        Err(e) => {
+            // The rule files' problems too: their directory as the file or the environment
+            // names it, else the default.
+            let mut problems = e.0;
+            let path = config.unwrap_or(std::path::Path::new(config::DEFAULT_CONFIG_FILE));
+            let from_file = std::fs::read_to_string(path)
+                .ok()
+                .and_then(|t| t.parse::<toml::Table>().ok())
+                .and_then(|t| t.get("rules")?.get("dir")?.as_str().map(str::to_string));
+            let dir = std::env::var("OMSP_RULES_DIR")
+                .ok()
+                .filter(|d| !d.is_empty())
+                .or(from_file)
+                .unwrap_or_else(|| Config::defaults().rules.dir.display().to_string());
+            let keys = Config::defaults().rules.safety_net_keys;
+            if let Err(p) = rules::RuleSet::load(std::path::Path::new(&dir), &keys) {
+                problems.extend(p.iter().map(|p| p.to_string()));
+            }
+            return Err(problems);
+        }
+    };
     let rules = rules::RuleSet::load(&cfg.rules.dir, &cfg.rules.safety_net_keys)
         .map_err(|p| p.iter().map(|p| p.to_string()).collect::<Vec<_>>())?;
     let paths: usize = rules.rules.iter().map(|r| r.secret_paths.len()).sum();
-    Ok(format!(
+    let mut out = format!(
         "ok: config {}; provider {}; {} rule files, {} secret paths",
         cfg.source
             .as_ref()
@@ -289,5 +306,28 @@ pub fn check(config: Option<&std::path::Path>) -> Result<String, Vec<String>> {
         cfg.secrets.provider.name(),
         rules.rules.len(),
         paths
-    ))
+    );
+    for w in config_warnings(&cfg) {
+        out.push_str("\nwarning: ");
+        out.push_str(w);
+    }
+    Ok(out)
+}
+
+/// What a valid config does that its author may not expect (`check` prints these; `serve`
+/// logs them).
+pub fn config_warnings(cfg: &Config) -> Vec<&'static str> {
+    let mut w = Vec::new();
+    if cfg
+        .fernet
+        .keys
+        .iter()
+        .any(|k| k == config::OPENMETADATA_DEFAULT_FERNET_KEY)
+    {
+        w.push("fernet.key is OpenMetadata's PUBLIC default key: anyone can decrypt these tokens; set your own FERNET_KEY");
+    }
+    if cfg.policy.anonymous == config::ReadAction::Resolve {
+        w.push("policy.anonymous = \"resolve\" is served as \"mask\": a caller without a verified token never gets values");
+    }
+    w
 }

@@ -488,6 +488,9 @@ fn fernet_command(op: FernetOp) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    for w in om_secrets_proxy::config_warnings(&cfg) {
+        eprintln!("warning: {w}");
+    }
     let mut input = String::new();
     if std::io::stdin().read_to_string(&mut input).is_err() {
         eprintln!("cannot read stdin");

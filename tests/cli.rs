@@ -79,7 +79,7 @@ fn check_accepts_the_defaults_and_a_full_valid_file() {
     std::fs::write(
         &cfg,
         format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[rules]\ndir = \"{}/rules\"\n[secrets_manager]\nprovider = \"db\"\ncluster_name = \"prod\"\ntags = [\"team:data\"]\n[fernet]\nkey = \"jJ/9sz0g0OHxsfxOoSfdFdmk3ysNmPRnH3TUAbz3IHA=\"\n[policy]\nbot = \"reference\"\n",
+            "[server]\nlisten = \"127.0.0.1:0\"\n[rules]\ndir = \"{}/rules\"\n[secrets_manager]\nprovider = \"db\"\ncluster_name = \"prod\"\ntags = [\"team:data\"]\n[fernet]\nkey = \"jJ/9sz0g0OHxsfxOoSfdFdmk3ysNmPRnH3TUAbz3IHA=\"\n[policy]\nbot = \"reference\"\nanonymous = \"resolve\"\n",
             env!("CARGO_MANIFEST_DIR")
         ),
     )
@@ -89,11 +89,31 @@ fn check_accepts_the_defaults_and_a_full_valid_file() {
         .arg(&cfg)
         .output()
         .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    // Valid, but not what its author may think: said, without failing.
+    assert!(
+        text.contains("warning: fernet.key is OpenMetadata's PUBLIC default key"),
+        "{text}"
+    );
+    assert!(
+        text.contains("warning: policy.anonymous = \"resolve\" is served as \"mask\""),
+        "{text}"
+    );
+    let mut enc = Command::new(BIN)
+        .args(["fernet", "encrypt", "--config"])
+        .arg(&cfg)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(enc.stdin.take());
+    let out = enc.wait_with_output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("PUBLIC default key"),
         "{}",
-        String::from_utf8_lossy(&out.stdout)
+        String::from_utf8_lossy(&out.stderr)
     );
 }
 
@@ -105,4 +125,38 @@ fn serve_with_a_missing_config_file_names_it() {
         .unwrap();
     assert_ne!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/omsp.toml"));
+}
+
+/// `check` prints every problem: the config's (each unknown key, each bad value, with its
+/// line) and, even then, the rule files'.
+#[test]
+fn check_lists_the_configs_and_the_rule_files_problems_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules");
+    std::fs::create_dir(&rules).unwrap();
+    std::fs::write(rules.join("broken.json"), "{\"kind\": ").unwrap();
+    let cfg = dir.path().join("two.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[rules]\ndir = \"{}\"\n[server]\nlistne = \"x\"\n[policy]\nbot = \"zz\"\nusr = \"mask\"\n",
+            rules.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    for want in [
+        "two.toml:4: unknown field `listne`",
+        "two.toml:7: unknown field `usr`",
+        "two.toml:6: policy.bot",
+        "broken.json",
+    ] {
+        assert!(text.contains(want), "{want:?} missing from {text}");
+    }
 }

@@ -365,22 +365,85 @@ impl Config {
             .as_ref()
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| "<defaults>".to_string());
-        let mut raw: RawConfig = match toml::from_str(text) {
-            Ok(r) => r,
-            Err(e) => {
-                let line = e
-                    .span()
-                    .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
-                let msg = e.message().trim().to_string();
-                return Err(ConfigErrors(vec![match line {
-                    Some(l) => format!("config file {label}:{l}: {msg}"),
-                    None => format!("config file {label}: {msg}"),
-                }]));
+        // Every problem is reported: an unknown key's line is set aside and the file read
+        // again, so later unknown keys and the values' problems are found too.
+        let mut text = text.to_string();
+        let mut problems = Vec::new();
+        let mut raw: RawConfig = loop {
+            match toml::from_str(&text) {
+                Ok(r) => break r,
+                Err(e) => {
+                    let line = e
+                        .span()
+                        .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+                    let msg = e.message().trim().to_string();
+                    problems.push(match line {
+                        Some(l) => format!("config file {label}:{l}: {msg}"),
+                        None => format!("config file {label}: {msg}"),
+                    });
+                    // A table's header set aside would hand its keys to the table before.
+                    let header = |l: usize| {
+                        text.split('\n')
+                            .nth(l - 1)
+                            .is_some_and(|t| t.trim_start().starts_with('['))
+                    };
+                    let (Some(l), true) = (line, msg.starts_with("unknown field")) else {
+                        return Err(ConfigErrors(problems));
+                    };
+                    if header(l) {
+                        return Err(ConfigErrors(problems));
+                    }
+                    if problems.len() >= 100 {
+                        return Err(ConfigErrors(problems));
+                    }
+                    text = text
+                        .split('\n')
+                        .enumerate()
+                        .map(|(i, t)| if i + 1 == l { "" } else { t })
+                        .collect::<Vec<_>>()
+                        .join("\n");
+                }
             }
         };
         apply_env(&mut raw, env);
-        validate(raw, source, &label)
+        match validate(raw, source, &label) {
+            Ok(c) if problems.is_empty() => Ok(c),
+            Ok(_) => Err(ConfigErrors(problems)),
+            Err(ConfigErrors(more)) => {
+                let head = format!("config {label}: ");
+                problems.extend(more.into_iter().map(|m| {
+                    // The line of the key a value problem names, when the file sets it.
+                    let line = m
+                        .strip_prefix(&head)
+                        .and_then(|rest| rest.split_once(": "))
+                        .and_then(|(key, _)| line_of_key(&text, key));
+                    match line {
+                        Some(l) => format!("config {label}:{l}: {}", &m[head.len()..]),
+                        None => m,
+                    }
+                }));
+                Err(ConfigErrors(problems))
+            }
+        }
     }
+}
+
+/// The line that sets `key` (`table.sub.name`) in a TOML text, if one does.
+fn line_of_key(text: &str, key: &str) -> Option<usize> {
+    let (table, name) = key.rsplit_once('.')?;
+    let mut current = "";
+    for (i, l) in text.lines().enumerate() {
+        let t = l.trim();
+        if let Some(h) = t.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            current = h.trim();
+        } else if current == table
+            && t.split_once('=')
+                .is_some_and(|(k, _)| k.trim().trim_matches('"') == name)
+        {
+            return Some(i + 1);
+        }
+    }
+    None
 }
 
 impl Config {
@@ -399,6 +462,23 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigErrors> {
         Config::from_toml_str(text, Some(PathBuf::from("t.toml")), &|_| None)
+    }
+
+    #[test]
+    fn every_problem_is_reported_unknown_keys_and_values_alike() {
+        let e = parse("[server]\nlistne = \"x\"\n[policy]\nbot = \"zz\"\nusr = \"mask\"\n")
+            .unwrap_err()
+            .0;
+        assert_eq!(e.len(), 3, "{e:?}");
+        assert!(
+            e[0].starts_with("config file t.toml:2:") && e[0].contains("listne"),
+            "{e:?}"
+        );
+        assert!(
+            e[1].starts_with("config file t.toml:5:") && e[1].contains("usr"),
+            "{e:?}"
+        );
+        assert!(e[2].starts_with("config t.toml:4: policy.bot:"), "{e:?}");
     }
 
     #[test]
