@@ -405,20 +405,25 @@ impl Config {
                 }
             }
         };
-        apply_env(&mut raw, env);
+        let from_env = apply_env(&mut raw, env);
         match validate(raw, source, &label) {
             Ok(c) if problems.is_empty() => Ok(c),
             Ok(_) => Err(ConfigErrors(problems)),
             Err(ConfigErrors(more)) => {
                 let head = format!("config {label}: ");
                 problems.extend(more.into_iter().map(|m| {
-                    // The line of the key a value problem names, when the file sets it.
-                    let line = m
-                        .strip_prefix(&head)
-                        .and_then(|rest| rest.split_once(": "))
-                        .and_then(|(key, _)| line_of_key(&text, key));
-                    match line {
-                        Some(l) => format!("config {label}:{l}: {}", &m[head.len()..]),
+                    let Some((key, what)) = m.strip_prefix(&head).and_then(|r| r.split_once(": "))
+                    else {
+                        return m;
+                    };
+                    // The variable that set the key, else the file's line that does.
+                    if let Some((_, var)) = from_env.iter().rev().find(|(k, _)| *k == key) {
+                        return format!(
+                            "config {label}: {key} (from the environment variable {var}): {what}"
+                        );
+                    }
+                    match line_of_key(&text, key) {
+                        Some(l) => format!("config {label}:{l}: {key}: {what}"),
                         None => m,
                     }
                 }));
@@ -479,6 +484,18 @@ mod tests {
             "{e:?}"
         );
         assert!(e[2].starts_with("config t.toml:4: policy.bot:"), "{e:?}");
+    }
+
+    #[test]
+    fn a_bad_value_from_the_environment_names_its_variable() {
+        let env = |k: &str| (k == "OMSP_LISTEN").then(|| "garbage".to_string());
+        let e = Config::from_toml_str("[server]\nlisten = \"127.0.0.1:1\"\n", None, &env)
+            .unwrap_err()
+            .0;
+        assert!(
+            e[0].contains("server.listen (from the environment variable OMSP_LISTEN)"),
+            "{e:?}"
+        );
     }
 
     #[test]
