@@ -6,6 +6,19 @@ use std::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_om-secrets-proxy");
 
+/// `check --config <cfg>`: its exit code and what it printed.
+fn check(cfg: &Path) -> (Option<i32>, String) {
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(cfg)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+    )
+}
+
 fn fixtures() -> Vec<(std::path::PathBuf, String)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/configs");
     let mut out = Vec::new();
@@ -84,13 +97,8 @@ fn check_accepts_the_defaults_and_a_full_valid_file() {
         ),
     )
     .unwrap();
-    let out = Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{text}");
+    let (code, text) = check(&cfg);
+    assert_eq!(code, Some(0), "{text}");
     // Valid, but not what its author may think: said, without failing.
     assert!(
         text.contains("warning: fernet.key is OpenMetadata's PUBLIC default key"),
@@ -144,13 +152,8 @@ fn check_lists_the_configs_and_the_rule_files_problems_together() {
         ),
     )
     .unwrap();
-    let out = Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    let (code, text) = check(&cfg);
+    assert_eq!(code, Some(1), "{text}");
     for want in [
         "two.toml:4: unknown field `listne`",
         "two.toml:7: unknown field `usr`",
