@@ -860,6 +860,68 @@ async fn a_recursive_hard_delete_of_a_service_takes_its_pipelines_secrets_too() 
     assert!(mem.get(&pw_id("cascade-svc")).await.unwrap().is_none());
 }
 
+/// A recursive hard delete takes only the pipelines of the entity deleted (probe 7): not
+/// those of a service of another kind that shares its name, and none for a bot (or bot user)
+/// named like a service. The pipeline's secrets stay while the pipeline does.
+#[tokio::test]
+async fn a_recursive_hard_delete_takes_only_its_own_entitys_pipelines_secrets() {
+    let (emu, gw, mem) = mem_stack().await;
+    const PIPES: &str = "/api/v1/services/ingestionPipelines";
+    let service = mysql(&gw, "shared-name", "svc-pw-3").await;
+    let body = json!({"name": "dbt3", "pipelineType": "dbt", "airflowConfig": {},
+        "service": {"id": service, "type": "databaseService"},
+        "sourceConfig": {"config": {"type": "DBT", "dbtConfigSource": {"dbtConfigType": "cloud",
+            "dbtCloudAuthToken": "DBT-token-89", "dbtCloudAccountId": "1"}}}});
+    let a = post(&gw, PIPES, body).await;
+    assert_eq!(a.status, 201, "{}", a.text());
+    let token = "/openmetadata/pipeline/dbt3/sourceconfig/config/dbtconfigsource/dbtcloudauthtoken";
+    // A dashboard service and a bot named like the database service.
+    let dash = post(
+        &gw,
+        "/api/v1/services/dashboardServices",
+        json!({"name": "shared-name", "serviceType": "Looker",
+            "connection": {"config": {"type": "Looker", "hostPort": "https://l"}}}),
+    )
+    .await;
+    assert_eq!(dash.status, 201, "{}", dash.text());
+    let dash = dash.json()["id"].as_str().expect("id").to_string();
+    let user = post(
+        &gw,
+        "/api/v1/users",
+        json!({"name": "shared-name", "email": "s@x.org", "isBot": true,
+            "authenticationMechanism": {"authType": "JWT",
+                "config": {"JWTToken": "jwt-of-shared", "JWTTokenExpiry": "Unlimited"}}}),
+    )
+    .await;
+    assert_eq!(user.status, 201, "{}", user.text());
+    let bot = post(
+        &gw,
+        "/api/v1/bots",
+        json!({"name": "shared-name", "botUser": "shared-name"}),
+    )
+    .await;
+    assert_eq!(bot.status, 201, "{}", bot.text());
+    for path in [
+        format!("/api/v1/services/dashboardServices/{dash}?hardDelete=true&recursive=true"),
+        "/api/v1/bots/name/shared-name?hardDelete=true&recursive=true".to_string(),
+    ] {
+        let a = call(&gw, Method::DELETE, &path, "application/json", "").await;
+        assert_eq!(a.status, 200, "{path}: {}", a.text());
+        assert!(emu.entity("services/ingestionPipelines", "dbt3").is_some());
+        assert_eq!(
+            mem.get(token).await.unwrap().as_deref(),
+            Some("DBT-token-89"),
+            "{path} took another entity's pipeline's secret"
+        );
+    }
+    // The bot's user's own secret went with it.
+    assert!(mem
+        .list("/openmetadata/bot/shared-name/")
+        .await
+        .unwrap()
+        .is_empty());
+}
+
 /// Generated steps around an orphan: a service whose password the gateway stored is deleted
 /// without the gateway seeing it, then someone re-creates the name and tries, in any order,
 /// the mask and the reference by POST, PUT and JSON Patch, a reference planted in its

@@ -548,8 +548,19 @@ impl Gateway {
         if rule.scope.is_some() {
             return Ok(Vec::new());
         }
+        let id = entity.get("id").and_then(Value::as_str);
         let mut out = Vec::new();
-        for child_rule in rules.rules.iter().filter(|r| r.scope.is_some()) {
+        // Children live beside their parents' collections (ingestion pipelines among the
+        // services): a bot user, say, has none.
+        let siblings = |child: &Rule| {
+            let parent = |c: &str| c.rsplit_once('/').map(|(p, _)| p.to_string());
+            parent(&child.collection) == parent(&rule.collection)
+        };
+        for child_rule in rules
+            .rules
+            .iter()
+            .filter(|r| r.scope.is_some() && siblings(r))
+        {
             let mut after: Option<String> = None;
             loop {
                 let mut path = format!(
@@ -568,13 +579,22 @@ impl Gateway {
                     break;
                 };
                 for child in page["data"].as_array().into_iter().flatten() {
-                    // Only what names this entity as its parent (a server may ignore the filter).
+                    // Only what names this very entity as its parent (a server may ignore the
+                    // filter, and services of different kinds may share a name): by id, or,
+                    // for a reference without one, by kind and fully qualified name.
                     let reference = child_rule.scope.as_ref().map(|s| s.reference.as_str());
-                    let parent = child
-                        .get(reference.unwrap_or_default())
-                        .and_then(|r| r.get("fullyQualifiedName").or_else(|| r.get("name")))
-                        .and_then(Value::as_str);
-                    if parent == Some(fqn) {
+                    let Some(parent) = child.get(reference.unwrap_or_default()) else {
+                        continue;
+                    };
+                    let text = |k: &str| parent.get(k).and_then(Value::as_str);
+                    let same = match (text("id"), id) {
+                        (Some(a), Some(b)) => a == b,
+                        _ => {
+                            text("type").is_some_and(|t| t.eq_ignore_ascii_case(&rule.kind))
+                                && text("fullyQualifiedName").or_else(|| text("name")) == Some(fqn)
+                        }
+                    };
+                    if same {
                         out.push((child_rule, child.clone()));
                     }
                 }

@@ -965,11 +965,13 @@ impl Emulator {
                             // pipelines with it, as OpenMetadata's does.
                             let recursive = qp(query, "recursive").as_deref() == Some("true");
                             if recursive && coll.starts_with("services/") {
-                                let fqn = gone["fullyQualifiedName"].clone();
+                                // By the service's id: services of different kinds may share
+                                // a name.
+                                let service = gone["id"].clone();
                                 if let Some(p) =
                                     st.collections.get_mut("services/ingestionPipelines")
                                 {
-                                    p.retain(|_, e| e.json["service"]["fullyQualifiedName"] != fqn);
+                                    p.retain(|_, e| e.json["service"]["id"] != service);
                                 }
                             }
                             // A bot contains its user: OpenMetadata deletes the user with it.
