@@ -318,12 +318,15 @@ pub fn check(config: Option<&std::path::Path>) -> Result<String, Vec<String>> {
 /// logs them).
 pub fn config_warnings(cfg: &Config) -> Vec<&'static str> {
     let mut w = Vec::new();
-    if cfg
-        .fernet
-        .keys
-        .iter()
-        .any(|k| k == config::OPENMETADATA_DEFAULT_FERNET_KEY)
-    {
+    // Any spelling of it (URL-safe or standard base64, padded or not) is the same key.
+    let norm = |k: &str| {
+        k.trim()
+            .trim_end_matches('=')
+            .replace('-', "+")
+            .replace('_', "/")
+    };
+    let default = norm(config::OPENMETADATA_DEFAULT_FERNET_KEY);
+    if cfg.fernet.keys.iter().any(|k| norm(k) == default) {
         w.push("fernet.key is OpenMetadata's PUBLIC default key: anyone can decrypt these tokens; set your own FERNET_KEY");
     }
     if cfg.policy.anonymous == config::ReadAction::Resolve {

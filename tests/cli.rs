@@ -92,7 +92,7 @@ fn check_accepts_the_defaults_and_a_full_valid_file() {
     std::fs::write(
         &cfg,
         format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[rules]\ndir = \"{}/rules\"\n[secrets_manager]\nprovider = \"db\"\ncluster_name = \"prod\"\ntags = [\"team:data\"]\n[fernet]\nkey = \"jJ/9sz0g0OHxsfxOoSfdFdmk3ysNmPRnH3TUAbz3IHA=\"\n[policy]\nbot = \"reference\"\nanonymous = \"resolve\"\n",
+            "[server]\nlisten = \"127.0.0.1:0\"\n[rules]\ndir = \"{}/rules\"\n[secrets_manager]\nprovider = \"db\"\ncluster_name = \"prod\"\ntags = [\"team:data\"]\n[fernet]\nkey = \"jJ_9sz0g0OHxsfxOoSfdFdmk3ysNmPRnH3TUAbz3IHA\"\n[policy]\nbot = \"reference\"\nanonymous = \"resolve\"\n",
             env!("CARGO_MANIFEST_DIR")
         ),
     )

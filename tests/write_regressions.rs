@@ -860,6 +860,44 @@ async fn a_recursive_hard_delete_of_a_service_takes_its_pipelines_secrets_too() 
     assert!(mem.get(&pw_id("cascade-svc")).await.unwrap().is_none());
 }
 
+/// Free-form option names that differ only by case, `_` or `-` get one secret id: refused,
+/// rather than one value silently standing for both (audit 7). Nothing reaches the upstream.
+#[tokio::test]
+async fn two_fields_of_one_entity_sharing_a_secret_id_are_refused() {
+    let (emu, gw, mem) = mem_stack().await;
+    let body = |args: Value| {
+        json!({"name": "twins", "serviceType": "Mysql", "connection": {"config": {"type": "Mysql",
+            "username": "u", "hostPort": "db:3306", "authType": {"password": "pw-twins"},
+            "connectionArguments": args}}})
+    };
+    for args in [
+        json!({"api_key": "VALUE-ONE", "apiKey": "VALUE-TWO"}),
+        json!({"API-KEY": "VALUE-ONE", "api_key": "VALUE-ONE"}),
+    ] {
+        let a = post(&gw, DB, body(args.clone())).await;
+        assert_eq!(a.status, 422, "{args}: {}", a.text());
+        assert!(
+            a.text().contains("would share the secret id"),
+            "{}",
+            a.text()
+        );
+        assert!(!contains(&emu.everything_received(), b"VALUE-ONE"));
+        assert!(mem
+            .list("/openmetadata/database/twins/")
+            .await
+            .unwrap()
+            .is_empty());
+    }
+    // Names that make different ids, or a second one left empty, are fine.
+    let a = post(
+        &gw,
+        DB,
+        body(json!({"api_key": "VALUE-ONE", "apiKey": null, "api_secret": "S"})),
+    )
+    .await;
+    assert_eq!(a.status, 201, "{}", a.text());
+}
+
 /// A recursive hard delete takes only the pipelines of the entity deleted (probe 7): not
 /// those of a service of another kind that shares its name, and none for a bot (or bot user)
 /// named like a service. The pipeline's secrets stay while the pipeline does.

@@ -232,6 +232,9 @@ impl Stripper<'_> {
             acc.held
                 .extend(held_references(self.rules, self.rule, c, self.fernet));
         }
+        if self.managed {
+            self.refuse_shared_ids(doc, &found)?;
+        }
         for f in found {
             self.field(doc, current, &f.steps, &mut acc).await?;
         }
@@ -247,6 +250,32 @@ impl Stripper<'_> {
             }
         }
         Ok(out)
+    }
+
+    /// Two secret fields of one entity whose names differ only by case, `_` or `-` (free-form
+    /// options: `api_key` and `apiKey`) get one secret id, so one value would silently stand
+    /// for both: refused (422) unless neither holds anything.
+    fn refuse_shared_ids(
+        &self,
+        doc: &Value,
+        found: &[crate::rules::Found],
+    ) -> Result<(), GatewayError> {
+        let mut seen: std::collections::HashMap<String, &[Step]> = std::collections::HashMap::new();
+        for f in found {
+            let holds = get(doc, &f.steps).is_some_and(|v| !v.is_null());
+            if !holds {
+                continue;
+            }
+            let id = self.ids.id(&self.root, self.rule.field_steps(&f.steps));
+            if let Some(other) = seen.insert(id.clone(), &f.steps).filter(|o| *o != f.steps) {
+                return Err(GatewayError::Unprocessable(format!(
+                    "{} and {} would share the secret id {id}; send one of them",
+                    render(other),
+                    render(&f.steps)
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// The write table for one secret field at `steps`.
