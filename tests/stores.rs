@@ -195,6 +195,62 @@ async fn aws_ssm_tags_a_new_parameter_and_overwrites_without_tags() {
     store.delete(&id).await.unwrap();
 }
 
+/// A write to a secret this gateway knows to exist is one update; when another replica
+/// deleted it meanwhile, the write still lands, tagged as a new one (Secrets Manager: the
+/// failed update is followed by the create; SSM: the overwrite made it and it is tagged).
+#[tokio::test]
+async fn aws_writes_after_a_delete_by_another_replica_land_with_tags() {
+    let Some(url) = external("OMSP_TEST_MOTO_URL") else {
+        return;
+    };
+    for provider in ["managed-aws", "managed-aws-ssm"] {
+        let cfg = moto_config(provider, &url);
+        let (mine, other) = (store_for(&cfg).await, store_for(&cfg).await);
+        let id = format!("/omsp-test/{}/database/gone/password", unique());
+        mine.put(&id, "v1").await.unwrap();
+        mine.put(&id, "v2").await.unwrap();
+        other.delete(&id).await.unwrap();
+        mine.put(&id, "v3").await.unwrap();
+        // Read by a third replica (each has its own read cache).
+        let third = store_for(&cfg).await;
+        assert_eq!(
+            third.get(&id).await.unwrap().as_deref(),
+            Some("v3"),
+            "{provider}"
+        );
+        let sdk = om_secrets_proxy::secrets::aws::sdk_config(&cfg.secrets).await;
+        let tags: Vec<(String, String)> = if provider == "managed-aws" {
+            let d = aws_sdk_secretsmanager::Client::new(&sdk)
+                .describe_secret()
+                .secret_id(&id)
+                .send()
+                .await
+                .unwrap();
+            d.tags()
+                .iter()
+                .map(|t| (t.key().unwrap_or("").into(), t.value().unwrap_or("").into()))
+                .collect()
+        } else {
+            let t = aws_sdk_ssm::Client::new(&sdk)
+                .list_tags_for_resource()
+                .resource_type(aws_sdk_ssm::types::ResourceTypeForTagging::Parameter)
+                .resource_id(&id)
+                .send()
+                .await
+                .unwrap();
+            t.tag_list()
+                .iter()
+                .map(|t| (t.key().to_string(), t.value().to_string()))
+                .collect()
+        };
+        assert!(
+            tags.contains(&("team".into(), "data".into())),
+            "{provider}: {tags:?}"
+        );
+        mine.delete(&id).await.unwrap();
+    }
+}
+
 #[tokio::test]
 async fn openbao_passes_the_conformance_suite_against_a_dev_server() {
     let Some(addr) = external("OMSP_TEST_BAO_ADDR") else {

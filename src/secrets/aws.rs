@@ -93,11 +93,57 @@ fn map_err<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> (Option<String>, S
     }
 }
 
+/// Ids this process has seen held by the store. A write to one updates it in one call instead
+/// of trying a create first (AWS's write quotas are tight: Secrets Manager's `PutSecretValue`
+/// and `UpdateSecret` share 50/s, SSM's `PutParameter` has less). Only a hint: an id deleted
+/// meanwhile by another replica costs Secrets Manager one failed update before the create,
+/// and makes SSM's overwrite create the parameter, which is then tagged.
+#[derive(Default)]
+struct Known(std::sync::Mutex<std::collections::HashSet<String>>);
+
+impl Known {
+    /// Ids remembered at most (then forgotten all at once).
+    const MAX: usize = 100_000;
+
+    fn set(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+        match self.0.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    fn has(&self, id: &str) -> bool {
+        self.set().contains(id)
+    }
+
+    fn add(&self, id: &str) {
+        let mut set = self.set();
+        if set.len() >= Self::MAX {
+            set.clear();
+        }
+        set.insert(id.to_string());
+    }
+
+    fn remove(&self, id: &str) {
+        self.set().remove(id);
+    }
+
+    /// After a read: held or not.
+    fn saw(&self, id: &str, held: bool) {
+        if held {
+            self.add(id)
+        } else {
+            self.remove(id)
+        }
+    }
+}
+
 // === Secrets Manager ===
 
 pub struct SecretsManagerStore {
     client: aws_sdk_secretsmanager::Client,
     tags: Vec<(String, String)>,
+    known: Known,
 }
 
 impl SecretsManagerStore {
@@ -105,7 +151,20 @@ impl SecretsManagerStore {
         SecretsManagerStore {
             client: aws_sdk_secretsmanager::Client::new(sdk),
             tags,
+            known: Known::default(),
         }
+    }
+
+    /// `PutSecretValue`; the error keeps AWS's code (`ResourceNotFoundException`).
+    async fn update(&self, id: &str, value: &str) -> Result<(), (Option<String>, StoreError)> {
+        self.client
+            .put_secret_value()
+            .secret_id(id)
+            .secret_string(value)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| map_err(&e))
     }
 }
 
@@ -144,39 +203,51 @@ impl SecretsManagerStore {
 impl SecretStore for SecretsManagerStore {
     fn get<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<String>> {
         Box::pin(async move {
-            match self.client.get_secret_value().secret_id(id).send().await {
+            let got = match self.client.get_secret_value().secret_id(id).send().await {
                 Ok(out) => Ok(out.secret_string().map(str::to_string)),
                 Err(e) => match map_err(&e) {
                     (Some(c), _) if c == "ResourceNotFoundException" => Ok(None),
                     (_, err) => Err(err),
                 },
+            };
+            if let Ok(v) = &got {
+                self.known.saw(id, v.is_some());
             }
+            got
         })
     }
 
+    /// An id known to exist is updated in one call; otherwise `CreateSecret` (with the tags)
+    /// comes first and an existing secret is then updated.
     fn put<'a>(&'a self, id: &'a str, value: &'a str) -> StoreFuture<'a, ()> {
         Box::pin(async move {
-            if self.create_secret(id, value).await? {
-                return Ok(());
+            if self.known.has(id) {
+                match self.update(id, value).await {
+                    Ok(()) => return Ok(()),
+                    Err((Some(c), _)) if c == "ResourceNotFoundException" => self.known.remove(id),
+                    Err((_, e)) => return Err(e),
+                }
             }
-            self.client
-                .put_secret_value()
-                .secret_id(id)
-                .secret_string(value)
-                .send()
-                .await
-                .map(|_| ())
-                .map_err(|e| map_err(&e).1)
+            if !self.create_secret(id, value).await? {
+                self.update(id, value).await.map_err(|(_, e)| e)?;
+            }
+            self.known.add(id);
+            Ok(())
         })
     }
 
     /// `CreateSecret`, which AWS refuses for a name that exists.
     fn create<'a>(&'a self, id: &'a str, value: &'a str) -> StoreFuture<'a, bool> {
-        Box::pin(self.create_secret(id, value))
+        Box::pin(async move {
+            let created = self.create_secret(id, value).await?;
+            self.known.add(id);
+            Ok(created)
+        })
     }
 
     fn delete<'a>(&'a self, id: &'a str) -> StoreFuture<'a, ()> {
         Box::pin(async move {
+            self.known.remove(id);
             match self
                 .client
                 .delete_secret()
@@ -244,6 +315,7 @@ impl SecretStore for SecretsManagerStore {
 pub(crate) struct SsmStore {
     client: aws_sdk_ssm::Client,
     tags: Vec<(String, String)>,
+    known: Known,
 }
 
 impl SsmStore {
@@ -251,7 +323,36 @@ impl SsmStore {
         SsmStore {
             client: aws_sdk_ssm::Client::new(sdk),
             tags,
+            known: Known::default(),
         }
+    }
+
+    fn ssm_tags(&self) -> Vec<aws_sdk_ssm::types::Tag> {
+        self.tags
+            .iter()
+            .filter_map(|(k, v)| {
+                aws_sdk_ssm::types::Tag::builder()
+                    .key(k)
+                    .value(v)
+                    .build()
+                    .ok()
+            })
+            .collect()
+    }
+
+    /// `PutParameter` with `Overwrite` (AWS refuses tags with it); its answer's version.
+    async fn overwrite(&self, id: &str, value: &str) -> Result<i64, StoreError> {
+        self.client
+            .put_parameter()
+            .name(id)
+            .value(value)
+            .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+            .tier(tier_for(value))
+            .overwrite(true)
+            .send()
+            .await
+            .map(|out| out.version())
+            .map_err(|e| map_err(&e).1)
     }
 }
 
@@ -267,12 +368,8 @@ fn tier_for(value: &str) -> aws_sdk_ssm::types::ParameterTier {
 impl SsmStore {
     /// Creates the SecureString parameter with its tags; `Ok(false)` when the name exists.
     async fn create_parameter(&self, id: &str, value: &str) -> Result<bool, StoreError> {
-        use aws_sdk_ssm::types::{ParameterType, Tag};
-        let tags: Vec<Tag> = self
-            .tags
-            .iter()
-            .filter_map(|(k, v)| Tag::builder().key(k).value(v).build().ok())
-            .collect();
+        use aws_sdk_ssm::types::ParameterType;
+        let tags = self.ssm_tags();
         let created = self
             .client
             .put_parameter()
@@ -311,37 +408,50 @@ impl SecretStore for SsmStore {
                     (_, err) => Err(err),
                 },
             }
+            .inspect(|v| self.known.saw(id, v.is_some()))
         })
     }
 
+    /// Create with tags; AWS refuses tags together with `Overwrite`, so an existing parameter
+    /// is overwritten without them. An id known to exist is overwritten in one call; should it
+    /// have been deleted meanwhile, the overwrite made it (version 1) and it is tagged then.
     fn put<'a>(&'a self, id: &'a str, value: &'a str) -> StoreFuture<'a, ()> {
         Box::pin(async move {
-            // Create with tags; AWS refuses tags together with Overwrite, so an existing
-            // parameter is overwritten without them.
-            if self.create_parameter(id, value).await? {
+            if self.known.has(id) {
+                let version = self.overwrite(id, value).await?;
+                let tags = self.ssm_tags();
+                if version == 1 && !tags.is_empty() {
+                    self.client
+                        .add_tags_to_resource()
+                        .resource_type(aws_sdk_ssm::types::ResourceTypeForTagging::Parameter)
+                        .resource_id(id)
+                        .set_tags(Some(tags))
+                        .send()
+                        .await
+                        .map_err(|e| map_err(&e).1)?;
+                }
                 return Ok(());
             }
-            self.client
-                .put_parameter()
-                .name(id)
-                .value(value)
-                .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
-                .tier(tier_for(value))
-                .overwrite(true)
-                .send()
-                .await
-                .map(|_| ())
-                .map_err(|e| map_err(&e).1)
+            if !self.create_parameter(id, value).await? {
+                self.overwrite(id, value).await?;
+            }
+            self.known.add(id);
+            Ok(())
         })
     }
 
     /// `PutParameter` without `Overwrite`, which AWS refuses for a name that exists.
     fn create<'a>(&'a self, id: &'a str, value: &'a str) -> StoreFuture<'a, bool> {
-        Box::pin(self.create_parameter(id, value))
+        Box::pin(async move {
+            let created = self.create_parameter(id, value).await?;
+            self.known.add(id);
+            Ok(created)
+        })
     }
 
     fn delete<'a>(&'a self, id: &'a str) -> StoreFuture<'a, ()> {
         Box::pin(async move {
+            self.known.remove(id);
             match self.client.delete_parameter().name(id).send().await {
                 Ok(_) => Ok(()),
                 Err(e) => match map_err(&e) {
