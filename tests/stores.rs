@@ -103,6 +103,35 @@ fn moto_config(provider: &str, url: &str) -> Config {
     ))
 }
 
+/// The tags AWS holds on the secret (`managed-aws`) or parameter (`managed-aws-ssm`) `id`.
+async fn aws_tags(cfg: &Config, id: &str) -> Vec<(String, String)> {
+    let sdk = om_secrets_proxy::secrets::aws::sdk_config(&cfg.secrets).await;
+    if cfg.secrets.provider.name() == "managed-aws" {
+        let d = aws_sdk_secretsmanager::Client::new(&sdk)
+            .describe_secret()
+            .secret_id(id)
+            .send()
+            .await
+            .unwrap();
+        d.tags()
+            .iter()
+            .map(|t| (t.key().unwrap_or("").into(), t.value().unwrap_or("").into()))
+            .collect()
+    } else {
+        let t = aws_sdk_ssm::Client::new(&sdk)
+            .list_tags_for_resource()
+            .resource_type(aws_sdk_ssm::types::ResourceTypeForTagging::Parameter)
+            .resource_id(id)
+            .send()
+            .await
+            .unwrap();
+        t.tag_list()
+            .iter()
+            .map(|t| (t.key().to_string(), t.value().to_string()))
+            .collect()
+    }
+}
+
 async fn store_for(cfg: &Config) -> Arc<dyn SecretStore> {
     let keys = FernetKeys::new(&cfg.fernet.keys).unwrap();
     open_store(cfg, &keys, Arc::new(Metrics::default()))
@@ -137,6 +166,8 @@ async fn aws_secrets_manager_creates_secrets_with_tags_and_a_description() {
     let id = format!("/omsp-test/{}/database/x/password", unique());
     store.put(&id, "v").await.unwrap();
     store.put(&id, "v2").await.unwrap();
+    let tags = aws_tags(&cfg, &id).await;
+    assert!(tags.contains(&("team".into(), "data".into())), "{tags:?}");
     let sdk = om_secrets_proxy::secrets::aws::sdk_config(&cfg.secrets).await;
     let d = aws_sdk_secretsmanager::Client::new(&sdk)
         .describe_secret()
@@ -144,17 +175,6 @@ async fn aws_secrets_manager_creates_secrets_with_tags_and_a_description() {
         .send()
         .await
         .unwrap();
-    let tags: Vec<(String, String)> = d
-        .tags()
-        .iter()
-        .map(|t| {
-            (
-                t.key().unwrap_or("").to_string(),
-                t.value().unwrap_or("").to_string(),
-            )
-        })
-        .collect();
-    assert!(tags.contains(&("team".into(), "data".into())), "{tags:?}");
     assert!(d.description().unwrap_or("").contains("OpenMetadata"));
     store.delete(&id).await.unwrap();
 }
@@ -180,18 +200,8 @@ async fn aws_ssm_tags_a_new_parameter_and_overwrites_without_tags() {
     store.put(&id, "v").await.unwrap();
     store.put(&id, "v2").await.unwrap();
     assert_eq!(store.get(&id).await.unwrap().as_deref(), Some("v2"));
-    let sdk = om_secrets_proxy::secrets::aws::sdk_config(&cfg.secrets).await;
-    let t = aws_sdk_ssm::Client::new(&sdk)
-        .list_tags_for_resource()
-        .resource_type(aws_sdk_ssm::types::ResourceTypeForTagging::Parameter)
-        .resource_id(&id)
-        .send()
-        .await
-        .unwrap();
-    assert!(t
-        .tag_list()
-        .iter()
-        .any(|t| t.key() == "team" && t.value() == "data"));
+    let tags = aws_tags(&cfg, &id).await;
+    assert!(tags.contains(&("team".into(), "data".into())), "{tags:?}");
     store.delete(&id).await.unwrap();
 }
 
@@ -218,31 +228,7 @@ async fn aws_writes_after_a_delete_by_another_replica_land_with_tags() {
             Some("v3"),
             "{provider}"
         );
-        let sdk = om_secrets_proxy::secrets::aws::sdk_config(&cfg.secrets).await;
-        let tags: Vec<(String, String)> = if provider == "managed-aws" {
-            let d = aws_sdk_secretsmanager::Client::new(&sdk)
-                .describe_secret()
-                .secret_id(&id)
-                .send()
-                .await
-                .unwrap();
-            d.tags()
-                .iter()
-                .map(|t| (t.key().unwrap_or("").into(), t.value().unwrap_or("").into()))
-                .collect()
-        } else {
-            let t = aws_sdk_ssm::Client::new(&sdk)
-                .list_tags_for_resource()
-                .resource_type(aws_sdk_ssm::types::ResourceTypeForTagging::Parameter)
-                .resource_id(&id)
-                .send()
-                .await
-                .unwrap();
-            t.tag_list()
-                .iter()
-                .map(|t| (t.key().to_string(), t.value().to_string()))
-                .collect()
-        };
+        let tags = aws_tags(&cfg, &id).await;
         assert!(
             tags.contains(&("team".into(), "data".into())),
             "{provider}: {tags:?}"
