@@ -294,6 +294,8 @@ MASK_ONLY_KINDS = {
         "current_route": "/name/{name}",
         "routes": [
             {"methods": ["GET"], "path": "/{id}/destinations", "op": "read", "response_at": "$.destinations"},
+            # OpenMetadata's by-id route (EventSubscriptionResource): a bare array of destinations.
+            {"methods": ["GET"], "path": "/id/{id}/destinations", "op": "read", "response_at": "$.destinations"},
             {"methods": ["GET"], "path": "/name/{name}/destinations", "op": "read", "response_at": "$.destinations"},
         ] + ENTITY_ROUTES,
         "secrets": [

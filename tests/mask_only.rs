@@ -269,6 +269,7 @@ async fn event_subscription_secrets_are_masked_everywhere_and_survive_a_mask_rou
         format!("{SUBS}/{id}/versions"),
         format!("{SUBS}/{id}/versions/0.2"),
         format!("{SUBS}/{id}/destinations"),
+        format!("{SUBS}/id/{id}/destinations"),
         format!("{SUBS}/name/hook/destinations"),
         // Change events are on a route without rules: the safety net masks them.
         "/api/v1/events".to_string(),

@@ -877,6 +877,8 @@ impl Emulator {
                 // The asynchronous delete answers like the synchronous one here.
                 let rest = match rest {
                     ["async", id] if m == Method::DELETE => std::slice::from_ref(id),
+                    // An alert's destinations by id, as OpenMetadata routes them.
+                    ["id", id, "destinations"] if coll == "events/subscriptions" => &rest[1..],
                     r => r,
                 };
                 let (key, by_name, after) = match rest {
