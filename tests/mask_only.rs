@@ -369,11 +369,22 @@ async fn smtp_and_slack_settings_are_masked_and_survive_a_mask_round_trip() {
     .await;
     refused_422(&emu, &a, before).await;
     assert!(a.text().contains("clientId"), "{}", a.text());
+    // Another secret of the setting sent in clear next to the mask: refused even when it is
+    // the held value (no answer confirms a guess: fourth probe of the masked-only kinds).
+    let before = writes_so_far(&emu);
     let a = write(
         &gw,
         Method::PATCH,
         &slack_path,
         slack_patch("/clientSecret", "SLC-sec-2"),
+    )
+    .await;
+    refused_422(&emu, &a, before).await;
+    let a = write(
+        &gw,
+        Method::PATCH,
+        &slack_path,
+        slack_patch("/clientSecret", MASK),
     )
     .await;
     assert_eq!(a.status, 200, "{}", a.text());
@@ -636,8 +647,16 @@ async fn app_credentials_are_masked_and_survive_a_mask_round_trip_and_a_trigger(
         &last_forwarded(&emu, Method::PUT, APPS),
         &["xoxp-user-4", "xoxb-bot-5"],
     );
+    // Another secret of the context sent in clear next to a mask: refused whether or not it
+    // is the value OpenMetadata holds (no answer confirms a guess); sent as masks, kept.
     let mut masked = snow;
     masked["appConfiguration"]["connectionConfig"]["privateKey"] = json!(MASK);
+    assert_eq!(
+        write(&gw, Method::PUT, APPS, masked.clone()).await.status,
+        422
+    );
+    masked["appConfiguration"]["connectionConfig"]["password"] = json!(MASK);
+    masked["appConfiguration"]["connectionConfig"]["snowflakePrivatekeyPassphrase"] = json!(MASK);
     assert_eq!(write(&gw, Method::PUT, APPS, masked).await.status, 200);
     let held = upstream(&emu, &format!("{APPS}/name/SnowflakeSync")).await;
     assert_eq!(
@@ -1120,6 +1139,7 @@ async fn a_mask_is_kept_only_where_it_goes_unchanged_and_never_comes_back_in_tex
         d["config"]["endpoint"] = json!(endpoint);
         d["config"]["secretKey"] = json!(MASK);
         d["config"]["headers"]["Authorization"] = json!(MASK);
+        d["config"]["authType"]["secretKey"] = json!(MASK);
         json!({"name": "hook", "destinations": [d]})
     };
     // To a webhook of the caller's choosing (the endpoint is itself a secret field): refused.
@@ -1133,8 +1153,9 @@ async fn a_mask_is_kept_only_where_it_goes_unchanged_and_never_comes_back_in_tex
     .await;
     refused_422(&emu, &a, before).await;
     assert!(a.text().contains("endpoint"), "{}", a.text());
-    // Where it already goes: the values are filled in (the emulator has no such route and
-    // answers 404, after recording what it received).
+    // The held endpoint sent in clear: refused too, as any other value would be (the endpoint
+    // is a secret: no answer may tell whether a guess of it was right).
+    let before = writes_so_far(&emu);
     let a = write(
         &gw,
         Method::POST,
@@ -1142,9 +1163,14 @@ async fn a_mask_is_kept_only_where_it_goes_unchanged_and_never_comes_back_in_tex
         probe("https://hooks.example.org/in?token=EP-9f1"),
     )
     .await;
+    refused_422(&emu, &a, before).await;
+    // Where it already goes (the endpoint masked too, as a person's client read it): the values
+    // are filled in (the emulator has no such route and answers 404, after recording what it
+    // received).
+    let a = write(&gw, Method::POST, &test, probe(MASK)).await;
     assert_ne!(a.status, 422, "{}", a.text());
     let r = last_forwarded(&emu, Method::POST, &test);
-    forwarded_values_not_masks(&r, &["SK-hmac-77", "HDR-55a"]);
+    forwarded_values_not_masks(&r, &["SK-hmac-77", "HDR-55a", "AT-bearer-31", "EP-9f1"]);
     // An upstream error quoting what it received: the caller sees neither value in it.
     emu.set_canned(
         &test,
@@ -1156,13 +1182,7 @@ async fn a_mask_is_kept_only_where_it_goes_unchanged_and_never_comes_back_in_tex
             )
         },
     );
-    let a = write(
-        &gw,
-        Method::POST,
-        &test,
-        probe("https://hooks.example.org/in?token=EP-9f1"),
-    )
-    .await;
+    let a = write(&gw, Method::POST, &test, probe(MASK)).await;
     assert_eq!(a.status, 400, "{}", a.text());
     for v in ["SK-hmac-77", "HDR-55a"] {
         assert!(!a.text().contains(v), "{v} came back: {}", a.text());
@@ -1190,4 +1210,94 @@ async fn a_mask_is_kept_only_where_it_goes_unchanged_and_never_comes_back_in_tex
     .await;
     refused_422(&emu, &a, before).await;
     assert!(a.text().contains("hostPort"), "{}", a.text());
+}
+
+/// Fourth probe of the masked-only kinds: a patch that changes only where a held secret goes
+/// (an alert's endpoint or token URL, the SMTP server) is refused, as a mask next to such a
+/// change is; rotating one secret of a destination, or a switch or number next to one, is
+/// not. And no answer tells whether a secret sent in clear next to a mask is the held one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_patch_never_moves_a_kept_secret_and_no_answer_confirms_a_guess() {
+    let (emu, gw, _mem) = setup(|_| {}).await;
+    let a = write(&gw, Method::POST, SUBS, subscription()).await;
+    assert_eq!(a.status, 201, "{}", a.text());
+    let id = a.json()["id"].as_str().expect("id").to_string();
+    let one = format!("{SUBS}/{id}");
+    let op = |path: &str, value: Value| json!([{"op": "replace", "path": path, "value": value}]);
+    for (path, value) in [
+        (
+            "/destinations/0/config/endpoint",
+            json!("https://evil.example/x"),
+        ),
+        (
+            "/destinations/1/config/authType/tokenUrl",
+            json!("https://evil.example/t"),
+        ),
+        (
+            "/destinations/1/config/endpoint",
+            json!("https://evil.example/2"),
+        ),
+    ] {
+        let before = writes_so_far(&emu);
+        let a = write(&gw, Method::PATCH, &one, op(path, value)).await;
+        refused_422(&emu, &a, before).await;
+        assert!(!a.text().contains("AT-bearer-31") && !a.text().contains("OC-secret-12"));
+    }
+    let held = upstream(&emu, &one).await;
+    assert_eq!(
+        held["destinations"][0]["config"]["endpoint"],
+        "https://hooks.example.org/in?token=EP-9f1"
+    );
+    // Rotating one key of a destination, and a number next to its secrets, go through.
+    let a = write(
+        &gw,
+        Method::PATCH,
+        &one,
+        op("/destinations/0/config/secretKey", json!("SK-rot-1")),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    let a = write(
+        &gw,
+        Method::PATCH,
+        &one,
+        json!([{"op": "add", "path": "/destinations/0/timeout", "value": 30}]),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(
+        upstream(&emu, &one).await["destinations"][0]["config"]["secretKey"],
+        "SK-rot-1"
+    );
+
+    // The SMTP server moved by a patch that leaves the password alone.
+    let email = json!({"config_type": "emailConfiguration", "config_value": {
+        "username": "mailer", "password": "SMTP-pw-9", "senderMail": "om@example.org",
+        "serverEndpoint": "smtp.example.org", "serverPort": 587}});
+    assert_eq!(write(&gw, Method::PUT, SETTINGS, email).await.status, 200);
+    let before = writes_so_far(&emu);
+    let a = write(
+        &gw,
+        Method::PATCH,
+        &format!("{SETTINGS}/emailConfiguration"),
+        op("/serverEndpoint", json!("smtp.evil.example")),
+    )
+    .await;
+    refused_422(&emu, &a, before).await;
+
+    // A guess of one secret next to masks: the same answer whether it is right or wrong.
+    let guess = |key: &str| {
+        let mut b = subscription();
+        let c = &mut b["destinations"][0]["config"];
+        c["endpoint"] = json!(MASK);
+        c["secretKey"] = json!(key);
+        c["headers"]["Authorization"] = json!(MASK);
+        c["authType"]["secretKey"] = json!(MASK);
+        b
+    };
+    let before = writes_so_far(&emu);
+    let right = write(&gw, Method::PUT, SUBS, guess("SK-rot-1")).await;
+    let wrong = write(&gw, Method::PUT, SUBS, guess("SK-wrong-0")).await;
+    refused_422(&emu, &right, before).await;
+    assert_eq!(right.text(), wrong.text());
 }

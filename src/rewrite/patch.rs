@@ -292,6 +292,43 @@ pub(crate) fn steps_of(doc: &Value, pointer: &str) -> Vec<Step> {
     steps
 }
 
+/// Every place a patch writes or removes, as steps in `doc` (what it applies to): each JSON
+/// Patch op's `path` (and a `move`'s `from`), read on `doc` as it stands before the patch;
+/// each leaf of a merge patch (a member set to a scalar, an array or `null`).
+pub(crate) fn touched(body: &PatchBody, doc: &Value) -> Vec<Vec<Step>> {
+    fn leaves(v: &Value, at: &mut Vec<Step>, out: &mut Vec<Vec<Step>>) {
+        match v {
+            Value::Object(m) if !m.is_empty() => {
+                for (k, child) in m {
+                    at.push(Step::Key(k.clone()));
+                    leaves(child, at, out);
+                    at.pop();
+                }
+            }
+            _ => out.push(at.clone()),
+        }
+    }
+    let mut out = Vec::new();
+    match body {
+        PatchBody::Merge(m) => leaves(m, &mut Vec::new(), &mut out),
+        PatchBody::Json(patch) => {
+            for op in &patch.0 {
+                let (path, from) = match op {
+                    PatchOperation::Add(o) => (o.path.as_str(), None),
+                    PatchOperation::Remove(o) => (o.path.as_str(), None),
+                    PatchOperation::Replace(o) => (o.path.as_str(), None),
+                    PatchOperation::Move(o) => (o.path.as_str(), Some(o.from.as_str())),
+                    PatchOperation::Copy(o) => (o.path.as_str(), None),
+                    PatchOperation::Test(_) => continue,
+                };
+                out.push(steps_of(doc, path));
+                out.extend(from.map(|f| steps_of(doc, f)));
+            }
+        }
+    }
+    out
+}
+
 /// The JSON Patch that turns `from` into `to`.
 pub(crate) fn diff(from: &Value, to: &Value) -> Patch {
     json_patch::diff(from, to)

@@ -89,10 +89,15 @@ impl Gateway {
         })?;
         let current = self.current(m.rule, &path).await?;
         let sent = wrap_at(&at, doc);
+        let spots: Vec<Vec<Step>> = rules
+            .find_secrets_under(m.rule, &[], &sent)
+            .into_iter()
+            .map(|f| f.steps)
+            .collect();
         let mut edits = Vec::with_capacity(masks.len());
         let mut filled = Vec::with_capacity(masks.len());
         for steps in &masks {
-            refuse_redirect(m.rule, steps, &sent, &current.entity)?;
+            refuse_redirect(m.rule, steps, &sent, &current.entity, &spots)?;
             let held = held_value(&current.entity, steps)?;
             filled.extend(held.as_str().map(str::to_string));
             edits.push((steps[at.len()..].to_vec(), held));
@@ -141,15 +146,24 @@ impl Gateway {
         };
         refuse_moves_out_of_secrets(&body, &target, &secrets)?;
         let mut result = patch::apply(&target, &body, &secrets)?;
+        refuse_changes_around_kept_secrets(m.rule, &at, &body, &target, &result, &secrets)?;
         let mut filled = Vec::new();
         let sent = wrap_at(&at, result.clone());
+        // The secrets the patch writes (equal to the held value or not: comparing would
+        // answer a guess); those it leaves alone are not sent.
+        let touched = patch::touched(&body, &target);
+        let spots: Vec<Vec<Step>> = secrets(&result)
+            .into_iter()
+            .filter(|s| touched.iter().any(|t| s.starts_with(t)))
+            .map(|s| [at.as_slice(), &s].concat())
+            .collect();
         for steps in secrets(&result) {
             let v = get(&result, &steps);
             // A mask the upstream already held (an old bug stored it) and the patch left alone
             // is not forwarded: the diff leaves it out.
             if v.and_then(classify) == Some(FieldValue::Mask) && get(&target, &steps) != v {
                 let abs = [at.as_slice(), &steps].concat();
-                refuse_redirect(m.rule, &abs, &sent, &current.entity)?;
+                refuse_redirect(m.rule, &abs, &sent, &current.entity, &spots)?;
                 let held = held_value(&current.entity, &abs)?;
                 filled.extend(held.as_str().map(str::to_string));
                 if let Some(slot) = crate::rules::jsonpath::get_mut(&mut result, &steps) {
@@ -253,13 +267,17 @@ fn refuse_redirect(
     steps: &[Step],
     sent: &Value,
     held: &Value,
+    secrets_sent: &[Vec<Step>],
 ) -> Result<(), GatewayError> {
     let ctx = context_of(rule, steps);
     let (Some(sent_ctx), held_ctx) = (get(sent, &ctx), get(held, &ctx)) else {
         return Ok(());
     };
     let mut at = Vec::new();
-    match first_difference(sent_ctx, held_ctx, &mut at) {
+    // A value sent in clear for another secret of the context counts as a change whatever it
+    // is: comparing it with the held one would tell a caller whether a guess was right.
+    let secret = |rel: &[Step]| secrets_sent.contains(&[ctx.as_slice(), rel].concat());
+    match first_difference(sent_ctx, held_ctx, &mut at, &secret) {
         None => Ok(()),
         Some(diff) => Err(GatewayError::Unprocessable(format!(
             "{}: a mask was sent while {} differs from what OpenMetadata holds; a masked value is kept only where everything around it is unchanged: send the value itself to change where it goes",
@@ -267,6 +285,70 @@ fn refuse_redirect(
             render(&[ctx.as_slice(), &diff].concat())
         ))),
     }
+}
+
+/// A patch keeps every held secret it does not write: where such a secret goes (its context,
+/// as for a mask: [`refuse_redirect`]) must then stay as it is, or a person could send a value
+/// they never see to a host of their choosing by patching only the host (an alert's endpoint,
+/// the SMTP server, an app's database host). 422 when an op writes, inside the context of a
+/// secret it leaves alone, a place that can direct it: a member that is not a secret, set to
+/// text or a structure (a host, a URL, a port written as text; switches and numbers do not
+/// count), or a secret whose name says it is a place (`endpoint`, `url`, `uri`, `host`,
+/// `address`, `server`: a Slack webhook's URL is both). Whatever the values: no answer tells
+/// whether a value equals the held one. Writing a new value for another secret (rotating one
+/// key of a destination) is accepted, and so is writing the kept secret too.
+fn refuse_changes_around_kept_secrets(
+    rule: &Rule,
+    at: &[Step],
+    body: &PatchBody,
+    target: &Value,
+    result: &Value,
+    secrets: &dyn Fn(&Value) -> Vec<Vec<Step>>,
+) -> Result<(), GatewayError> {
+    let touched = patch::touched(body, target);
+    let within = |outer: &[Step], inner: &[Step]| inner.starts_with(outer);
+    let held_secrets = secrets(target);
+    let secret_now = secrets(result);
+    let is_secret = |t: &Vec<Step>| held_secrets.contains(t) || secret_now.contains(t);
+    let place = |t: &[Step]| match t.last() {
+        Some(Step::Key(k)) => {
+            let k = k.to_ascii_lowercase();
+            ["endpoint", "url", "uri", "host", "address", "server"]
+                .iter()
+                .any(|w| k.contains(w))
+        }
+        _ => false,
+    };
+    // A secret place counts whether or not its new value equals the held one (comparing it
+    // would answer a guess); a plain member counts when its text or structure changes.
+    let directs = |t: &Vec<Step>| {
+        if is_secret(t) {
+            return place(t);
+        }
+        let text = |v: Option<&Value>| v.is_some_and(|v| !v.is_boolean() && !v.is_number());
+        get(result, t) != get(target, t) && (text(get(result, t)) || text(get(target, t)))
+    };
+    for kept in &held_secrets {
+        let holds = matches!(
+            get(target, kept).and_then(classify),
+            Some(FieldValue::Plain(_) | FieldValue::Reference(_) | FieldValue::Fernet(_))
+        );
+        if !holds || touched.iter().any(|t| within(t, kept)) {
+            continue;
+        }
+        let abs = [at, kept.as_slice()].concat();
+        let ctx = context_of(rule, &abs);
+        let rel = ctx.get(at.len()..).unwrap_or_default();
+        let changed = touched.iter().find(|t| within(rel, t) && directs(t));
+        if let Some(t) = changed {
+            return Err(GatewayError::Unprocessable(format!(
+                "the patch changes {} next to {}, which it does not send; a secret is kept only where everything that directs it is unchanged: send its value too",
+                render(&[at, t.as_slice()].concat()),
+                render(&abs)
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The context of a secret field at `steps` ([`refuse_redirect`]).
@@ -295,24 +377,30 @@ const VOLATILE: &[&str] = &["statusDetails"];
 /// The first scalar of `sent` that `held` does not hold the same at the same place: secret
 /// fields included (an endpoint that carries a token is one), masks excepted (they are what
 /// is being kept); members `sent` leaves out do not count.
-fn first_difference(sent: &Value, held: Option<&Value>, at: &mut Vec<Step>) -> Option<Vec<Step>> {
+fn first_difference(
+    sent: &Value,
+    held: Option<&Value>,
+    at: &mut Vec<Step>,
+    secret: &dyn Fn(&[Step]) -> bool,
+) -> Option<Vec<Step>> {
     match sent {
+        mask if classify(mask) == Some(FieldValue::Mask) => None,
+        _ if secret(at) => Some(at.clone()),
         Value::Object(m) => m
             .iter()
             .filter(|(k, _)| !VOLATILE.contains(&k.as_str()))
             .find_map(|(k, child)| {
                 at.push(Step::Key(k.clone()));
-                let d = first_difference(child, held.and_then(|h| h.get(k)), at);
+                let d = first_difference(child, held.and_then(|h| h.get(k)), at, secret);
                 at.pop();
                 d
             }),
         Value::Array(items) => items.iter().enumerate().find_map(|(i, child)| {
             at.push(Step::Index(i));
-            let d = first_difference(child, held.and_then(|h| h.get(i)), at);
+            let d = first_difference(child, held.and_then(|h| h.get(i)), at, secret);
             at.pop();
             d
         }),
-        mask if classify(mask) == Some(FieldValue::Mask) => None,
         scalar => (held != Some(scalar)).then(|| at.clone()),
     }
 }
@@ -397,7 +485,10 @@ mod tests {
                           "headers": {"X": "v"}});
         let same = json!({"endpoint": "https://a", "secretKey": "*********",
                           "statusDetails": {"status": "active", "lastFailedAt": 1}});
-        assert_eq!(first_difference(&same, Some(&held), &mut Vec::new()), None);
+        assert_eq!(
+            first_difference(&same, Some(&held), &mut Vec::new(), &|_| false),
+            None
+        );
         for (sent, at) in [
             (
                 json!({"endpoint": "https://b", "secretKey": "*********"}),
@@ -413,7 +504,8 @@ mod tests {
                 "proxy",
             ),
         ] {
-            let d = first_difference(&sent, Some(&held), &mut Vec::new()).expect("differs");
+            let d =
+                first_difference(&sent, Some(&held), &mut Vec::new(), &|_| false).expect("differs");
             assert!(render(&d).contains(at), "{sent}: {}", render(&d));
         }
     }
