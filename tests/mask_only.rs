@@ -1301,3 +1301,106 @@ async fn a_patch_never_moves_a_kept_secret_and_no_answer_confirms_a_guess() {
     refused_422(&emu, &right, before).await;
     assert_eq!(right.text(), wrong.text());
 }
+
+/// Fifth probe of the masked-only kinds, aimed at the patch rule: shifting a destination's
+/// index first (add, remove, move), a secret that is itself a place (`connectionString`), a
+/// switch or a port that says how a secret travels, an app trigger's partial override, and a
+/// `test` op on text that reads masked. Each is refused, and nothing reaches the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_patch_cannot_shift_rename_or_override_its_way_around_a_kept_secret() {
+    let (emu, gw, _mem) = setup(|_| {}).await;
+    let a = write(&gw, Method::POST, SUBS, subscription()).await;
+    assert_eq!(a.status, 201, "{}", a.text());
+    let one = format!("{SUBS}/{}", a.json()["id"].as_str().expect("id"));
+    let email =
+        json!({"category": "External", "type": "Email", "config": {"receivers": ["a@x.org"]}});
+    let evil = json!("https://evil.example/x");
+    for ops in [
+        json!([{"op": "add", "path": "/destinations/0", "value": email},
+               {"op": "replace", "path": "/destinations/1/config/endpoint", "value": evil}]),
+        json!([{"op": "add", "path": "/destinations/0", "value": email},
+               {"op": "remove", "path": "/destinations/0"},
+               {"op": "replace", "path": "/destinations/0/config/endpoint", "value": evil}]),
+        json!([{"op": "add", "path": "/destinations/-", "value": email}]),
+        json!([{"op": "move", "from": "/destinations/2", "path": "/destinations/0"}]),
+    ] {
+        let before = writes_so_far(&emu);
+        let a = write(&gw, Method::PATCH, &one, ops.clone()).await;
+        refused_422(&emu, &a, before).await;
+    }
+    // A test op on text that reads masked answers like one on a secret field.
+    emu.seed("events/subscriptions", {
+        let mut s = subscription();
+        s["name"] = json!("seeded");
+        s["description"] = json!("relay at https://u:REL-pw-3@relay.example.org");
+        s
+    });
+    let seeded = format!("{SUBS}/name/seeded");
+    let id = upstream(&emu, &seeded).await["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let mut answers = Vec::new();
+    for guess in [
+        "relay at https://u:REL-pw-3@relay.example.org",
+        "relay at https://u:wrong@relay.example.org",
+    ] {
+        let a = write(
+            &gw,
+            Method::PATCH,
+            &format!("{SUBS}/{id}"),
+            json!([{"op": "test", "path": "/description", "value": guess}]),
+        )
+        .await;
+        answers.push((a.status, a.text()));
+    }
+    assert_eq!(answers[0], answers[1]);
+    assert_eq!(answers[0].0, 422);
+
+    // Apps: a connection string (a secret that is a place), a port, TLS switched off, and a
+    // trigger's partial override, each next to the held password.
+    let app = json!({"name": "PgSync", "appConfiguration": {"type": "Postgres",
+        "connectionConfig": {"username": "om", "password": "APP-pw-7", "hostPort": "db.example.org:5432",
+            "connectionString": "postgresql://om@db.example.org/app", "sslMode": "require", "port": 5432}}});
+    assert_eq!(write(&gw, Method::POST, APPS, app).await.status, 201);
+    let pg = format!("{APPS}/name/PgSync");
+    for (path, value) in [
+        (
+            "/appConfiguration/connectionConfig/connectionString",
+            json!("postgresql://om@evil.example/app"),
+        ),
+        ("/appConfiguration/connectionConfig/port", json!(6543)),
+        (
+            "/appConfiguration/connectionConfig/sslMode",
+            json!("disable"),
+        ),
+    ] {
+        let before = writes_so_far(&emu);
+        let a = write(
+            &gw,
+            Method::PATCH,
+            &pg,
+            json!([{"op": "replace", "path": path, "value": value}]),
+        )
+        .await;
+        refused_422(&emu, &a, before).await;
+    }
+    let before = writes_so_far(&emu);
+    let a = write(
+        &gw,
+        Method::POST,
+        &format!("{APPS}/trigger/PgSync"),
+        json!({"connectionConfig": {"hostPort": "evil.example:5432"}}),
+    )
+    .await;
+    refused_422(&emu, &a, before).await;
+    // A trigger that overrides nothing near the password goes through.
+    let a = write(
+        &gw,
+        Method::POST,
+        &format!("{APPS}/trigger/PgSync"),
+        json!({"batchSize": 10}),
+    )
+    .await;
+    assert_ne!(a.status, 422, "{}", a.text());
+}

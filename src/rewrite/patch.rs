@@ -122,7 +122,11 @@ pub(crate) fn apply(
                         let at = steps_of(&doc, t.path.as_str());
                         let mut spots = secrets(&doc);
                         spots.extend(origin.iter().cloned());
+                        // Text that reads masked (a URL with a password, `password=...`,
+                        // a reference) is compared no more than a secret field is.
+                        let hidden = crate::rules::jsonpath::get(&doc, &at).is_some_and(hides_text);
                         let touches = moved_secret
+                            || hidden
                             || spots.iter().any(|s| related(s, &at))
                             || !secrets_in_value(&at, &t.value, secrets).is_empty();
                         if touches {
@@ -290,6 +294,58 @@ pub(crate) fn steps_of(doc: &Value, pointer: &str) -> Vec<Step> {
         steps.push(step);
     }
     steps
+}
+
+/// Whether any string in `v` is one that reads masked whatever field holds it: credentials
+/// inside text (judged as if every key named a secret) and references or tokens.
+fn hides_text(v: &Value) -> bool {
+    match v {
+        Value::String(s) => {
+            s.contains("secret:")
+                || s.contains("fernet:")
+                || crate::rewrite::structure::credential_in_text(s, |_| true)
+        }
+        Value::Array(a) => a.iter().any(hides_text),
+        Value::Object(m) => m.values().any(hides_text),
+        _ => false,
+    }
+}
+
+/// The array elements a JSON Patch adds, removes, moves or copies (the op's `path`, and a
+/// `move`'s or `copy`'s `from`, where its parent in `doc` is an array), as the arrays' steps:
+/// such ops shift the places of the elements after them.
+pub(crate) fn reshaped_arrays(body: &PatchBody, doc: &Value) -> Vec<Vec<Step>> {
+    let PatchBody::Json(patch) = body else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let mut parent_of = |pointer: &str| {
+        let steps = steps_of(doc, pointer);
+        if let Some((_, parent)) = steps.split_last() {
+            if matches!(
+                crate::rules::jsonpath::get(doc, parent),
+                Some(Value::Array(_))
+            ) {
+                out.push(parent.to_vec());
+            }
+        }
+    };
+    for op in &patch.0 {
+        match op {
+            PatchOperation::Add(o) => parent_of(o.path.as_str()),
+            PatchOperation::Remove(o) => parent_of(o.path.as_str()),
+            PatchOperation::Move(o) => {
+                parent_of(o.path.as_str());
+                parent_of(o.from.as_str());
+            }
+            PatchOperation::Copy(o) => {
+                parent_of(o.path.as_str());
+                parent_of(o.from.as_str());
+            }
+            PatchOperation::Replace(_) | PatchOperation::Test(_) => {}
+        }
+    }
+    out
 }
 
 /// Every place a patch writes or removes, as steps in `doc` (what it applies to): each JSON

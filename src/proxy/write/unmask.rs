@@ -76,6 +76,13 @@ impl Gateway {
         refuse_too_deep(&wrap_at(&at, doc.clone()))?;
         let masks = masked_fields(rules, m.rule, &at, &doc);
         if masks.is_empty() {
+            if !at.is_empty() {
+                // A body that is part of the entity (an app's trigger with a configuration
+                // override, which OpenMetadata lays over the configuration it holds): it keeps
+                // every held secret it leaves out, so it may not move them (as a patch).
+                self.refuse_override_moving_secrets(rules, m, &at, &doc)
+                    .await?;
+            }
             self.guard(rules, m.rule, None)
                 .check(&wrap_at(&at, doc), None)?;
             return Ok(self.forward_bytes(parts, raw.to_vec(), None));
@@ -108,6 +115,41 @@ impl Gateway {
         self.guard(rules, m.rule, None)
             .check(&wrap_at(&at, outgoing), None)?;
         Ok(self.unmasked(parts, out, None, current, filled))
+    }
+
+    /// [`refuse_changes_around_kept_secrets`] for a body laid over what the entity holds at
+    /// `at` (a merge). An entity that cannot be read holds nothing to keep.
+    async fn refuse_override_moving_secrets(
+        &self,
+        rules: &RuleSet,
+        m: &RouteMatch<'_>,
+        at: &[Step],
+        doc: &Value,
+    ) -> Result<(), GatewayError> {
+        let Some(path) = current_path(m, m.rule.current_route.as_deref(), doc) else {
+            return Ok(());
+        };
+        let held = self
+            .upstream
+            .get_json(
+                &format!("{}{path}", m.rule.collection),
+                self.service_auth.as_ref(),
+                self.max_body_bytes,
+            )
+            .await?;
+        let Some(target) = held.as_ref().and_then(|h| get(h, at)).cloned() else {
+            return Ok(());
+        };
+        let secrets = |d: &Value| -> Vec<Vec<Step>> {
+            rules
+                .find_secrets_under(m.rule, at, d)
+                .into_iter()
+                .map(|f| f.steps[at.len()..].to_vec())
+                .collect()
+        };
+        let body = PatchBody::Merge(doc.clone());
+        let result = patch::apply(&target, &body, &secrets)?;
+        refuse_changes_around_kept_secrets(m.rule, at, &body, &target, &result, &secrets)
     }
 
     /// A PATCH: applied locally, masks replaced, the difference forwarded as a JSON Patch.
@@ -308,14 +350,40 @@ fn refuse_changes_around_kept_secrets(
     let touched = patch::touched(body, target);
     let within = |outer: &[Step], inner: &[Step]| inner.starts_with(outer);
     let held_secrets = secrets(target);
+    let holds = |s: &Vec<Step>| {
+        matches!(
+            get(target, s).and_then(classify),
+            Some(FieldValue::Plain(_) | FieldValue::Reference(_) | FieldValue::Fernet(_))
+        )
+    };
+    // Adding, removing, moving or copying elements of an array that holds secrets shifts
+    // every element after them: what an op names is then no longer what it touches, so such
+    // a patch is refused whatever it does (send the whole array, masks for what is unchanged).
+    for array in patch::reshaped_arrays(body, target) {
+        if held_secrets.iter().any(|s| within(&array, s) && holds(s)) {
+            return Err(GatewayError::Unprocessable(format!(
+                "the patch adds, removes or moves elements of {}, which holds secrets: send the whole of it instead, with masks for the secrets that stay",
+                render(&[at, array.as_slice()].concat())
+            )));
+        }
+    }
     let secret_now = secrets(result);
     let is_secret = |t: &Vec<Step>| held_secrets.contains(t) || secret_now.contains(t);
     let place = |t: &[Step]| match t.last() {
         Some(Step::Key(k)) => {
             let k = k.to_ascii_lowercase();
-            ["endpoint", "url", "uri", "host", "address", "server"]
-                .iter()
-                .any(|w| k.contains(w))
+            [
+                "endpoint",
+                "url",
+                "uri",
+                "host",
+                "address",
+                "server",
+                "connection",
+                "dsn",
+            ]
+            .iter()
+            .any(|w| k.contains(w))
         }
         _ => false,
     };
@@ -326,14 +394,23 @@ fn refuse_changes_around_kept_secrets(
             return place(t);
         }
         let text = |v: Option<&Value>| v.is_some_and(|v| !v.is_boolean() && !v.is_number());
-        get(result, t) != get(target, t) && (text(get(result, t)) || text(get(target, t)))
+        // Switches and numbers that say how a secret travels count too (TLS off, a port).
+        let transport = match t.last() {
+            Some(Step::Key(k)) => {
+                let k = k.to_ascii_lowercase();
+                [
+                    "ssl", "tls", "verify", "secure", "port", "protocol", "scheme",
+                ]
+                .iter()
+                .any(|w| k.contains(w))
+            }
+            _ => false,
+        };
+        get(result, t) != get(target, t)
+            && (transport || text(get(result, t)) || text(get(target, t)))
     };
     for kept in &held_secrets {
-        let holds = matches!(
-            get(target, kept).and_then(classify),
-            Some(FieldValue::Plain(_) | FieldValue::Reference(_) | FieldValue::Fernet(_))
-        );
-        if !holds || touched.iter().any(|t| within(t, kept)) {
+        if !holds(kept) || touched.iter().any(|t| within(t, kept)) {
             continue;
         }
         let abs = [at, kept.as_slice()].concat();
