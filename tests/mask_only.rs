@@ -1187,11 +1187,10 @@ async fn a_mask_is_kept_only_where_it_goes_unchanged_and_never_comes_back_in_tex
     for v in ["SK-hmac-77", "HDR-55a"] {
         assert!(!a.text().contains(v), "{v} came back: {}", a.text());
     }
-    assert!(
-        a.text().contains("cannot reach destination"),
-        "{}",
-        a.text()
-    );
+    // Its message is withheld whole, with its status: scrubbing the values out of it would
+    // tell a caller which text of theirs equals one (probe 10).
+    assert_eq!(a.json()["code"], 400);
+    assert!(a.text().contains("withheld"), "{}", a.text());
     emu.clear_canned();
 
     // An app run against a host of the caller's choosing with the app's password: refused.
@@ -1403,4 +1402,60 @@ async fn a_patch_cannot_shift_rename_or_override_its_way_around_a_kept_secret() 
     )
     .await;
     assert_ne!(a.status, 422, "{}", a.text());
+}
+
+/// Sixth probe of the masked-only kinds: the values filled in for masks were scrubbed out of
+/// the answer wherever they stood, so a guess put in a plain member came back masked exactly
+/// when it was right; and a member saying how a secret travels, left out next to its mask,
+/// was removed (the trust store gone) without a word.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_never_mark_a_right_guess_and_a_mask_keeps_its_transport() {
+    let (emu, gw, _mem) = setup(|_| {}).await;
+    let a = write(&gw, Method::POST, SUBS, subscription()).await;
+    assert_eq!(a.status, 201, "{}", a.text());
+    let one = format!("{SUBS}/{}", a.json()["id"].as_str().expect("id"));
+    let mut seen = Vec::new();
+    for guess in ["SK-hmac-77", "SK-wrong-00"] {
+        let ops = json!([
+            {"op": "replace", "path": "/destinations/0/config/secretKey", "value": MASK},
+            {"op": "replace", "path": "/description", "value": format!("guess {guess}")}]);
+        let a = write(&gw, Method::PATCH, &one, ops).await;
+        assert_eq!(a.status, 200, "{}", a.text());
+        seen.push(
+            a.json()["description"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        );
+    }
+    assert_eq!(
+        seen,
+        ["guess SK-hmac-77", "guess SK-wrong-00"],
+        "an answer marked a guess"
+    );
+
+    assert_eq!(
+        write(&gw, Method::PUT, SECURITY, security()).await.status,
+        200
+    );
+    let mut masked = security();
+    let auth = &mut masked["authenticationConfiguration"];
+    auth["ldapConfiguration"]["dnAdminPassword"] = json!(MASK);
+    auth["ldapConfiguration"]["trustStoreConfig"]["customTrustManagerConfig"]
+        ["trustStoreFilePassword"] = json!(MASK);
+    auth["oidcConfiguration"]["secret"] = json!(MASK);
+    auth["samlConfiguration"]["sp"]["spPrivateKey"] = json!(MASK);
+    auth["samlConfiguration"]["security"]["keyStorePassword"] = json!(MASK);
+    // Everything masked as read: kept.
+    let a = write(&gw, Method::PUT, SECURITY, masked.clone()).await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    // The same with the trust store left out: refused.
+    let ldap = &mut masked["authenticationConfiguration"]["ldapConfiguration"];
+    ldap.as_object_mut()
+        .expect("ldap")
+        .remove("trustStoreConfig");
+    let before = writes_so_far(&emu);
+    let a = write(&gw, Method::PUT, SECURITY, masked).await;
+    refused_422(&emu, &a, before).await;
+    assert!(a.text().contains("trustStoreConfig"), "{}", a.text());
 }

@@ -168,6 +168,20 @@ impl Gateway {
             }
             return Ok(respond(parts, decoded, &[]));
         }
+        // Values the gateway filled in for masks: an upstream error may quote the forwarded
+        // body, so its message is withheld whole (scrubbing the values out would tell a caller
+        // which text of theirs equals one). A success is masked by structure as always.
+        if !scope.filled.is_empty() && action != ReadAction::Resolve && !parts.status.is_success() {
+            let body = serde_json::json!({
+                "code": parts.status.as_u16(),
+                "message": "OpenMetadata refused the write; its message is withheld because it may quote the values the gateway filled in for masks"
+            });
+            parts.headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            return Ok(respond(parts, Bytes::from(body.to_string()), &[]));
+        }
         let mut doc = parse_answer(&decoded).map_err(refused)?;
         let ctx = ReadCtx {
             rules: scope.rules,
@@ -180,9 +194,7 @@ impl Gateway {
             markers: may_hold_references(&decoded),
         };
         let degraded = ctx.rewrite(&mut doc).await?;
-        if !scope.filled.is_empty() && action != ReadAction::Resolve {
-            crate::rewrite::response::scrub_values(&mut doc, scope.filled);
-        }
+
         if action == ReadAction::Resolve {
             self.metrics
                 .secrets_resolved

@@ -395,17 +395,7 @@ fn refuse_changes_around_kept_secrets(
         }
         let text = |v: Option<&Value>| v.is_some_and(|v| !v.is_boolean() && !v.is_number());
         // Switches and numbers that say how a secret travels count too (TLS off, a port).
-        let transport = match t.last() {
-            Some(Step::Key(k)) => {
-                let k = k.to_ascii_lowercase();
-                [
-                    "ssl", "tls", "verify", "secure", "port", "protocol", "scheme",
-                ]
-                .iter()
-                .any(|w| k.contains(w))
-            }
-            _ => false,
-        };
+        let transport = matches!(t.last(), Some(Step::Key(k)) if steers(k));
         get(result, t) != get(target, t)
             && (transport || text(get(result, t)) || text(get(target, t)))
     };
@@ -447,6 +437,34 @@ fn context_of(rule: &Rule, steps: &[Step]) -> Vec<Step> {
     ctx
 }
 
+/// A member name that says where or how a secret travels: places (`endpoint`, `url`, `host`,
+/// a connection string, ...) and transport (TLS switches, trust stores, ports, schemes).
+fn steers(name: &str) -> bool {
+    let k = name.to_ascii_lowercase();
+    [
+        "endpoint",
+        "url",
+        "uri",
+        "host",
+        "address",
+        "server",
+        "connection",
+        "dsn",
+        "ssl",
+        "tls",
+        "verify",
+        "secure",
+        "trust",
+        "cert",
+        "port",
+        "protocol",
+        "scheme",
+        "strategy",
+    ]
+    .iter()
+    .any(|w| k.contains(w))
+}
+
 /// Members OpenMetadata itself updates as it works (a destination's delivery status): a body
 /// read a while ago and sent back may differ there without going anywhere else.
 const VOLATILE: &[&str] = &["statusDetails"];
@@ -471,6 +489,15 @@ fn first_difference(
                 let d = first_difference(child, held.and_then(|h| h.get(k)), at, secret);
                 at.pop();
                 d
+            })
+            .or_else(|| {
+                // A held member that says how the secret travels, left out: removed (TLS off,
+                // the trust store gone), so it counts as a change too.
+                let held = held.and_then(Value::as_object)?;
+                held.iter()
+                    .filter(|(k, v)| !m.contains_key(*k) && !v.is_null() && steers(k))
+                    .map(|(k, _)| [at.as_slice(), &[Step::Key(k.clone())]].concat())
+                    .next()
             }),
         Value::Array(items) => items.iter().enumerate().find_map(|(i, child)| {
             at.push(Step::Index(i));
