@@ -369,24 +369,7 @@ fn refuse_changes_around_kept_secrets(
     }
     let secret_now = secrets(result);
     let is_secret = |t: &Vec<Step>| held_secrets.contains(t) || secret_now.contains(t);
-    let place = |t: &[Step]| match t.last() {
-        Some(Step::Key(k)) => {
-            let k = k.to_ascii_lowercase();
-            [
-                "endpoint",
-                "url",
-                "uri",
-                "host",
-                "address",
-                "server",
-                "connection",
-                "dsn",
-            ]
-            .iter()
-            .any(|w| k.contains(w))
-        }
-        _ => false,
-    };
+    let place = |t: &[Step]| matches!(t.last(), Some(Step::Key(k)) if named(k, PLACES));
     // A secret place counts whether or not its new value equals the held one (comparing it
     // would answer a guess); a plain member counts when its text or structure changes.
     let directs = |t: &Vec<Step>| {
@@ -437,32 +420,32 @@ fn context_of(rule: &Rule, steps: &[Step]) -> Vec<Step> {
     ctx
 }
 
+/// Words in the name of a member that says where a secret goes.
+const PLACES: &[&str] = &[
+    "endpoint",
+    "url",
+    "uri",
+    "host",
+    "address",
+    "server",
+    "connection",
+    "dsn",
+];
+
+/// Words in the name of a member that says how a secret travels.
+const TRANSPORT: &[&str] = &[
+    "ssl", "tls", "verify", "secure", "trust", "cert", "port", "protocol", "scheme", "strategy",
+];
+
+fn named(name: &str, words: &[&str]) -> bool {
+    let k = name.to_ascii_lowercase();
+    words.iter().any(|w| k.contains(w))
+}
+
 /// A member name that says where or how a secret travels: places (`endpoint`, `url`, `host`,
 /// a connection string, ...) and transport (TLS switches, trust stores, ports, schemes).
 fn steers(name: &str) -> bool {
-    let k = name.to_ascii_lowercase();
-    [
-        "endpoint",
-        "url",
-        "uri",
-        "host",
-        "address",
-        "server",
-        "connection",
-        "dsn",
-        "ssl",
-        "tls",
-        "verify",
-        "secure",
-        "trust",
-        "cert",
-        "port",
-        "protocol",
-        "scheme",
-        "strategy",
-    ]
-    .iter()
-    .any(|w| k.contains(w))
+    named(name, PLACES) || named(name, TRANSPORT)
 }
 
 /// Members OpenMetadata itself updates as it works (a destination's delivery status): a body
