@@ -934,7 +934,31 @@ fn context_op_strategy() -> impl Strategy<Value = Value> {
         (0u32..100).prop_map(
             |n| json!({"op": "replace", "path": "/description", "value": format!("d{n}")})
         ),
+        // Elements shifted under the ops that follow (a destination added in front, one
+        // removed, one moved).
+        Just(json!({"op": "add", "path": "/destinations/0", "value":
+            {"category": "External", "type": "Email", "config": {"receivers": ["a@x.org"]}}})),
+        Just(json!({"op": "remove", "path": "/destinations/0"})),
+        Just(json!({"op": "move", "from": "/destinations/2", "path": "/destinations/0"})),
     ]
+}
+
+/// Every string of `v` by its path (`statusDetails` aside, which OpenMetadata updates itself).
+fn texts_by_path(v: &Value, at: String, out: &mut std::collections::BTreeMap<String, String>) {
+    match v {
+        Value::String(t) => {
+            out.insert(at, t.clone());
+        }
+        Value::Array(a) => a
+            .iter()
+            .enumerate()
+            .for_each(|(i, x)| texts_by_path(x, format!("{at}/{i}"), out)),
+        Value::Object(m) => m
+            .iter()
+            .filter(|(k, _)| k.as_str() != "statusDetails")
+            .for_each(|(k, x)| texts_by_path(x, format!("{at}/{k}"), out)),
+        _ => {}
+    }
 }
 
 /// Every string in `v`.
@@ -969,7 +993,12 @@ fn within(sent: &Value, held: Option<&Value>) -> bool {
 /// caller sent as a mask, everything the upstream holds in that destination afterwards is what
 /// it held before (nothing new around the value, so it cannot go anywhere the caller chose);
 /// a refused write changes nothing and forwards nothing; no mask is ever forwarded; and the
-/// caller never sees a value it did not send. Fails with the context rule switched off.
+/// caller never sees a value it did not send. And whatever the ops (destinations added in
+/// front, removed or moved too), a held value the caller did not send stays only in a
+/// destination whose text is all what it was, nothing that says where or how it travels
+/// removed, checked on what the upstream holds. Fails with the context rule switched off, on
+/// the code before probe 8's patch rule (a header added next to a kept key) and before probe
+/// 9's (an endpoint removed after a destination was added in front).
 #[test]
 fn generated_edits_keep_a_mask_only_where_nothing_around_it_changed() {
     let (rt, emu, gw) = generated_setup();
@@ -1015,6 +1044,36 @@ fn generated_edits_keep_a_mask_only_where_nothing_around_it_changed() {
                 assert_eq!(writes_so_far(&emu), writes, "a refused write was forwarded: {ops:?}");
                 assert_eq!(after, before, "a refused write changed the alert: {ops:?}");
                 return;
+            }
+            // Every held value the caller did not send that the upstream still holds stays in
+            // a destination whose text is all what it was: nothing says to take it elsewhere
+            // (an endpoint, a token URL, a header, a type), whatever index it now has.
+            for dest in after["destinations"].as_array().into_iter().flatten() {
+                let mut now = std::collections::BTreeMap::new();
+                texts_by_path(dest, String::new(), &mut now);
+                for s in SUB_SECRETS {
+                    let sent_it = ops.iter().any(|o| o.to_string().contains(s));
+                    if sent_it || !now.values().any(|t| t.contains(s)) {
+                        continue;
+                    }
+                    let was = before["destinations"].as_array().into_iter().flatten().find(|d| d.to_string().contains(s));
+                    let mut then = std::collections::BTreeMap::new();
+                    if let Some(o) = was {
+                        texts_by_path(o, String::new(), &mut then);
+                    }
+                    let how = if as_put { "PUT" } else { "PATCH" };
+                    for (p, t) in &now {
+                        assert_eq!(then.get(p), Some(t), "{s} kept next to new text at {p} after {ops:?} ({how})");
+                    }
+                    // Left out is removed: what says where or how it travels (README) may not go.
+                    for p in then.keys().filter(|p| !now.contains_key(*p)) {
+                        let name = p.rsplit('/').next().unwrap_or_default().to_ascii_lowercase();
+                        let steers = ["endpoint", "url", "uri", "host", "address", "server", "connection",
+                            "dsn", "ssl", "tls", "verify", "secure", "trust", "cert", "port", "protocol",
+                            "scheme", "strategy"].iter().any(|w| name.contains(w));
+                        assert!(!steers, "{s} kept while {p} was removed after {ops:?} ({how})");
+                    }
+                }
             }
             // Every destination the caller sent a mask in.
             let has_mask = |v: &Value| {
