@@ -368,13 +368,21 @@ fn refuse_changes_around_kept_secrets(
         }
     }
     let secret_now = secrets(result);
-    let is_secret = |t: &Vec<Step>| held_secrets.contains(t) || secret_now.contains(t);
+    // A place in or under a secret field (a header inside `headers`, say).
+    let is_secret = |t: &Vec<Step>| {
+        held_secrets
+            .iter()
+            .chain(&secret_now)
+            .any(|s| t.starts_with(s))
+    };
     let place = |t: &[Step]| matches!(t.last(), Some(Step::Key(k)) if named(k, PLACES));
     // A secret place counts whether or not its new value equals the held one (comparing it
     // would answer a guess); a plain member counts when its text or structure changes.
     let directs = |t: &Vec<Step>| {
         if is_secret(t) {
-            return place(t);
+            // Rotating a secret is the caller's own value; a new one (another header next to
+            // a kept key) changes how the request goes, as a place does.
+            return place(t) || get(target, t).is_none();
         }
         let text = |v: Option<&Value>| v.is_some_and(|v| !v.is_boolean() && !v.is_number());
         // Switches and numbers that say how a secret travels count too (TLS off, a port).
