@@ -61,6 +61,8 @@ struct Verified {
     sub: Arc<str>,
     /// Unix seconds; `None` for a token without `exp`.
     exp: Option<u64>,
+    /// `tokenType: PERSONAL_ACCESS` (a person's token an SDK may run with).
+    personal: bool,
     at: Instant,
 }
 
@@ -98,7 +100,8 @@ impl IdentityCache {
         }
     }
 
-    fn get(&self, token: &[u8]) -> Option<(CallerClass, Arc<str>)> {
+    /// The remembered identity: class, subject, and whether it is a personal access token.
+    fn get(&self, token: &[u8]) -> Option<(CallerClass, Arc<str>, bool)> {
         let key = self.key(token);
         let mut shard = self.shard(key);
         let hit = shard.get(&key)?;
@@ -109,10 +112,17 @@ impl IdentityCache {
             shard.remove(&key);
             return None;
         }
-        Some((hit.class, hit.sub.clone()))
+        Some((hit.class, hit.sub.clone(), hit.personal))
     }
 
-    fn put(&self, token: &str, class: CallerClass, sub: Arc<str>, exp: Option<u64>) {
+    fn put(
+        &self,
+        token: &str,
+        class: CallerClass,
+        sub: Arc<str>,
+        exp: Option<u64>,
+        personal: bool,
+    ) {
         let key = self.key(token.as_bytes());
         let mut shard = self.shard(key);
         if shard.len() >= self.max_per_shard && !shard.contains_key(&key) {
@@ -132,6 +142,7 @@ impl IdentityCache {
                 class,
                 sub,
                 exp,
+                personal,
                 at: Instant::now(),
             },
         );
@@ -144,24 +155,6 @@ impl IdentityCache {
             .map(|s| s.lock().map(|g| g.len()).unwrap_or(0))
             .sum()
     }
-}
-
-/// Whether an `Authorization` header (already verified as a person's) carries a personal access
-/// token (`tokenType: PERSONAL_ACCESS`): only to say why its answers are masked (an SDK run
-/// with a person's token otherwise gets masks silently, OpenMetadata #33170).
-pub(crate) fn is_personal_access_token(authorization: Option<&http::HeaderValue>) -> bool {
-    let Some(token) = authorization.and_then(|v| v.to_str().ok()).and_then(|v| {
-        v.strip_prefix("Bearer ")
-            .or_else(|| v.strip_prefix("bearer "))
-    }) else {
-        return false;
-    };
-    let Some(payload) = token.trim().split('.').nth(1).and_then(b64) else {
-        return false;
-    };
-    serde_json::from_slice::<Value>(&payload)
-        .ok()
-        .is_some_and(|c| c.get("tokenType").and_then(Value::as_str) == Some("PERSONAL_ACCESS"))
 }
 
 /// A JWT NumericDate (RFC 7519: seconds, possibly with a fraction), rounded the cautious way
@@ -210,8 +203,9 @@ impl Auth {
     }
 
     /// The caller's class and subject (`anonymous` when unverified).
-    pub(crate) async fn identify(&self, headers: &HeaderMap) -> (CallerClass, String) {
-        let anon = (CallerClass::Anonymous, "anonymous".to_string());
+    /// The caller's class, subject, and whether its token is a personal access token.
+    pub(crate) async fn identify(&self, headers: &HeaderMap) -> (CallerClass, String, bool) {
+        let anon = (CallerClass::Anonymous, "anonymous".to_string(), false);
         // Two Authorization headers could be read differently upstream: neither counts.
         if headers
             .get_all(header::AUTHORIZATION)
@@ -231,8 +225,8 @@ impl Auth {
             .strip_prefix(b"Bearer ")
             .or_else(|| value.as_bytes().strip_prefix(b"bearer "))
         {
-            if let Some((class, sub)) = self.verified.get(raw.trim_ascii()) {
-                return (class, sub.to_string());
+            if let Some((class, sub, personal)) = self.verified.get(raw.trim_ascii()) {
+                return (class, sub.to_string(), personal);
             }
         }
         let Some(token) = value.to_str().ok().and_then(|v| {
@@ -255,9 +249,11 @@ impl Auth {
                     CallerClass::User
                 };
                 let exp = claims.get("exp").and_then(|e| numeric_date(e, f64::floor));
+                let personal =
+                    claims.get("tokenType").and_then(Value::as_str) == Some("PERSONAL_ACCESS");
                 self.verified
-                    .put(token, class, Arc::from(sub.as_str()), exp);
-                (class, sub)
+                    .put(token, class, Arc::from(sub.as_str()), exp, personal);
+                (class, sub, personal)
             }
             None => anon,
         }
@@ -448,6 +444,12 @@ fn parse_pem_public_key(text: &str) -> Option<RsaKey> {
 mod tests {
     use super::*;
 
+    impl IdentityCache {
+        fn put_plain(&self, token: &str, class: CallerClass, sub: Arc<str>, exp: Option<u64>) {
+            self.put(token, class, sub, exp, false)
+        }
+    }
+
     fn aged(cache: &IdentityCache, token: &str, by: Duration) {
         let key = cache.key(token.as_bytes());
         let mut shard = cache.shard(key);
@@ -458,21 +460,21 @@ mod tests {
     #[test]
     fn a_cached_token_answers_with_its_identity_and_only_that_token_does() {
         let c = IdentityCache::new(100);
-        c.put("tok-a", CallerClass::Bot, Arc::from("bot-a"), None);
-        let (class, sub) = c.get("tok-a".as_bytes()).expect("hit");
+        c.put_plain("tok-a", CallerClass::Bot, Arc::from("bot-a"), None);
+        let (class, sub, _) = c.get("tok-a".as_bytes()).expect("hit");
         assert_eq!((class, &*sub), (CallerClass::Bot, "bot-a"));
         assert!(c.get("tok-b".as_bytes()).is_none());
         assert!(c.get("tok-a ".as_bytes()).is_none());
         // Same length and last 64 bytes, another token: no hit, only an eviction.
         let tail = "s".repeat(64);
-        c.put(
+        c.put_plain(
             &format!("a.{tail}"),
             CallerClass::Bot,
             Arc::from("bot"),
             None,
         );
         assert!(c.get(format!("b.{tail}").as_bytes()).is_none());
-        c.put(
+        c.put_plain(
             &format!("b.{tail}"),
             CallerClass::User,
             Arc::from("u"),
@@ -488,7 +490,7 @@ mod tests {
     #[test]
     fn an_expired_token_is_forgotten() {
         let c = IdentityCache::new(100);
-        c.put(
+        c.put_plain(
             "tok",
             CallerClass::User,
             Arc::from("u"),
@@ -496,7 +498,7 @@ mod tests {
         );
         assert!(c.get("tok".as_bytes()).is_none());
         assert_eq!(c.len(), 0);
-        c.put(
+        c.put_plain(
             "tok",
             CallerClass::User,
             Arc::from("u"),
@@ -508,7 +510,7 @@ mod tests {
     #[test]
     fn an_identity_is_rechecked_after_the_ttl_even_without_exp() {
         let c = IdentityCache::new(100);
-        c.put("tok", CallerClass::Bot, Arc::from("b"), None);
+        c.put_plain("tok", CallerClass::Bot, Arc::from("b"), None);
         if Instant::now().checked_sub(IDENTITY_TTL).is_none() {
             return; // the machine has been up for less than the TTL
         }
@@ -520,7 +522,7 @@ mod tests {
     fn the_cache_stays_bounded() {
         let c = IdentityCache::new(64);
         for i in 0..5_000 {
-            c.put(
+            c.put_plain(
                 &format!("token-{i}"),
                 CallerClass::User,
                 Arc::from("u"),

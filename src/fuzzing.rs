@@ -945,7 +945,7 @@ pub fn jwt_parse(data: &[u8]) {
     };
     let mut headers = http::HeaderMap::new();
     headers.insert(http::header::AUTHORIZATION, value);
-    let (class, sub) = w.rt.block_on(w.auth.identify(&headers));
+    let (class, sub, _) = w.rt.block_on(w.auth.identify(&headers));
     if class == CallerClass::Anonymous {
         assert_eq!(sub, "anonymous");
         return;

@@ -20,6 +20,8 @@ pub(crate) struct Caller {
     pub(crate) class: CallerClass,
     /// The token's `sub` (for audit lines), or `anonymous`.
     pub(crate) sub: String,
+    /// The token is a personal access token (a person's, perhaps run by an SDK).
+    pub(crate) personal: bool,
 }
 
 /// Per-request facts gathered along the pipeline.
@@ -43,6 +45,7 @@ impl RequestCtx {
             caller: Caller {
                 class: CallerClass::Anonymous,
                 sub: "anonymous".to_string(),
+                personal: false,
             },
             route_class: "passthrough",
             path_for_log: tracing::enabled!(target: "omsp::access", tracing::Level::INFO)

@@ -277,8 +277,6 @@ impl Gateway {
         // 6. rewrite answer
         let action =
             crate::policy::decide_for(ctx.caller.class, &ctx.caller.sub, &live.policy, m.rule);
-        let personal = ctx.caller.class == crate::policy::CallerClass::User
-            && crate::auth::is_personal_access_token(caller_auth.as_ref());
         let permit = self.view_all_permit(action, live, &m, caller_auth);
         let scope = read::Scope {
             rules: &live.rules,
@@ -288,7 +286,7 @@ impl Gateway {
             filled: &write.filled,
         };
         let reader = read::Reader {
-            personal,
+            personal: ctx.caller.personal,
             class: ctx.caller.class,
             sub: &ctx.caller.sub,
             policy: &live.policy,
@@ -301,14 +299,19 @@ impl Gateway {
 
     /// The caller's class from a verified JWT only; anything unverifiable is anonymous.
     async fn identify(&self, headers: &http::HeaderMap) -> Caller {
-        let (class, sub) = match &self.auth {
+        let (class, sub, personal) = match &self.auth {
             Some(auth) => auth.identify(headers).await,
             None => (
                 crate::policy::CallerClass::Anonymous,
                 "anonymous".to_string(),
+                false,
             ),
         };
-        Caller { class, sub }
+        Caller {
+            class,
+            sub,
+            personal,
+        }
     }
 
     /// The rules and policy in force now.
