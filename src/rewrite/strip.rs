@@ -150,6 +150,8 @@ struct Acc {
     out: Stripped,
     rekeys: Vec<Rekey>,
     cleared: Vec<String>,
+    /// The field each secret id was given to (managed providers), to refuse two sharing one.
+    ids: std::collections::HashMap<String, Vec<Step>>,
 }
 
 impl Acc {
@@ -232,9 +234,6 @@ impl Stripper<'_> {
             acc.held
                 .extend(held_references(self.rules, self.rule, c, self.fernet));
         }
-        if self.managed {
-            self.refuse_shared_ids(doc, &found)?;
-        }
         for f in found {
             self.field(doc, current, &f.steps, &mut acc).await?;
         }
@@ -252,32 +251,6 @@ impl Stripper<'_> {
         Ok(out)
     }
 
-    /// Two secret fields of one entity whose names differ only by case, `_` or `-` (free-form
-    /// options: `api_key` and `apiKey`) get one secret id, so one value would silently stand
-    /// for both: refused (422) unless neither holds anything.
-    fn refuse_shared_ids(
-        &self,
-        doc: &Value,
-        found: &[crate::rules::Found],
-    ) -> Result<(), GatewayError> {
-        let mut seen: std::collections::HashMap<String, &[Step]> = std::collections::HashMap::new();
-        for f in found {
-            let holds = get(doc, &f.steps).is_some_and(|v| !v.is_null());
-            if !holds {
-                continue;
-            }
-            let id = self.ids.id(&self.root, self.rule.field_steps(&f.steps));
-            if let Some(other) = seen.insert(id.clone(), &f.steps).filter(|o| *o != f.steps) {
-                return Err(GatewayError::Unprocessable(format!(
-                    "{} and {} would share the secret id {id}; send one of them",
-                    render(other),
-                    render(&f.steps)
-                )));
-            }
-        }
-        Ok(())
-    }
-
     /// The write table for one secret field at `steps`.
     async fn field(
         &self,
@@ -291,6 +264,20 @@ impl Stripper<'_> {
         };
         let field = render(steps);
         let id = self.ids.id(&self.root, self.rule.field_steps(steps));
+        // Two secret fields whose names differ only by case, `_` or `-` (free-form options:
+        // `api_key` and `apiKey`) get one id, so one value would silently stand for both:
+        // refused (422) unless one of them holds nothing.
+        if self.managed && !slot.is_null() {
+            if let Some(other) = acc.ids.insert(id.clone(), steps.to_vec()) {
+                if other != steps {
+                    return Err(GatewayError::Unprocessable(format!(
+                        "{} and {} would share the secret id {id}; send one of them",
+                        render(&other),
+                        render(steps)
+                    )));
+                }
+            }
+        }
         let held = current.and_then(|c| get(c, steps));
         let untouched = held == Some(slot);
         let Some(kind) = classify(slot) else {
