@@ -282,12 +282,13 @@ pub fn check(config: Option<&std::path::Path>) -> Result<String, Vec<String>> {
                 .ok()
                 .and_then(|t| t.parse::<toml::Table>().ok())
                 .and_then(|t| t.get("rules")?.get("dir")?.as_str().map(str::to_string));
+            let defaults = Config::defaults().rules;
             let dir = std::env::var("OMSP_RULES_DIR")
                 .ok()
                 .filter(|d| !d.is_empty())
                 .or(from_file)
-                .unwrap_or_else(|| Config::defaults().rules.dir.display().to_string());
-            let keys = Config::defaults().rules.safety_net_keys;
+                .unwrap_or_else(|| defaults.dir.display().to_string());
+            let keys = defaults.safety_net_keys;
             if let Err(p) = rules::RuleSet::load(std::path::Path::new(&dir), &keys) {
                 problems.extend(p.iter().map(|p| p.to_string()));
             }

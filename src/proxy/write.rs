@@ -85,11 +85,9 @@ impl Gateway {
         }
         if !is_write(&parts.method) {
             self.refuse_body(incoming).await?;
-            let hard = crate::http::path::query_param(parts.uri.query(), "hardDelete")
-                .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+            let hard = flag(parts.uri.query(), "hardDelete");
             if parts.method == Method::DELETE && m.op() == Op::Delete && hard {
-                let recursive = crate::http::path::query_param(parts.uri.query(), "recursive")
-                    .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+                let recursive = flag(parts.uri.query(), "recursive");
                 return self.prepare_hard_delete(rules, m, recursive).await;
             }
             return Ok(Prepared::unchanged(body::empty()));
@@ -113,9 +111,7 @@ impl Gateway {
         path: &crate::http::path::NormPath,
         query: Option<&str>,
     ) -> Option<RouteMatch<'r>> {
-        let hard = crate::http::path::query_param(query, "hardDelete")
-            .is_some_and(|v| v.eq_ignore_ascii_case("true"));
-        if method != Method::DELETE || !hard {
+        if method != Method::DELETE || !flag(query, "hardDelete") {
             return None;
         }
         let s: Vec<&str> = path.segments.iter().map(String::as_str).collect();
@@ -950,6 +946,11 @@ fn refuse_secret_values(
 
 /// Whether a secret field's value asks to keep a stored one (a mask, a reference, or a
 /// Fernet token, which may wrap a reference): the entity as the upstream holds it decides.
+/// A query flag set to `true` (any case, as Jersey reads it).
+fn flag(query: Option<&str>, name: &str) -> bool {
+    crate::http::path::query_param(query, name).is_some_and(|v| v.eq_ignore_ascii_case("true"))
+}
+
 fn keeps_a_value(v: Option<&Value>) -> bool {
     matches!(
         v.and_then(classify),
