@@ -43,6 +43,10 @@ pub enum GatewayError {
     StoreUnavailable(String),
     #[error("{0}")]
     GatewayTimeout(String),
+    /// The upstream refused a write whose masks the gateway filled in: its message may quote
+    /// the values, so it is withheld whole; its status is kept.
+    #[error("OpenMetadata refused the write; its message is withheld because it may quote the values the gateway filled in for masks")]
+    RefusalWithheld(StatusCode),
     /// An error the caller cannot act on; logged, answered with a generic message.
     #[error("internal error: {0}")]
     Internal(String),
@@ -75,6 +79,7 @@ impl GatewayError {
             GatewayError::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            GatewayError::RefusalWithheld(status) => *status,
         }
     }
 

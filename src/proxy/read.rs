@@ -172,15 +172,7 @@ impl Gateway {
         // body, so its message is withheld whole (scrubbing the values out would tell a caller
         // which text of theirs equals one). A success is masked by structure as always.
         if !scope.filled.is_empty() && action != ReadAction::Resolve && !parts.status.is_success() {
-            let body = serde_json::json!({
-                "code": parts.status.as_u16(),
-                "message": "OpenMetadata refused the write; its message is withheld because it may quote the values the gateway filled in for masks"
-            });
-            parts.headers.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            return Ok(respond(parts, Bytes::from(body.to_string()), &[]));
+            return Err(GatewayError::RefusalWithheld(parts.status));
         }
         let mut doc = parse_answer(&decoded).map_err(refused)?;
         let ctx = ReadCtx {
