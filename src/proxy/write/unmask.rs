@@ -129,14 +129,7 @@ impl Gateway {
         let Some(path) = current_path(m, m.rule.current_route.as_deref(), doc) else {
             return Ok(());
         };
-        let held = self
-            .upstream
-            .get_json(
-                &format!("{}{path}", m.rule.collection),
-                self.service_auth.as_ref(),
-                self.max_body_bytes,
-            )
-            .await?;
+        let held = self.held(m.rule, &path).await?;
         let Some(target) = held.as_ref().and_then(|h| get(h, at)).cloned() else {
             return Ok(());
         };
@@ -231,21 +224,26 @@ impl Gateway {
             .entity_locks
             .lock(&format!("mask_only:{}", rule.kind))
             .await;
-        let entity = self
+        let entity = self.held(rule, path).await?.ok_or_else(|| {
+            GatewayError::Unprocessable(format!(
+                "a mask was sent, but the {} it stands for could not be read from OpenMetadata",
+                rule.kind
+            ))
+        })?;
+        Ok(Current { entity, lock })
+    }
+
+    /// The entity at `path` (under the rule's collection) as the upstream holds it, read with
+    /// the service token; `None` when the upstream has none.
+    async fn held(&self, rule: &Rule, path: &str) -> Result<Option<Value>, GatewayError> {
+        Ok(self
             .upstream
             .get_json(
                 &format!("{}{path}", rule.collection),
                 self.service_auth.as_ref(),
                 self.max_body_bytes,
             )
-            .await?
-            .ok_or_else(|| {
-                GatewayError::Unprocessable(format!(
-                    "a mask was sent, but the {} it stands for could not be read from OpenMetadata",
-                    rule.kind
-                ))
-            })?;
-        Ok(Current { entity, lock })
+            .await?)
     }
 
     fn unmasked(
